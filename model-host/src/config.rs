@@ -1,0 +1,127 @@
+//! Command-line and environment configuration of the model-host.
+
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use clap::Parser;
+
+/// Serves one TorchScript image model to any number of gateways over a
+/// Unix-socket control channel, with pixels in shared memory.
+///
+/// Every flag can also be set with the environment variable shown.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "model-host", version)]
+pub struct Config {
+    /// Path of the control socket that gateways connect to.
+    #[arg(long, env = "MODEL_HOST_SOCKET", default_value = "/run/model-host/control.sock")]
+    pub socket: PathBuf,
+
+    /// Model directory holding model.toml (and the TorchScript file it
+    /// names), or the path of a model.toml.
+    #[arg(long, env = "MODEL_HOST_MODEL", default_value = "models/digits")]
+    pub model: PathBuf,
+
+    /// Where to run the model: auto (the first GPU if there is one, else the
+    /// CPU), cpu, cuda, or cuda:N.
+    #[arg(long, env = "MODEL_HOST_DEVICE", default_value = "auto")]
+    pub device: DeviceChoice,
+
+    /// Slots in each gateway's shared-memory segment: how many requests one
+    /// gateway may have leased or in flight at once.
+    #[arg(long, env = "MODEL_HOST_SLOTS_PER_GATEWAY", default_value_t = 64,
+          value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub slots_per_gateway: u32,
+
+    /// Requests waiting for the model, across all gateways, before new ones
+    /// are refused (the gateway answers 503 with Retry-After).
+    #[arg(long, env = "MODEL_HOST_QUEUE_CAPACITY", default_value_t = 1024,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub queue_capacity: u32,
+
+    /// File mode of the control socket, in octal. Connecting needs write
+    /// permission, so 660 admits the socket's group (the gateways' group).
+    #[arg(long, env = "MODEL_HOST_SOCKET_MODE", default_value = "660", value_parser = parse_mode)]
+    pub socket_mode: u32,
+
+    /// File mode of each shared-memory segment, in octal (600 when the
+    /// gateways run as the host's user, 660 when they share its group).
+    #[arg(long, env = "MODEL_HOST_SHM_MODE", default_value = "600", value_parser = parse_mode)]
+    pub shm_mode: u32,
+
+    /// Seconds to finish in-flight requests after SIGTERM before exiting.
+    /// Keep it below systemd's TimeoutStopSec.
+    #[arg(long, env = "MODEL_HOST_DRAIN_TIMEOUT_SECS", default_value_t = 10)]
+    pub drain_timeout_secs: u64,
+
+    /// Threads libtorch may use for CPU inference; 0 leaves its default
+    /// (one per core).
+    #[arg(long, env = "MODEL_HOST_CPU_THREADS", default_value_t = 0)]
+    pub cpu_threads: u32,
+}
+
+/// `--device`: parsed once, resolved against the hardware at startup.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceChoice {
+    Auto,
+    Cpu,
+    Cuda(usize),
+}
+
+impl FromStr for DeviceChoice {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(DeviceChoice::Auto),
+            "cpu" => Ok(DeviceChoice::Cpu),
+            "cuda" => Ok(DeviceChoice::Cuda(0)),
+            other => other
+                .strip_prefix("cuda:")
+                .and_then(|n| n.parse().ok())
+                .map(DeviceChoice::Cuda)
+                .ok_or_else(|| format!("unknown device {other:?}: expected auto, cpu, cuda or cuda:N")),
+        }
+    }
+}
+
+fn parse_mode(s: &str) -> Result<u32, String> {
+    let mode = u32::from_str_radix(s, 8).map_err(|_| format!("{s:?} is not an octal file mode"))?;
+    if mode & !0o777 != 0 {
+        return Err(format!("mode {s} has bits outside 0777"));
+    }
+    if mode & 0o007 != 0 {
+        return Err(format!("mode {s} would let any local user in; use at most 0770"));
+    }
+    Ok(mode)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn device_choices() {
+        assert_eq!("auto".parse(), Ok(DeviceChoice::Auto));
+        assert_eq!("cpu".parse(), Ok(DeviceChoice::Cpu));
+        assert_eq!("cuda".parse(), Ok(DeviceChoice::Cuda(0)));
+        assert_eq!("cuda:3".parse(), Ok(DeviceChoice::Cuda(3)));
+        assert!("gpu".parse::<DeviceChoice>().is_err());
+        assert!("cuda:x".parse::<DeviceChoice>().is_err());
+    }
+
+    #[test]
+    fn modes_are_octal_and_never_world_accessible() {
+        assert_eq!(parse_mode("660"), Ok(0o660));
+        assert_eq!(parse_mode("0600"), Ok(0o600));
+        assert!(parse_mode("666").is_err());
+        assert!(parse_mode("9").is_err());
+        assert!(parse_mode("1777").is_err());
+    }
+
+    #[test]
+    fn defaults_parse() {
+        let c = Config::try_parse_from(["model-host"]).unwrap();
+        assert_eq!(c.device, DeviceChoice::Auto);
+        assert_eq!(c.socket_mode, 0o660);
+    }
+}

@@ -1,0 +1,280 @@
+//! One gateway's control connection: handshake, then a loop that reads a
+//! message, dispatches it, and writes the reply. Bytes and framing belong
+//! to `protocol::codec`; this file only sees messages.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::time::{Duration, Instant};
+
+use futures::{SinkExt, StreamExt};
+use interprocess::local_socket::tokio::Stream;
+use protocol::shm::naming::segment_name;
+use protocol::shm::{Segment, ShmError, SlotLayout};
+use protocol::{
+    CodecError, GatewayMessage, HostCodec, HostMessage, HostStatus, InferError, InferRequest, ModelInfo, Phase,
+    PROTOCOL_VERSION, Refusal, SegmentInfo, SlotRef, Welcome, check_hello,
+};
+use thiserror::Error;
+use tokio::sync::{mpsc, watch};
+use tokio_util::codec::Framed;
+use tracing::Instrument;
+
+use crate::counters::Counters;
+use crate::jobs::{Completion, Job, JobQueue};
+use crate::leases::LeaseTable;
+
+/// A gateway that says nothing for this long after connecting is dropped.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What every connection shares.
+pub struct HostContext {
+    pub model: ModelInfo,
+    pub phase: watch::Receiver<Phase>,
+    pub jobs: JobQueue,
+    pub counters: Arc<Counters>,
+    pub slots_per_gateway: u32,
+    pub shm_mode: u32,
+    pub host_pid: u32,
+}
+
+#[derive(Debug, Error)]
+enum ConnectionError {
+    #[error(transparent)]
+    Codec(#[from] CodecError),
+    #[error(transparent)]
+    Shm(#[from] ShmError),
+    #[error("handshake: {0}")]
+    Handshake(String),
+    #[error("protocol violation: {0}")]
+    Violation(String),
+}
+
+type Channel = Framed<Stream, HostCodec>;
+
+pub async fn serve(stream: Stream, ctx: Arc<HostContext>, connection_id: u64) {
+    let span = tracing::info_span!("gateway", connection_id, name = tracing::field::Empty);
+    async move {
+        match run(stream, &ctx, connection_id).await {
+            Ok(()) => tracing::info!("gateway disconnected"),
+            Err(e) => tracing::warn!(error = %e, "gateway connection closed"),
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+async fn run(stream: Stream, ctx: &HostContext, connection_id: u64) -> Result<(), ConnectionError> {
+    let mut channel = Framed::new(stream, HostCodec::default());
+    let segment = handshake(&mut channel, ctx, connection_id).await?;
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel();
+    let mut session = Session::new(ctx, segment, done_tx);
+    let mut phase = ctx.phase.clone();
+    phase.mark_unchanged();
+    tracing::info!(slots = ctx.slots_per_gateway, "gateway connected");
+    loop {
+        let reply = tokio::select! {
+            frame = channel.next() => match frame {
+                None => return Ok(()),
+                Some(Err(e)) => {
+                    let _ = channel.send(HostMessage::Violation { reason: e.to_string() }).await;
+                    return Err(e.into());
+                }
+                Some(Ok(message)) => match session.handle(message) {
+                    Ok(reply) => reply,
+                    Err(e) => {
+                        let _ = channel.send(HostMessage::Violation { reason: e.to_string() }).await;
+                        return Err(e);
+                    }
+                },
+            },
+            Some(done) = done_rx.recv() => Some(session.complete(done)),
+            Ok(()) = phase.changed() => Some(HostMessage::PhaseChanged(phase.borrow_and_update().clone())),
+        };
+        if let Some(reply) = reply {
+            channel.send(reply).await?;
+        }
+    }
+}
+
+/// Hello -> Welcome -> SegmentMapped, then unlink the segment's name.
+async fn handshake(channel: &mut Channel, ctx: &HostContext, connection_id: u64) -> Result<Segment, ConnectionError> {
+    let hello = next_within(channel, HANDSHAKE_TIMEOUT).await?;
+    let gateway = match check_hello(&hello) {
+        Ok(name) => name.to_string(),
+        Err(e) => {
+            let _ = channel.send(HostMessage::Refused { reason: e.to_string() }).await;
+            return Err(ConnectionError::Handshake(e.to_string()));
+        }
+    };
+    tracing::Span::current().record("name", gateway.as_str());
+    let layout = SlotLayout::new(ctx.slots_per_gateway, ctx.model.input_len()).map_err(ShmError::from)?;
+    let name = segment_name(ctx.host_pid, connection_id);
+    let mut segment = Segment::create(&name, layout, ctx.shm_mode)?;
+    let welcome = Welcome {
+        protocol_version: PROTOCOL_VERSION,
+        host_pid: ctx.host_pid,
+        model: ctx.model.clone(),
+        segment: SegmentInfo { os_id: name, slot_count: layout.slot_count(), slot_size: layout.slot_size() },
+        phase: ctx.phase.borrow().clone(),
+    };
+    channel.send(HostMessage::Welcome(welcome)).await?;
+    match next_within(channel, HANDSHAKE_TIMEOUT).await? {
+        GatewayMessage::SegmentMapped => {}
+        other => return Err(ConnectionError::Handshake(format!("expected SegmentMapped, got {}", other.kind()))),
+    }
+    // Both sides have it mapped: from here no crash can leave it in /dev/shm.
+    segment.unlink()?;
+    Ok(segment)
+}
+
+async fn next_within(channel: &mut Channel, limit: Duration) -> Result<GatewayMessage, ConnectionError> {
+    match tokio::time::timeout(limit, channel.next()).await {
+        Err(_) => Err(ConnectionError::Handshake(format!("nothing received within {limit:?}"))),
+        Ok(None) => Err(ConnectionError::Handshake("closed during handshake".into())),
+        Ok(Some(frame)) => Ok(frame?),
+    }
+}
+
+/// A request the model has not answered yet.
+struct Pending {
+    slot: SlotRef,
+    cancelled: Arc<AtomicBool>,
+}
+
+/// Per-connection state: the segment, its leases, the requests in flight.
+struct Session<'a> {
+    ctx: &'a HostContext,
+    segment: Arc<Segment>,
+    leases: LeaseTable,
+    pending: HashMap<u64, Pending>,
+    done_tx: mpsc::UnboundedSender<Completion>,
+}
+
+impl<'a> Session<'a> {
+    fn new(ctx: &'a HostContext, segment: Segment, done_tx: mpsc::UnboundedSender<Completion>) -> Self {
+        ctx.counters.connections.fetch_add(1, Relaxed);
+        let leases = LeaseTable::new(segment.layout().slot_count());
+        Self { ctx, segment: Arc::new(segment), leases, pending: HashMap::new(), done_tx }
+    }
+
+    /// Dispatches one message; Some(reply) to send, Err to close the connection.
+    fn handle(&mut self, message: GatewayMessage) -> Result<Option<HostMessage>, ConnectionError> {
+        match message {
+            GatewayMessage::Lease { request_id } => Ok(Some(self.lease(request_id))),
+            GatewayMessage::Release { slot } => {
+                self.leases.release(slot).map_err(|e| ConnectionError::Violation(e.to_string()))?;
+                self.ctx.counters.leased_slots.fetch_sub(1, Relaxed);
+                Ok(None)
+            }
+            GatewayMessage::Infer(request) => Ok(self.infer(request)),
+            GatewayMessage::Cancel { request_id } => {
+                if let Some(p) = self.pending.get(&request_id) {
+                    p.cancelled.store(true, Relaxed);
+                }
+                Ok(None)
+            }
+            GatewayMessage::Status { request_id } => Ok(Some(HostMessage::Status { request_id, status: self.status() })),
+            other @ (GatewayMessage::Hello { .. } | GatewayMessage::SegmentMapped) => {
+                Err(ConnectionError::Violation(format!("{} after the handshake", other.kind())))
+            }
+        }
+    }
+
+    fn lease(&mut self, request_id: u64) -> HostMessage {
+        if !self.ctx.phase.borrow().is_ready() {
+            return HostMessage::LeaseRefused { request_id, reason: Refusal::NotReady };
+        }
+        match self.leases.lease() {
+            Some(slot) => {
+                self.ctx.counters.leased_slots.fetch_add(1, Relaxed);
+                HostMessage::Leased { request_id, slot }
+            }
+            None => HostMessage::LeaseRefused { request_id, reason: Refusal::NoFreeSlot },
+        }
+    }
+
+    /// Checks the request against the lease and the model, then queues it.
+    /// Replies only on refusal; the answer otherwise comes from the model.
+    fn infer(&mut self, r: InferRequest) -> Option<HostMessage> {
+        let refuse = |error| Some(HostMessage::InferDone { request_id: r.request_id, result: Err(error) });
+        let m = &self.ctx.model;
+        if (r.width, r.height, r.channels) != (m.width, m.height, m.channels) {
+            let _ = self.leases.release(r.slot).map(|()| self.ctx.counters.leased_slots.fetch_sub(1, Relaxed));
+            return refuse(InferError::InvalidRequest(format!(
+                "input {}x{}x{} does not match the model's {}x{}x{}",
+                r.width, r.height, r.channels, m.width, m.height, m.channels
+            )));
+        }
+        if self.pending.contains_key(&r.request_id) {
+            return refuse(InferError::InvalidRequest(format!("request id {} is already in flight", r.request_id)));
+        }
+        if let Err(e) = self.leases.start_inference(r.slot) {
+            return refuse(InferError::InvalidRequest(e.to_string()));
+        }
+        let arrived = Instant::now();
+        let cancelled = Arc::new(AtomicBool::new(false));
+        let job = Job {
+            request_id: r.request_id,
+            slot: r.slot,
+            segment: self.segment.clone(),
+            top_k: r.top_k,
+            arrived,
+            deadline: arrived + Duration::from_micros(r.budget_us),
+            cancelled: cancelled.clone(),
+            reply: self.done_tx.clone(),
+        };
+        self.ctx.counters.in_flight.fetch_add(1, Relaxed);
+        match self.ctx.jobs.submit(job) {
+            Ok(()) => {
+                self.pending.insert(r.request_id, Pending { slot: r.slot, cancelled });
+                None
+            }
+            Err((job, error)) => {
+                self.ctx.counters.in_flight.fetch_sub(1, Relaxed);
+                self.finish_slot(job.slot);
+                refuse(error)
+            }
+        }
+    }
+
+    fn complete(&mut self, done: Completion) -> HostMessage {
+        if let Some(p) = self.pending.remove(&done.request_id) {
+            debug_assert_eq!(p.slot, done.slot);
+        }
+        self.finish_slot(done.slot);
+        HostMessage::InferDone { request_id: done.request_id, result: done.result }
+    }
+
+    fn finish_slot(&mut self, slot: SlotRef) {
+        if self.leases.finish_inference(slot).is_ok() {
+            self.ctx.counters.leased_slots.fetch_sub(1, Relaxed);
+        }
+    }
+
+    fn status(&self) -> HostStatus {
+        let c = &self.ctx.counters;
+        HostStatus {
+            pid: self.ctx.host_pid,
+            phase: self.ctx.phase.borrow().clone(),
+            model_loads: Counters::get32(&c.model_loads),
+            connections: Counters::get32(&c.connections),
+            leased_slots: Counters::get32(&c.leased_slots),
+            requests_done: Counters::get64(&c.requests_done),
+            batches_done: Counters::get64(&c.batches_done),
+            device: self.ctx.model.device.clone(),
+        }
+    }
+}
+
+impl Drop for Session<'_> {
+    /// The gateway is gone: skip its queued requests and give back its slots
+    /// (the lease table and the segment mapping go with this struct).
+    fn drop(&mut self) {
+        for p in self.pending.values() {
+            p.cancelled.store(true, Relaxed);
+        }
+        self.ctx.counters.leased_slots.fetch_sub(self.leases.in_use(), Relaxed);
+        self.ctx.counters.connections.fetch_sub(1, Relaxed);
+    }
+}

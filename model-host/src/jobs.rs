@@ -1,0 +1,81 @@
+//! The queue between connection tasks and the model thread.
+//!
+//! A connection turns a checked `Infer` into a [`Job`] and submits it; the
+//! queue is bounded, so past its capacity a request is refused at once
+//! instead of waiting without end. The model thread answers each job with
+//! a [`Completion`] on the connection's own channel.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use protocol::shm::Segment;
+use protocol::{InferError, Prediction, SlotRef};
+use tokio::sync::mpsc;
+
+pub struct Job {
+    pub request_id: u64,
+    pub slot: SlotRef,
+    /// Keeps the gateway's mapping alive until the model has read the slot,
+    /// even if the gateway disconnects meanwhile.
+    pub segment: Arc<Segment>,
+    pub top_k: u32,
+    pub arrived: Instant,
+    pub deadline: Instant,
+    /// Set when the gateway cancels or disconnects: skip before GPU work.
+    pub cancelled: Arc<AtomicBool>,
+    pub reply: mpsc::UnboundedSender<Completion>,
+}
+
+impl Job {
+    pub fn is_cancelled(&self) -> bool {
+        self.cancelled.load(Ordering::Relaxed)
+    }
+
+    /// Answers the job; a gone connection is fine (its slots went with it).
+    pub fn finish(self, result: Result<Prediction, InferError>) {
+        let _ = self.reply.send(Completion { request_id: self.request_id, slot: self.slot, result });
+    }
+}
+
+pub struct Completion {
+    pub request_id: u64,
+    pub slot: SlotRef,
+    pub result: Result<Prediction, InferError>,
+}
+
+/// The submitting side; cloned into every connection.
+#[derive(Clone)]
+pub struct JobQueue {
+    tx: mpsc::Sender<Job>,
+}
+
+impl JobQueue {
+    pub fn new(capacity: usize) -> (Self, mpsc::Receiver<Job>) {
+        let (tx, rx) = mpsc::channel(capacity);
+        (Self { tx }, rx)
+    }
+
+    /// Queues a job, or hands it back with the reason it was refused.
+    pub fn submit(&self, job: Job) -> Result<(), (Job, InferError)> {
+        self.tx.try_send(job).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(job) => (job, InferError::QueueFull),
+            mpsc::error::TrySendError::Closed(job) => (job, InferError::NotReady),
+        })
+    }
+}
+
+/// Blocks for one job, then takes whatever else is already waiting, up to
+/// `max`. None once every sender is gone.
+pub fn next_batch(rx: &mut mpsc::Receiver<Job>, max: usize) -> Option<Vec<Job>> {
+    let first = rx.blocking_recv()?;
+    let mut batch = Vec::with_capacity(max);
+    batch.push(first);
+    while batch.len() < max {
+        match rx.try_recv() {
+            Ok(job) => batch.push(job),
+            Err(_) => break,
+        }
+    }
+    Some(batch)
+}

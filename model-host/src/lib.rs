@@ -1,0 +1,127 @@
+//! model-host: the one process that owns the model.
+//!
+//! Request path, in file order:
+//! - [`control_socket`]: bind the Unix socket (never stealing a live host's).
+//! - [`server`]: accept gateways; [`connection`]: handshake, then read a
+//!   message, dispatch, reply, per gateway; [`leases`]: that gateway's slots.
+//! - [`jobs`]: the bounded queue to the model; [`model_thread`]: load, warm
+//!   up, then run batches; [`model`]: pre-process on the device, forward,
+//!   top-k.
+//!
+//! Around it: [`config`] (flags), [`model_config`] (model.toml), [`startup`]
+//! (phases and timings), [`device`], [`counters`], [`shm_sweep`].
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod connection;
+pub mod control_socket;
+pub mod counters;
+pub mod device;
+pub mod error;
+pub mod jobs;
+pub mod leases;
+pub mod model;
+pub mod model_config;
+pub mod model_thread;
+pub mod server;
+pub mod shm_sweep;
+pub mod startup;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Duration, Instant};
+
+use interprocess::local_socket::tokio::Listener;
+use protocol::{ModelInfo, Phase};
+
+pub use config::Config;
+use connection::HostContext;
+use counters::Counters;
+pub use error::HostError;
+use jobs::JobQueue;
+use model_thread::ModelThread;
+use startup::PhaseReporter;
+
+/// Runs the host until `shutdown` resolves (then drains) or startup fails.
+pub async fn run(
+    config: Config,
+    listener: Listener,
+    process_start: Instant,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), HostError> {
+    let removed = shm_sweep::sweep_stale_segments();
+    tracing::info!(removed, "swept stale shared-memory segments");
+    let loaded = model_config::load(&config.model)?;
+    let (reporter, phase) = PhaseReporter::new(process_start);
+    let phase_tx = reporter.sender();
+    let counters = Arc::new(Counters::default());
+    let (jobs, job_rx) = JobQueue::new(config.queue_capacity as usize);
+    let (device_tx, device_rx) = tokio::sync::oneshot::channel();
+    let model_config = loaded.config.clone();
+    ModelThread {
+        model: loaded,
+        device: config.device,
+        cpu_threads: config.cpu_threads,
+        reporter,
+        counters: counters.clone(),
+        jobs: job_rx,
+        device_name: device_tx,
+    }
+    .spawn();
+
+    // The device is known within milliseconds (before the weights load);
+    // gateways need its name in the handshake.
+    let device = match device_rx.await {
+        Ok(name) => name,
+        Err(_) => return Err(startup_failure(&phase)),
+    };
+    let model = ModelInfo {
+        name: model_config.name.clone(),
+        version: model_config.version.clone(),
+        description: model_config.description.clone(),
+        width: model_config.input.width,
+        height: model_config.input.height,
+        channels: model_config.input.channels,
+        labels: model_config.output.labels.clone(),
+        max_batch_size: model_config.batching.max_batch_size,
+        device,
+    };
+    let ctx = Arc::new(HostContext {
+        model,
+        phase: phase.clone(),
+        jobs,
+        counters: counters.clone(),
+        slots_per_gateway: config.slots_per_gateway,
+        shm_mode: config.shm_mode,
+        host_pid: std::process::id(),
+    });
+
+    let mut failed = phase.clone();
+    tokio::select! {
+        () = server::accept_loop(listener, ctx) => unreachable!("accept_loop never returns"),
+        _ = failed.wait_for(|p| matches!(p, Phase::Failed { .. })) => return Err(startup_failure(&phase)),
+        () = shutdown => {}
+    }
+    drain(&phase_tx, &counters, Duration::from_secs(config.drain_timeout_secs)).await;
+    Ok(())
+}
+
+fn startup_failure(phase: &tokio::sync::watch::Receiver<Phase>) -> HostError {
+    match &*phase.borrow() {
+        Phase::Failed { reason } => HostError::Startup(reason.clone()),
+        other => HostError::Startup(format!("model thread ended in phase {}", other.name())),
+    }
+}
+
+/// Refuses new work (gateways see "draining"), then waits a bounded time for
+/// requests already queued or running.
+async fn drain(phase: &tokio::sync::watch::Sender<Phase>, counters: &Counters, limit: Duration) {
+    phase.send_replace(Phase::Draining);
+    let started = Instant::now();
+    while counters.in_flight.load(Relaxed) > 0 && started.elapsed() < limit {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let left = counters.in_flight.load(Relaxed);
+    tracing::info!(left, waited_ms = started.elapsed().as_millis() as u64, "drained; exiting");
+}

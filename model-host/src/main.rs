@@ -1,0 +1,31 @@
+//! model-host binary: parse flags, set up logging, bind, run.
+#![forbid(unsafe_code)]
+
+use std::time::Instant;
+
+use clap::Parser;
+use model_host::{Config, control_socket};
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> anyhow::Result<()> {
+    let process_start = Instant::now();
+    let config = Config::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    tracing::info!(pid = std::process::id(), socket = %config.socket.display(), model = %config.model.display(), "model-host starting");
+    let listener = control_socket::bind(&config.socket, config.socket_mode)?;
+    model_host::run(config, listener, process_start, shutdown_signal()).await?;
+    Ok(())
+}
+
+/// SIGTERM (systemd, kill) or SIGINT (Ctrl-C).
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("installing a signal handler fails only without a runtime");
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: draining"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: draining"),
+    }
+}

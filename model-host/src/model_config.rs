@@ -1,0 +1,199 @@
+//! The model config (`model.toml`): what the host needs to know about a
+//! TorchScript image classifier besides its weights.
+//!
+//! ```toml
+//! name = "digits"
+//! version = "1"
+//! file = "model.pt"            # relative to this file
+//! [input]
+//! width = 32
+//! height = 32
+//! channels = 1                 # 1 grayscale, 3 RGB
+//! mean = [0.5]                 # per channel, on pixels scaled to 0..1
+//! std = [0.5]
+//! [output]
+//! kind = "classification"
+//! labels = ["0", "1", ...]
+//! softmax = true               # false if the model already outputs probabilities
+//! [batching]
+//! max_batch_size = 32
+//! warmup_batch_sizes = [1, 8, 32]
+//! ```
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use thiserror::Error;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    pub name: String,
+    pub version: String,
+    /// The TorchScript file, relative to the config's directory.
+    pub file: PathBuf,
+    #[serde(default)]
+    pub description: String,
+    pub input: InputConfig,
+    pub output: OutputConfig,
+    pub batching: BatchingConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InputConfig {
+    pub width: u32,
+    pub height: u32,
+    pub channels: u32,
+    pub mean: Vec<f64>,
+    pub std: Vec<f64>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutputConfig {
+    pub kind: OutputKind,
+    pub labels: Vec<String>,
+    #[serde(default = "yes")]
+    pub softmax: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OutputKind {
+    /// One row of class scores per image.
+    Classification,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchingConfig {
+    pub max_batch_size: u32,
+    #[serde(default)]
+    pub warmup_batch_sizes: Vec<u32>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, Error)]
+pub enum ModelConfigError {
+    #[error("reading {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("parsing {path}: {source}")]
+    Parse { path: PathBuf, source: Box<toml::de::Error> },
+    #[error("{path}: {field}: {problem}")]
+    Invalid { path: PathBuf, field: &'static str, problem: String },
+}
+
+/// A config that passed validation, with its model file resolved.
+#[derive(Debug, Clone)]
+pub struct LoadedConfig {
+    pub config: ModelConfig,
+    pub model_file: PathBuf,
+}
+
+/// Reads `path` (a model directory or a model.toml) and validates it.
+pub fn load(path: &Path) -> Result<LoadedConfig, ModelConfigError> {
+    let toml_path = if path.is_dir() { path.join("model.toml") } else { path.to_path_buf() };
+    let text = std::fs::read_to_string(&toml_path)
+        .map_err(|source| ModelConfigError::Read { path: toml_path.clone(), source })?;
+    let config: ModelConfig = toml::from_str(&text)
+        .map_err(|source| ModelConfigError::Parse { path: toml_path.clone(), source: Box::new(source) })?;
+    validate(&config).map_err(|(field, problem)| ModelConfigError::Invalid { path: toml_path.clone(), field, problem })?;
+    let dir = toml_path.parent().unwrap_or(Path::new("."));
+    Ok(LoadedConfig { model_file: dir.join(&config.file), config })
+}
+
+fn validate(c: &ModelConfig) -> Result<(), (&'static str, String)> {
+    let i = &c.input;
+    if c.name.is_empty() || !c.name.chars().all(|ch| ch.is_ascii_alphanumeric() || "-_.".contains(ch)) {
+        return Err(("name", format!("{:?} must be non-empty ASCII letters, digits, '-', '_' or '.'", c.name)));
+    }
+    if !(1..=8192).contains(&i.width) || !(1..=8192).contains(&i.height) {
+        return Err(("input.width/height", format!("{}x{} is outside 1..=8192", i.width, i.height)));
+    }
+    if i.channels != 1 && i.channels != 3 {
+        return Err(("input.channels", format!("{} must be 1 (grayscale) or 3 (RGB)", i.channels)));
+    }
+    if i.mean.len() != i.channels as usize || i.std.len() != i.channels as usize {
+        return Err(("input.mean/std", format!("need {} values each (one per channel)", i.channels)));
+    }
+    if i.std.iter().any(|s| !(s.is_finite() && *s > 0.0)) || i.mean.iter().any(|m| !m.is_finite()) {
+        return Err(("input.std", "every std must be finite and > 0, every mean finite".into()));
+    }
+    if c.output.labels.is_empty() {
+        return Err(("output.labels", "at least one label is needed".into()));
+    }
+    let b = &c.batching;
+    if !(1..=4096).contains(&b.max_batch_size) {
+        return Err(("batching.max_batch_size", format!("{} is outside 1..=4096", b.max_batch_size)));
+    }
+    if let Some(bad) = b.warmup_batch_sizes.iter().find(|&&n| n == 0 || n > b.max_batch_size) {
+        return Err(("batching.warmup_batch_sizes", format!("{bad} is outside 1..=max_batch_size")));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+name = "digits"
+version = "1"
+file = "model.pt"
+[input]
+width = 32
+height = 32
+channels = 1
+mean = [0.5]
+std = [0.5]
+[output]
+kind = "classification"
+labels = ["0", "1"]
+[batching]
+max_batch_size = 8
+warmup_batch_sizes = [1, 8]
+"#;
+
+    fn write(text: &str) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("model.toml"), text).unwrap();
+        let path = dir.path().to_path_buf();
+        (dir, path)
+    }
+
+    #[test]
+    fn loads_a_directory_and_resolves_the_model_file() {
+        let (_dir, path) = write(GOOD);
+        let loaded = load(&path).unwrap();
+        assert_eq!(loaded.model_file, path.join("model.pt"));
+        assert!(loaded.config.output.softmax);
+        assert_eq!(loaded.config.output.kind, OutputKind::Classification);
+    }
+
+    #[test]
+    fn names_the_field_that_is_wrong() {
+        for (from, to, field) in [
+            ("channels = 1", "channels = 2", "input.channels"),
+            ("std = [0.5]", "std = [0.0]", "input.std"),
+            ("mean = [0.5]", "mean = [0.5, 0.5]", "input.mean/std"),
+            ("max_batch_size = 8", "max_batch_size = 0", "batching.max_batch_size"),
+            ("[1, 8]", "[1, 9]", "batching.warmup_batch_sizes"),
+            ("labels = [\"0\", \"1\"]", "labels = []", "output.labels"),
+        ] {
+            let (_dir, path) = write(&GOOD.replace(from, to));
+            let err = load(&path).unwrap_err();
+            assert!(matches!(err, ModelConfigError::Invalid { field: f, .. } if f == field), "{to}: {err}");
+        }
+    }
+
+    #[test]
+    fn unknown_keys_and_missing_files_are_errors() {
+        let (_dir, path) = write(&GOOD.replace("version = \"1\"", "version = \"1\"\ncolour = 3"));
+        assert!(matches!(load(&path), Err(ModelConfigError::Parse { .. })));
+        assert!(matches!(load(Path::new("/nonexistent/model.toml")), Err(ModelConfigError::Read { .. })));
+    }
+}

@@ -1,0 +1,25 @@
+//! Accepts gateway connections and gives each its own task.
+
+use std::sync::Arc;
+
+use interprocess::local_socket::tokio::Listener;
+use interprocess::local_socket::traits::tokio::Listener as _;
+
+use crate::connection::{self, HostContext};
+
+pub async fn accept_loop(listener: Listener, ctx: Arc<HostContext>) {
+    let mut next_id: u64 = 0;
+    loop {
+        match listener.accept().await {
+            Ok(stream) => {
+                next_id += 1;
+                tokio::spawn(connection::serve(stream, ctx.clone(), next_id));
+            }
+            // Out of descriptors or similar: keep serving those connected.
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+    }
+}

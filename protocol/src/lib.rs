@@ -1,0 +1,25 @@
+//! The contract between a gateway and the model-host.
+//!
+//! A request travels gateway -> host in three layers, each in its own module:
+//!
+//! - [`shm`]: the pixels. The host creates one shared-memory segment per
+//!   gateway connection, cut into fixed-size slots; a gateway writes a
+//!   request's uint8 pixels into a slot the host leased to it. Pixels never
+//!   cross the socket.
+//! - [`codec`]: the bytes. Each control message is one frame: a big-endian
+//!   u32 length, then a bincode body, decoded with an explicit size limit.
+//! - [`message`]: the meaning. [`GatewayMessage`] and [`HostMessage`] are the
+//!   only things either side may say; [`handshake`] is the first exchange.
+//!
+//! This crate never links libtorch or CUDA: the gateway depends on it.
+#![deny(unsafe_code)]
+
+pub mod codec;
+pub mod handshake;
+pub mod message;
+#[allow(unsafe_code)]
+pub mod shm;
+
+pub use codec::{CodecError, ControlCodec, GatewayCodec, HostCodec, MAX_FRAME_LEN};
+pub use handshake::{HandshakeError, PROTOCOL_VERSION, check_hello};
+pub use message::*;

@@ -1,0 +1,216 @@
+//! Every message either side may send on the control channel.
+//!
+//! Messages are small: ids, slot references, shapes, top-k answers. Pixels
+//! live in shared memory (see [`crate::shm`]) and are named by a [`SlotRef`].
+
+use serde::{Deserialize, Serialize};
+
+/// Names one leased slot. The generation changes on every lease, so a
+/// gateway that reuses an old reference gets an error, never another
+/// request's pixels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct SlotRef {
+    pub index: u32,
+    pub generation: u64,
+}
+
+/// Gateway -> host.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum GatewayMessage {
+    /// First message on a connection; `gateway` is a name for the host's logs.
+    Hello { protocol_version: u32, gateway: String },
+    /// The gateway has mapped the segment named in the welcome.
+    SegmentMapped,
+    /// Asks for a slot to write one request's pixels into.
+    Lease { request_id: u64 },
+    /// Gives back a leased slot that was never sent (the request failed first).
+    Release { slot: SlotRef },
+    /// Runs the model on the pixels in a leased slot; the slot returns to the
+    /// pool when the host answers.
+    Infer(InferRequest),
+    /// The HTTP client went away: skip the request if it has not run yet.
+    Cancel { request_id: u64 },
+    /// Asks for the host's counters and startup breakdown.
+    Status { request_id: u64 },
+}
+
+/// One image, already decoded and resized by the gateway to the model's input.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InferRequest {
+    pub request_id: u64,
+    pub slot: SlotRef,
+    /// Pixel layout in the slot: height x width x channels, uint8, row-major.
+    pub width: u32,
+    pub height: u32,
+    pub channels: u32,
+    /// How many of the best classes to return.
+    pub top_k: u32,
+    /// Time left before the client's deadline, in microseconds, when sent.
+    /// Relative, so that the two processes need not share a clock.
+    pub budget_us: u64,
+}
+
+/// Host -> gateway.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum HostMessage {
+    Welcome(Welcome),
+    /// The handshake failed; the host closes the connection after this.
+    Refused { reason: String },
+    /// Sent to every gateway whenever the host's phase changes.
+    PhaseChanged(Phase),
+    Leased { request_id: u64, slot: SlotRef },
+    LeaseRefused { request_id: u64, reason: Refusal },
+    InferDone { request_id: u64, result: Result<Prediction, InferError> },
+    Status { request_id: u64, status: HostStatus },
+    /// The gateway broke the protocol; the host closes the connection after this.
+    Violation { reason: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Welcome {
+    pub protocol_version: u32,
+    pub host_pid: u32,
+    pub model: ModelInfo,
+    pub segment: SegmentInfo,
+    pub phase: Phase,
+}
+
+/// What a gateway needs to know about the model to prepare its input.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelInfo {
+    pub name: String,
+    pub version: String,
+    pub description: String,
+    pub width: u32,
+    pub height: u32,
+    /// 1 (grayscale) or 3 (RGB).
+    pub channels: u32,
+    pub labels: Vec<String>,
+    pub max_batch_size: u32,
+    /// Where the model runs, e.g. "cpu" or "cuda:0".
+    pub device: String,
+}
+
+impl ModelInfo {
+    /// Bytes of one input image in a slot.
+    pub fn input_len(&self) -> u64 {
+        u64::from(self.width) * u64::from(self.height) * u64::from(self.channels)
+    }
+}
+
+/// The gateway's view of the segment the host made for its connection.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SegmentInfo {
+    /// The POSIX shared-memory name, e.g. "/model-host.1234.7".
+    pub os_id: String,
+    pub slot_count: u32,
+    pub slot_size: u64,
+}
+
+/// Where the host is in its life. Gateways report it in /health/ready.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Phase {
+    Starting,
+    Loading,
+    Warming { done: u32, total: u32 },
+    Ready(StartupTimings),
+    Draining,
+    Failed { reason: String },
+}
+
+impl Phase {
+    pub fn is_ready(&self) -> bool {
+        matches!(self, Phase::Ready(_))
+    }
+
+    /// A short word for logs, metrics and health bodies.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Phase::Starting => "starting",
+            Phase::Loading => "loading",
+            Phase::Warming { .. } => "warming",
+            Phase::Ready(_) => "ready",
+            Phase::Draining => "draining",
+            Phase::Failed { .. } => "failed",
+        }
+    }
+}
+
+/// Milliseconds from the host's process start to each startup milestone.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+pub struct StartupTimings {
+    pub device_ready_ms: f64,
+    pub weights_loaded_ms: f64,
+    pub warmup_done_ms: f64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Refusal {
+    /// The model is still loading or warming, or the host is draining.
+    NotReady,
+    /// Every slot of this connection is in use.
+    NoFreeSlot,
+    /// The inference queue is full.
+    QueueFull,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Prediction {
+    /// (class index, probability), best first.
+    pub top: Vec<(u32, f32)>,
+    pub timings: HostTimings,
+}
+
+/// Where the host spent a request's time, in microseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+pub struct HostTimings {
+    /// From arrival at the host to the start of its batch.
+    pub queue_us: u64,
+    /// The batch's copy to the device, pre-processing, forward pass and readback.
+    pub inference_us: u64,
+    pub batch_size: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum InferError {
+    /// The request's budget ran out before it reached the model.
+    DeadlineExceeded,
+    /// The slot reference or the shape does not match what the host leased.
+    InvalidRequest(String),
+    QueueFull,
+    NotReady,
+    /// The gateway cancelled it (its client went away) before it ran.
+    Cancelled,
+    /// The model failed on this batch; the message is for the host's log.
+    Model(String),
+}
+
+/// Counters a gateway may fetch; also what the tests use to prove that a
+/// gateway restart does not reload the model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HostStatus {
+    pub pid: u32,
+    pub phase: Phase,
+    /// How many times this process has loaded the model: 1 once ready.
+    pub model_loads: u32,
+    pub connections: u32,
+    pub leased_slots: u32,
+    pub requests_done: u64,
+    pub batches_done: u64,
+    pub device: String,
+}
+
+impl GatewayMessage {
+    /// The variant's name, for errors and logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            GatewayMessage::Hello { .. } => "Hello",
+            GatewayMessage::SegmentMapped => "SegmentMapped",
+            GatewayMessage::Lease { .. } => "Lease",
+            GatewayMessage::Release { .. } => "Release",
+            GatewayMessage::Infer(_) => "Infer",
+            GatewayMessage::Cancel { .. } => "Cancel",
+            GatewayMessage::Status { .. } => "Status",
+        }
+    }
+}
