@@ -1,1 +1,79 @@
-//! placeholder
+//! gateway: a stateless HTTP front end for the model-host.
+//!
+//! Request path, in file order:
+//! - [`routes`]: the axum router; [`routes::predict`] is the main handler.
+//! - [`upload`]: body size and type checks at the edge (413, 415).
+//! - [`decode`]: decode and resize to the model's input on the CPU (400, 413).
+//! - [`host_client`]: lease a slot, write the pixels, send the request,
+//!   await the answer; reconnects to the host on its own.
+//! - [`error`]: every client-visible error and its HTTP status, in one place.
+//!
+//! This crate never links libtorch or CUDA.
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod decode;
+pub mod error;
+pub mod host_client;
+pub mod routes;
+pub mod upload;
+
+use std::future::Future;
+use std::time::Duration;
+
+pub use config::Config;
+use host_client::HostClient;
+
+/// Per-request limits, from the config.
+#[derive(Debug, Clone)]
+pub struct RequestLimits {
+    pub max_body_bytes: usize,
+    pub max_pixels: u64,
+    pub request_timeout: Duration,
+    pub default_top_k: u32,
+}
+
+/// What every handler gets.
+#[derive(Clone)]
+pub struct AppState {
+    pub host: HostClient,
+    pub limits: RequestLimits,
+}
+
+impl AppState {
+    pub fn new(config: &Config) -> Self {
+        Self {
+            host: HostClient::start(config.host_socket.clone(), config.gateway_name()),
+            limits: RequestLimits {
+                max_body_bytes: config.max_body_bytes,
+                max_pixels: config.max_pixels,
+                request_timeout: config.request_timeout(),
+                default_top_k: config.default_top_k,
+            },
+        }
+    }
+}
+
+/// How long in-flight requests may take to finish after shutdown begins.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// Serves HTTP on `listener` until `shutdown` resolves, then lets in-flight
+/// requests finish for at most [`SHUTDOWN_GRACE`].
+pub async fn run(config: Config, listener: tokio::net::TcpListener, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+    let app = routes::router(AppState::new(&config));
+    let (stopping_tx, mut stopping) = tokio::sync::watch::channel(false);
+    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+        shutdown.await;
+        let _ = stopping_tx.send(true);
+    });
+    tokio::select! {
+        result = server => result,
+        () = async {
+            let _ = stopping.wait_for(|s| *s).await;
+            tokio::time::sleep(SHUTDOWN_GRACE).await;
+        } => {
+            tracing::warn!(grace_secs = SHUTDOWN_GRACE.as_secs(), "grace period over; exiting with requests still open");
+            Ok(())
+        }
+    }
+}

@@ -1,1 +1,40 @@
-fn main() {}
+//! gateway binary: parse flags, set up logging, bind, run.
+#![forbid(unsafe_code)]
+
+use std::time::Instant;
+
+use anyhow::Context;
+use clap::Parser;
+use gateway::Config;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let started = Instant::now();
+    let config = Config::parse();
+    config.validate().map_err(anyhow::Error::msg)?;
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let listener = tokio::net::TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
+    tracing::info!(
+        addr = %listener.local_addr()?,
+        host_socket = %config.host_socket.display(),
+        startup_ms = started.elapsed().as_secs_f64() * 1e3,
+        "gateway listening"
+    );
+    gateway::run(config, listener, shutdown_signal()).await?;
+    tracing::info!("gateway stopped");
+    Ok(())
+}
+
+/// SIGTERM (systemd, deploys) or SIGINT (Ctrl-C).
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("installing a signal handler fails only without a runtime");
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: finishing in-flight requests"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: finishing in-flight requests"),
+    }
+}

@@ -13,6 +13,7 @@ async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     tracing::info!(pid = std::process::id(), socket = %config.socket.display(), model = %config.model.display(), "model-host starting");
     let listener = control_socket::bind(&config.socket, config.socket_mode)?;

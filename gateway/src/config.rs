@@ -1,0 +1,65 @@
+//! Command-line and environment configuration of a gateway.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+
+/// A stateless HTTP front end for the model-host: validates, decodes and
+/// resizes images, and hands the pixels to the host through shared memory.
+///
+/// Every flag can also be set with the environment variable shown.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "gateway", version)]
+pub struct Config {
+    /// Address to listen on for HTTP.
+    #[arg(long, env = "GATEWAY_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+
+    /// The model-host's control socket.
+    #[arg(long, env = "GATEWAY_HOST_SOCKET", default_value = "/run/model-host/control.sock")]
+    pub host_socket: PathBuf,
+
+    /// Largest request body accepted, in bytes (413 above it, refused from
+    /// the Content-Length header before the body is read when it has one).
+    #[arg(long, env = "GATEWAY_MAX_BODY_BYTES", default_value_t = 16 * 1024 * 1024)]
+    pub max_body_bytes: usize,
+
+    /// Largest image accepted, in pixels (width x height), checked from the
+    /// image header before any pixel memory is allocated (413 above it).
+    #[arg(long, env = "GATEWAY_MAX_PIXELS", default_value_t = 40_000_000)]
+    pub max_pixels: u64,
+
+    /// Longest a request may take, in milliseconds, unless it asks for less
+    /// with `?timeout_ms=` (504 past it).
+    #[arg(long, env = "GATEWAY_REQUEST_TIMEOUT_MS", default_value_t = 30_000)]
+    pub request_timeout_ms: u64,
+
+    /// How many classes a prediction returns when the request does not say
+    /// (`?top_k=`).
+    #[arg(long, env = "GATEWAY_DEFAULT_TOP_K", default_value_t = 5)]
+    pub default_top_k: u32,
+
+    /// Name this gateway gives itself in the host's logs (default: gateway-<pid>).
+    #[arg(long, env = "GATEWAY_NAME")]
+    pub name: Option<String>,
+}
+
+impl Config {
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.request_timeout_ms)
+    }
+
+    pub fn gateway_name(&self) -> String {
+        self.name.clone().unwrap_or_else(|| format!("gateway-{}", std::process::id()))
+    }
+
+    /// Checks what clap's types cannot.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.max_body_bytes == 0 || self.max_pixels == 0 || self.request_timeout_ms == 0 || self.default_top_k == 0 {
+            return Err("--max-body-bytes, --max-pixels, --request-timeout-ms and --default-top-k must be > 0".into());
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,139 @@
+//! Every error a client can get, and the one place that maps them to HTTP.
+//!
+//! Bodies are `{"error": "<message>", "type": "<stable machine-readable type>"}`.
+//! 4xx messages name the field or limit at fault; 5xx messages never carry
+//! internals (those go to the log).
+
+use axum::Json;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use thiserror::Error;
+
+use crate::decode::DecodeError;
+use crate::host_client::HostCallError;
+
+#[derive(Debug, Error)]
+pub enum ApiError {
+    #[error("invalid {field}: {problem}")]
+    InvalidRequest { field: &'static str, problem: String },
+    #[error("the body is not a valid {format} image: {detail}")]
+    CorruptImage { format: &'static str, detail: String },
+    #[error("body of {size} bytes is over the {limit}-byte limit")]
+    BodyTooLarge { size: String, limit: usize },
+    #[error("image of {width}x{height} pixels is over the {limit}-pixel limit")]
+    TooManyPixels { width: u32, height: u32, limit: u64 },
+    #[error("unsupported content type {0:?}: send image/png, image/jpeg or image/webp (raw body or multipart/form-data)")]
+    UnsupportedMediaType(String),
+    #[error("model {0:?} is not served here")]
+    ModelNotFound(String),
+    #[error("the model host is not available ({phase}); retry shortly")]
+    HostUnavailable { phase: String },
+    #[error("the model host is at capacity ({reason}); retry shortly")]
+    Overloaded { reason: &'static str },
+    #[error("no answer within the {budget_ms} ms deadline")]
+    DeadlineExceeded { budget_ms: u64 },
+    #[error("internal error")]
+    Internal(String),
+}
+
+impl ApiError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::InvalidRequest { .. } | ApiError::CorruptImage { .. } => StatusCode::BAD_REQUEST,
+            ApiError::BodyTooLarge { .. } | ApiError::TooManyPixels { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::ModelNotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::HostUnavailable { .. } | ApiError::Overloaded { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::DeadlineExceeded { .. } => StatusCode::GATEWAY_TIMEOUT,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// Stable identifiers clients may match on.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ApiError::InvalidRequest { .. } => "invalid_request",
+            ApiError::CorruptImage { .. } => "invalid_image",
+            ApiError::BodyTooLarge { .. } => "body_too_large",
+            ApiError::TooManyPixels { .. } => "image_too_large",
+            ApiError::UnsupportedMediaType(_) => "unsupported_media_type",
+            ApiError::ModelNotFound(_) => "model_not_found",
+            ApiError::HostUnavailable { .. } => "host_unavailable",
+            ApiError::Overloaded { .. } => "overloaded",
+            ApiError::DeadlineExceeded { .. } => "deadline_exceeded",
+            ApiError::Internal(_) => "internal",
+        }
+    }
+}
+
+/// Seconds a client should wait before retrying a 503.
+pub const RETRY_AFTER_SECS: &str = "1";
+
+impl From<HostCallError> for ApiError {
+    fn from(e: HostCallError) -> Self {
+        match e {
+            HostCallError::Unavailable { phase } => ApiError::HostUnavailable { phase },
+            HostCallError::Overloaded(reason) => ApiError::Overloaded { reason },
+            // The gateway fills in the budget; see routes::predict.
+            HostCallError::DeadlineExceeded => ApiError::DeadlineExceeded { budget_ms: 0 },
+            HostCallError::Rejected(m) | HostCallError::Model(m) => ApiError::Internal(m),
+        }
+    }
+}
+
+impl From<DecodeError> for ApiError {
+    fn from(e: DecodeError) -> Self {
+        match e {
+            DecodeError::Corrupt { format, detail } => ApiError::CorruptImage { format, detail },
+            DecodeError::TooManyPixels { width, height, limit } => ApiError::TooManyPixels { width, height, limit },
+        }
+    }
+}
+
+impl ApiError {
+    /// The same JSON body with 404, for unknown routes.
+    pub fn not_found(self) -> Response {
+        let mut r = self.into_response();
+        *r.status_mut() = StatusCode::NOT_FOUND;
+        r
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        if let ApiError::Internal(detail) = &self {
+            tracing::error!(%detail, "internal error");
+        } else if status.is_server_error() {
+            tracing::warn!(error = %self, "request failed");
+        }
+        let body = serde_json::json!({ "error": self.to_string(), "type": self.kind() });
+        let mut response = (status, Json(body)).into_response();
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER_SECS));
+        }
+        response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unavailable_carries_retry_after_and_internal_hides_details() {
+        let r = ApiError::HostUnavailable { phase: "loading".into() }.into_response();
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(r.headers()[header::RETRY_AFTER], "1");
+        let e = ApiError::Internal("segment /x: EIO".into());
+        assert_eq!(e.to_string(), "internal error");
+        assert_eq!(e.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    }
+
+    #[test]
+    fn client_errors_name_the_limit() {
+        let e = ApiError::TooManyPixels { width: 50000, height: 50000, limit: 40_000_000 };
+        assert_eq!(e.status(), StatusCode::PAYLOAD_TOO_LARGE);
+        assert!(e.to_string().contains("40000000"));
+    }
+}

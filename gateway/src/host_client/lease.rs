@@ -1,0 +1,89 @@
+//! A leased slot and the request that uses it.
+//!
+//! [`SlotLease`] is RAII: write the pixels, then [`SlotLease::infer`]
+//! consumes it; dropped unsent, it gives the slot back. [`InFlight`]
+//! covers the wait for the answer: dropped early (the HTTP client went
+//! away, the deadline passed), it tells the host to skip the request.
+
+use std::sync::Arc;
+
+use protocol::{GatewayMessage, HostMessage, InferError, InferRequest, Prediction, SlotRef};
+
+use super::HostCallError;
+use super::link::Link;
+
+pub struct SlotLease {
+    link: Arc<Link>,
+    slot: SlotRef,
+    /// False once sent in an Infer: the host frees it after answering.
+    owned: bool,
+}
+
+impl SlotLease {
+    pub(super) fn new(link: Arc<Link>, slot: SlotRef) -> Self {
+        Self { link, slot, owned: true }
+    }
+
+    /// Copies one image's pixels into the slot.
+    pub fn write(&mut self, pixels: &[u8]) -> Result<(), HostCallError> {
+        self.link
+            .segment()
+            .write_slot(self.slot.index, pixels)
+            .map_err(|e| HostCallError::Rejected(format!("writing slot: {e}")))
+    }
+
+    /// Sends the request; the slot now belongs to the host until it answers.
+    pub fn infer(mut self, width: u32, height: u32, channels: u32, top_k: u32, budget_us: u64) -> Result<InFlight, HostCallError> {
+        let request_id = self.link.next_request_id();
+        let request = InferRequest { request_id, slot: self.slot, width, height, channels, top_k, budget_us };
+        let answer = self.link.request(request_id, GatewayMessage::Infer(request))?;
+        self.owned = false;
+        Ok(InFlight { link: self.link.clone(), request_id, answer: Some(answer) })
+    }
+}
+
+impl Drop for SlotLease {
+    fn drop(&mut self) {
+        if self.owned {
+            self.link.send(GatewayMessage::Release { slot: self.slot });
+        }
+    }
+}
+
+pub struct InFlight {
+    link: Arc<Link>,
+    request_id: u64,
+    answer: Option<tokio::sync::oneshot::Receiver<HostMessage>>,
+}
+
+impl InFlight {
+    pub async fn result(mut self) -> Result<Prediction, HostCallError> {
+        let answer = self.answer.as_mut().expect("the receiver is only taken here, once");
+        let received = answer.await;
+        // Answered (or disconnected): nothing left to cancel on drop.
+        self.answer = None;
+        let message = received.map_err(|_| HostCallError::Unavailable { phase: "disconnected".into() })?;
+        match message {
+            HostMessage::InferDone { result: Ok(prediction), .. } => Ok(prediction),
+            HostMessage::InferDone { result: Err(e), .. } => Err(match e {
+                InferError::DeadlineExceeded => HostCallError::DeadlineExceeded,
+                InferError::QueueFull => HostCallError::Overloaded("inference queue full"),
+                InferError::NotReady => HostCallError::Unavailable { phase: self.link.phase().name().to_string() },
+                InferError::Cancelled => HostCallError::Rejected("cancelled".into()),
+                InferError::InvalidRequest(m) => HostCallError::Rejected(m),
+                InferError::Model(m) => HostCallError::Model(m),
+            }),
+            other => Err(HostCallError::Rejected(format!("unexpected answer to Infer: {other:?}"))),
+        }
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        // Still holding the receiver: nobody read the answer.
+        if self.answer.is_some() {
+            self.link.forget(self.request_id);
+            self.link.send(GatewayMessage::Cancel { request_id: self.request_id });
+        }
+    }
+}

@@ -1,0 +1,29 @@
+//! The HTTP surface: one file per group of routes.
+//!
+//! | route | file |
+//! |---|---|
+//! | `GET /health/live`, `GET /health/ready` | [`health`] |
+//! | `GET /v1/models`, `GET /v1/models/{name}`, `GET /v1/host/status` | [`models`] |
+//! | `POST /v1/models/{name}/predict` | [`predict`] |
+
+pub mod health;
+pub mod models;
+pub mod predict;
+
+use axum::Router;
+use axum::routing::{get, post};
+
+use crate::AppState;
+use crate::error::ApiError;
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/health/live", get(health::live))
+        .route("/health/ready", get(health::ready))
+        .route("/v1/models", get(models::list))
+        .route("/v1/models/{name}", get(models::describe))
+        .route("/v1/models/{name}/predict", post(predict::predict))
+        .route("/v1/host/status", get(models::host_status))
+        .fallback(|| async { ApiError::InvalidRequest { field: "path", problem: "no such route".into() }.not_found() })
+        .with_state(state)
+}

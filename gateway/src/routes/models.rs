@@ -1,0 +1,41 @@
+//! What is served: model metadata and the host's counters.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use protocol::{HostStatus, ModelInfo};
+use serde_json::{Value, json};
+
+use crate::AppState;
+use crate::error::ApiError;
+
+fn describe_model(m: &ModelInfo) -> Value {
+    json!({
+        "name": m.name,
+        "version": m.version,
+        "description": m.description,
+        "input": { "width": m.width, "height": m.height, "channels": m.channels, "dtype": "uint8" },
+        "labels": m.labels,
+        "max_batch_size": m.max_batch_size,
+        "device": m.device,
+    })
+}
+
+pub async fn list(State(app): State<AppState>) -> Result<Json<Value>, ApiError> {
+    let link = app.host.link()?;
+    Ok(Json(json!({ "models": [describe_model(link.model())] })))
+}
+
+pub async fn describe(State(app): State<AppState>, Path(name): Path<String>) -> Result<Json<Value>, ApiError> {
+    let link = app.host.link()?;
+    if link.model().name != name {
+        return Err(ApiError::ModelNotFound(name));
+    }
+    let mut body = describe_model(link.model());
+    body["ready"] = json!(link.phase().is_ready());
+    Ok(Json(body))
+}
+
+/// The host's own counters (model loads, connections, slots, requests).
+pub async fn host_status(State(app): State<AppState>) -> Result<Json<HostStatus>, ApiError> {
+    Ok(Json(app.host.status().await?))
+}

@@ -1,0 +1,126 @@
+//! `POST /v1/models/{name}/predict`: the request path, step by step.
+//!
+//! admit (host ready?) -> read body (size) -> find image (type) -> decode and
+//! resize (pixels) -> lease a slot -> write pixels -> infer -> answer.
+
+use std::time::{Duration, Instant};
+
+use axum::Json;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, Request, State};
+use serde::{Deserialize, Serialize};
+
+use crate::AppState;
+use crate::decode::{Target, decode_to_input};
+use crate::error::ApiError;
+use crate::host_client::HostCallError;
+use crate::upload::{extract_image, read_body};
+
+#[derive(Debug, Deserialize)]
+pub struct PredictParams {
+    /// How many classes to return (default: --default-top-k).
+    top_k: Option<u32>,
+    /// A deadline shorter than the gateway's --request-timeout-ms.
+    timeout_ms: Option<u64>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct PredictResponse {
+    pub model: String,
+    pub version: String,
+    pub predictions: Vec<Prediction>,
+    pub timings_ms: Timings,
+    /// How many requests shared this one's forward pass.
+    pub batch_size: u32,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Prediction {
+    pub label: String,
+    pub index: u32,
+    pub score: f32,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Timings {
+    pub decode: f64,
+    pub queue: f64,
+    pub inference: f64,
+    pub total: f64,
+}
+
+#[tracing::instrument(skip_all, fields(model = %name))]
+pub async fn predict(
+    State(app): State<AppState>,
+    Path(name): Path<String>,
+    params: Result<Query<PredictParams>, QueryRejection>,
+    request: Request,
+) -> Result<Json<PredictResponse>, ApiError> {
+    let started = Instant::now();
+    let Query(params) = params.map_err(|e| ApiError::InvalidRequest { field: "query string", problem: e.body_text() })?;
+    // Admission before work: no body is read for a host that cannot serve.
+    let link = app.host.ready_link()?;
+    let model = link.model().clone();
+    if model.name != name {
+        return Err(ApiError::ModelNotFound(name));
+    }
+    let budget = match params.timeout_ms {
+        Some(ms) => Duration::from_millis(ms).min(app.limits.request_timeout),
+        None => app.limits.request_timeout,
+    };
+    let deadline = started + budget;
+    let top_k = params.top_k.unwrap_or(app.limits.default_top_k);
+    if top_k == 0 {
+        return Err(ApiError::InvalidRequest { field: "top_k", problem: "must be at least 1".into() });
+    }
+    let top_k = top_k.min(model.labels.len() as u32);
+
+    let (parts, body) = request.into_parts();
+    let body = read_body(body, &parts.headers, app.limits.max_body_bytes).await?;
+    let upload = extract_image(&parts.headers, body).await?;
+    let target = Target { width: model.width, height: model.height, channels: model.channels };
+    let max_pixels = app.limits.max_pixels;
+    let decode_started = Instant::now();
+    let pixels = tokio::task::spawn_blocking(move || decode_to_input(&upload.bytes, upload.format, target, max_pixels))
+        .await
+        .map_err(|e| ApiError::Internal(format!("decode task: {e}")))??;
+    let decode = decode_started.elapsed();
+
+    let timeout = || ApiError::DeadlineExceeded { budget_ms: budget.as_millis() as u64 };
+    let mut lease = tokio::time::timeout_at(deadline.into(), link.lease()).await.map_err(|_| timeout())??;
+    lease.write(&pixels)?;
+    let remaining = deadline.saturating_duration_since(Instant::now());
+    if remaining.is_zero() {
+        return Err(timeout());
+    }
+    let in_flight = lease.infer(model.width, model.height, model.channels, top_k, remaining.as_micros() as u64)?;
+    let answer = tokio::time::timeout(remaining, in_flight.result()).await.map_err(|_| timeout())?;
+    let prediction = answer.map_err(|e| match e {
+        HostCallError::DeadlineExceeded => timeout(),
+        other => other.into(),
+    })?;
+
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    let t = prediction.timings;
+    let predictions = prediction
+        .top
+        .into_iter()
+        .map(|(index, score)| Prediction {
+            label: model.labels.get(index as usize).cloned().unwrap_or_else(|| index.to_string()),
+            index,
+            score,
+        })
+        .collect();
+    Ok(Json(PredictResponse {
+        model: model.name,
+        version: model.version,
+        predictions,
+        timings_ms: Timings {
+            decode: ms(decode),
+            queue: t.queue_us as f64 / 1e3,
+            inference: t.inference_us as f64 / 1e3,
+            total: ms(started.elapsed()),
+        },
+        batch_size: t.batch_size,
+    }))
+}
