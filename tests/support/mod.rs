@@ -1,1 +1,262 @@
-//! placeholder
+//! Test harness: start the real `model-host` and `gateway` binaries on a
+//! temporary socket and a free port, wait for them, and always clean up.
+//! A process's log is printed when the test that owns it fails.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+/// The workspace root.
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ lives in the workspace").to_path_buf()
+}
+
+/// The default model, made by scripts/setup.
+pub fn digits_model() -> PathBuf {
+    let dir = root().join("models/digits");
+    assert!(dir.join("model.pt").exists(), "models/digits is missing: run scripts/setup first");
+    dir
+}
+
+/// Path of a workspace binary, built once per test process so that tests
+/// never run a stale one.
+pub fn binary(name: &str) -> PathBuf {
+    static BUILT: OnceLock<()> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let status = Command::new(env!("CARGO"))
+            .args(["build", "--quiet", "-p", "model-host", "-p", "gateway"])
+            .current_dir(root())
+            .status()
+            .expect("running cargo build");
+        assert!(status.success(), "building the binaries failed");
+    });
+    // target/<profile>/deps/<this test> -> target/<profile>/<name>
+    let exe = std::env::current_exe().expect("current_exe");
+    exe.parent().and_then(Path::parent).expect("test binary lives in target/<profile>/deps").join(name)
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("binding port 0").port()
+}
+
+/// A running child process whose log goes to a file.
+pub struct Process {
+    pub name: String,
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl Process {
+    fn spawn(name: &str, binary: &Path, args: &[String], log: PathBuf) -> Process {
+        let file = std::fs::File::create(&log).expect("creating log file");
+        let child = Command::new(binary)
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdout(file.try_clone().expect("log fd"))
+            .stderr(file)
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {}: {e}", binary.display()));
+        Process { name: name.to_string(), child: Some(child), log }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("process is running").id()
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn signal(&self, signal: Signal) {
+        let _ = kill(Pid::from_raw(self.pid() as i32), signal);
+    }
+
+    /// SIGKILL and reap.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Waits for the process to exit by itself; its exit code.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<i32> {
+        let started = Instant::now();
+        let child = self.child.as_mut()?;
+        while started.elapsed() < limit {
+            if let Ok(Some(status)) = child.try_wait() {
+                self.child = None;
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        None
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("----- log of {} -----\n{}----- end of {} -----", self.name, self.log(), self.name);
+        }
+        self.kill();
+    }
+}
+
+/// A scratch directory for sockets and logs.
+pub struct Scratch {
+    pub dir: tempfile::TempDir,
+}
+
+impl Scratch {
+    pub fn new() -> Scratch {
+        Scratch { dir: tempfile::Builder::new().prefix("split-test-").tempdir().expect("tempdir") }
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.dir.path().join("host.sock")
+    }
+
+    pub fn start_host(&self, extra: &[&str]) -> Process {
+        let mut args = vec![
+            "--socket".to_string(),
+            self.socket().display().to_string(),
+            "--model".into(),
+            digits_model().display().to_string(),
+            "--device".into(),
+            "cpu".into(),
+            "--cpu-threads".into(),
+            "2".into(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let n = std::fs::read_dir(self.dir.path()).map(|d| d.count()).unwrap_or(0);
+        Process::spawn("model-host", &binary("model-host"), &args, self.dir.path().join(format!("host-{n}.log")))
+    }
+
+    pub fn start_gateway(&self, extra: &[&str]) -> Gateway {
+        let port = free_port();
+        let mut args = vec![
+            "--host-socket".to_string(),
+            self.socket().display().to_string(),
+            "--listen".into(),
+            format!("127.0.0.1:{port}"),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let log = self.dir.path().join(format!("gateway-{port}.log"));
+        Gateway { process: Process::spawn(&format!("gateway:{port}"), &binary("gateway"), &args, log), port }
+    }
+}
+
+impl Default for Scratch {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+pub struct Gateway {
+    pub process: Process,
+    pub port: u16,
+}
+
+impl Gateway {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    pub fn predict_url(&self) -> String {
+        self.url("/v1/models/digits/predict")
+    }
+
+    /// Polls `path` until it answers 200.
+    pub async fn wait_for(&self, path: &str, limit: Duration) {
+        let client = reqwest::Client::new();
+        let started = Instant::now();
+        loop {
+            if let Ok(r) = client.get(self.url(path)).send().await {
+                if r.status().is_success() {
+                    return;
+                }
+            }
+            assert!(started.elapsed() < limit, "{} did not answer 200 on {path} within {limit:?}", self.process.name);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub async fn wait_ready(&self) {
+        self.wait_for("/health/ready", Duration::from_secs(120)).await;
+    }
+
+    /// The host's counters, through this gateway.
+    pub async fn host_status(&self) -> serde_json::Value {
+        reqwest::get(self.url("/v1/host/status")).await.expect("status request").json().await.expect("status json")
+    }
+}
+
+/// One held-out test image: its file, bytes and true label.
+pub struct Sample {
+    pub path: PathBuf,
+    pub bytes: Vec<u8>,
+    pub label: String,
+}
+
+/// The held-out set in one presentation (gray8, rgb64, inv28, rgba48),
+/// written by scripts/train_digits.py; file names are `<index>_<label>.png`.
+pub fn testset(presentation: &str) -> Vec<Sample> {
+    let dir = digits_model().join("testset").join(presentation);
+    let mut paths: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| e.expect("dir entry").path())
+        .collect();
+    paths.sort();
+    paths
+        .into_iter()
+        .map(|path| {
+            let stem = path.file_stem().expect("file stem").to_string_lossy().into_owned();
+            let label = stem.rsplit('_').next().expect("<index>_<label>").to_string();
+            Sample { bytes: std::fs::read(&path).expect("reading sample"), path, label }
+        })
+        .collect()
+}
+
+/// POSTs an image; the status and the parsed JSON body.
+pub async fn post_image(
+    client: &reqwest::Client,
+    url: &str,
+    bytes: Vec<u8>,
+    content_type: &str,
+) -> (reqwest::StatusCode, reqwest::header::HeaderMap, serde_json::Value) {
+    let response = client
+        .post(url)
+        .header(reqwest::header::CONTENT_TYPE, content_type)
+        .body(bytes)
+        .send()
+        .await
+        .expect("sending the request");
+    let status = response.status();
+    let headers = response.headers().clone();
+    let body = response.json().await.unwrap_or(serde_json::Value::Null);
+    (status, headers, body)
+}
+
+/// The label of the best prediction in a predict response.
+pub fn top_label(body: &serde_json::Value) -> String {
+    body["predictions"][0]["label"].as_str().unwrap_or_else(|| panic!("no prediction in {body}")).to_string()
+}
+
+/// Names of our segments currently in /dev/shm.
+pub fn our_segments() -> Vec<String> {
+    std::fs::read_dir("/dev/shm")
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with("model-host."))
+                .collect()
+        })
+        .unwrap_or_default()
+}
