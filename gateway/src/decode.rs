@@ -144,6 +144,9 @@ mod tests {
         let mut bytes = png(DynamicImage::ImageLuma8(image::GrayImage::new(1, 1)));
         bytes[16..20].copy_from_slice(&50_000u32.to_be_bytes());
         bytes[20..24].copy_from_slice(&50_000u32.to_be_bytes());
+        // Fix the IHDR chunk's CRC (over its type and data) so only the size is a lie.
+        let crc = crc32fast::hash(&bytes[12..29]);
+        bytes[29..33].copy_from_slice(&crc.to_be_bytes());
         let err = decode_to_input(&bytes, ImageFormat::Png, GRAY32, 40_000_000).unwrap_err();
         assert_eq!(err, DecodeError::TooManyPixels { width: 50_000, height: 50_000, limit: 40_000_000 });
     }
