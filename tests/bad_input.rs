@@ -74,6 +74,13 @@ async fn bad_inputs_get_their_status_and_the_host_stays_healthy() {
         println!("{name:<28} -> {status} {}", json["error"]);
     }
 
+    // The early 413 (refused from Content-Length) must reach the client
+    // every time, not a reset connection: repeat it.
+    for _ in 0..20 {
+        let (status, _, _) = post_image(&client, &url, vec![0u8; MAX_BODY + 1], "image/png").await;
+        assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    }
+
     // Over the limit with chunked encoding (no Content-Length): cut at the limit.
     let chunks = futures::stream::iter((0..40).map(|_| Ok::<_, std::io::Error>(vec![0u8; 10_000])));
     let response = client

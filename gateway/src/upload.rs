@@ -5,8 +5,8 @@
 
 use axum::body::Body;
 use axum::http::{HeaderMap, header};
-use bytes::Bytes;
-use http_body_util::{BodyExt, LengthLimitError, Limited};
+use bytes::{Bytes, BytesMut};
+use http_body_util::BodyExt;
 use image::ImageFormat;
 
 use crate::error::ApiError;
@@ -23,16 +23,44 @@ pub struct Upload {
 pub async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Bytes, ApiError> {
     let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
     if let Some(len) = declared.filter(|&len| len > limit as u64) {
+        tokio::spawn(discard_rest(body, limit));
         return Err(ApiError::BodyTooLarge { size: len.to_string(), limit });
     }
-    match Limited::new(body, limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
-            Err(ApiError::BodyTooLarge { size: "more".into(), limit })
+    let mut body = body;
+    let mut buf = BytesMut::with_capacity(declared.map_or(0, |len| len as usize));
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| ApiError::InvalidRequest { field: "body", problem: format!("could not be read: {e}") })?;
+        if let Ok(data) = frame.into_data() {
+            if buf.len() + data.len() > limit {
+                tokio::spawn(discard_rest(body, limit));
+                return Err(ApiError::BodyTooLarge { size: "more".into(), limit });
+            }
+            buf.extend_from_slice(&data);
         }
-        Err(e) => Err(ApiError::InvalidRequest { field: "body", problem: format!("could not be read: {e}") }),
     }
+    Ok(buf.freeze())
 }
+
+/// Reads and drops what the client is still sending after we refused its
+/// body, so that it gets to read our 413 instead of a reset connection
+/// (hyper does no lingering close). Bounded in bytes and time, and never
+/// stored: past either bound the connection is simply closed.
+async fn discard_rest(mut body: Body, limit: usize) {
+    let cap = limit.saturating_add(1 << 20);
+    let _ = tokio::time::timeout(DISCARD_TIME, async {
+        let mut seen = 0usize;
+        while let Some(Ok(frame)) = body.frame().await {
+            seen += frame.data_ref().map_or(0, |d| d.len());
+            if seen > cap {
+                return;
+            }
+        }
+    })
+    .await;
+}
+
+/// How long a refused body may keep its connection busy.
+const DISCARD_TIME: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Finds the image in a raw or multipart body.
 pub async fn extract_image(headers: &HeaderMap, body: Bytes) -> Result<Upload, ApiError> {

@@ -1,0 +1,156 @@
+//! A closed-loop load generator: N clients, each sending its next request
+//! as soon as the previous one is answered, for a fixed time per level.
+//! Prints one row per concurrency level: throughput and latency quantiles.
+#![forbid(unsafe_code)]
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::Parser;
+use serde::Serialize;
+
+/// Closed-loop HTTP load: images per second and p50/p90/p99 latency.
+#[derive(Debug, Parser)]
+struct Args {
+    /// URL to POST each image to.
+    #[arg(long)]
+    url: String,
+    /// Image files (or directories of them) to send, round-robin.
+    #[arg(long, required = true, num_args = 1..)]
+    images: Vec<PathBuf>,
+    /// Content-Type of the bodies.
+    #[arg(long, default_value = "image/png")]
+    content_type: String,
+    /// Concurrency levels to run, one after another.
+    #[arg(long, value_delimiter = ',', default_value = "1,8,32")]
+    concurrency: Vec<usize>,
+    /// Seconds measured at each level.
+    #[arg(long, default_value_t = 10.0)]
+    seconds: f64,
+    /// Seconds of unmeasured load before each level.
+    #[arg(long, default_value_t = 2.0)]
+    warmup_seconds: f64,
+    /// Label for the rows (e.g. "split-jpeg").
+    #[arg(long, default_value = "split")]
+    label: String,
+    /// Append the rows as JSON lines to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+#[derive(Debug, Serialize)]
+struct Row {
+    label: String,
+    concurrency: usize,
+    requests: usize,
+    errors: usize,
+    images_per_second: f64,
+    p50_ms: f64,
+    p90_ms: f64,
+    p99_ms: f64,
+}
+
+fn load_images(paths: &[PathBuf]) -> anyhow::Result<Vec<Arc<Vec<u8>>>> {
+    let mut files = Vec::new();
+    for p in paths {
+        if p.is_dir() {
+            let mut entries: Vec<_> = std::fs::read_dir(p)?.flatten().map(|e| e.path()).collect();
+            entries.sort();
+            files.extend(entries);
+        } else {
+            files.push(p.clone());
+        }
+    }
+    if files.is_empty() {
+        bail!("no images found in {paths:?}");
+    }
+    files.iter().map(|f| Ok(Arc::new(std::fs::read(f).with_context(|| f.display().to_string())?))).collect()
+}
+
+/// Runs `concurrency` clients until `until`; latencies of the answers that
+/// started after `measure_from`, and the error count.
+async fn run_level(
+    client: &reqwest::Client,
+    args: &Args,
+    images: &[Arc<Vec<u8>>],
+    concurrency: usize,
+    measure_from: Instant,
+    until: Instant,
+) -> (Vec<Duration>, usize) {
+    let mut tasks = Vec::new();
+    for worker in 0..concurrency {
+        let client = client.clone();
+        let url = args.url.clone();
+        let content_type = args.content_type.clone();
+        let images: Vec<_> = images.to_vec();
+        tasks.push(tokio::spawn(async move {
+            let (mut latencies, mut errors, mut i) = (Vec::new(), 0usize, worker);
+            while Instant::now() < until {
+                let body = images[i % images.len()].as_ref().clone();
+                i += 1;
+                let started = Instant::now();
+                let ok = match client.post(&url).header("content-type", &content_type).body(body).send().await {
+                    Ok(r) => r.status().is_success() && r.bytes().await.is_ok(),
+                    Err(_) => false,
+                };
+                if started >= measure_from {
+                    if ok { latencies.push(started.elapsed()) } else { errors += 1 }
+                }
+            }
+            (latencies, errors)
+        }));
+    }
+    let mut all = Vec::new();
+    let mut errors = 0;
+    for t in tasks {
+        let (l, e) = t.await.expect("worker task");
+        all.extend(l);
+        errors += e;
+    }
+    (all, errors)
+}
+
+fn quantile(sorted: &[Duration], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * q).round() as usize;
+    sorted[i].as_secs_f64() * 1e3
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let images = load_images(&args.images)?;
+    let client = reqwest::Client::builder().pool_max_idle_per_host(1024).build()?;
+    println!("{:<16} {:>5} {:>9} {:>7} {:>10} {:>9} {:>9} {:>9}", "label", "conc", "requests", "errors", "img/s", "p50 ms", "p90 ms", "p99 ms");
+    for &concurrency in &args.concurrency {
+        let start = Instant::now();
+        let measure_from = start + Duration::from_secs_f64(args.warmup_seconds);
+        let until = measure_from + Duration::from_secs_f64(args.seconds);
+        let (mut latencies, errors) = run_level(&client, &args, &images, concurrency, measure_from, until).await;
+        latencies.sort();
+        let row = Row {
+            label: args.label.clone(),
+            concurrency,
+            requests: latencies.len(),
+            errors,
+            images_per_second: latencies.len() as f64 / args.seconds,
+            p50_ms: quantile(&latencies, 0.50),
+            p90_ms: quantile(&latencies, 0.90),
+            p99_ms: quantile(&latencies, 0.99),
+        };
+        println!(
+            "{:<16} {:>5} {:>9} {:>7} {:>10.1} {:>9.2} {:>9.2} {:>9.2}",
+            row.label, row.concurrency, row.requests, row.errors, row.images_per_second, row.p50_ms, row.p90_ms, row.p99_ms
+        );
+        if let Some(path) = &args.json {
+            use std::io::Write;
+            let mut f = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
+            writeln!(f, "{}", serde_json::to_string(&row)?)?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,60 @@
+#!/usr/bin/env python3
+"""Export torchvision's ResNet-50 as TorchScript with a model.toml beside it.
+
+The benchmark model (GPU runs): weights are random (seeded) because timing
+does not depend on them and nothing may be downloaded; the labels are
+ImageNet's 1000 class names, which torchvision ships in its weights
+metadata without downloading the weights. Needs torch and torchvision.
+
+    python3 scripts/export_resnet50.py --out models/resnet50
+"""
+import argparse
+from pathlib import Path
+
+import torch
+import torchvision
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", type=Path, default=Path("models/resnet50"))
+    ap.add_argument("--max-batch-size", type=int, default=64)
+    args = ap.parse_args()
+
+    torch.manual_seed(0)
+    model = torchvision.models.resnet50(weights=None).eval()
+    scripted = torch.jit.script(model)
+    args.out.mkdir(parents=True, exist_ok=True)
+    scripted.save(str(args.out / "model.pt"))
+    labels = torchvision.models.ResNet50_Weights.IMAGENET1K_V2.meta["categories"]
+    quoted = ",\n    ".join('"' + l.replace('"', "'") + '"' for l in labels)
+    b = args.max_batch_size
+    warm = sorted({1, 8, 32, b} & set(range(1, b + 1)))
+    (args.out / "model.toml").write_text(f"""# ResNet-50 (torchvision architecture, random seeded weights) for benchmarks.
+name = "resnet50"
+version = "1"
+file = "model.pt"
+description = "torchvision ResNet-50, TorchScript, random weights (timing only)"
+
+[input]
+width = 224
+height = 224
+channels = 3
+mean = [0.485, 0.456, 0.406]
+std = [0.229, 0.224, 0.225]
+
+[output]
+kind = "classification"
+labels = [
+    {quoted}
+]
+
+[batching]
+max_batch_size = {b}
+warmup_batch_sizes = {warm}
+""")
+    print(f"wrote {args.out}/model.pt and model.toml")
+
+
+if __name__ == "__main__":
+    main()
