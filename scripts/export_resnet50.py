@@ -29,7 +29,6 @@ def main():
     labels = torchvision.models.ResNet50_Weights.IMAGENET1K_V2.meta["categories"]
     quoted = ",\n    ".join('"' + l.replace('"', "'") + '"' for l in labels)
     b = args.max_batch_size
-    warm = sorted({1, 8, 32, b} & set(range(1, b + 1)))
     (args.out / "model.toml").write_text(f"""# ResNet-50 (torchvision architecture, random seeded weights) for benchmarks.
 name = "resnet50"
 version = "1"
@@ -51,7 +50,7 @@ labels = [
 
 [batching]
 max_batch_size = {b}
-warmup_batch_sizes = {warm}
+# batch_sizes: default, powers of two up to max_batch_size
 """)
     print(f"wrote {args.out}/model.pt and model.toml")
 

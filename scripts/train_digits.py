@@ -147,7 +147,7 @@ labels = [{labels}]
 
 [batching]
 max_batch_size = 32
-warmup_batch_sizes = [1, 8, 32]
+batch_sizes = [1, 2, 4, 8, 16, 32]  # shapes the model runs at; batches are padded up
 """)
 
 

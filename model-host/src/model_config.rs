@@ -17,7 +17,7 @@
 //! softmax = true               # false if the model already outputs probabilities
 //! [batching]
 //! max_batch_size = 32
-//! warmup_batch_sizes = [1, 8, 32]
+//! batch_sizes = [1, 2, 4, 8, 16, 32]  # shapes the model runs at; default powers of two
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -69,8 +69,32 @@ pub enum OutputKind {
 #[serde(deny_unknown_fields)]
 pub struct BatchingConfig {
     pub max_batch_size: u32,
+    /// The batch shapes the model is run at: a batch is padded up to the
+    /// next one, and each is warmed up before the host reports ready, so the
+    /// model never meets a new shape (and its kernel selection) under load.
+    /// Empty: powers of two up to max_batch_size, and max_batch_size itself.
     #[serde(default)]
-    pub warmup_batch_sizes: Vec<u32>,
+    pub batch_sizes: Vec<u32>,
+}
+
+impl BatchingConfig {
+    /// The sorted batch shapes, always ending with max_batch_size.
+    pub fn shapes(&self) -> Vec<u32> {
+        let mut shapes: Vec<u32> = if self.batch_sizes.is_empty() {
+            (0..32).map(|i| 1u32 << i).take_while(|&n| n < self.max_batch_size).collect()
+        } else {
+            self.batch_sizes.clone()
+        };
+        shapes.push(self.max_batch_size);
+        shapes.sort_unstable();
+        shapes.dedup();
+        shapes
+    }
+}
+
+/// The smallest shape that holds `n` images (`shapes` as from `shapes()`).
+pub fn padded_batch(shapes: &[u32], n: usize) -> usize {
+    shapes.iter().map(|&s| s as usize).find(|&s| s >= n).unwrap_or(n)
 }
 
 fn yes() -> bool {
@@ -130,8 +154,8 @@ fn validate(c: &ModelConfig) -> Result<(), (&'static str, String)> {
     if !(1..=4096).contains(&b.max_batch_size) {
         return Err(("batching.max_batch_size", format!("{} is outside 1..=4096", b.max_batch_size)));
     }
-    if let Some(bad) = b.warmup_batch_sizes.iter().find(|&&n| n == 0 || n > b.max_batch_size) {
-        return Err(("batching.warmup_batch_sizes", format!("{bad} is outside 1..=max_batch_size")));
+    if let Some(bad) = b.batch_sizes.iter().find(|&&n| n == 0 || n > b.max_batch_size) {
+        return Err(("batching.batch_sizes", format!("{bad} is outside 1..=max_batch_size")));
     }
     Ok(())
 }
@@ -155,7 +179,7 @@ kind = "classification"
 labels = ["0", "1"]
 [batching]
 max_batch_size = 8
-warmup_batch_sizes = [1, 8]
+batch_sizes = [1, 8]
 "#;
 
     fn write(text: &str) -> (tempfile::TempDir, PathBuf) {
@@ -181,13 +205,26 @@ warmup_batch_sizes = [1, 8]
             ("std = [0.5]", "std = [0.0]", "input.std"),
             ("mean = [0.5]", "mean = [0.5, 0.5]", "input.mean/std"),
             ("max_batch_size = 8", "max_batch_size = 0", "batching.max_batch_size"),
-            ("[1, 8]", "[1, 9]", "batching.warmup_batch_sizes"),
+            ("[1, 8]", "[1, 9]", "batching.batch_sizes"),
             ("labels = [\"0\", \"1\"]", "labels = []", "output.labels"),
         ] {
             let (_dir, path) = write(&GOOD.replace(from, to));
             let err = load(&path).unwrap_err();
             assert!(matches!(err, ModelConfigError::Invalid { field: f, .. } if f == field), "{to}: {err}");
         }
+    }
+
+    #[test]
+    fn batch_shapes_and_padding() {
+        let b = BatchingConfig { max_batch_size: 24, batch_sizes: vec![] };
+        assert_eq!(b.shapes(), vec![1, 2, 4, 8, 16, 24]);
+        let b = BatchingConfig { max_batch_size: 32, batch_sizes: vec![8, 1] };
+        assert_eq!(b.shapes(), vec![1, 8, 32]);
+        let shapes = b.shapes();
+        assert_eq!(padded_batch(&shapes, 1), 1);
+        assert_eq!(padded_batch(&shapes, 2), 8);
+        assert_eq!(padded_batch(&shapes, 9), 32);
+        assert_eq!(padded_batch(&shapes, 32), 32);
     }
 
     #[test]

@@ -17,7 +17,7 @@ use crate::device;
 use crate::error::HostError;
 use crate::jobs::{Job, next_batch};
 use crate::model::ImageClassifier;
-use crate::model_config::LoadedConfig;
+use crate::model_config::{LoadedConfig, padded_batch};
 use crate::startup::PhaseReporter;
 
 pub struct ModelThread {
@@ -45,10 +45,11 @@ impl ModelThread {
             Err(e) => return self.reporter.failed(e.to_string()),
         };
         let max = self.model.config.batching.max_batch_size as usize;
+        let shapes = self.model.config.batching.shapes();
         let slot_len = slot_len(&self.model);
         let mut staging = Vec::with_capacity(max * slot_len);
         while let Some(batch) = next_batch(&mut self.jobs, max) {
-            run_batch(&model, batch, slot_len, &mut staging, &self.counters);
+            run_batch(&model, batch, slot_len, &shapes, &mut staging, &self.counters);
         }
         tracing::info!("job queue closed; model thread exits");
     }
@@ -59,6 +60,11 @@ impl ModelThread {
             tch::set_num_threads(self.cpu_threads as i32);
         }
         let device = device::resolve(self.device)?;
+        // TorchScript's profiling executor re-specialises the graph for each
+        // new input shape, costing seconds on the first requests of a shape
+        // (seen on an H100 with ResNet-50); batches are padded to a few
+        // warmed shapes instead, and cuDNN may autotune each once.
+        tch::jit::set_profiling_mode(false);
         if device.is_cuda() {
             tch::Cuda::cudnn_set_benchmark(true);
         }
@@ -78,16 +84,11 @@ impl ModelThread {
         Ok(model)
     }
 
-    /// Runs every batch size the host will serve, twice (the first run of a
+    /// Runs every batch shape the host will use, twice (the first run of a
     /// shape pays for kernel selection and allocation), and checks the
     /// output shape against the config before any client sees it.
     fn warm_up(&self, model: &ImageClassifier) -> Result<(), HostError> {
-        let batching = &self.model.config.batching;
-        let mut sizes = batching.warmup_batch_sizes.clone();
-        if sizes.is_empty() {
-            sizes = vec![1, batching.max_batch_size];
-        }
-        sizes.dedup();
+        let sizes = self.model.config.batching.shapes();
         let total = 2 * sizes.len() as u32;
         let slot_len = slot_len(&self.model);
         for (step, &n) in sizes.iter().chain(sizes.iter()).enumerate() {
@@ -108,7 +109,14 @@ fn slot_len(model: &LoadedConfig) -> usize {
 
 /// Answers cancelled and expired jobs without GPU work, copies the rest out
 /// of shared memory into one staging buffer, and runs them as one batch.
-fn run_batch(model: &ImageClassifier, batch: Vec<Job>, slot_len: usize, staging: &mut Vec<u8>, counters: &Counters) {
+fn run_batch(
+    model: &ImageClassifier,
+    batch: Vec<Job>,
+    slot_len: usize,
+    shapes: &[u32],
+    staging: &mut Vec<u8>,
+    counters: &Counters,
+) {
     let started = Instant::now();
     staging.clear();
     let mut live = Vec::with_capacity(batch.len());
@@ -134,7 +142,10 @@ fn run_batch(model: &ImageClassifier, batch: Vec<Job>, slot_len: usize, staging:
         return;
     }
     let k = live.iter().map(|j| j.top_k as usize).max().unwrap_or(1);
-    let result = model.classify(staging, live.len(), k);
+    // Pad to a warmed-up shape; the padding rows' answers are dropped.
+    let padded = padded_batch(shapes, live.len());
+    staging.resize(padded * slot_len, 0);
+    let result = model.classify(staging, padded, k);
     let inference_us = started.elapsed().as_micros() as u64;
     let batch_size = live.len() as u32;
     counters.batches_done.fetch_add(1, Relaxed);
