@@ -13,7 +13,8 @@ use clap::Parser;
 #[derive(Debug, Clone, Parser)]
 #[command(name = "gateway", version)]
 pub struct Config {
-    /// Address to listen on for HTTP.
+    /// Address to listen on for HTTP, unless a listening socket is passed
+    /// in LISTEN_FDS (systemd socket activation, scripts/dev).
     #[arg(long, env = "GATEWAY_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
 

@@ -17,9 +17,10 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let listener = tokio::net::TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
+    let (listener, source) = listener(&config).await?;
     tracing::info!(
         addr = %listener.local_addr()?,
+        socket_from = source,
         host_socket = %config.host_socket.display(),
         startup_ms = started.elapsed().as_secs_f64() * 1e3,
         "gateway listening"
@@ -27,6 +28,18 @@ async fn main() -> anyhow::Result<()> {
     gateway::run(config, listener, shutdown_signal()).await?;
     tracing::info!("gateway stopped");
     Ok(())
+}
+
+/// The listening socket: the one systemd (or scripts/dev, or a test) holds
+/// and passes as LISTEN_FDS, so that restarts never refuse a connection;
+/// else a socket of our own on --listen.
+async fn listener(config: &Config) -> anyhow::Result<(tokio::net::TcpListener, &'static str)> {
+    if let Some(held) = listenfd::ListenFd::from_env().take_tcp_listener(0).context("LISTEN_FDS socket")? {
+        held.set_nonblocking(true)?;
+        return Ok((tokio::net::TcpListener::from_std(held)?, "LISTEN_FDS"));
+    }
+    let own = tokio::net::TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
+    Ok((own, "--listen"))
 }
 
 /// SIGTERM (systemd, deploys) or SIGINT (Ctrl-C).

@@ -53,6 +53,12 @@ pub struct Config {
     #[arg(long, env = "MODEL_HOST_DRAIN_TIMEOUT_SECS", default_value_t = 10)]
     pub drain_timeout_secs: u64,
 
+    /// Under systemd: how much more start time each step of startup
+    /// progress (device ready, weights loaded, each warm-up pass) asks for
+    /// with EXTEND_TIMEOUT_USEC, so that a slow but moving load is not killed.
+    #[arg(long, env = "MODEL_HOST_STARTUP_STEP_TIMEOUT_SECS", default_value_t = 120)]
+    pub startup_step_timeout_secs: u64,
+
     /// Threads libtorch may use for CPU inference; 0 leaves its default
     /// (one per core).
     #[arg(long, env = "MODEL_HOST_CPU_THREADS", default_value_t = 0)]

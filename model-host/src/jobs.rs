@@ -9,6 +9,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel};
+use std::time::Duration;
+
 use protocol::shm::Segment;
 use protocol::{InferError, Prediction, SlotRef};
 use tokio::sync::mpsc;
@@ -44,31 +47,46 @@ pub struct Completion {
     pub result: Result<Prediction, InferError>,
 }
 
-/// The submitting side; cloned into every connection.
+/// The submitting side; cloned into every connection. A std channel, not
+/// tokio's: the model thread is a plain thread and needs a receive with a
+/// timeout (to keep pinging the watchdog while idle).
 #[derive(Clone)]
 pub struct JobQueue {
-    tx: mpsc::Sender<Job>,
+    tx: SyncSender<Job>,
 }
 
 impl JobQueue {
-    pub fn new(capacity: usize) -> (Self, mpsc::Receiver<Job>) {
-        let (tx, rx) = mpsc::channel(capacity);
+    pub fn new(capacity: usize) -> (Self, Receiver<Job>) {
+        let (tx, rx) = sync_channel(capacity);
         (Self { tx }, rx)
     }
 
-    /// Queues a job, or hands it back with the reason it was refused.
+    /// Queues a job without blocking, or hands it back with the reason.
     pub fn submit(&self, job: Job) -> Result<(), (Job, InferError)> {
         self.tx.try_send(job).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(job) => (job, InferError::QueueFull),
-            mpsc::error::TrySendError::Closed(job) => (job, InferError::NotReady),
+            TrySendError::Full(job) => (job, InferError::QueueFull),
+            TrySendError::Disconnected(job) => (job, InferError::NotReady),
         })
     }
 }
 
-/// Blocks for one job, then takes whatever else is already waiting, up to
-/// `max`. None once every sender is gone.
-pub fn next_batch(rx: &mut mpsc::Receiver<Job>, max: usize) -> Option<Vec<Job>> {
-    let first = rx.blocking_recv()?;
+/// What the model thread got from the queue.
+pub enum Next {
+    Batch(Vec<Job>),
+    /// Nothing arrived within the wait: a chance to ping the watchdog.
+    Idle,
+    /// Every sender is gone.
+    Closed,
+}
+
+/// Waits up to `wait` for one job, then takes whatever else is already
+/// queued, up to `max`.
+pub fn next_batch(rx: &Receiver<Job>, max: usize, wait: Duration) -> Next {
+    let first = match rx.recv_timeout(wait) {
+        Ok(job) => job,
+        Err(RecvTimeoutError::Timeout) => return Next::Idle,
+        Err(RecvTimeoutError::Disconnected) => return Next::Closed,
+    };
     let mut batch = Vec::with_capacity(max);
     batch.push(first);
     while batch.len() < max {
@@ -77,5 +95,5 @@ pub fn next_batch(rx: &mut mpsc::Receiver<Job>, max: usize) -> Option<Vec<Job>> 
             Err(_) => break,
         }
     }
-    Some(batch)
+    Next::Batch(batch)
 }

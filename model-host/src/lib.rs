@@ -9,7 +9,8 @@
 //!   top-k.
 //!
 //! Around it: [`config`] (flags), [`model_config`] (model.toml), [`startup`]
-//! (phases and timings), [`device`], [`counters`], [`shm_sweep`].
+//! (phases and timings), [`notify`] (systemd), [`device`], [`counters`],
+//! [`shm_sweep`].
 #![forbid(unsafe_code)]
 
 pub mod config;
@@ -23,6 +24,7 @@ pub mod leases;
 pub mod model;
 pub mod model_config;
 pub mod model_thread;
+pub mod notify;
 pub mod server;
 pub mod shm_sweep;
 pub mod startup;
@@ -53,7 +55,8 @@ pub async fn run(
     let removed = shm_sweep::sweep_stale_segments();
     tracing::info!(removed, "swept stale shared-memory segments");
     let loaded = model_config::load(&config.model)?;
-    let (reporter, phase) = PhaseReporter::new(process_start);
+    let notifier = notify::Notifier::from_env(Duration::from_secs(config.startup_step_timeout_secs));
+    let (reporter, phase) = PhaseReporter::new(process_start, notifier.clone());
     let phase_tx = reporter.sender();
     let counters = Arc::new(Counters::default());
     let (jobs, job_rx) = JobQueue::new(config.queue_capacity as usize);
@@ -66,6 +69,7 @@ pub async fn run(
         reporter,
         counters: counters.clone(),
         jobs: job_rx,
+        notifier: notifier.clone(),
         device_name: device_tx,
     }
     .spawn();
@@ -103,6 +107,7 @@ pub async fn run(
         _ = failed.wait_for(|p| matches!(p, Phase::Failed { .. })) => return Err(startup_failure(&phase)),
         () = shutdown => {}
     }
+    notifier.stopping();
     drain(&phase_tx, &counters, Duration::from_secs(config.drain_timeout_secs)).await;
     Ok(())
 }

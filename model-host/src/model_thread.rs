@@ -9,13 +9,15 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::Instant;
 
 use protocol::{HostTimings, InferError, Prediction};
-use tokio::sync::mpsc;
+use std::sync::mpsc::Receiver;
+use std::time::Duration;
 
 use crate::config::DeviceChoice;
 use crate::counters::Counters;
 use crate::device;
 use crate::error::HostError;
-use crate::jobs::{Job, next_batch};
+use crate::jobs::{Job, Next, next_batch};
+use crate::notify::Notifier;
 use crate::model::ImageClassifier;
 use crate::model_config::{LoadedConfig, padded_batch};
 use crate::startup::PhaseReporter;
@@ -26,7 +28,8 @@ pub struct ModelThread {
     pub cpu_threads: u32,
     pub reporter: PhaseReporter,
     pub counters: Arc<Counters>,
-    pub jobs: mpsc::Receiver<Job>,
+    pub jobs: Receiver<Job>,
+    pub notifier: Notifier,
     /// Told the resolved device name once known (for the handshake).
     pub device_name: tokio::sync::oneshot::Sender<String>,
 }
@@ -48,8 +51,16 @@ impl ModelThread {
         let shapes = self.model.config.batching.shapes();
         let slot_len = slot_len(&self.model);
         let mut staging = Vec::with_capacity(max * slot_len);
-        while let Some(batch) = next_batch(&mut self.jobs, max) {
-            run_batch(&model, batch, slot_len, &shapes, &mut staging, &self.counters);
+        // The watchdog is pinged from this loop and nowhere else: if a
+        // forward pass hangs, the pings stop and systemd restarts the host.
+        let tick = self.notifier.watchdog_interval().unwrap_or(Duration::from_secs(1));
+        loop {
+            match next_batch(&self.jobs, max, tick) {
+                Next::Batch(batch) => run_batch(&model, batch, slot_len, &shapes, &mut staging, &self.counters),
+                Next::Idle => {}
+                Next::Closed => break,
+            }
+            self.notifier.watchdog_ping();
         }
         tracing::info!("job queue closed; model thread exits");
     }

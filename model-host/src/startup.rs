@@ -6,22 +6,47 @@ use std::time::Instant;
 use protocol::{Phase, StartupTimings};
 use tokio::sync::watch;
 
-/// Owned by whoever drives startup; every change is logged and broadcast.
+use crate::notify::Notifier;
+
+/// Owned by whoever drives startup; every change is logged, broadcast to
+/// gateways, and told to systemd.
 pub struct PhaseReporter {
     tx: watch::Sender<Phase>,
     /// When `main` started: the zero of every startup milestone.
     process_start: Instant,
     timings: StartupTimings,
+    notifier: Notifier,
+}
+
+/// The one-line status systemd shows for a phase.
+pub fn status_line(phase: &Phase) -> String {
+    match phase {
+        Phase::Starting => "starting".into(),
+        Phase::Loading => "loading weights".into(),
+        Phase::Warming { done, total } => format!("warming {done}/{total}"),
+        Phase::Ready(t) => format!(
+            "ready (ms since start: device {:.0}, weights {:.0}, warm-up done {:.0})",
+            t.device_ready_ms, t.weights_loaded_ms, t.warmup_done_ms
+        ),
+        Phase::Draining => "draining".into(),
+        Phase::Failed { reason } => format!("failed: {reason}"),
+    }
 }
 
 impl PhaseReporter {
-    pub fn new(process_start: Instant) -> (Self, watch::Receiver<Phase>) {
+    pub fn new(process_start: Instant, notifier: Notifier) -> (Self, watch::Receiver<Phase>) {
         let (tx, rx) = watch::channel(Phase::Starting);
-        (Self { tx, process_start, timings: StartupTimings::default() }, rx)
+        (Self { tx, process_start, timings: StartupTimings::default(), notifier }, rx)
     }
 
     pub fn set(&self, phase: Phase) {
         tracing::info!(phase = phase.name(), detail = ?phase, "host phase");
+        let line = status_line(&phase);
+        match &phase {
+            Phase::Ready(_) => self.notifier.ready(&line),
+            Phase::Starting | Phase::Loading | Phase::Warming { .. } => self.notifier.progress(&line),
+            Phase::Draining | Phase::Failed { .. } => self.notifier.status(&line),
+        }
         self.tx.send_replace(phase);
     }
 
@@ -74,7 +99,8 @@ mod tests {
 
     #[test]
     fn milestones_are_monotonic_and_end_ready() {
-        let (mut reporter, rx) = PhaseReporter::new(Instant::now());
+        let notifier = Notifier::from_env(std::time::Duration::from_secs(1));
+        let (mut reporter, rx) = PhaseReporter::new(Instant::now(), notifier);
         reporter.device_ready("cpu");
         assert_eq!(*rx.borrow(), Phase::Loading);
         reporter.weights_loaded();

@@ -52,11 +52,12 @@ pub struct Process {
 }
 
 impl Process {
-    fn spawn(name: &str, binary: &Path, args: &[String], log: PathBuf) -> Process {
+    fn spawn(name: &str, binary: &Path, args: &[String], env: &[(&str, String)], log: PathBuf) -> Process {
         let file = std::fs::File::create(&log).expect("creating log file");
         let child = Command::new(binary)
             .args(args)
             .env("RUST_LOG", "info")
+            .envs(env.iter().map(|(k, v)| (*k, v)))
             .stdout(file.try_clone().expect("log fd"))
             .stderr(file)
             .stdin(Stdio::null())
@@ -124,19 +125,25 @@ impl Scratch {
     }
 
     pub fn start_host(&self, extra: &[&str]) -> Process {
-        let mut args = vec![
-            "--socket".to_string(),
-            self.socket().display().to_string(),
-            "--model".into(),
-            digits_model().display().to_string(),
-            "--device".into(),
-            "cpu".into(),
-            "--cpu-threads".into(),
-            "2".into(),
+        self.start_host_with_env(extra, &[])
+    }
+
+    /// Starts a host; flags in `extra` replace the harness's defaults.
+    pub fn start_host_with_env(&self, extra: &[&str], env: &[(&str, String)]) -> Process {
+        let defaults = [
+            ("--socket", self.socket().display().to_string()),
+            ("--model", digits_model().display().to_string()),
+            ("--device", "cpu".to_string()),
+            ("--cpu-threads", "2".to_string()),
         ];
+        let mut args: Vec<String> = defaults
+            .into_iter()
+            .filter(|(flag, _)| !extra.contains(flag))
+            .flat_map(|(flag, value)| [flag.to_string(), value])
+            .collect();
         args.extend(extra.iter().map(|s| s.to_string()));
         let n = std::fs::read_dir(self.dir.path()).map(|d| d.count()).unwrap_or(0);
-        Process::spawn("model-host", &binary("model-host"), &args, self.dir.path().join(format!("host-{n}.log")))
+        Process::spawn("model-host", &binary("model-host"), &args, env, self.dir.path().join(format!("host-{n}.log")))
     }
 
     pub fn start_gateway(&self, extra: &[&str]) -> Gateway {
@@ -149,7 +156,7 @@ impl Scratch {
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
         let log = self.dir.path().join(format!("gateway-{port}.log"));
-        Gateway { process: Process::spawn(&format!("gateway:{port}"), &binary("gateway"), &args, log), port }
+        Gateway { process: Process::spawn(&format!("gateway:{port}"), &binary("gateway"), &args, &[], log), port }
     }
 }
 
