@@ -147,7 +147,15 @@ impl Scratch {
     }
 
     pub fn start_gateway(&self, extra: &[&str]) -> Gateway {
-        let port = free_port();
+        self.start_gateway_with(free_port(), extra)
+    }
+
+    /// A gateway that binds `port` itself.
+    pub fn start_gateway_on_port(&self, port: u16) -> Gateway {
+        self.start_gateway_with(port, &[])
+    }
+
+    fn start_gateway_with(&self, port: u16, extra: &[&str]) -> Gateway {
         let mut args = vec![
             "--host-socket".to_string(),
             self.socket().display().to_string(),
@@ -155,8 +163,35 @@ impl Scratch {
             format!("127.0.0.1:{port}"),
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
-        let log = self.dir.path().join(format!("gateway-{port}.log"));
+        let n = std::fs::read_dir(self.dir.path()).map(|d| d.count()).unwrap_or(0);
+        let log = self.dir.path().join(format!("gateway-{port}-{n}.log"));
         Gateway { process: Process::spawn(&format!("gateway:{port}"), &binary("gateway"), &args, &[], log), port }
+    }
+}
+
+impl Scratch {
+    /// Starts a gateway on a listening socket that this test process holds
+    /// (as systemd would): the socket becomes the child's fd 3 with
+    /// LISTEN_FDS=1 and LISTEN_PID set to the gateway's own pid.
+    pub fn start_gateway_on_held_socket(&self, listener: &TcpListener, tag: &str) -> Gateway {
+        use nix::fcntl::{FcntlArg, FdFlag, fcntl};
+        use std::os::fd::AsRawFd;
+        let port = listener.local_addr().expect("local_addr").port();
+        let fd = listener.as_raw_fd();
+        // Inheritable for this one spawn only.
+        fcntl(listener, FcntlArg::F_SETFD(FdFlag::empty())).expect("clearing FD_CLOEXEC");
+        let script = format!("exec 3<&{fd} {fd}<&-; LISTEN_FDS=1 LISTEN_PID=$$ exec \"$0\" \"$@\"");
+        let args = vec![
+            "-c".to_string(),
+            script,
+            binary("gateway").display().to_string(),
+            "--host-socket".to_string(),
+            self.socket().display().to_string(),
+        ];
+        let log = self.dir.path().join(format!("gateway-held-{tag}.log"));
+        let process = Process::spawn(&format!("gateway:held:{tag}"), Path::new("/bin/sh"), &args, &[], log);
+        fcntl(listener, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC)).expect("restoring FD_CLOEXEC");
+        Gateway { process, port }
     }
 }
 

@@ -1,0 +1,114 @@
+//! Gateway restarts under steady load drop nothing when the listening
+//! socket is held outside the gateway (systemd's gateway.socket; here the
+//! test process holds it the same way): 200 requests per second for 20 s
+//! while the gateway is replaced five times. The control run, where each
+//! gateway binds the port itself, shows the failures the held socket avoids.
+
+use std::net::TcpListener;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::time::{Duration, Instant};
+
+use integration_tests::*;
+use nix::sys::signal::Signal;
+
+const RATE_PER_SECOND: u64 = 200;
+const LOAD_SECONDS: u64 = 20;
+const RESTARTS: usize = 5;
+
+#[derive(Default)]
+struct Tally {
+    ok: AtomicUsize,
+    /// Answered, but not 200 (503 while a fresh gateway has no host link).
+    bad_status: AtomicUsize,
+    /// No answer: refused, reset, closed mid-request.
+    connection_errors: AtomicUsize,
+}
+
+/// Open-loop load: one request every 5 ms, whatever the answers do.
+async fn steady_load(port: u16, tally: Arc<Tally>) {
+    let client = reqwest::Client::new();
+    let body = testset("gray8").remove(0).bytes;
+    let url = format!("http://127.0.0.1:{port}/v1/models/digits/predict");
+    let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / RATE_PER_SECOND));
+    let started = Instant::now();
+    let mut requests = Vec::new();
+    while started.elapsed() < Duration::from_secs(LOAD_SECONDS) {
+        tick.tick().await;
+        let (client, url, body, tally) = (client.clone(), url.clone(), body.clone(), tally.clone());
+        requests.push(tokio::spawn(async move {
+            match client.post(&url).header("content-type", "image/png").body(body).send().await {
+                Ok(r) if r.status() == 200 => tally.ok.fetch_add(1, Relaxed),
+                Ok(_) => tally.bad_status.fetch_add(1, Relaxed),
+                Err(_) => tally.connection_errors.fetch_add(1, Relaxed),
+            };
+        }));
+    }
+    for r in requests {
+        let _ = r.await;
+    }
+}
+
+/// Waits until a gateway's log shows it has its host link.
+async fn wait_linked(gateway: &Gateway) {
+    let started = Instant::now();
+    while !gateway.process.log().contains("connected to model host") {
+        assert!(started.elapsed() < Duration::from_secs(10), "{} never reached the host", gateway.process.name);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Runs the load while replacing the gateway RESTARTS times; the tally.
+async fn restarts_under_load(scratch: &Scratch, held: Option<&TcpListener>, port: u16) -> Arc<Tally> {
+    let start = |tag: usize| match held {
+        Some(listener) => scratch.start_gateway_on_held_socket(listener, &tag.to_string()),
+        None => scratch.start_gateway_on_port(port),
+    };
+    let mut current = start(0);
+    current.wait_ready().await;
+    let tally = Arc::new(Tally::default());
+    let load = tokio::spawn(steady_load(port, tally.clone()));
+    let every = Duration::from_secs(LOAD_SECONDS) / (RESTARTS as u32 + 1);
+    for i in 1..=RESTARTS {
+        tokio::time::sleep(every).await;
+        match held {
+            // Held socket: start the new one, then stop the old one.
+            Some(_) => {
+                let next = start(i);
+                wait_linked(&next).await;
+                current.process.signal(Signal::SIGTERM);
+                assert_eq!(current.process.wait_exit(Duration::from_secs(15)), Some(0), "SIGTERM must exit 0");
+                current = next;
+            }
+            // Own bind: the port is free only once the old one has gone.
+            None => {
+                current.process.signal(Signal::SIGTERM);
+                current.process.wait_exit(Duration::from_secs(15));
+                current = start(i);
+            }
+        }
+    }
+    load.await.unwrap();
+    tally
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn restarts_on_a_held_socket_drop_nothing_and_own_binds_do() {
+    let scratch = Scratch::new();
+    let _host = scratch.start_host(&[]);
+
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let held = restarts_under_load(&scratch, Some(&listener), port).await;
+    let (ok, bad, errors) = (held.ok.load(Relaxed), held.bad_status.load(Relaxed), held.connection_errors.load(Relaxed));
+    println!("held socket: {ok} ok, {bad} non-200, {errors} connection errors over {RESTARTS} restarts");
+    assert!(ok as u64 >= RATE_PER_SECOND * LOAD_SECONDS * 9 / 10, "load generator fell behind: {ok}");
+    assert_eq!((bad, errors), (0, 0), "requests failed across restarts on a held socket");
+    drop(listener);
+
+    let port = free_port();
+    let own = restarts_under_load(&scratch, None, port).await;
+    let (ok, bad, errors) = (own.ok.load(Relaxed), own.bad_status.load(Relaxed), own.connection_errors.load(Relaxed));
+    println!("control, own bind: {ok} ok, {bad} non-200, {errors} connection errors over {RESTARTS} restarts");
+    assert!(bad + errors > 0, "the control run should show failures; the test could not tell the difference");
+}
