@@ -195,6 +195,24 @@ impl Scratch {
     }
 }
 
+impl Scratch {
+    /// A gateway started by `systemd-socket-activate`, which binds the port
+    /// and execs the gateway with the socket in LISTEN_FDS (as systemd does).
+    pub fn start_gateway_socket_activated(&self) -> Gateway {
+        let port = free_port();
+        let args = vec![
+            "--listen".to_string(),
+            format!("127.0.0.1:{port}"),
+            binary("gateway").display().to_string(),
+            "--host-socket".to_string(),
+            self.socket().display().to_string(),
+        ];
+        let log = self.dir.path().join(format!("gateway-activated-{port}.log"));
+        let process = Process::spawn("gateway:activated", Path::new("systemd-socket-activate"), &args, &[], log);
+        Gateway { process, port }
+    }
+}
+
 impl Default for Scratch {
     fn default() -> Self {
         Self::new()
