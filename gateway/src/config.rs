@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::Parser;
+use clap::{Parser, ValueEnum};
 
 /// A stateless HTTP front end for the model-host: validates, decodes and
 /// resizes images, and hands the pixels to the host through shared memory.
@@ -45,6 +45,11 @@ pub struct Config {
     /// Name this gateway gives itself in the host's logs (default: gateway-<pid>).
     #[arg(long, env = "GATEWAY_NAME")]
     pub name: Option<String>,
+
+    /// Log format on stderr: text (human) or json (one object per line,
+    /// for log collectors). Verbosity comes from RUST_LOG (default info).
+    #[arg(long, env = "GATEWAY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
 }
 
 impl Config {
@@ -62,5 +67,23 @@ impl Config {
             return Err("--max-body-bytes, --max-pixels, --request-timeout-ms and --default-top-k must be > 0".into());
         }
         Ok(())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+impl LogFormat {
+    /// Installs the global tracing subscriber.
+    pub fn init(self) {
+        let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+        let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+        match self {
+            LogFormat::Text => builder.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).init(),
+            LogFormat::Json => builder.json().with_current_span(true).with_span_list(true).init(),
+        }
     }
 }

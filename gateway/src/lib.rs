@@ -7,6 +7,7 @@
 //! - [`host_client`]: lease a slot, write the pixels, send the request,
 //!   await the answer; reconnects to the host on its own.
 //! - [`error`]: every client-visible error and its HTTP status, in one place.
+//! - [`metrics`]: `GET /metrics`; [`request_id`]: X-Request-Id on every log line.
 //!
 //! This crate never links libtorch or CUDA.
 #![forbid(unsafe_code)]
@@ -15,6 +16,8 @@ pub mod config;
 pub mod decode;
 pub mod error;
 pub mod host_client;
+pub mod metrics;
+pub mod request_id;
 pub mod routes;
 pub mod upload;
 
@@ -38,6 +41,7 @@ pub struct RequestLimits {
 pub struct AppState {
     pub host: HostClient,
     pub limits: RequestLimits,
+    pub metrics: metrics_exporter_prometheus::PrometheusHandle,
 }
 
 impl AppState {
@@ -50,6 +54,7 @@ impl AppState {
                 request_timeout: config.request_timeout(),
                 default_top_k: config.default_top_k,
             },
+            metrics: metrics::handle(),
         }
     }
 }

@@ -12,11 +12,7 @@ async fn main() -> anyhow::Result<()> {
     let started = Instant::now();
     let config = Config::parse();
     config.validate().map_err(anyhow::Error::msg)?;
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    config.log_format.init();
     let (listener, source) = listener(&config).await?;
     tracing::info!(
         addr = %listener.local_addr()?,

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::str::FromStr;
 
-use clap::Parser;
+use clap::{Parser, ValueEnum};
 
 /// Serves one TorchScript image model to any number of gateways over a
 /// Unix-socket control channel, with pixels in shared memory.
@@ -63,6 +63,11 @@ pub struct Config {
     /// (one per core).
     #[arg(long, env = "MODEL_HOST_CPU_THREADS", default_value_t = 0)]
     pub cpu_threads: u32,
+
+    /// Log format on stderr: text (human) or json (one object per line,
+    /// for log collectors). Verbosity comes from RUST_LOG (default info).
+    #[arg(long, env = "MODEL_HOST_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
 }
 
 /// `--device`: parsed once, resolved against the hardware at startup.
@@ -129,5 +134,23 @@ mod tests {
         let c = Config::try_parse_from(["model-host"]).unwrap();
         assert_eq!(c.device, DeviceChoice::Auto);
         assert_eq!(c.socket_mode, 0o660);
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+impl LogFormat {
+    /// Installs the global tracing subscriber.
+    pub fn init(self) {
+        let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+        let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+        match self {
+            LogFormat::Text => builder.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).init(),
+            LogFormat::Json => builder.json().with_current_span(true).with_span_list(true).init(),
+        }
     }
 }

@@ -20,7 +20,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::codec::Framed;
 use tracing::Instrument;
 
-use crate::counters::Counters;
+use crate::counters::{Counters, Refused};
 use crate::jobs::{Completion, Job, JobQueue};
 use crate::leases::LeaseTable;
 
@@ -183,6 +183,7 @@ impl<'a> Session<'a> {
 
     fn lease(&mut self, request_id: u64) -> HostMessage {
         if !self.ctx.phase.borrow().is_ready() {
+            self.ctx.counters.refuse(Refused::NotReady);
             return HostMessage::LeaseRefused { request_id, reason: Refusal::NotReady };
         }
         match self.leases.lease() {
@@ -190,14 +191,26 @@ impl<'a> Session<'a> {
                 self.ctx.counters.leased_slots.fetch_add(1, Relaxed);
                 HostMessage::Leased { request_id, slot }
             }
-            None => HostMessage::LeaseRefused { request_id, reason: Refusal::NoFreeSlot },
+            None => {
+                self.ctx.counters.refuse(Refused::NoFreeSlot);
+                HostMessage::LeaseRefused { request_id, reason: Refusal::NoFreeSlot }
+            }
         }
     }
 
     /// Checks the request against the lease and the model, then queues it.
     /// Replies only on refusal; the answer otherwise comes from the model.
     fn infer(&mut self, r: InferRequest) -> Option<HostMessage> {
-        let refuse = |error| Some(HostMessage::InferDone { request_id: r.request_id, result: Err(error) });
+        let counters = &self.ctx.counters;
+        let refuse = |error: InferError| {
+            counters.refuse(match error {
+                InferError::QueueFull => Refused::QueueFull,
+                InferError::NotReady => Refused::NotReady,
+                _ => Refused::InvalidRequest,
+            });
+            tracing::debug!(request_id = %r.tag, ?error, "request refused");
+            Some(HostMessage::InferDone { request_id: r.request_id, result: Err(error) })
+        };
         let m = &self.ctx.model;
         if (r.width, r.height, r.channels) != (m.width, m.height, m.channels) {
             let _ = self.leases.release(r.slot).map(|()| self.ctx.counters.leased_slots.fetch_sub(1, Relaxed));
@@ -214,11 +227,14 @@ impl<'a> Session<'a> {
         }
         let arrived = Instant::now();
         let cancelled = Arc::new(AtomicBool::new(false));
+        let slot = r.slot;
+        let request_id = r.request_id;
         let job = Job {
-            request_id: r.request_id,
-            slot: r.slot,
+            request_id,
+            slot,
             segment: self.segment.clone(),
             top_k: r.top_k,
+            tag: r.tag,
             arrived,
             deadline: arrived + Duration::from_micros(r.budget_us),
             cancelled: cancelled.clone(),
@@ -227,13 +243,16 @@ impl<'a> Session<'a> {
         self.ctx.counters.in_flight.fetch_add(1, Relaxed);
         match self.ctx.jobs.submit(job) {
             Ok(()) => {
-                self.pending.insert(r.request_id, Pending { slot: r.slot, cancelled });
+                self.pending.insert(request_id, Pending { slot, cancelled });
                 None
             }
             Err((job, error)) => {
                 self.ctx.counters.in_flight.fetch_sub(1, Relaxed);
+                let tag = job.tag.clone();
                 self.finish_slot(job.slot);
-                refuse(error)
+                self.ctx.counters.refuse(Refused::QueueFull);
+                tracing::debug!(request_id = %tag, ?error, "request refused");
+                Some(HostMessage::InferDone { request_id, result: Err(error) })
             }
         }
     }
@@ -263,6 +282,11 @@ impl<'a> Session<'a> {
             requests_done: Counters::get64(&c.requests_done),
             batches_done: Counters::get64(&c.batches_done),
             device: self.ctx.model.device.clone(),
+            queue_depth: Counters::get64(&c.in_flight),
+            batches_by_size: c.batches_by_size(),
+            copy_seconds_total: Counters::get64(&c.copy_us_total) as f64 / 1e6,
+            inference_seconds_total: Counters::get64(&c.inference_us_total) as f64 / 1e6,
+            refused: c.refused(),
         }
     }
 }

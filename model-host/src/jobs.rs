@@ -23,6 +23,8 @@ pub struct Job {
     /// even if the gateway disconnects meanwhile.
     pub segment: Arc<Segment>,
     pub top_k: u32,
+    /// The HTTP request id, for log lines about this request.
+    pub tag: String,
     pub arrived: Instant,
     pub deadline: Instant,
     /// Set when the gateway cancels or disconnects: skip before GPU work.

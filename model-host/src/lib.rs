@@ -58,7 +58,7 @@ pub async fn run(
     let notifier = notify::Notifier::from_env(Duration::from_secs(config.startup_step_timeout_secs));
     let (reporter, phase) = PhaseReporter::new(process_start, notifier.clone());
     let phase_tx = reporter.sender();
-    let counters = Arc::new(Counters::default());
+    let counters = Arc::new(Counters::new(&loaded.config.batching.shapes()));
     let (jobs, job_rx) = JobQueue::new(config.queue_capacity as usize);
     let (device_tx, device_rx) = tokio::sync::oneshot::channel();
     let model_config = loaded.config.clone();

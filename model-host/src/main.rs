@@ -10,11 +10,7 @@ use model_host::{Config, control_socket};
 async fn main() -> anyhow::Result<()> {
     let process_start = Instant::now();
     let config = Config::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    config.log_format.init();
     tracing::info!(pid = std::process::id(), socket = %config.socket.display(), model = %config.model.display(), "model-host starting");
     let listener = control_socket::bind(&config.socket, config.socket_mode)?;
     model_host::run(config, listener, process_start, shutdown_signal()).await?;

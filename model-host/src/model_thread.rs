@@ -13,7 +13,7 @@ use std::sync::mpsc::Receiver;
 use std::time::Duration;
 
 use crate::config::DeviceChoice;
-use crate::counters::Counters;
+use crate::counters::{Counters, Refused};
 use crate::device;
 use crate::error::HostError;
 use crate::jobs::{Job, Next, next_batch};
@@ -134,8 +134,11 @@ fn run_batch(
     for job in batch {
         counters.in_flight.fetch_sub(1, Relaxed);
         if job.is_cancelled() {
+            counters.refuse(Refused::Cancelled);
             job.finish(Err(InferError::Cancelled));
         } else if job.deadline <= started {
+            counters.refuse(Refused::DeadlineExceeded);
+            tracing::debug!(request_id = %job.tag, "deadline passed in the queue; skipped");
             job.finish(Err(InferError::DeadlineExceeded));
         } else {
             let at = staging.len();
@@ -144,6 +147,8 @@ fn run_batch(
                 Ok(()) => live.push(job),
                 Err(e) => {
                     staging.truncate(at);
+                    counters.refuse(Refused::InvalidRequest);
+                    tracing::warn!(request_id = %job.tag, error = %e, "slot unreadable");
                     job.finish(Err(InferError::InvalidRequest(e.to_string())));
                 }
             }
@@ -156,9 +161,13 @@ fn run_batch(
     // Pad to a warmed-up shape; the padding rows' answers are dropped.
     let padded = padded_batch(shapes, live.len());
     staging.resize(padded * slot_len, 0);
+    let copied = Instant::now();
     let result = model.classify(staging, padded, k);
     let inference_us = started.elapsed().as_micros() as u64;
     let batch_size = live.len() as u32;
+    counters.copy_us_total.fetch_add(copied.duration_since(started).as_micros() as u64, Relaxed);
+    counters.inference_us_total.fetch_add(copied.elapsed().as_micros() as u64, Relaxed);
+    counters.batch_run(padded);
     counters.batches_done.fetch_add(1, Relaxed);
     counters.requests_done.fetch_add(u64::from(batch_size), Relaxed);
     match result {
@@ -167,11 +176,13 @@ fn run_batch(
                 top.truncate(job.top_k.max(1) as usize);
                 let queue_us = started.saturating_duration_since(job.arrived).as_micros() as u64;
                 let timings = HostTimings { queue_us, inference_us, batch_size };
+                tracing::debug!(request_id = %job.tag, queue_us, inference_us, batch_size, "request done");
                 job.finish(Ok(Prediction { top, timings }));
             }
         }
         Err(e) => {
-            tracing::error!(error = %e, batch_size, "batch failed");
+            let ids: Vec<&str> = live.iter().map(|j| j.tag.as_str()).collect();
+            tracing::error!(error = %e, batch_size, request_ids = ?ids, "batch failed");
             for job in live {
                 job.finish(Err(InferError::Model(e.to_string())));
             }

@@ -175,9 +175,9 @@ mod tests {
             Just(GatewayMessage::SegmentMapped),
             any::<u64>().prop_map(|request_id| GatewayMessage::Lease { request_id }),
             slot.clone().prop_map(|slot| GatewayMessage::Release { slot }),
-            (any::<u64>(), slot, any::<u32>(), any::<u32>(), any::<u32>(), any::<u32>(), any::<u64>()).prop_map(
-                |(request_id, slot, width, height, channels, top_k, budget_us)| {
-                    GatewayMessage::Infer(InferRequest { request_id, slot, width, height, channels, top_k, budget_us })
+            (any::<u64>(), slot, any::<u32>(), any::<u32>(), any::<u32>(), any::<u32>(), any::<u64>(), "[ -~]{0,64}").prop_map(
+                |(request_id, slot, width, height, channels, top_k, budget_us, tag)| {
+                    GatewayMessage::Infer(InferRequest { request_id, slot, width, height, channels, top_k, budget_us, tag })
                 }
             ),
             any::<u64>().prop_map(|request_id| GatewayMessage::Cancel { request_id }),

@@ -48,7 +48,13 @@ pub struct InferRequest {
     /// Time left before the client's deadline, in microseconds, when sent.
     /// Relative, so that the two processes need not share a clock.
     pub budget_us: u64,
+    /// The HTTP request's id (X-Request-Id), for the host's log lines about
+    /// this request. At most [`MAX_REQUEST_TAG`] bytes.
+    pub tag: String,
 }
+
+/// Longest request tag a gateway may send.
+pub const MAX_REQUEST_TAG: usize = 64;
 
 /// Host -> gateway.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -198,6 +204,16 @@ pub struct HostStatus {
     pub requests_done: u64,
     pub batches_done: u64,
     pub device: String,
+    /// Requests queued or running now.
+    pub queue_depth: u64,
+    /// (batch shape, batches run at it), for the batch size histogram.
+    pub batches_by_size: Vec<(u32, u64)>,
+    /// Time spent copying slots out of shared memory, over all batches.
+    pub copy_seconds_total: f64,
+    /// Time spent in the model (upload, pre-processing, forward, readback).
+    pub inference_seconds_total: f64,
+    /// (reason, count) of requests refused or skipped without GPU work.
+    pub refused: Vec<(String, u64)>,
 }
 
 impl GatewayMessage {

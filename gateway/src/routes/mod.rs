@@ -5,6 +5,10 @@
 //! | `GET /health/live`, `GET /health/ready` | [`health`] |
 //! | `GET /v1/models`, `GET /v1/models/{name}`, `GET /v1/host/status` | [`models`] |
 //! | `POST /v1/models/{name}/predict` | [`predict`] |
+//! | `GET /metrics` | [`crate::metrics`] |
+//!
+//! Every request gets an X-Request-Id (the client's, or a new one), echoed
+//! in the response and on every log line about it; and is counted and timed.
 
 pub mod health;
 pub mod models;
@@ -13,7 +17,7 @@ pub mod predict;
 use axum::Router;
 use axum::routing::{get, post};
 
-use crate::AppState;
+use crate::{AppState, metrics, request_id};
 use crate::error::ApiError;
 
 pub fn router(state: AppState) -> Router {
@@ -24,6 +28,9 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/models/{name}", get(models::describe))
         .route("/v1/models/{name}/predict", post(predict::predict))
         .route("/v1/host/status", get(models::host_status))
+        .route("/metrics", get(metrics::render))
         .fallback(|| async { ApiError::InvalidRequest { field: "path", problem: "no such route".into() }.not_found() })
+        .layer(axum::middleware::from_fn(metrics::track_http))
+        .layer(request_id::layers())
         .with_state(state)
 }

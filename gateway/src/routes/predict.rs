@@ -10,7 +10,7 @@ use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, Request, State};
 use serde::{Deserialize, Serialize};
 
-use crate::AppState;
+use crate::{AppState, metrics, request_id};
 use crate::decode::{Target, decode_to_input};
 use crate::error::ApiError;
 use crate::host_client::HostCallError;
@@ -75,8 +75,10 @@ pub async fn predict(
     }
     let top_k = top_k.min(model.labels.len() as u32);
 
+    let tag = request_id::of(&request);
     let (parts, body) = request.into_parts();
     let body = read_body(body, &parts.headers, app.limits.max_body_bytes).await?;
+    metrics::record_body(body.len());
     let upload = extract_image(&parts.headers, body).await?;
     let target = Target { width: model.width, height: model.height, channels: model.channels };
     let max_pixels = app.limits.max_pixels;
@@ -93,7 +95,8 @@ pub async fn predict(
     if remaining.is_zero() {
         return Err(timeout());
     }
-    let in_flight = lease.infer(model.width, model.height, model.channels, top_k, remaining.as_micros() as u64)?;
+    let shape = (model.width, model.height, model.channels);
+    let in_flight = lease.infer(shape, top_k, remaining.as_micros() as u64, tag)?;
     let answer = tokio::time::timeout(remaining, in_flight.result()).await.map_err(|_| timeout())?;
     let prediction = answer.map_err(|e| match e {
         HostCallError::DeadlineExceeded => timeout(),
@@ -102,6 +105,8 @@ pub async fn predict(
 
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
     let t = prediction.timings;
+    let (queue, inference) = (Duration::from_micros(t.queue_us), Duration::from_micros(t.inference_us));
+    metrics::record_stages(decode, queue, inference, started.elapsed());
     let predictions = prediction
         .top
         .into_iter()

@@ -1,0 +1,113 @@
+//! Prometheus metrics, all named `splitserve_*`: the gateway's own
+//! (`splitserve_gateway_*`, recorded as requests pass) and the host's
+//! (`splitserve_host_*`, fetched over the control channel at each scrape).
+//! Exposition by metrics-exporter-prometheus; durations in seconds.
+
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use metrics::{counter, gauge, histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use protocol::HostStatus;
+
+use crate::AppState;
+
+pub const HTTP_REQUESTS: &str = "splitserve_gateway_http_requests_total";
+pub const HTTP_DURATION: &str = "splitserve_gateway_http_request_duration_seconds";
+pub const HTTP_IN_FLIGHT: &str = "splitserve_gateway_http_requests_in_flight";
+pub const BODY_BYTES: &str = "splitserve_gateway_http_request_body_bytes";
+pub const STAGE_SECONDS: &str = "splitserve_gateway_stage_seconds";
+
+/// Latency buckets from 100 us to 30 s.
+const SECONDS_BUCKETS: &[f64] =
+    &[0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
+/// Body size buckets from 1 KiB to 64 MiB.
+const BYTES_BUCKETS: &[f64] = &[1024.0, 8192.0, 65536.0, 262144.0, 1048576.0, 4194304.0, 16777216.0, 67108864.0];
+
+/// The process-wide recorder (installed once; tests build many routers).
+pub fn handle() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), SECONDS_BUCKETS)
+                .and_then(|b| b.set_buckets_for_metric(Matcher::Suffix("_bytes".into()), BYTES_BUCKETS))
+                .expect("bucket lists are non-empty constants")
+                .build_recorder();
+            let handle = recorder.handle();
+            // Fails only if another recorder is installed, which this crate never does.
+            let _ = metrics::set_global_recorder(recorder);
+            handle
+        })
+        .clone()
+}
+
+/// Middleware: count, time and track every request by route and status.
+pub async fn track_http(request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".to_string());
+    let started = Instant::now();
+    gauge!(HTTP_IN_FLIGHT).increment(1.0);
+    let response = next.run(request).await;
+    gauge!(HTTP_IN_FLIGHT).decrement(1.0);
+    let status = response.status().as_u16().to_string();
+    counter!(HTTP_REQUESTS, "route" => route.clone(), "status" => status).increment(1);
+    histogram!(HTTP_DURATION, "route" => route).record(started.elapsed().as_secs_f64());
+    response
+}
+
+/// A predict request's stages: decode, queue, inference, total.
+pub fn record_stages(decode: Duration, queue: Duration, inference: Duration, total: Duration) {
+    for (stage, d) in [("decode", decode), ("queue", queue), ("inference", inference), ("total", total)] {
+        histogram!(STAGE_SECONDS, "stage" => stage).record(d.as_secs_f64());
+    }
+}
+
+pub fn record_body(bytes: usize) {
+    histogram!(BODY_BYTES).record(bytes as f64);
+}
+
+/// `GET /metrics`: refresh the host's figures, then render everything.
+pub async fn render(State(app): State<AppState>) -> impl IntoResponse {
+    match app.host.status().await {
+        Ok(status) => export_host(&status),
+        Err(_) => gauge!("splitserve_host_up").set(0.0),
+    }
+    let ready = app.host.ready_link().is_ok();
+    gauge!("splitserve_host_ready").set(if ready { 1.0 } else { 0.0 });
+    ([("content-type", "text/plain; version=0.0.4")], app.metrics.render())
+}
+
+/// The host's counters, as of this scrape. Counters are set absolutely:
+/// the host owns them, and they restart from 0 with a new host process.
+fn export_host(s: &HostStatus) {
+    gauge!("splitserve_host_up").set(1.0);
+    gauge!("splitserve_host_pid").set(f64::from(s.pid));
+    gauge!("splitserve_host_connections").set(f64::from(s.connections));
+    gauge!("splitserve_host_leased_slots").set(f64::from(s.leased_slots));
+    gauge!("splitserve_host_queue_depth").set(s.queue_depth as f64);
+    counter!("splitserve_host_model_loads_total").absolute(u64::from(s.model_loads));
+    counter!("splitserve_host_requests_total").absolute(s.requests_done);
+    counter!("splitserve_host_batches_total").absolute(s.batches_done);
+    gauge!("splitserve_host_copy_seconds_total").set(s.copy_seconds_total);
+    gauge!("splitserve_host_inference_seconds_total").set(s.inference_seconds_total);
+    for (shape, n) in &s.batches_by_size {
+        counter!("splitserve_host_batches_by_size_total", "batch_size" => shape.to_string()).absolute(*n);
+    }
+    for (reason, n) in &s.refused {
+        counter!("splitserve_host_refused_total", "reason" => reason.clone()).absolute(*n);
+    }
+    if let protocol::Phase::Ready(t) = s.phase {
+        for (milestone, ms) in
+            [("device_ready", t.device_ready_ms), ("weights_loaded", t.weights_loaded_ms), ("warmup_done", t.warmup_done_ms)]
+        {
+            gauge!("splitserve_host_startup_seconds", "milestone" => milestone).set(ms / 1e3);
+        }
+    }
+}

@@ -1,0 +1,62 @@
+//! GET /metrics: the gateway's own figures and the host's, in Prometheus
+//! text format; and a request id that reaches both processes' logs.
+
+use integration_tests::*;
+
+fn value(metrics: &str, series: &str) -> f64 {
+    metrics
+        .lines()
+        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no series {series} in\n{metrics}"))
+}
+
+#[tokio::test]
+async fn metrics_cover_gateway_and_host_and_request_ids_cross_the_socket() {
+    let scratch = Scratch::new();
+    let host = scratch.start_host_with_env(&[], &[("RUST_LOG", "info,model_host=debug".into())]);
+    let gateway = scratch.start_gateway(&[]);
+    gateway.wait_ready().await;
+    let client = reqwest::Client::new();
+    let sample = testset("gray8").remove(0);
+    for _ in 0..3 {
+        let (status, _, _) = post_image(&client, &gateway.predict_url(), sample.bytes.clone(), "image/png").await;
+        assert_eq!(status, 200);
+    }
+    let (status, _, _) = post_image(&client, &gateway.predict_url(), b"junk".to_vec(), "image/png").await;
+    assert_eq!(status, 400);
+
+    // A client's request id is echoed and logged by both processes.
+    let response = client
+        .post(gateway.predict_url())
+        .header("content-type", "image/png")
+        .header("x-request-id", "trace-me-4711")
+        .body(sample.bytes.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["x-request-id"], "trace-me-4711");
+    // One without an id gets one made up.
+    let response = client.get(gateway.url("/health/live")).send().await.unwrap();
+    assert!(response.headers().contains_key("x-request-id"));
+
+    let text = client.get(gateway.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    let predict = "route=\"/v1/models/{name}/predict\"";
+    assert_eq!(value(&text, &format!("splitserve_gateway_http_requests_total{{{predict},status=\"200\"}}")), 4.0);
+    assert_eq!(value(&text, &format!("splitserve_gateway_http_requests_total{{{predict},status=\"400\"}}")), 1.0);
+    assert_eq!(value(&text, "splitserve_gateway_stage_seconds_count{stage=\"inference\"}"), 4.0);
+    assert!(value(&text, "splitserve_gateway_http_request_body_bytes_count") >= 5.0);
+    assert_eq!(value(&text, "splitserve_host_model_loads_total"), 1.0);
+    assert_eq!(value(&text, "splitserve_host_requests_total"), 4.0);
+    assert_eq!(value(&text, "splitserve_host_up"), 1.0);
+    assert_eq!(value(&text, "splitserve_host_ready"), 1.0);
+    assert_eq!(value(&text, "splitserve_host_batches_by_size_total{batch_size=\"1\"}"), 4.0);
+    assert_eq!(value(&text, "splitserve_host_refused_total{reason=\"queue_full\"}"), 0.0);
+    assert!(value(&text, "splitserve_host_startup_seconds{milestone=\"warmup_done\"}") > 0.0);
+    assert!(value(&text, "splitserve_host_inference_seconds_total") > 0.0);
+
+    assert!(gateway.process.log().contains("trace-me-4711"), "gateway log lacks the id:\n{}", gateway.process.log());
+    assert!(host.log().contains("trace-me-4711"), "host log lacks the id:\n{}", host.log());
+}
