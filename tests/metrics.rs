@@ -16,7 +16,7 @@ fn value(metrics: &str, series: &str) -> f64 {
 async fn metrics_cover_gateway_and_host_and_request_ids_cross_the_socket() {
     let scratch = Scratch::new();
     let host = scratch.start_host_with_env(&[], &[("RUST_LOG", "info,model_host=debug".into())]);
-    let gateway = scratch.start_gateway(&[]);
+    let gateway = scratch.start_gateway_with_env(&[], &[("RUST_LOG", "info,tower_http=debug".into())]);
     gateway.wait_ready().await;
     let client = reqwest::Client::new();
     let sample = testset("gray8").remove(0);

@@ -37,6 +37,26 @@ pub struct Config {
     #[arg(long, env = "GATEWAY_REQUEST_TIMEOUT_MS", default_value_t = 30_000)]
     pub request_timeout_ms: u64,
 
+    /// A connection that has not sent a complete request head within this
+    /// many milliseconds is closed (slow-header clients, idle keep-alives).
+    #[arg(long, env = "GATEWAY_HEADER_TIMEOUT_MS", default_value_t = 10_000)]
+    pub header_timeout_ms: u64,
+
+    /// A request body not fully received within this many milliseconds
+    /// gets 408.
+    #[arg(long, env = "GATEWAY_BODY_TIMEOUT_MS", default_value_t = 30_000)]
+    pub body_timeout_ms: u64,
+
+    /// Seconds in-flight requests may take to finish after SIGTERM.
+    #[arg(long, env = "GATEWAY_SHUTDOWN_GRACE_SECS", default_value_t = 10)]
+    pub shutdown_grace_secs: u64,
+
+    /// After SIGTERM, milliseconds during which open keep-alive connections
+    /// are still served, each answer saying `Connection: close`, before idle
+    /// ones are closed (closing them at once races with clients sending).
+    #[arg(long, env = "GATEWAY_LAME_DUCK_MS", default_value_t = 1_000)]
+    pub lame_duck_ms: u64,
+
     /// How many classes a prediction returns when the request does not say
     /// (`?top_k=`).
     #[arg(long, env = "GATEWAY_DEFAULT_TOP_K", default_value_t = 5)]
@@ -57,14 +77,23 @@ impl Config {
         Duration::from_millis(self.request_timeout_ms)
     }
 
+    pub fn header_timeout(&self) -> Duration {
+        Duration::from_millis(self.header_timeout_ms)
+    }
+
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_secs(self.shutdown_grace_secs)
+    }
+
     pub fn gateway_name(&self) -> String {
         self.name.clone().unwrap_or_else(|| format!("gateway-{}", std::process::id()))
     }
 
     /// Checks what clap's types cannot.
     pub fn validate(&self) -> Result<(), String> {
-        if self.max_body_bytes == 0 || self.max_pixels == 0 || self.request_timeout_ms == 0 || self.default_top_k == 0 {
-            return Err("--max-body-bytes, --max-pixels, --request-timeout-ms and --default-top-k must be > 0".into());
+        let positive = [self.max_body_bytes as u64, self.max_pixels, self.request_timeout_ms, u64::from(self.default_top_k), self.header_timeout_ms, self.body_timeout_ms];
+        if positive.contains(&0) {
+            return Err("--max-body-bytes, --max-pixels, --request-timeout-ms, --default-top-k, --header-timeout-ms and --body-timeout-ms must be > 0".into());
         }
         Ok(())
     }

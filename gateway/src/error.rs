@@ -24,6 +24,8 @@ pub enum ApiError {
     TooManyPixels { width: u32, height: u32, limit: u64 },
     #[error("unsupported content type {0:?}: send image/png, image/jpeg or image/webp (raw body or multipart/form-data)")]
     UnsupportedMediaType(String),
+    #[error("the request body did not arrive within {ms} ms")]
+    BodyTimeout { ms: u64 },
     #[error("model {0:?} is not served here")]
     ModelNotFound(String),
     #[error("the model host is not available ({phase}); retry shortly")]
@@ -43,6 +45,7 @@ impl ApiError {
             ApiError::BodyTooLarge { .. } | ApiError::TooManyPixels { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::ModelNotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             ApiError::HostUnavailable { .. } | ApiError::Overloaded { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::DeadlineExceeded { .. } => StatusCode::GATEWAY_TIMEOUT,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -58,6 +61,7 @@ impl ApiError {
             ApiError::TooManyPixels { .. } => "image_too_large",
             ApiError::UnsupportedMediaType(_) => "unsupported_media_type",
             ApiError::ModelNotFound(_) => "model_not_found",
+            ApiError::BodyTimeout { .. } => "request_timeout",
             ApiError::HostUnavailable { .. } => "host_unavailable",
             ApiError::Overloaded { .. } => "overloaded",
             ApiError::DeadlineExceeded { .. } => "deadline_exceeded",

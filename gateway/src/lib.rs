@@ -19,6 +19,7 @@ pub mod host_client;
 pub mod metrics;
 pub mod request_id;
 pub mod routes;
+pub mod serve;
 pub mod upload;
 
 use std::future::Future;
@@ -33,6 +34,8 @@ pub struct RequestLimits {
     pub max_body_bytes: usize,
     pub max_pixels: u64,
     pub request_timeout: Duration,
+    /// A body not fully received within this gets 408.
+    pub body_timeout: Duration,
     pub default_top_k: u32,
 }
 
@@ -52,6 +55,7 @@ impl AppState {
                 max_body_bytes: config.max_body_bytes,
                 max_pixels: config.max_pixels,
                 request_timeout: config.request_timeout(),
+                body_timeout: Duration::from_millis(config.body_timeout_ms),
                 default_top_k: config.default_top_k,
             },
             metrics: metrics::handle(),
@@ -59,26 +63,16 @@ impl AppState {
     }
 }
 
-/// How long in-flight requests may take to finish after shutdown begins.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
-
 /// Serves HTTP on `listener` until `shutdown` resolves, then lets in-flight
-/// requests finish for at most [`SHUTDOWN_GRACE`].
-pub async fn run(config: Config, listener: tokio::net::TcpListener, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
-    let app = routes::router(AppState::new(&config));
-    let (stopping_tx, mut stopping) = tokio::sync::watch::channel(false);
-    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
-        shutdown.await;
-        let _ = stopping_tx.send(true);
-    });
-    tokio::select! {
-        result = server => result,
-        () = async {
-            let _ = stopping.wait_for(|s| *s).await;
-            tokio::time::sleep(SHUTDOWN_GRACE).await;
-        } => {
-            tracing::warn!(grace_secs = SHUTDOWN_GRACE.as_secs(), "grace period over; exiting with requests still open");
-            Ok(())
-        }
-    }
+/// requests finish for at most the configured grace period.
+pub async fn run(config: Config, listener: tokio::net::TcpListener, shutdown: impl Future<Output = ()> + Send + 'static) {
+    let draining = serve::Draining::default();
+    let app = routes::router(AppState::new(&config))
+        .layer(axum::middleware::from_fn_with_state(draining.clone(), serve::close_when_draining));
+    let limits = serve::ServeLimits {
+        header_timeout: config.header_timeout(),
+        grace: config.shutdown_grace(),
+        lame_duck: Duration::from_millis(config.lame_duck_ms),
+    };
+    serve::serve(listener, app, draining, limits, shutdown).await;
 }

@@ -21,7 +21,8 @@ async fn main() -> anyhow::Result<()> {
         startup_ms = started.elapsed().as_secs_f64() * 1e3,
         "gateway listening"
     );
-    gateway::run(config, listener, shutdown_signal()).await?;
+    raise_fd_limit();
+    gateway::run(config, listener, shutdown_signal()).await;
     tracing::info!("gateway stopped");
     Ok(())
 }
@@ -36,6 +37,18 @@ async fn listener(config: &Config) -> anyhow::Result<(tokio::net::TcpListener, &
     }
     let own = tokio::net::TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
     Ok((own, "--listen"))
+}
+
+/// Idle and slow clients each hold a descriptor; the usual soft limit of
+/// 1024 would let a thousand of them lock real clients out. Raise the soft
+/// limit to the hard one (systemd's default hard limit is 512K).
+fn raise_fd_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        if soft < hard && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok() {
+            tracing::info!(from = soft, to = hard, "raised the open-file limit");
+        }
+    }
 }
 
 /// SIGTERM (systemd, deploys) or SIGINT (Ctrl-C).

@@ -47,7 +47,7 @@ type Trace = TraceLayer<SharedClassifier<ServerErrorsAsFailures>, fn(&Request<ax
 pub fn layers() -> ServiceBuilder<Stack<PropagateRequestIdLayer, Stack<Trace, Stack<SetRequestIdLayer<Sequential>, Identity>>>> {
     let trace: Trace = TraceLayer::new_for_http()
         .make_span_with(span_for as fn(&Request<axum::body::Body>) -> tracing::Span)
-        .on_response(DefaultOnResponse::new().level(tracing::Level::INFO));
+        .on_response(DefaultOnResponse::new().level(tracing::Level::DEBUG));
     ServiceBuilder::new()
         .layer(SetRequestIdLayer::new(HEADER, Sequential::default()))
         .layer(trace)

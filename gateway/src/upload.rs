@@ -3,6 +3,8 @@
 //! Turns a raw HTTP body into an [`Upload`] (bytes plus a known image
 //! format) or a client error. Nothing past this point sees raw input.
 
+use std::time::Duration;
+
 use axum::body::Body;
 use axum::http::{HeaderMap, header};
 use bytes::{Bytes, BytesMut};
@@ -20,7 +22,14 @@ pub struct Upload {
 /// Reads the body, refusing it from Content-Length before reading when the
 /// header already says it is too large, and stopping at `limit` otherwise
 /// (chunked bodies have no Content-Length).
-pub async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Bytes, ApiError> {
+pub async fn read_body(body: Body, headers: &HeaderMap, limit: usize, within: Duration) -> Result<Bytes, ApiError> {
+    let ms = within.as_millis() as u64;
+    tokio::time::timeout(within, read_limited(body, headers, limit))
+        .await
+        .map_err(|_| ApiError::BodyTimeout { ms })?
+}
+
+async fn read_limited(body: Body, headers: &HeaderMap, limit: usize) -> Result<Bytes, ApiError> {
     let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
     if let Some(len) = declared.filter(|&len| len > limit as u64) {
         tokio::spawn(discard_rest(body, limit));
@@ -135,12 +144,12 @@ mod tests {
     async fn body_limit_from_header_and_from_stream() {
         let mut headers = HeaderMap::new();
         headers.insert(header::CONTENT_LENGTH, "11".parse().unwrap());
-        let err = read_body(Body::from("hello world"), &headers, 10).await.unwrap_err();
+        let err = read_body(Body::from("hello world"), &headers, 10, Duration::from_secs(5)).await.unwrap_err();
         assert!(matches!(err, ApiError::BodyTooLarge { limit: 10, .. }));
         // No Content-Length (as with chunked encoding): the stream is cut at the limit.
-        let err = read_body(Body::from("hello world"), &HeaderMap::new(), 10).await.unwrap_err();
+        let err = read_body(Body::from("hello world"), &HeaderMap::new(), 10, Duration::from_secs(5)).await.unwrap_err();
         assert!(matches!(err, ApiError::BodyTooLarge { limit: 10, .. }));
-        let ok = read_body(Body::from("0123456789"), &HeaderMap::new(), 10).await.unwrap();
+        let ok = read_body(Body::from("0123456789"), &HeaderMap::new(), 10, Duration::from_secs(5)).await.unwrap();
         assert_eq!(&ok[..], b"0123456789");
     }
 

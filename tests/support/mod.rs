@@ -147,15 +147,19 @@ impl Scratch {
     }
 
     pub fn start_gateway(&self, extra: &[&str]) -> Gateway {
-        self.start_gateway_with(free_port(), extra)
+        self.start_gateway_with(free_port(), extra, &[])
+    }
+
+    pub fn start_gateway_with_env(&self, extra: &[&str], env: &[(&str, String)]) -> Gateway {
+        self.start_gateway_with(free_port(), extra, env)
     }
 
     /// A gateway that binds `port` itself.
     pub fn start_gateway_on_port(&self, port: u16) -> Gateway {
-        self.start_gateway_with(port, &[])
+        self.start_gateway_with(port, &[], &[])
     }
 
-    fn start_gateway_with(&self, port: u16, extra: &[&str]) -> Gateway {
+    fn start_gateway_with(&self, port: u16, extra: &[&str], env: &[(&str, String)]) -> Gateway {
         let mut args = vec![
             "--host-socket".to_string(),
             self.socket().display().to_string(),
@@ -165,7 +169,7 @@ impl Scratch {
         args.extend(extra.iter().map(|s| s.to_string()));
         let n = std::fs::read_dir(self.dir.path()).map(|d| d.count()).unwrap_or(0);
         let log = self.dir.path().join(format!("gateway-{port}-{n}.log"));
-        Gateway { process: Process::spawn(&format!("gateway:{port}"), &binary("gateway"), &args, &[], log), port }
+        Gateway { process: Process::spawn(&format!("gateway:{port}"), &binary("gateway"), &args, env, log), port }
     }
 }
 

@@ -77,7 +77,7 @@ pub async fn predict(
 
     let tag = request_id::of(&request);
     let (parts, body) = request.into_parts();
-    let body = read_body(body, &parts.headers, app.limits.max_body_bytes).await?;
+    let body = read_body(body, &parts.headers, app.limits.max_body_bytes, app.limits.body_timeout).await?;
     metrics::record_body(body.len());
     let upload = extract_image(&parts.headers, body).await?;
     let target = Target { width: model.width, height: model.height, channels: model.channels };
