@@ -36,6 +36,8 @@ pub struct HostContext {
     pub slots_per_gateway: u32,
     pub shm_mode: u32,
     pub host_pid: u32,
+    /// Who may connect (SO_PEERCRED check in the accept loop).
+    pub peers: crate::peer_auth::PeerPolicy,
 }
 
 #[derive(Debug, Error)]

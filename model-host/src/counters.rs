@@ -50,6 +50,8 @@ pub struct Counters {
     pub batches_done: AtomicU64,
     pub copy_us_total: AtomicU64,
     pub inference_us_total: AtomicU64,
+    /// Connections dropped by the peer-credential check.
+    pub peers_refused: AtomicU64,
     /// (batch shape, batches run at it); shapes fixed at startup.
     batches_by_size: Vec<(u32, AtomicU64)>,
     refused: [AtomicU64; 6],
@@ -74,7 +76,10 @@ impl Counters {
     }
 
     pub fn refused(&self) -> Vec<(String, u64)> {
-        Refused::ALL.iter().zip(&self.refused).map(|(r, c)| (r.as_str().to_string(), c.load(Relaxed))).collect()
+        let mut out: Vec<_> =
+            Refused::ALL.iter().zip(&self.refused).map(|(r, c)| (r.as_str().to_string(), c.load(Relaxed))).collect();
+        out.push(("peer_not_allowed".to_string(), self.peers_refused.load(Relaxed)));
+        out
     }
 
     pub fn batch_run(&self, shape: usize) {

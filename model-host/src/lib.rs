@@ -25,6 +25,7 @@ pub mod model;
 pub mod model_config;
 pub mod model_thread;
 pub mod notify;
+pub mod peer_auth;
 pub mod server;
 pub mod shm_sweep;
 pub mod startup;
@@ -52,6 +53,8 @@ pub async fn run(
     process_start: Instant,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), HostError> {
+    let peers = peer_auth::PeerPolicy::new(&config.allowed_uids, &config.allowed_gids).map_err(HostError::Startup)?;
+    tracing::info!(uids = ?peers.uids, gids = ?peers.gids, own_gid = peer_auth::own_gid(), "peers allowed on the control socket");
     let removed = shm_sweep::sweep_stale_segments();
     tracing::info!(removed, "swept stale shared-memory segments");
     let loaded = model_config::load(&config.model)?;
@@ -99,6 +102,7 @@ pub async fn run(
         slots_per_gateway: config.slots_per_gateway,
         shm_mode: config.shm_mode,
         host_pid: std::process::id(),
+        peers,
     });
 
     let mut failed = phase.clone();
