@@ -16,7 +16,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use protocol::{HostStatus, ModelInfo, Phase};
+use protocol::{HostStatus, Phase};
 use thiserror::Error;
 use tokio::sync::watch;
 
@@ -75,11 +75,6 @@ impl HostClient {
             return Err(HostCallError::Unavailable { phase: phase.name().to_string() });
         }
         Ok(link)
-    }
-
-    /// The model, if a host has told us about it on this or an earlier link.
-    pub fn model(&self) -> Option<ModelInfo> {
-        self.link.borrow().as_ref().map(|l| l.model().clone())
     }
 
     /// The host's phase as a word, or "disconnected".

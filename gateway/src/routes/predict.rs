@@ -60,7 +60,9 @@ pub async fn predict(
     let Query(params) = params.map_err(|e| ApiError::InvalidRequest { field: "query string", problem: e.body_text() })?;
     // Admission before work: no body is read for a host that cannot serve.
     let link = app.host.ready_link()?;
-    let model = link.model().clone();
+    // Borrowed from the link for the whole request: ModelInfo carries every
+    // label (1000 strings for an ImageNet model), too much to copy per request.
+    let model = link.model();
     if model.name != name {
         return Err(ApiError::ModelNotFound(name));
     }
@@ -117,8 +119,8 @@ pub async fn predict(
         })
         .collect();
     Ok(Json(PredictResponse {
-        model: model.name,
-        version: model.version,
+        model: model.name.clone(),
+        version: model.version.clone(),
         predictions,
         timings_ms: Timings {
             decode: ms(decode),
