@@ -7,6 +7,7 @@ ImageNet's 1000 class names, which torchvision ships in its weights
 metadata without downloading the weights. Needs torch and torchvision.
 
     python3 scripts/export_resnet50.py --out models/resnet50
+    python3 scripts/export_resnet50.py --out models/resnet50-fp16 --precision fp16 --channels-last
 """
 import argparse
 from pathlib import Path
@@ -18,11 +19,17 @@ import torchvision
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=Path("models/resnet50"))
-    ap.add_argument("--max-batch-size", type=int, default=64)
+    ap.add_argument("--max-batch-size", type=int, default=32)
+    ap.add_argument("--max-queue-delay-us", type=int, default=0)
+    ap.add_argument("--precision", choices=["fp32", "fp16", "bf16"], default="fp32")
+    ap.add_argument("--channels-last", action="store_true",
+                    help="store the weights channels-last (NHWC) and feed the input so")
     args = ap.parse_args()
 
     torch.manual_seed(0)
     model = torchvision.models.resnet50(weights=None).eval()
+    if args.channels_last:
+        model = model.to(memory_format=torch.channels_last)
     scripted = torch.jit.script(model)
     args.out.mkdir(parents=True, exist_ok=True)
     scripted.save(str(args.out / "model.pt"))
@@ -51,6 +58,11 @@ labels = [
 [batching]
 max_batch_size = {b}
 # batch_sizes: default, powers of two up to max_batch_size
+max_queue_delay_us = {args.max_queue_delay_us}
+
+[optimization]
+precision = "{args.precision}"
+channels_last = {str(args.channels_last).lower()}
 """)
     print(f"wrote {args.out}/model.pt and model.toml")
 

@@ -14,9 +14,10 @@ use serde::Serialize;
 /// Closed-loop HTTP load: images per second and p50/p90/p99 latency.
 #[derive(Debug, Parser)]
 struct Args {
-    /// URL to POST each image to.
-    #[arg(long)]
-    url: String,
+    /// URL to POST each image to; given several times (one per gateway),
+    /// client i uses URL i mod n.
+    #[arg(long, required = true)]
+    url: Vec<String>,
     /// Image files (or directories of them) to send, round-robin.
     #[arg(long, required = true, num_args = 1..)]
     images: Vec<PathBuf>,
@@ -82,13 +83,14 @@ async fn run_level(
     let mut tasks = Vec::new();
     for worker in 0..concurrency {
         let client = client.clone();
-        let url = args.url.clone();
+        let url = args.url[worker % args.url.len()].clone();
         let content_type = args.content_type.clone();
-        let images: Vec<_> = images.to_vec();
+        let images: Vec<bytes::Bytes> = images.iter().map(|b| bytes::Bytes::from(b.as_ref().clone())).collect();
         tasks.push(tokio::spawn(async move {
             let (mut latencies, mut errors, mut i) = (Vec::new(), 0usize, worker);
             while Instant::now() < until {
-                let body = images[i % images.len()].as_ref().clone();
+                // Bytes: a clone is a reference count, not a copy of the image.
+                let body = images[i % images.len()].clone();
                 i += 1;
                 let started = Instant::now();
                 let ok = match client.post(&url).header("content-type", &content_type).body(body).send().await {

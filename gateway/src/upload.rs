@@ -16,8 +16,21 @@ use crate::error::ApiError;
 /// An image body whose format we know how to decode.
 pub struct Upload {
     pub bytes: Bytes,
-    pub format: ImageFormat,
+    pub format: Format,
 }
+
+/// What the body holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// An encoded image, decoded and resized by the gateway.
+    Encoded(ImageFormat),
+    /// Already the model's input: uint8, height x width x channels
+    /// ([`PIXELS_CONTENT_TYPE`]); written to the slot as it is.
+    Pixels,
+}
+
+/// The content type of a body of raw model-input pixels.
+pub const PIXELS_CONTENT_TYPE: &str = "application/x-pixels";
 
 /// Reads the body, refusing it from Content-Length before reading when the
 /// header already says it is too large, and stopping at `limit` otherwise
@@ -77,7 +90,10 @@ pub async fn extract_image(headers: &HeaderMap, body: Bytes) -> Result<Upload, A
     if essence(content_type) == "multipart/form-data" {
         return from_multipart(content_type, body).await;
     }
-    let format = format_for(content_type, &body)?;
+    if essence(content_type) == PIXELS_CONTENT_TYPE {
+        return Ok(Upload { bytes: body, format: Format::Pixels });
+    }
+    let format = Format::Encoded(format_for(content_type, &body)?);
     Ok(Upload { bytes: body, format })
 }
 
@@ -117,7 +133,7 @@ async fn from_multipart(content_type: &str, body: Bytes) -> Result<Upload, ApiEr
         }
         let field_type = field.content_type().map(|m| m.to_string()).unwrap_or_default();
         let bytes = field.bytes().await.map_err(|e| invalid(e.to_string()))?;
-        let format = format_for(&field_type, &bytes)?;
+        let format = Format::Encoded(format_for(&field_type, &bytes)?);
         return Ok(Upload { bytes, format });
     }
     Err(invalid("no field named \"image\" or \"file\", and no file field".into()))
@@ -161,7 +177,7 @@ mod tests {
         let mut headers = HeaderMap::new();
         headers.insert(header::CONTENT_TYPE, "multipart/form-data; boundary=XyZ".parse().unwrap());
         let upload = extract_image(&headers, Bytes::from(body)).await.unwrap();
-        assert_eq!(upload.format, ImageFormat::Png);
+        assert_eq!(upload.format, Format::Encoded(ImageFormat::Png));
         assert_eq!(&upload.bytes[..], b"PNGDATA");
     }
 }

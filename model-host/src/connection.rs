@@ -242,14 +242,12 @@ impl<'a> Session<'a> {
             cancelled: cancelled.clone(),
             reply: self.done_tx.clone(),
         };
-        self.ctx.counters.in_flight.fetch_add(1, Relaxed);
         match self.ctx.jobs.submit(job) {
             Ok(()) => {
                 self.pending.insert(request_id, Pending { slot, cancelled });
                 None
             }
             Err((job, error)) => {
-                self.ctx.counters.in_flight.fetch_sub(1, Relaxed);
                 let tag = job.tag.clone();
                 self.finish_slot(job.slot);
                 self.ctx.counters.refuse(Refused::QueueFull);

@@ -9,12 +9,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
-use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel};
-use std::time::Duration;
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 
 use protocol::shm::Segment;
 use protocol::{InferError, Prediction, SlotRef};
 use tokio::sync::mpsc;
+
+use crate::counters::Counters;
 
 pub struct Job {
     pub request_id: u64,
@@ -52,50 +53,37 @@ pub struct Completion {
 /// The submitting side; cloned into every connection. A std channel, not
 /// tokio's: the model thread is a plain thread and needs a receive with a
 /// timeout (to keep pinging the watchdog while idle).
+///
+/// The bound is on requests queued or running (the `in_flight` counter),
+/// not on the channel alone, so that jobs the batcher holds while it waits
+/// to fill a batch count too: past `capacity` a request is refused at once.
 #[derive(Clone)]
 pub struct JobQueue {
     tx: SyncSender<Job>,
+    capacity: u64,
+    counters: Arc<Counters>,
 }
 
 impl JobQueue {
-    pub fn new(capacity: usize) -> (Self, Receiver<Job>) {
-        let (tx, rx) = sync_channel(capacity);
-        (Self { tx }, rx)
+    pub fn new(capacity: usize, counters: Arc<Counters>) -> (Self, Receiver<Job>) {
+        let (tx, rx) = sync_channel(capacity.max(1));
+        (Self { tx, capacity: capacity as u64, counters }, rx)
     }
 
     /// Queues a job without blocking, or hands it back with the reason.
     pub fn submit(&self, job: Job) -> Result<(), (Job, InferError)> {
-        self.tx.try_send(job).map_err(|e| match e {
-            TrySendError::Full(job) => (job, InferError::QueueFull),
-            TrySendError::Disconnected(job) => (job, InferError::NotReady),
-        })
-    }
-}
-
-/// What the model thread got from the queue.
-pub enum Next {
-    Batch(Vec<Job>),
-    /// Nothing arrived within the wait: a chance to ping the watchdog.
-    Idle,
-    /// Every sender is gone.
-    Closed,
-}
-
-/// Waits up to `wait` for one job, then takes whatever else is already
-/// queued, up to `max`.
-pub fn next_batch(rx: &Receiver<Job>, max: usize, wait: Duration) -> Next {
-    let first = match rx.recv_timeout(wait) {
-        Ok(job) => job,
-        Err(RecvTimeoutError::Timeout) => return Next::Idle,
-        Err(RecvTimeoutError::Disconnected) => return Next::Closed,
-    };
-    let mut batch = Vec::with_capacity(max);
-    batch.push(first);
-    while batch.len() < max {
-        match rx.try_recv() {
-            Ok(job) => batch.push(job),
-            Err(_) => break,
+        let depth = self.counters.in_flight.fetch_add(1, Ordering::Relaxed);
+        let refused = if depth >= self.capacity {
+            Err((job, InferError::QueueFull))
+        } else {
+            self.tx.try_send(job).map_err(|e| match e {
+                TrySendError::Full(job) => (job, InferError::QueueFull),
+                TrySendError::Disconnected(job) => (job, InferError::NotReady),
+            })
+        };
+        if refused.is_err() {
+            self.counters.in_flight.fetch_sub(1, Ordering::Relaxed);
         }
+        refused
     }
-    Next::Batch(batch)
 }

@@ -4,15 +4,19 @@
 //! - [`control_socket`]: bind the Unix socket (never stealing a live host's).
 //! - [`server`]: accept gateways; [`connection`]: handshake, then read a
 //!   message, dispatch, reply, per gateway; [`leases`]: that gateway's slots.
-//! - [`jobs`]: the bounded queue to the model; [`model_thread`]: load, warm
-//!   up, then run batches; [`model`]: pre-process on the device, forward,
-//!   top-k.
+//! - [`jobs`]: the bounded queue to the model; [`batcher`] + [`batch_policy`]:
+//!   when to close a batch; [`model_thread`]: load, warm up, then run
+//!   batches; [`batch`]: gather slots, launch, answer; [`model`]:
+//!   pre-process on the device, forward, top-k.
 //!
 //! Around it: [`config`] (flags), [`model_config`] (model.toml), [`startup`]
 //! (phases and timings), [`notify`] (systemd), [`device`], [`counters`],
 //! [`shm_sweep`].
 #![forbid(unsafe_code)]
 
+pub mod batch;
+pub mod batch_policy;
+pub mod batcher;
 pub mod config;
 pub mod connection;
 pub mod control_socket;
@@ -62,7 +66,7 @@ pub async fn run(
     let (reporter, phase) = PhaseReporter::new(process_start, notifier.clone());
     let phase_tx = reporter.sender();
     let counters = Arc::new(Counters::new(&loaded.config.batching.shapes()));
-    let (jobs, job_rx) = JobQueue::new(config.queue_capacity as usize);
+    let (jobs, job_rx) = JobQueue::new(config.queue_capacity as usize, counters.clone());
     let (device_tx, device_rx) = tokio::sync::oneshot::channel();
     let model_config = loaded.config.clone();
     ModelThread {

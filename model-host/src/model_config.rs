@@ -18,6 +18,11 @@
 //! [batching]
 //! max_batch_size = 32
 //! batch_sizes = [1, 2, 4, 8, 16, 32]  # shapes the model runs at; default powers of two
+//! max_queue_delay_us = 0       # how long a partial batch may wait for more requests
+//! preferred_batch_sizes = []   # sizes that run at once without waiting
+//! [optimization]               # optional
+//! precision = "fp32"           # "fp32", "fp16" or "bf16": weights and inputs on the device
+//! channels_last = false        # feed NHWC-strided input (with channels-last weights)
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -37,6 +42,8 @@ pub struct ModelConfig {
     pub input: InputConfig,
     pub output: OutputConfig,
     pub batching: BatchingConfig,
+    #[serde(default)]
+    pub optimization: OptimizationConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -75,6 +82,48 @@ pub struct BatchingConfig {
     /// Empty: powers of two up to max_batch_size, and max_batch_size itself.
     #[serde(default)]
     pub batch_sizes: Vec<u32>,
+    /// How long, in microseconds, the oldest request may wait for others
+    /// to fill a batch (Triton's `max_queue_delay_microseconds`). 0: never
+    /// wait; take whatever queued while the model was busy.
+    #[serde(default)]
+    pub max_queue_delay_us: u64,
+    /// Batch sizes that run at once, without waiting out the delay
+    /// (Triton's `preferred_batch_size`).
+    #[serde(default)]
+    pub preferred_batch_sizes: Vec<u32>,
+}
+
+/// How the model runs on its device; measured in docs/BENCHMARKS.md.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OptimizationConfig {
+    /// The dtype the weights are cast to and the input normalised into.
+    #[serde(default)]
+    pub precision: Precision,
+    /// Keep the input NHWC-strided (channels last) instead of making it
+    /// contiguous NCHW: the layout tensor cores want for fp16/bf16
+    /// convolutions, and free, because the pixels arrive as HWC.
+    #[serde(default)]
+    pub channels_last: bool,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Precision {
+    #[default]
+    Fp32,
+    Fp16,
+    Bf16,
+}
+
+impl Precision {
+    pub fn kind(self) -> tch::Kind {
+        match self {
+            Precision::Fp32 => tch::Kind::Float,
+            Precision::Fp16 => tch::Kind::Half,
+            Precision::Bf16 => tch::Kind::BFloat16,
+        }
+    }
 }
 
 impl BatchingConfig {
@@ -89,6 +138,17 @@ impl BatchingConfig {
         shapes.sort_unstable();
         shapes.dedup();
         shapes
+    }
+}
+
+impl BatchingConfig {
+    pub fn policy(&self) -> crate::batch_policy::BatchPolicy {
+        let preferred: Vec<usize> = self.preferred_batch_sizes.iter().map(|&n| n as usize).collect();
+        crate::batch_policy::BatchPolicy::new(
+            self.max_batch_size as usize,
+            std::time::Duration::from_micros(self.max_queue_delay_us),
+            &preferred,
+        )
     }
 }
 
@@ -157,6 +217,12 @@ fn validate(c: &ModelConfig) -> Result<(), (&'static str, String)> {
     if let Some(bad) = b.batch_sizes.iter().find(|&&n| n == 0 || n > b.max_batch_size) {
         return Err(("batching.batch_sizes", format!("{bad} is outside 1..=max_batch_size")));
     }
+    if let Some(bad) = b.preferred_batch_sizes.iter().find(|&&n| n == 0 || n > b.max_batch_size) {
+        return Err(("batching.preferred_batch_sizes", format!("{bad} is outside 1..=max_batch_size")));
+    }
+    if b.max_queue_delay_us > 10_000_000 {
+        return Err(("batching.max_queue_delay_us", format!("{} is over 10 s", b.max_queue_delay_us)));
+    }
     Ok(())
 }
 
@@ -196,6 +262,8 @@ batch_sizes = [1, 8]
         assert_eq!(loaded.model_file, path.join("model.pt"));
         assert!(loaded.config.output.softmax);
         assert_eq!(loaded.config.output.kind, OutputKind::Classification);
+        assert_eq!(loaded.config.optimization.precision, Precision::Fp32, "optional section defaults");
+        assert_eq!(loaded.config.batching.max_queue_delay_us, 0);
     }
 
     #[test]
@@ -206,6 +274,7 @@ batch_sizes = [1, 8]
             ("mean = [0.5]", "mean = [0.5, 0.5]", "input.mean/std"),
             ("max_batch_size = 8", "max_batch_size = 0", "batching.max_batch_size"),
             ("[1, 8]", "[1, 9]", "batching.batch_sizes"),
+            ("batch_sizes = [1, 8]", "batch_sizes = [1, 8]\npreferred_batch_sizes = [0]", "batching.preferred_batch_sizes"),
             ("labels = [\"0\", \"1\"]", "labels = []", "output.labels"),
         ] {
             let (_dir, path) = write(&GOOD.replace(from, to));
@@ -216,15 +285,27 @@ batch_sizes = [1, 8]
 
     #[test]
     fn batch_shapes_and_padding() {
-        let b = BatchingConfig { max_batch_size: 24, batch_sizes: vec![] };
+        let b = BatchingConfig { max_batch_size: 24, batch_sizes: vec![], max_queue_delay_us: 0, preferred_batch_sizes: vec![] };
         assert_eq!(b.shapes(), vec![1, 2, 4, 8, 16, 24]);
-        let b = BatchingConfig { max_batch_size: 32, batch_sizes: vec![8, 1] };
+        let b = BatchingConfig { max_batch_size: 32, batch_sizes: vec![8, 1], max_queue_delay_us: 0, preferred_batch_sizes: vec![] };
         assert_eq!(b.shapes(), vec![1, 8, 32]);
         let shapes = b.shapes();
         assert_eq!(padded_batch(&shapes, 1), 1);
         assert_eq!(padded_batch(&shapes, 2), 8);
         assert_eq!(padded_batch(&shapes, 9), 32);
         assert_eq!(padded_batch(&shapes, 32), 32);
+    }
+
+    #[test]
+    fn optimization_and_batching_policy_parse() {
+        let text = GOOD.replace("batch_sizes = [1, 8]", "batch_sizes = [1, 8]\nmax_queue_delay_us = 500\npreferred_batch_sizes = [4]")
+            + "[optimization]\nprecision = \"fp16\"\nchannels_last = true\n";
+        let (_dir, path) = write(&text);
+        let c = load(&path).unwrap().config;
+        assert_eq!(c.optimization.precision, Precision::Fp16);
+        assert!(c.optimization.channels_last);
+        let p = c.batching.policy();
+        assert_eq!((p.max_batch_size, p.max_queue_delay, p.preferred), (8, std::time::Duration::from_micros(500), vec![4]));
     }
 
     #[test]

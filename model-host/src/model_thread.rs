@@ -8,18 +8,19 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Instant;
 
-use protocol::{HostTimings, InferError, Prediction};
 use std::sync::mpsc::Receiver;
 use std::time::Duration;
 
 use crate::config::DeviceChoice;
-use crate::counters::{Counters, Refused};
+use crate::batch::{self, Running};
+use crate::batcher::{Batcher, Next};
+use crate::counters::Counters;
 use crate::device;
 use crate::error::HostError;
-use crate::jobs::{Job, Next, next_batch};
+use crate::jobs::Job;
 use crate::notify::Notifier;
 use crate::model::ImageClassifier;
-use crate::model_config::{LoadedConfig, padded_batch};
+use crate::model_config::LoadedConfig;
 use crate::startup::PhaseReporter;
 
 pub struct ModelThread {
@@ -47,20 +48,40 @@ impl ModelThread {
             Ok(model) => model,
             Err(e) => return self.reporter.failed(e.to_string()),
         };
-        let max = self.model.config.batching.max_batch_size as usize;
-        let shapes = self.model.config.batching.shapes();
+        let batching = &self.model.config.batching;
+        let shapes = batching.shapes();
         let slot_len = slot_len(&self.model);
-        let mut staging = Vec::with_capacity(max * slot_len);
+        let mut batcher = Batcher::new(batching.policy());
+        let mut staging = Vec::with_capacity(batching.max_batch_size as usize * slot_len);
         // The watchdog is pinged from this loop and nowhere else: if a
         // forward pass hangs, the pings stop and systemd restarts the host.
         let tick = self.notifier.watchdog_interval().unwrap_or(Duration::from_secs(1));
+        // The batch on the device. While there is one, the batcher only
+        // hands out a batch that is due now, which is gathered (a CPU copy
+        // out of shared memory) while the device computes; then the running
+        // batch is collected and the new one launched.
+        let mut running: Option<Running> = None;
         loop {
-            match next_batch(&self.jobs, max, tick) {
-                Next::Batch(batch) => run_batch(&model, batch, slot_len, &shapes, &mut staging, &self.counters),
-                Next::Idle => {}
+            let wait = if running.is_some() { Duration::ZERO } else { tick };
+            match batcher.next(&self.jobs, wait, &self.counters) {
+                Next::Batch(jobs) => {
+                    let gathered = batch::gather(jobs, slot_len, &shapes, &mut staging, &self.counters);
+                    if let Some(done) = running.take() {
+                        batch::finish(&model, done, &self.counters);
+                    }
+                    running = gathered.map(|g| batch::launch(&model, g, &staging));
+                }
+                Next::Idle => {
+                    if let Some(done) = running.take() {
+                        batch::finish(&model, done, &self.counters);
+                    }
+                }
                 Next::Closed => break,
             }
             self.notifier.watchdog_ping();
+        }
+        if let Some(done) = running.take() {
+            batch::finish(&model, done, &self.counters);
         }
         tracing::info!("job queue closed; model thread exits");
     }
@@ -116,76 +137,4 @@ impl ModelThread {
 fn slot_len(model: &LoadedConfig) -> usize {
     let i = &model.config.input;
     (i.width * i.height * i.channels) as usize
-}
-
-/// Answers cancelled and expired jobs without GPU work, copies the rest out
-/// of shared memory into one staging buffer, and runs them as one batch.
-fn run_batch(
-    model: &ImageClassifier,
-    batch: Vec<Job>,
-    slot_len: usize,
-    shapes: &[u32],
-    staging: &mut Vec<u8>,
-    counters: &Counters,
-) {
-    let started = Instant::now();
-    staging.clear();
-    let mut live = Vec::with_capacity(batch.len());
-    for job in batch {
-        counters.in_flight.fetch_sub(1, Relaxed);
-        if job.is_cancelled() {
-            counters.refuse(Refused::Cancelled);
-            job.finish(Err(InferError::Cancelled));
-        } else if job.deadline <= started {
-            counters.refuse(Refused::DeadlineExceeded);
-            tracing::debug!(request_id = %job.tag, "deadline passed in the queue; skipped");
-            job.finish(Err(InferError::DeadlineExceeded));
-        } else {
-            let at = staging.len();
-            staging.resize(at + slot_len, 0);
-            match job.segment.read_slot(job.slot.index, &mut staging[at..]) {
-                Ok(()) => live.push(job),
-                Err(e) => {
-                    staging.truncate(at);
-                    counters.refuse(Refused::InvalidRequest);
-                    tracing::warn!(request_id = %job.tag, error = %e, "slot unreadable");
-                    job.finish(Err(InferError::InvalidRequest(e.to_string())));
-                }
-            }
-        }
-    }
-    if live.is_empty() {
-        return;
-    }
-    let k = live.iter().map(|j| j.top_k as usize).max().unwrap_or(1);
-    // Pad to a warmed-up shape; the padding rows' answers are dropped.
-    let padded = padded_batch(shapes, live.len());
-    staging.resize(padded * slot_len, 0);
-    let copied = Instant::now();
-    let result = model.classify(staging, padded, k);
-    let inference_us = started.elapsed().as_micros() as u64;
-    let batch_size = live.len() as u32;
-    counters.copy_us_total.fetch_add(copied.duration_since(started).as_micros() as u64, Relaxed);
-    counters.inference_us_total.fetch_add(copied.elapsed().as_micros() as u64, Relaxed);
-    counters.batch_run(padded);
-    counters.batches_done.fetch_add(1, Relaxed);
-    counters.requests_done.fetch_add(u64::from(batch_size), Relaxed);
-    match result {
-        Ok(rows) => {
-            for (job, mut top) in live.into_iter().zip(rows) {
-                top.truncate(job.top_k.max(1) as usize);
-                let queue_us = started.saturating_duration_since(job.arrived).as_micros() as u64;
-                let timings = HostTimings { queue_us, inference_us, batch_size };
-                tracing::debug!(request_id = %job.tag, queue_us, inference_us, batch_size, "request done");
-                job.finish(Ok(Prediction { top, timings }));
-            }
-        }
-        Err(e) => {
-            let ids: Vec<&str> = live.iter().map(|j| j.tag.as_str()).collect();
-            tracing::error!(error = %e, batch_size, request_ids = ?ids, "batch failed");
-            for job in live {
-                job.finish(Err(InferError::Model(e.to_string())));
-            }
-        }
-    }
 }

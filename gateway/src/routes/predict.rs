@@ -14,7 +14,7 @@ use crate::{AppState, metrics, request_id};
 use crate::decode::{Target, decode_to_input};
 use crate::error::ApiError;
 use crate::host_client::HostCallError;
-use crate::upload::{extract_image, read_body};
+use crate::upload::{Format, PIXELS_CONTENT_TYPE, extract_image, read_body};
 
 #[derive(Debug, Deserialize)]
 pub struct PredictParams {
@@ -85,9 +85,25 @@ pub async fn predict(
     let target = Target { width: model.width, height: model.height, channels: model.channels };
     let max_pixels = app.limits.max_pixels;
     let decode_started = Instant::now();
-    let pixels = tokio::task::spawn_blocking(move || decode_to_input(&upload.bytes, upload.format, target, max_pixels))
-        .await
-        .map_err(|e| ApiError::Internal(format!("decode task: {e}")))??;
+    let pixels = match upload.format {
+        Format::Pixels => {
+            let want = model.input_len();
+            if upload.bytes.len() as u64 != want {
+                return Err(ApiError::InvalidRequest {
+                    field: "body",
+                    problem: format!(
+                        "{PIXELS_CONTENT_TYPE} must be {want} bytes ({}x{}x{} uint8, height x width x channels), got {}",
+                        model.height, model.width, model.channels, upload.bytes.len()
+                    ),
+                });
+            }
+            upload.bytes
+        }
+        Format::Encoded(format) => tokio::task::spawn_blocking(move || decode_to_input(&upload.bytes, format, target, max_pixels))
+            .await
+            .map_err(|e| ApiError::Internal(format!("decode task: {e}")))??
+            .into(),
+    };
     let decode = decode_started.elapsed();
 
     let timeout = || ApiError::DeadlineExceeded { budget_ms: budget.as_millis() as u64 };

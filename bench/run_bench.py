@@ -1,0 +1,279 @@
+"""Benchmark harness: raw (in-process) vs split (HTTP -> gateways -> host)
+vs baseline (FastAPI + uvicorn + torch), closed loop, several concurrency
+levels. Prints a table, writes rows as JSON lines, a Markdown summary and a
+PNG plot. Started by scripts/bench, which sets up what it needs.
+
+Modes:
+  raw           the model in-process through tch (model-host's raw_bench)
+  split-jpeg    encoded JPEGs at the model's input size, through N gateways
+  split-pixels  the same images as raw uint8 (Content-Type: application/x-pixels)
+  baseline      bench/baseline/server.py, batch 1 per request
+"""
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import tomllib
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def log(msg):
+    print(f"[bench] {msg}", file=sys.stderr, flush=True)
+
+
+def make_images(model_dir: Path, out: Path, count: int):
+    """Smooth synthetic photos at the model's input size: JPEGs and the
+    same pixels raw (height x width x channels uint8)."""
+    import numpy as np
+    from PIL import Image
+
+    cfg = load_config(model_dir)
+    w, h, c = cfg["input"]["width"], cfg["input"]["height"], cfg["input"]["channels"]
+    jpeg, raw = out / "jpeg", out / "pixels"
+    jpeg.mkdir(parents=True, exist_ok=True)
+    raw.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for i in range(count):
+        coarse = rng.integers(0, 256, (max(2, h // 16), max(2, w // 16), 3), dtype=np.uint8)
+        img = Image.fromarray(coarse).resize((w, h), Image.BICUBIC)
+        noisy = np.clip(np.asarray(img, dtype=np.int16) + rng.integers(-12, 13, (h, w, 3)), 0, 255).astype(np.uint8)
+        img = Image.fromarray(noisy)
+        if c == 1:
+            img = img.convert("L")
+        img.save(jpeg / f"{i:03}.jpg", quality=90)
+        decoded = Image.open(jpeg / f"{i:03}.jpg").convert("L" if c == 1 else "RGB")
+        (raw / f"{i:03}.bin").write_bytes(np.asarray(decoded, dtype=np.uint8).tobytes())
+    return jpeg, raw
+
+
+def load_config(model_dir: Path):
+    path = model_dir / "model.toml" if model_dir.is_dir() else model_dir
+    return tomllib.loads(path.read_text())
+
+
+def first_answer(url, body, content_type, proc, limit_s):
+    """Seconds until `url` answers 200 to a real request (polled every 10 ms)."""
+    started = time.monotonic()
+    while time.monotonic() - started < limit_s:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode} before answering")
+        try:
+            req = urllib.request.Request(url, data=body, headers={"content-type": content_type})
+            with urllib.request.urlopen(req, timeout=5) as r:
+                if r.status == 200:
+                    return time.monotonic()
+        except (urllib.error.URLError, ConnectionError, OSError):
+            pass
+        time.sleep(0.01)
+    raise RuntimeError(f"no answer from {url} within {limit_s} s")
+
+
+class Servers:
+    """Processes started by the harness; all stopped at the end."""
+
+    def __init__(self, logs: Path):
+        self.procs, self.logs = [], logs
+
+    def start(self, name, argv, env=None):
+        logf = open(self.logs / f"{name}.log", "w")
+        p = subprocess.Popen(argv, stdout=logf, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
+        self.procs.append(p)
+        return p
+
+    def stop_all(self):
+        for p in self.procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in self.procs:
+            try:
+                p.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        self.procs.clear()
+
+
+def free_port():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def loadgen(args, urls, images, content_type, label, jsonl):
+    argv = [str(args.bin / "loadgen"), "--images", str(images), "--content-type", content_type,
+            "--concurrency", args.concurrency, "--seconds", str(args.seconds),
+            "--warmup-seconds", str(args.warmup), "--label", label, "--json", str(jsonl)]
+    for u in urls:
+        argv += ["--url", u]
+    subprocess.run(argv, check=True)
+
+
+def run_split(args, name, jpeg, pixels, servers, jsonl, startup):
+    sock = Path(tempfile.mkdtemp(prefix="bench-")) / "host.sock"
+    one_jpeg = sorted(jpeg.iterdir())[0].read_bytes()
+    t0 = time.monotonic()
+    host = servers.start("host", [str(args.bin / "model-host"), "--socket", str(sock), "--model", str(args.model),
+                                  "--device", args.device, "--slots-per-gateway", str(args.slots)])
+    urls = []
+    for i in range(args.gateways):
+        port = free_port()
+        g0 = time.monotonic()
+        gw = servers.start(f"gateway-{i}", [str(args.bin / "gateway"), "--host-socket", str(sock),
+                                             "--listen", f"127.0.0.1:{port}"])
+        url = f"http://127.0.0.1:{port}/v1/models/{name}/predict"
+        if i == 0:
+            first = first_answer(url, one_jpeg, "image/jpeg", host, args.startup_limit)
+            startup.append({"server": "split: model-host (cold start, model load + warm-up)", "seconds": first - t0})
+        else:
+            first = first_answer(url, one_jpeg, "image/jpeg", gw, 30)
+            startup.append({"server": "split: gateway (host already up)", "seconds": first - g0})
+        urls.append(url)
+    if "split-jpeg" in args.modes:
+        loadgen(args, urls, jpeg, "image/jpeg", f"split-jpeg{args.suffix}", jsonl)
+        save_host_status(urls[0], args.out / f"host-status-split-jpeg{args.suffix}.json")
+    if "split-pixels" in args.modes:
+        loadgen(args, urls, pixels, "application/x-pixels", f"split-pixels{args.suffix}", jsonl)
+        save_host_status(urls[0], args.out / f"host-status-split-pixels{args.suffix}.json")
+    servers.stop_all()
+
+
+def save_host_status(predict_url, path: Path):
+    """The host's counters (batches, sizes, copy and model time) after a run:
+    where the time went. Cumulative over the host's life."""
+    base = predict_url.split("/v1/")[0]
+    with urllib.request.urlopen(f"{base}/v1/host/status", timeout=5) as r:
+        status = json.load(r)
+    path.write_text(json.dumps(status, indent=1))
+    batches, requests = status.get("batches_done", 0), status.get("requests_done", 0)
+    if batches:
+        log(f"host so far: {requests} requests in {batches} batches (mean {requests / batches:.1f}); "
+            f"gather {1e3 * status['copy_seconds_total'] / batches:.3f} ms/batch, "
+            f"device {1e3 * status['inference_seconds_total'] / batches:.3f} ms/batch")
+
+
+def run_baseline(args, name, jpeg, servers, jsonl, startup):
+    port = free_port()
+    one_jpeg = sorted(jpeg.iterdir())[0].read_bytes()
+    t0 = time.monotonic()
+    proc = servers.start("baseline", [args.python, str(ROOT / "bench/baseline/server.py"), "--model", str(args.model),
+                                      "--port", str(port), "--device", args.device_python],
+                         env={"PYTHONUNBUFFERED": "1"})
+    url = f"http://127.0.0.1:{port}/v1/models/{name}/predict"
+    first = first_answer(url, one_jpeg, "image/jpeg", proc, args.startup_limit)
+    startup.append({"server": "baseline: FastAPI + uvicorn + torch", "seconds": first - t0})
+    loadgen(args, [url], jpeg, "image/jpeg", f"baseline{args.suffix}", jsonl)
+    servers.stop_all()
+
+
+def summarise(rows, startup, out: Path, title: str):
+    by = {(r["label"], r["concurrency"]): r for r in rows}
+    lines = [f"## {title}", "", "| mode | clients | img/s | p50 ms | p90 ms | p99 ms | errors | vs raw | vs baseline |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        label, c = r["label"], r["concurrency"]
+        suffix = label.split("-")[-1] if label.count("-") >= 2 or label.startswith("raw-") or label.startswith("baseline-") else ""
+        raw = next((v for (l, cc), v in by.items() if cc == c and l.startswith("raw")), None)
+        base = next((v for (l, cc), v in by.items() if cc == c and l.startswith("baseline")), None)
+        ratio = lambda other: f"{r['images_per_second'] / other['images_per_second']:.2f}x" if other and other["images_per_second"] else ""
+        lines.append(f"| {label} | {c} | {r['images_per_second']:,.1f} | {r['p50_ms']:.2f} | {r['p90_ms']:.2f} | "
+                     f"{r['p99_ms']:.2f} | {r['errors']} | {ratio(raw)} | {ratio(base)} |")
+    lines += ["", "| server | seconds from start to first answer |", "|---|---|"]
+    lines += [f"| {s['server']} | {s['seconds']:.3f} |" for s in startup]
+    text = "\n".join(lines) + "\n"
+    (out / "summary.md").write_text(text)
+    print(text)
+
+
+def plot(rows, out: Path, title: str):
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        log("matplotlib not installed: no plot (bench/plot.py can draw one from rows.jsonl later)")
+        return
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for label in dict.fromkeys(r["label"] for r in rows):
+        rs = sorted((r for r in rows if r["label"] == label), key=lambda r: r["concurrency"])
+        xs = [r["concurrency"] for r in rs]
+        a.plot(xs, [r["images_per_second"] for r in rs], marker="o", label=label)
+        b.plot(xs, [r["p99_ms"] for r in rs], marker="o", label=label)
+    for ax, ylabel in ((a, "images / s"), (b, "p99 latency (ms)")):
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("concurrent clients (closed loop)")
+        ax.set_ylabel(ylabel)
+        ax.grid(True, alpha=0.3)
+    b.set_yscale("log")
+    a.legend(fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(out / "bench.png", dpi=110)
+    log(f"plot: {out / 'bench.png'}")
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--bin", type=Path, default=ROOT / "target/release", help="folder with model-host, gateway, loadgen, raw_bench")
+    p.add_argument("--model", type=Path, default=ROOT / "models/digits")
+    p.add_argument("--device", default="cpu", help="model-host --device (cpu, cuda, ...)")
+    p.add_argument("--concurrency", default="1,8,32")
+    p.add_argument("--seconds", type=float, default=8.0)
+    p.add_argument("--warmup", type=float, default=2.0)
+    p.add_argument("--gateways", type=int, default=2)
+    p.add_argument("--slots", type=int, default=256, help="model-host --slots-per-gateway")
+    p.add_argument("--modes", default="raw,split-jpeg,split-pixels,baseline")
+    p.add_argument("--python", default=sys.executable, help="python with torch, fastapi, uvicorn for the baseline")
+    p.add_argument("--suffix", default="", help="appended to each row's label, e.g. -fp16")
+    p.add_argument("--images", type=int, default=64)
+    p.add_argument("--startup-limit", type=float, default=300)
+    p.add_argument("--out", type=Path, default=ROOT / "target/bench")
+    p.add_argument("--append", action="store_true", help="keep earlier rows in OUT/rows.jsonl (e.g. fp32 then fp16)")
+    args = p.parse_args()
+    args.modes = set(args.modes.split(","))
+    args.device_python = "cuda" if args.device.startswith("cuda") else "cpu"
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "logs").mkdir(exist_ok=True)
+    jsonl = args.out / "rows.jsonl"
+    if not args.append:
+        jsonl.unlink(missing_ok=True)
+        (args.out / "startup.jsonl").unlink(missing_ok=True)
+    name = load_config(args.model)["name"]
+    jpeg, pixels = make_images(args.model, args.out / "images", args.images)
+    servers, startup = Servers(args.out / "logs"), []
+    try:
+        if "raw" in args.modes:
+            subprocess.run([str(args.bin / "raw_bench"), "--model", str(args.model), "--device", args.device,
+                            "--concurrency", args.concurrency, "--seconds", str(args.seconds),
+                            "--warmup-seconds", str(args.warmup), "--label", f"raw{args.suffix}",
+                            "--json", str(jsonl)], check=True)
+        if args.modes & {"split-jpeg", "split-pixels"}:
+            run_split(args, name, jpeg, pixels, servers, jsonl, startup)
+        if "baseline" in args.modes:
+            run_baseline(args, name, jpeg, servers, jsonl, startup)
+    finally:
+        servers.stop_all()
+    rows = [json.loads(l) for l in jsonl.read_text().splitlines() if l.strip()]
+    with open(args.out / "startup.jsonl", "a") as f:
+        for s in startup:
+            f.write(json.dumps({**s, "suffix": args.suffix}) + "\n")
+    title = f"{name} on {args.device}, {args.gateways} gateway(s)"
+    summarise(rows, startup, args.out, title)
+    plot(rows, args.out, title)
+    bad = [r for r in rows if r["errors"] or not r["requests"]]
+    if bad:
+        sys.exit(f"[bench] rows with errors or no answers: {bad}")
+
+
+if __name__ == "__main__":
+    main()
