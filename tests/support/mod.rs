@@ -1,6 +1,10 @@
 //! Test harness: start the real `model-host` and `gateway` binaries on a
 //! temporary socket and a free port, wait for them, and always clean up.
 //! A process's log is printed when the test that owns it fails.
+//! [`raw_control`] speaks the host's control protocol frame by frame, for
+//! tests that play a broken or hostile gateway.
+
+pub mod raw_control;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -350,4 +354,21 @@ pub async fn eventually(limit: std::time::Duration, mut check: impl AsyncFnMut()
         tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     }
     None
+}
+
+/// Of the first `count` samples of `presentation`, those that the model
+/// behind `gateway` gets right when nothing else is going on (held-out
+/// accuracy is 99.7%, not 100%), so that a test can require every answer
+/// under stress to be right.
+pub async fn rightly_classified(gateway: &Gateway, presentation: &str, count: usize) -> Vec<Sample> {
+    let client = reqwest::Client::new();
+    let mut right = Vec::new();
+    for sample in testset(presentation).into_iter().take(count) {
+        let (status, _, body) = post_image(&client, &gateway.predict_url(), sample.bytes.clone(), "image/png").await;
+        assert_eq!(status, 200, "{body}");
+        if top_label(&body) == sample.label {
+            right.push(sample);
+        }
+    }
+    right
 }
