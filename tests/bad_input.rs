@@ -47,6 +47,9 @@ async fn bad_inputs_get_their_status_and_the_host_stays_healthy() {
     let url = gateway.predict_url();
     let good = testset("gray8").remove(0);
     let png = png_of(40, 40);
+    // Peak memory before any bad input: resident (VmHWM) and reserved (VmPeak).
+    let gateway_pid = gateway.process.pid();
+    let (hwm0, peak0) = (proc_status(gateway_pid, "VmHWM"), proc_status(gateway_pid, "VmPeak"));
 
     let cases: Vec<(&str, String, Vec<u8>, &str, StatusCode, &str)> = vec![
         ("garbage as PNG", url.clone(), b"this is not an image".to_vec(), "image/png", StatusCode::BAD_REQUEST, "invalid_image"),
@@ -73,6 +76,13 @@ async fn bad_inputs_get_their_status_and_the_host_stays_healthy() {
         assert!(json["error"].as_str().is_some_and(|m| !m.is_empty()), "{name}: no message: {json}");
         println!("{name:<28} -> {status} {}", json["error"]);
     }
+
+    // The 50000x50000 header (2.5 GB of pixels) was refused from the header:
+    // nothing near its size was ever touched, nor even reserved.
+    let (hwm1, peak1) = (proc_status(gateway_pid, "VmHWM"), proc_status(gateway_pid, "VmPeak"));
+    println!("gateway peak memory over every bad input: resident {hwm0} -> {hwm1} KiB, reserved {peak0} -> {peak1} KiB");
+    assert!(hwm1 < hwm0 + 32 * 1024, "peak resident memory grew by {} KiB", hwm1 - hwm0);
+    assert!(peak1 < peak0 + 1024 * 1024, "peak reserved memory grew by {} KiB", peak1 - peak0);
 
     // The early 413 (refused from Content-Length) must reach the client
     // every time, not a reset connection: repeat it.
