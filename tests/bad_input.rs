@@ -61,6 +61,7 @@ async fn bad_inputs_get_their_status_and_the_host_stays_healthy() {
         ("50000x50000 header", url.clone(), png_claiming(50_000), "image/png", StatusCode::PAYLOAD_TOO_LARGE, "image_too_large"),
         ("body one byte over", url.clone(), vec![0u8; MAX_BODY + 1], "image/png", StatusCode::PAYLOAD_TOO_LARGE, "body_too_large"),
         ("text/plain", url.clone(), png.clone(), "text/plain", StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),
+        ("raw pixels, wrong length", url.clone(), vec![0u8; 10], "application/x-pixels", StatusCode::BAD_REQUEST, "invalid_request"),
         ("GIF", url.clone(), b"GIF89a\x01\0\x01\0".to_vec(), "image/gif", StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),
         ("octet-stream, not an image", url.clone(), b"hello".to_vec(), "application/octet-stream", StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),
         ("multipart without a file", url.clone(), b"--b\r\nContent-Disposition: form-data; name=\"x\"\r\n\r\n1\r\n--b--\r\n".to_vec(), "multipart/form-data; boundary=b", StatusCode::BAD_REQUEST, "invalid_request"),

@@ -172,6 +172,38 @@ async fn one_round(scratch: &Scratch) {
     }
     answers.sort();
     assert_eq!(answers, vec![(51, true), (52, false)], "the first Infer runs, the reuse is refused");
+
+    // Valid references with extreme values: answered, and only for this
+    // request (a batch shared with other gateways must not fail with it).
+    let classes = welcome.model.labels.len();
+    let extremes: [(&str, u32, u64, usize); 4] = [
+        ("top_k u32::MAX", u32::MAX, 5_000_000, 0),
+        ("top_k 0", 0, 5_000_000, 0),
+        ("budget u64::MAX", 3, u64::MAX, 0),
+        ("60 KB tag", 3, 5_000_000, 60_000),
+    ];
+    for (i, (case, top_k, budget_us, tag_len)) in extremes.into_iter().enumerate() {
+        let id = 60 + 2 * i as u64;
+        let slot = lease(&mut c, id).await;
+        let GatewayMessage::Infer(mut request) = infer(id + 1, slot, shape) else { unreachable!() };
+        (request.top_k, request.budget_us, request.tag) = (top_k, budget_us, "t".repeat(tag_len));
+        c.send(&GatewayMessage::Infer(request)).await;
+        match c.next(WAIT).await {
+            Heard::Message(HostMessage::InferDone { request_id, result: Ok(p) }) if request_id == id + 1 => {
+                assert!((1..=classes).contains(&p.top.len()), "{case}: {} classes", p.top.len());
+            }
+            other => panic!("{case}: expected an answer, got {other:?}"),
+        }
+    }
+    // No time left: refused as expired, not run.
+    let slot = lease(&mut c, 70).await;
+    let GatewayMessage::Infer(mut request) = infer(71, slot, shape) else { unreachable!() };
+    request.budget_us = 0;
+    c.send(&GatewayMessage::Infer(request)).await;
+    match c.next(WAIT).await {
+        Heard::Message(HostMessage::InferDone { request_id: 71, result: Err(InferError::DeadlineExceeded) }) => {}
+        other => panic!("budget 0: expected DeadlineExceeded, got {other:?}"),
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
