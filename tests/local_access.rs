@@ -95,11 +95,22 @@ async fn world_accessible_modes_are_refused_at_startup() {
     }
 }
 
+/// This test binary, copied where any user may run it (the checkout may
+/// sit under a directory that only its owner can enter).
+fn probe_binary() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::Builder::new().prefix("split-probe-").tempdir().expect("tempdir");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let exe = dir.path().join("probe");
+    std::fs::copy(std::env::current_exe().expect("current_exe"), &exe).expect("copying the test binary");
+    std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
+    (dir, exe)
+}
+
 /// What a process of another user (uid 65534) got from the control socket,
 /// as printed by `peer_probe_helper` below.
-fn probe_as(socket: &Path, gid: u32) -> String {
+fn probe_as(probe: &Path, socket: &Path, gid: u32) -> String {
     use std::os::unix::process::CommandExt;
-    let output = std::process::Command::new(std::env::current_exe().expect("current_exe"))
+    let output = std::process::Command::new(probe)
         .args(["--exact", "peer_probe_helper", "--nocapture", "--test-threads=1"])
         .env("PEER_PROBE_SOCKET", socket)
         .uid(65534)
@@ -159,13 +170,14 @@ async fn other_users_get_only_as_far_as_modes_and_peer_checks_allow() {
         (&["--allowed-gids", "0"], 0, "welcome, segment not readable (permission denied)"),
         (&["--allowed-gids", "0", "--shm-mode", "660"], 0, "welcome, segment readable"),
     ];
+    let (_probe_dir, probe) = probe_binary();
     for (flags, gid, want) in cases {
         let scratch = Scratch::new();
         // Let other users reach the socket by name (tempdirs are 0700).
         std::fs::set_permissions(scratch.dir.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
         let host = scratch.start_host(flags);
         drop(connect_when_up(&scratch.socket()).await);
-        let got = probe_as(&scratch.socket(), gid);
+        let got = probe_as(&probe, &scratch.socket(), gid);
         println!("uid 65534 gid {gid} vs host {flags:?}: {got}");
         assert_eq!(got, want, "host flags {flags:?}, probe gid {gid}");
         if want == "closed" {
