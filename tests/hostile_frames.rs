@@ -6,6 +6,7 @@
 //!
 //! HOSTILE_ROUNDS sets the number of rounds (scripts/soak runs more).
 
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
 use std::time::{Duration, Instant};
@@ -86,10 +87,17 @@ async fn lease(c: &mut RawControl, request_id: u64) -> SlotRef {
 /// One round of every attack, each on its own connection.
 async fn one_round(scratch: &Scratch) {
     let socket = scratch.socket();
+    before_the_handshake(&socket).await;
+    after_the_handshake(&socket).await;
+    let (mut c, welcome) = RawControl::handshake(&socket).await;
+    bad_references(&mut c, &welcome).await;
+    extreme_values(&mut c, &welcome).await;
+}
 
-    // Before the handshake: broken frames close the connection.
+/// Broken frames and wrong first messages: a close, or Refused and a close.
+async fn before_the_handshake(socket: &Path) {
     for (case, bytes) in broken_bodies() {
-        let mut c = RawControl::connect(&socket).await;
+        let mut c = RawControl::connect(socket).await;
         c.send_raw(&bytes).await;
         match c.next(WAIT).await {
             Heard::Closed | Heard::Message(HostMessage::Refused { .. }) => {}
@@ -97,7 +105,7 @@ async fn one_round(scratch: &Scratch) {
         }
     }
     // A Hello of another protocol version: Refused, then closed.
-    let mut c = RawControl::connect(&socket).await;
+    let mut c = RawControl::connect(socket).await;
     c.send(&GatewayMessage::Hello { protocol_version: PROTOCOL_VERSION + 1, gateway: "future".into() }).await;
     match c.next(WAIT).await {
         Heard::Message(HostMessage::Refused { reason }) => assert!(reason.contains("version"), "{reason}"),
@@ -105,44 +113,47 @@ async fn one_round(scratch: &Scratch) {
     }
     c.expect_closed(WAIT).await;
     // Anything but Hello first: Refused, then closed.
-    let mut c = RawControl::connect(&socket).await;
+    let mut c = RawControl::connect(socket).await;
     c.send(&GatewayMessage::Lease { request_id: 1 }).await;
     assert!(matches!(c.next(WAIT).await, Heard::Message(HostMessage::Refused { .. })), "Lease before Hello");
     c.expect_closed(WAIT).await;
     // Hello, then anything but SegmentMapped: closed (and the segment with it).
-    let mut c = RawControl::connect(&socket).await;
+    let mut c = RawControl::connect(socket).await;
     c.hello().await;
     c.send(&GatewayMessage::Lease { request_id: 1 }).await;
     c.expect_closed(WAIT).await;
     // A frame cut short by a disconnect.
-    let mut c = RawControl::connect(&socket).await;
+    let mut c = RawControl::connect(socket).await;
     c.send_raw(&[0, 0, 1, 0, 1, 2, 3]).await;
     drop(c);
+}
 
-    // After the handshake: broken frames get a Violation, then a close.
+/// Broken frames and out-of-place messages: a Violation, then a close.
+async fn after_the_handshake(socket: &Path) {
     for (case, bytes) in broken_bodies() {
-        let (mut c, _) = RawControl::handshake(&socket).await;
+        let (mut c, _) = RawControl::handshake(socket).await;
         c.send_raw(&bytes).await;
         expect_violation(&mut c, case).await;
     }
-    let (mut c, _) = RawControl::handshake(&socket).await;
+    let (mut c, _) = RawControl::handshake(socket).await;
     c.send(&GatewayMessage::Hello { protocol_version: PROTOCOL_VERSION, gateway: "again".into() }).await;
     expect_violation(&mut c, "a second Hello").await;
-    let (mut c, _) = RawControl::handshake(&socket).await;
+    let (mut c, _) = RawControl::handshake(socket).await;
     c.send(&GatewayMessage::Release { slot: SlotRef { index: 0, generation: 1 } }).await;
     expect_violation(&mut c, "Release of a slot never leased").await;
+}
 
-    // Bad slot references and shapes: refused one by one, the connection lives.
-    let (mut c, welcome) = RawControl::handshake(&socket).await;
-    let shape = model_shape(&welcome);
+/// Bad slot references and shapes: refused one by one, the connection lives.
+async fn bad_references(c: &mut RawControl, welcome: &Welcome) {
+    let shape = model_shape(welcome);
     let count = welcome.segment.slot_count;
     for (i, index) in [count, count + 5, u32::MAX].into_iter().enumerate() {
         let id = 10 + i as u64;
         c.send(&infer(id, SlotRef { index, generation: 1 }, shape)).await;
-        expect_invalid(&mut c, id, "slot index outside the segment").await;
+        expect_invalid(c, id, "slot index outside the segment").await;
     }
     c.send(&infer(20, SlotRef { index: 0, generation: 12345 }, shape)).await;
-    expect_invalid(&mut c, 20, "Infer on a slot never leased").await;
+    expect_invalid(c, 20, "Infer on a slot never leased").await;
     // Shapes that do not fit the slot (or are not the model's).
     let slot_len = welcome.segment.slot_size;
     for (i, bad) in [(4096, 4096, 3), (shape.0, shape.1, shape.2 + 2), (u32::MAX, u32::MAX, u32::MAX), (0, 0, 0)]
@@ -150,17 +161,17 @@ async fn one_round(scratch: &Scratch) {
         .enumerate()
     {
         let id = 30 + i as u64;
-        let slot = lease(&mut c, id).await;
+        let slot = lease(c, id).await;
         c.send(&infer(id + 100, slot, bad)).await;
-        expect_invalid(&mut c, id + 100, &format!("shape {bad:?} for a {slot_len}-byte slot")).await;
+        expect_invalid(c, id + 100, &format!("shape {bad:?} for a {slot_len}-byte slot")).await;
     }
     // Stale generation: lease, give it back, then use the old reference.
-    let slot = lease(&mut c, 40).await;
+    let slot = lease(c, 40).await;
     c.send(&GatewayMessage::Release { slot }).await;
     c.send(&infer(41, slot, shape)).await;
-    expect_invalid(&mut c, 41, "stale generation after Release").await;
+    expect_invalid(c, 41, "stale generation after Release").await;
     // Once sent, the same reference cannot be sent again.
-    let slot = lease(&mut c, 50).await;
+    let slot = lease(c, 50).await;
     c.send(&infer(51, slot, shape)).await;
     c.send(&infer(52, slot, shape)).await;
     let mut answers = Vec::new();
@@ -172,9 +183,12 @@ async fn one_round(scratch: &Scratch) {
     }
     answers.sort();
     assert_eq!(answers, vec![(51, true), (52, false)], "the first Infer runs, the reuse is refused");
+}
 
-    // Valid references with extreme values: answered, and only for this
-    // request (a batch shared with other gateways must not fail with it).
+/// Valid references with extreme values: answered, and only for this
+/// request (a batch shared with other gateways must not fail with it).
+async fn extreme_values(c: &mut RawControl, welcome: &Welcome) {
+    let shape = model_shape(welcome);
     let classes = welcome.model.labels.len();
     let extremes: [(&str, u32, u64, usize); 4] = [
         ("top_k u32::MAX", u32::MAX, 5_000_000, 0),
@@ -184,7 +198,7 @@ async fn one_round(scratch: &Scratch) {
     ];
     for (i, (case, top_k, budget_us, tag_len)) in extremes.into_iter().enumerate() {
         let id = 60 + 2 * i as u64;
-        let slot = lease(&mut c, id).await;
+        let slot = lease(c, id).await;
         let GatewayMessage::Infer(mut request) = infer(id + 1, slot, shape) else { unreachable!() };
         (request.top_k, request.budget_us, request.tag) = (top_k, budget_us, "t".repeat(tag_len));
         c.send(&GatewayMessage::Infer(request)).await;
@@ -196,7 +210,7 @@ async fn one_round(scratch: &Scratch) {
         }
     }
     // No time left: refused as expired, not run.
-    let slot = lease(&mut c, 70).await;
+    let slot = lease(c, 70).await;
     let GatewayMessage::Infer(mut request) = infer(71, slot, shape) else { unreachable!() };
     request.budget_us = 0;
     c.send(&GatewayMessage::Infer(request)).await;

@@ -13,11 +13,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// The tests here measure timings on a 2-core machine: one at a time.
-static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
+/// (tokio's Mutex: each test has its own runtime, and it works across them.)
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
@@ -60,10 +57,13 @@ fn ms(d: Duration) -> f64 {
 }
 
 /// Sends `head` one byte every `every` until the gateway closes the
-/// connection; when it closed, and how many bytes it had been given.
+/// connection; how long after connecting it closed, and how many bytes it
+/// had been given.
 async fn slowloris(addr: String, head: &'static [u8], every: Duration, give_up: Duration) -> (Duration, usize) {
-    let started = Instant::now();
     let stream = TcpStream::connect(addr).await.expect("connecting");
+    // From the connection, not the attempt: a SYN dropped in a burst of
+    // connects is retried a second later.
+    let started = Instant::now();
     let (mut rd, mut wr) = stream.into_split();
     let mut sent = 0;
     let mut buf = [0u8; 1024];
@@ -87,7 +87,7 @@ async fn slowloris(addr: String, head: &'static [u8], every: Duration, give_up: 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn slow_headers_are_cut_off_at_the_header_timeout() {
-    let _serial = one_at_a_time();
+    let _serial = SERIAL.lock().await;
     raise_fd_limit();
     let header_timeout = Duration::from_millis(1000);
     let connections: usize = env_or("SLOWLORIS_CONNECTIONS", 200);
@@ -155,7 +155,7 @@ async fn read_response(stream: &mut tokio::net::tcp::OwnedReadHalf) -> (u16, ser
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn slow_bodies_get_408_at_the_body_timeout() {
-    let _serial = one_at_a_time();
+    let _serial = SERIAL.lock().await;
     let body_timeout = Duration::from_millis(1500);
     let connections = 20;
     let scratch = Scratch::new();
@@ -215,12 +215,12 @@ async fn slow_bodies_get_408_at_the_body_timeout() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn thousands_of_idle_connections_do_not_stop_real_requests() {
-    let _serial = one_at_a_time();
+    let _serial = SERIAL.lock().await;
     raise_fd_limit();
     let connections: usize = env_or("IDLE_CONNECTIONS", 2000);
     // Long enough to open them all and run the real requests before the
-    // first ones time out (about 1 ms per connection here, doubled).
-    let header_timeout = Duration::from_secs(5) + Duration::from_micros(1500) * connections as u32;
+    // first ones time out (opening takes about 0.1 ms per connection here).
+    let header_timeout = Duration::from_secs(4) + Duration::from_millis(1) * connections as u32;
     let scratch = Scratch::new();
     let _host = scratch.start_host(&[]);
     let gateway = scratch.start_gateway(&["--header-timeout-ms", &header_timeout.as_millis().to_string()]);
@@ -230,13 +230,13 @@ async fn thousands_of_idle_connections_do_not_stop_real_requests() {
     let pid = gateway.process.pid();
     let (fds0, rss0) = (fd_count(pid), proc_status(pid, "VmRSS"));
 
-    // Open them in waves, each accepted before the next, so that the listen
-    // backlog never overflows (a connection past it waits for a SYN-ACK
-    // retransmit, seconds later).
+    // Open them in waves of 100, each accepted before the next: larger
+    // bursts of SYNs on loopback see some dropped, and those connections
+    // wait a second for the retransmit.
     let opened_at = Instant::now();
     let mut idle = Vec::with_capacity(connections);
-    for wave in 0..connections.div_ceil(200) {
-        let n = 200.min(connections - wave * 200);
+    for wave in 0..connections.div_ceil(100) {
+        let n = 100.min(connections - wave * 100);
         let opened = futures::future::join_all((0..n).map(|_| TcpStream::connect(addr.clone()))).await;
         idle.extend(opened.into_iter().map(|s| s.expect("opening an idle connection")));
         let held = idle.len();

@@ -175,12 +175,12 @@ async fn excess_is_refused_at_once_and_admitted_latency_stays_bounded() {
             let client = reqwest::Client::new();
             let (mut max_queue, mut max_leased, mut samples) = (0u64, 0u64, 0usize);
             while !stop.load(Relaxed) {
-                if let Ok(r) = client.get(&url).send().await {
-                    if let Ok(s) = r.json::<serde_json::Value>().await {
-                        max_queue = max_queue.max(s["queue_depth"].as_u64().unwrap_or(0));
-                        max_leased = max_leased.max(s["leased_slots"].as_u64().unwrap_or(0));
-                        samples += 1;
-                    }
+                if let Ok(r) = client.get(&url).send().await
+                    && let Ok(s) = r.json::<serde_json::Value>().await
+                {
+                    max_queue = max_queue.max(s["queue_depth"].as_u64().unwrap_or(0));
+                    max_leased = max_leased.max(s["leased_slots"].as_u64().unwrap_or(0));
+                    samples += 1;
                 }
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }

@@ -12,6 +12,7 @@ use tokio::net::UnixStream;
 
 /// What the host did next.
 #[derive(Debug)]
+#[allow(clippy::large_enum_variant, reason = "one at a time, in tests")]
 pub enum Heard {
     Message(HostMessage),
     /// The host closed the connection (EOF or reset).
