@@ -110,12 +110,70 @@ def free_port():
 
 
 def loadgen(args, urls, images, content_type, label, jsonl):
-    argv = [str(args.bin / "loadgen"), "--images", str(images), "--content-type", content_type,
-            "--concurrency", args.concurrency, "--seconds", str(args.seconds),
-            "--warmup-seconds", str(args.warmup), "--label", label, "--json", str(jsonl)]
+    """One loadgen run per concurrency level, so that each row also gets
+    where its time went: the host's batches (count, mean size, gather and
+    device time per batch), the gateways' mean stage times, and how busy
+    the machine's CPUs were."""
+    for level in args.concurrency.split(","):
+        level_json = args.out / "level.jsonl"
+        level_json.unlink(missing_ok=True)
+        argv = [str(args.bin / "loadgen"), "--images", str(images), "--content-type", content_type,
+                "--concurrency", level, "--seconds", str(args.seconds),
+                "--warmup-seconds", str(args.warmup), "--label", label, "--json", str(level_json)]
+        for u in urls:
+            argv += ["--url", u]
+        before = snapshot(urls)
+        subprocess.run(argv, check=True)
+        after = snapshot(urls)
+        row = json.loads(level_json.read_text().splitlines()[-1])
+        row.update(breakdown(before, after))
+        log("  where the time went: " + ", ".join(f"{k} {v}" for k, v in row.items() if k not in
+                                                  ("label", "concurrency", "requests", "errors", "images_per_second", "p50_ms", "p90_ms", "p99_ms")))
+        with open(jsonl, "a") as f:
+            f.write(json.dumps(row) + "\n")
+
+
+def cpu_times():
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    idle = fields[3] + fields[4]
+    return sum(fields), idle
+
+
+def snapshot(urls):
+    """Host counters, the gateways' stage sums and counts, and CPU times."""
+    base = lambda u: u.split("/v1/")[0]
+    with urllib.request.urlopen(f"{base(urls[0])}/v1/host/status", timeout=5) as r:
+        host = json.load(r)
+    stages = {}
     for u in urls:
-        argv += ["--url", u]
-    subprocess.run(argv, check=True)
+        with urllib.request.urlopen(f"{base(u)}/metrics", timeout=5) as r:
+            for line in r.read().decode().splitlines():
+                if line.startswith("splitserve_gateway_stage_seconds_sum") or line.startswith("splitserve_gateway_stage_seconds_count"):
+                    name, value = line.rsplit(" ", 1)
+                    stages[name] = stages.get(name, 0.0) + float(value)
+    return {"host": host, "stages": stages, "cpu": cpu_times(), "t": time.monotonic()}
+
+
+def breakdown(a, b):
+    ha, hb = a["host"], b["host"]
+    batches = hb["batches_done"] - ha["batches_done"]
+    requests = hb["requests_done"] - ha["requests_done"]
+    out = {}
+    if batches:
+        out["mean_batch"] = round(requests / batches, 1)
+        out["gather_ms_per_batch"] = round(1e3 * (hb["copy_seconds_total"] - ha["copy_seconds_total"]) / batches, 3)
+        out["device_ms_per_batch"] = round(1e3 * (hb["inference_seconds_total"] - ha["inference_seconds_total"]) / batches, 3)
+    for stage in ("decode", "queue", "inference", "total"):
+        key = f'{{stage="{stage}"}}'
+        n = b["stages"].get(f"splitserve_gateway_stage_seconds_count{key}", 0) - a["stages"].get(f"splitserve_gateway_stage_seconds_count{key}", 0)
+        total = b["stages"].get(f"splitserve_gateway_stage_seconds_sum{key}", 0) - a["stages"].get(f"splitserve_gateway_stage_seconds_sum{key}", 0)
+        if n:
+            out[f"{stage}_ms_mean"] = round(1e3 * total / n, 3)
+    (ta, ia), (tb, ib) = a["cpu"], b["cpu"]
+    if tb > ta:
+        out["cpu_busy_pct"] = round(100 * (1 - (ib - ia) / (tb - ta)), 1)
+    return out
 
 
 def run_split(args, name, jpeg, pixels, servers, jsonl, startup):
@@ -123,7 +181,8 @@ def run_split(args, name, jpeg, pixels, servers, jsonl, startup):
     one_jpeg = sorted(jpeg.iterdir())[0].read_bytes()
     t0 = time.monotonic()
     host = servers.start("host", [str(args.bin / "model-host"), "--socket", str(sock), "--model", str(args.model),
-                                  "--device", args.device, "--slots-per-gateway", str(args.slots)])
+                                  "--device", args.device, "--slots-per-gateway", str(args.slots)]
+                         + (["--cpu-threads", str(args.host_cpu_threads)] if args.host_cpu_threads is not None else []))
     urls = []
     for i in range(args.gateways):
         port = free_port()
@@ -140,25 +199,9 @@ def run_split(args, name, jpeg, pixels, servers, jsonl, startup):
         urls.append(url)
     if "split-jpeg" in args.modes:
         loadgen(args, urls, jpeg, "image/jpeg", f"split-jpeg{args.suffix}", jsonl)
-        save_host_status(urls[0], args.out / f"host-status-split-jpeg{args.suffix}.json")
     if "split-pixels" in args.modes:
         loadgen(args, urls, pixels, "application/x-pixels", f"split-pixels{args.suffix}", jsonl)
-        save_host_status(urls[0], args.out / f"host-status-split-pixels{args.suffix}.json")
     servers.stop_all()
-
-
-def save_host_status(predict_url, path: Path):
-    """The host's counters (batches, sizes, copy and model time) after a run:
-    where the time went. Cumulative over the host's life."""
-    base = predict_url.split("/v1/")[0]
-    with urllib.request.urlopen(f"{base}/v1/host/status", timeout=5) as r:
-        status = json.load(r)
-    path.write_text(json.dumps(status, indent=1))
-    batches, requests = status.get("batches_done", 0), status.get("requests_done", 0)
-    if batches:
-        log(f"host so far: {requests} requests in {batches} batches (mean {requests / batches:.1f}); "
-            f"gather {1e3 * status['copy_seconds_total'] / batches:.3f} ms/batch, "
-            f"device {1e3 * status['inference_seconds_total'] / batches:.3f} ms/batch")
 
 
 def run_baseline(args, name, jpeg, servers, jsonl, startup):
@@ -171,22 +214,30 @@ def run_baseline(args, name, jpeg, servers, jsonl, startup):
     url = f"http://127.0.0.1:{port}/v1/models/{name}/predict"
     first = first_answer(url, one_jpeg, "image/jpeg", proc, args.startup_limit)
     startup.append({"server": "baseline: FastAPI + uvicorn + torch", "seconds": first - t0})
-    loadgen(args, [url], jpeg, "image/jpeg", f"baseline{args.suffix}", jsonl)
+    subprocess.run([str(args.bin / "loadgen"), "--images", str(jpeg), "--content-type", "image/jpeg",
+                    "--concurrency", args.concurrency, "--seconds", str(args.seconds), "--warmup-seconds", str(args.warmup),
+                    "--label", f"baseline{args.suffix}", "--json", str(jsonl), "--url", url], check=True)
     servers.stop_all()
+
+
+def stages(r):
+    if "total_ms_mean" not in r:
+        return ""
+    return " / ".join(f"{r.get(k, 0):.2f}" for k in ("decode_ms_mean", "queue_ms_mean", "inference_ms_mean", "total_ms_mean"))
 
 
 def summarise(rows, startup, out: Path, title: str):
     by = {(r["label"], r["concurrency"]): r for r in rows}
-    lines = [f"## {title}", "", "| mode | clients | img/s | p50 ms | p90 ms | p99 ms | errors | vs raw | vs baseline |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = [f"## {title}", "", "| mode | clients | img/s | p50 ms | p90 ms | p99 ms | errors | vs raw | vs baseline | mean batch | gateway decode / host queue / device / total ms (mean) | CPU busy |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         label, c = r["label"], r["concurrency"]
-        suffix = label.split("-")[-1] if label.count("-") >= 2 or label.startswith("raw-") or label.startswith("baseline-") else ""
         raw = next((v for (l, cc), v in by.items() if cc == c and l.startswith("raw")), None)
         base = next((v for (l, cc), v in by.items() if cc == c and l.startswith("baseline")), None)
         ratio = lambda other: f"{r['images_per_second'] / other['images_per_second']:.2f}x" if other and other["images_per_second"] else ""
         lines.append(f"| {label} | {c} | {r['images_per_second']:,.1f} | {r['p50_ms']:.2f} | {r['p90_ms']:.2f} | "
-                     f"{r['p99_ms']:.2f} | {r['errors']} | {ratio(raw)} | {ratio(base)} |")
+                     f"{r['p99_ms']:.2f} | {r['errors']} | {ratio(raw)} | {ratio(base)} | {r.get('mean_batch', '')} | "
+                     f"{stages(r)} | {str(r['cpu_busy_pct']) + '%' if 'cpu_busy_pct' in r else ''} |")
     lines += ["", "| server | seconds from start to first answer |", "|---|---|"]
     lines += [f"| {s['server']} | {s['seconds']:.3f} |" for s in startup]
     text = "\n".join(lines) + "\n"
@@ -232,6 +283,7 @@ def main():
     p.add_argument("--warmup", type=float, default=2.0)
     p.add_argument("--gateways", type=int, default=2)
     p.add_argument("--slots", type=int, default=256, help="model-host --slots-per-gateway")
+    p.add_argument("--host-cpu-threads", type=int, default=None, help="model-host --cpu-threads (default: the host's own)")
     p.add_argument("--modes", default="raw,split-jpeg,split-pixels,baseline")
     p.add_argument("--python", default=sys.executable, help="python with torch, fastapi, uvicorn for the baseline")
     p.add_argument("--suffix", default="", help="appended to each row's label, e.g. -fp16")

@@ -102,7 +102,7 @@ impl ImageClassifier {
                 // stream's order, ahead of the kernels that read it.
                 // (The pinned block comes from libtorch's caching host
                 // allocator, which reuses it once the copy has finished.)
-                Device::Cuda(_) => host.f_pin_memory(self.device)?.f_to_device_(self.device, Kind::Uint8, true, false)?,
+                Device::Cuda(_) => host.f_internal_pin_memory(self.device)?.f_to_device_(self.device, Kind::Uint8, true, false)?,
                 _ => host,
             };
             // NHWC uint8 -> NCHW view; its strides are already channels-last.
