@@ -1,9 +1,11 @@
 //! One batch's life on the model thread: gather the slots out of shared
 //! memory, launch it on the device, collect and answer.
 //!
-//! The steps are apart so that the model thread can overlap them: it
-//! gathers batch N+1 (a CPU copy) while batch N computes on the GPU, and
-//! only then waits for N.
+//! The steps are apart so that two threads can overlap them: the feeder
+//! gathers batch N+1 out of shared memory and queues its copy to the device
+//! while the model thread waits for batch N; only then does the model
+//! thread launch N+1's forward pass (launching it earlier would queue it
+//! ahead of N's readback and delay N's answers by a whole batch).
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Instant;
@@ -13,6 +15,7 @@ use protocol::{HostTimings, InferError, Prediction};
 use crate::counters::{Counters, Refused};
 use crate::jobs::Job;
 use crate::model::{ImageClassifier, Launched, ModelError};
+use crate::preprocess::{Input, Preprocessor};
 use crate::model_config::padded_batch;
 
 /// Slots copied into one staging buffer, padded to a warmed shape.
@@ -64,11 +67,26 @@ pub fn gather(batch: Vec<Job>, slot_len: usize, shapes: &[u32], staging: &mut Ve
     Some(Gathered { jobs, padded, k })
 }
 
-/// Hands a gathered batch (its pixels in `staging`) to the device. On a
-/// GPU this returns as soon as the work is queued; `staging` is free again.
-pub fn launch(model: &ImageClassifier, batch: Gathered, staging: &[u8]) -> Running {
+/// A batch whose pixels are on their way to the device.
+pub struct Uploaded {
+    jobs: Vec<Job>,
+    padded: usize,
+    k: usize,
+    input: Result<Input, ModelError>,
+}
+
+/// Starts the gathered batch's copy to the device (pixels in `staging`).
+/// On a GPU this only queues the copy and the pre-processing behind the
+/// batch still running. `staging` is free again when this returns.
+pub fn upload(pre: &Preprocessor, batch: Gathered, staging: &[u8]) -> Uploaded {
+    let input = pre.upload(staging, batch.padded).map_err(ModelError::from);
+    Uploaded { jobs: batch.jobs, padded: batch.padded, k: batch.k, input }
+}
+
+/// Queues the forward pass of an uploaded batch.
+pub fn launch(model: &ImageClassifier, batch: Uploaded) -> Running {
     let launched_at = Instant::now();
-    let launched = model.launch(staging, batch.padded, batch.k);
+    let launched = batch.input.and_then(|input| model.launch(input, batch.k));
     Running { jobs: batch.jobs, padded: batch.padded, launched, launched_at }
 }
 

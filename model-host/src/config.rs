@@ -70,8 +70,9 @@ pub struct Config {
     #[arg(long, env = "MODEL_HOST_STARTUP_STEP_TIMEOUT_SECS", default_value_t = 120)]
     pub startup_step_timeout_secs: u64,
 
-    /// Threads libtorch may use for CPU inference; 0 leaves its default
-    /// (one per core).
+    /// Threads libtorch may use for CPU work; 0: its default (one per
+    /// core) on the CPU, 1 on a GPU (where more only spin and steal cores
+    /// from the gateways).
     #[arg(long, env = "MODEL_HOST_CPU_THREADS", default_value_t = 0)]
     pub cpu_threads: u32,
 

@@ -6,8 +6,9 @@
 //!   message, dispatch, reply, per gateway; [`leases`]: that gateway's slots.
 //! - [`jobs`]: the bounded queue to the model; [`batcher`] + [`batch_policy`]:
 //!   when to close a batch; [`model_thread`]: load, warm up, then run
-//!   batches; [`batch`]: gather slots, launch, answer; [`model`]:
-//!   pre-process on the device, forward, top-k.
+//!   batches that [`feeder`] prepares one ahead; [`batch`]: gather slots,
+//!   upload, launch, answer; [`preprocess`]: to the device, normalised;
+//!   [`model`]: forward, top-k.
 //!
 //! Around it: [`config`] (flags), [`model_config`] (model.toml), [`startup`]
 //! (phases and timings), [`notify`] (systemd), [`device`], [`counters`],
@@ -23,6 +24,7 @@ pub mod control_socket;
 pub mod counters;
 pub mod device;
 pub mod error;
+pub mod feeder;
 pub mod jobs;
 pub mod leases;
 pub mod model;
@@ -30,6 +32,7 @@ pub mod model_config;
 pub mod model_thread;
 pub mod notify;
 pub mod peer_auth;
+pub mod preprocess;
 pub mod server;
 pub mod shm_sweep;
 pub mod startup;

@@ -12,14 +12,16 @@ use std::sync::mpsc::Receiver;
 use std::time::Duration;
 
 use crate::config::DeviceChoice;
-use crate::batch::{self, Running};
-use crate::batcher::{Batcher, Next};
+use crate::batch::{self, Uploaded};
+use crate::batcher::Batcher;
+use crate::feeder::{Fed, Feeder};
 use crate::counters::Counters;
 use crate::device;
 use crate::error::HostError;
 use crate::jobs::Job;
 use crate::notify::Notifier;
 use crate::model::ImageClassifier;
+use crate::preprocess::Preprocessor;
 use crate::model_config::LoadedConfig;
 use crate::startup::PhaseReporter;
 
@@ -44,54 +46,81 @@ impl ModelThread {
     }
 
     fn run(mut self) {
-        let model = match self.start() {
-            Ok(model) => model,
+        let (model, pre) = match self.start() {
+            Ok(loaded) => loaded,
             Err(e) => return self.reporter.failed(e.to_string()),
         };
         let batching = &self.model.config.batching;
-        let shapes = batching.shapes();
-        let slot_len = slot_len(&self.model);
-        let mut batcher = Batcher::new(batching.policy());
-        let mut staging = Vec::with_capacity(batching.max_batch_size as usize * slot_len);
+        // The feeder owns the job queue from here on.
+        let jobs = std::mem::replace(&mut self.jobs, std::sync::mpsc::sync_channel(0).1);
+        let (ask, asks) = std::sync::mpsc::sync_channel(1);
+        let (answer, answers) = std::sync::mpsc::sync_channel(1);
+        Feeder {
+            batcher: Batcher::new(batching.policy()),
+            jobs,
+            pre,
+            slot_len: slot_len(&self.model),
+            shapes: batching.shapes(),
+            counters: self.counters.clone(),
+        }
+        .spawn(asks, answer);
         // The watchdog is pinged from this loop and nowhere else: if a
         // forward pass hangs, the pings stop and systemd restarts the host.
         let tick = self.notifier.watchdog_interval().unwrap_or(Duration::from_secs(1));
-        // The batch on the device. While there is one, the batcher only
-        // hands out a batch that is due now, which is gathered (a CPU copy
-        // out of shared memory) while the device computes; then the running
-        // batch is collected and the new one launched.
-        let mut running: Option<Running> = None;
+        let mut wait = tick;
+        // A batch the feeder has already uploaded, to launch next.
+        let mut next: Option<Uploaded> = None;
         loop {
-            let wait = if running.is_some() { Duration::ZERO } else { tick };
-            match batcher.next(&self.jobs, wait, &self.counters) {
-                Next::Batch(jobs) => {
-                    let gathered = batch::gather(jobs, slot_len, &shapes, &mut staging, &self.counters);
-                    if let Some(done) = running.take() {
-                        batch::finish(&model, done, &self.counters);
+            let uploaded = match next.take() {
+                Some(uploaded) => uploaded,
+                None => {
+                    if ask.send(wait).is_err() {
+                        break;
                     }
-                    running = gathered.map(|g| batch::launch(&model, g, &staging));
-                }
-                Next::Idle => {
-                    if let Some(done) = running.take() {
-                        batch::finish(&model, done, &self.counters);
+                    match answers.recv() {
+                        Ok(Fed::Batch(uploaded)) => uploaded,
+                        Ok(Fed::Idle) => {
+                            wait = tick;
+                            self.notifier.watchdog_ping();
+                            continue;
+                        }
+                        Err(_) => break,
                     }
                 }
-                Next::Closed => break,
-            }
+            };
+            let running = batch::launch(&model, uploaded);
+            // Ask for the next batch now, so the feeder prepares it while
+            // this one computes; only a batch already due is taken (wait
+            // zero), else the next ask waits for one.
+            let asked = ask.send(Duration::ZERO).is_ok();
+            batch::finish(&model, running, &self.counters);
             self.notifier.watchdog_ping();
-        }
-        if let Some(done) = running.take() {
-            batch::finish(&model, done, &self.counters);
+            if !asked {
+                break;
+            }
+            match answers.recv() {
+                Ok(Fed::Batch(uploaded)) => next = Some(uploaded),
+                Ok(Fed::Idle) => wait = tick,
+                Err(_) => break,
+            }
         }
         tracing::info!("job queue closed; model thread exits");
     }
 
     /// Device, weights, warm-up: each a reported phase with its timing.
-    fn start(&mut self) -> Result<ImageClassifier, HostError> {
-        if self.cpu_threads > 0 {
-            tch::set_num_threads(self.cpu_threads as i32);
-        }
+    fn start(&mut self) -> Result<(ImageClassifier, Preprocessor), HostError> {
         let device = device::resolve(self.device)?;
+        // On a GPU the CPU side of a batch is two copies and kernel
+        // launches: more intra-op threads only spin-wait between them, and
+        // on an H100 machine the default (one per core) kept all 16 cores
+        // busy and slowed every forward pass by half (docs/BENCHMARKS.md).
+        let threads = match self.cpu_threads {
+            0 if device.is_cuda() => 1,
+            n => n as i32,
+        };
+        if threads > 0 {
+            tch::set_num_threads(threads);
+        }
         // TorchScript's profiling executor re-specialises the graph for each
         // new input shape, costing seconds on the first requests of a shape
         // (seen on an H100 with ResNet-50); batches are padded to a few
@@ -105,21 +134,22 @@ impl ModelThread {
         self.reporter.device_ready(&name);
 
         let path = &self.model.model_file;
-        let model = ImageClassifier::load(path, &self.model.config, device)
-            .map_err(|source| HostError::ModelLoad { path: path.display().to_string(), source })?;
+        let load_error = |source| HostError::ModelLoad { path: path.display().to_string(), source };
+        let model = ImageClassifier::load(path, &self.model.config, device).map_err(load_error)?;
+        let pre = Preprocessor::new(&self.model.config, device).map_err(load_error)?;
         let loads = self.counters.model_loads.fetch_add(1, Relaxed) + 1;
         tracing::info!(model = %path.display(), loads, "model loaded");
         self.reporter.weights_loaded();
 
-        self.warm_up(&model)?;
+        self.warm_up(&model, &pre)?;
         self.reporter.ready();
-        Ok(model)
+        Ok((model, pre))
     }
 
     /// Runs every batch shape the host will use, twice (the first run of a
     /// shape pays for kernel selection and allocation), and checks the
     /// output shape against the config before any client sees it.
-    fn warm_up(&self, model: &ImageClassifier) -> Result<(), HostError> {
+    fn warm_up(&self, model: &ImageClassifier, pre: &Preprocessor) -> Result<(), HostError> {
         let sizes = self.model.config.batching.shapes();
         let total = 2 * sizes.len() as u32;
         let slot_len = slot_len(&self.model);
@@ -127,7 +157,7 @@ impl ModelThread {
             self.reporter.warming(step as u32, total);
             let started = Instant::now();
             let pixels: Vec<u8> = (0..n as usize * slot_len).map(|i| (i * 31 % 251) as u8).collect();
-            model.classify(&pixels, n as usize, 1)?;
+            model.classify(pre, &pixels, n as usize, 1)?;
             tracing::info!(batch = n, ms = started.elapsed().as_secs_f64() * 1e3, "warm-up pass");
         }
         Ok(())

@@ -19,6 +19,7 @@ use anyhow::Context;
 use clap::Parser;
 use model_host::config::DeviceChoice;
 use model_host::model::ImageClassifier;
+use model_host::preprocess::Preprocessor;
 use model_host::model_config::{self, padded_batch};
 
 /// In-process throughput and latency of the model alone.
@@ -56,15 +57,18 @@ fn main() -> anyhow::Result<()> {
     tch::jit::set_profiling_mode(false);
     if device.is_cuda() {
         tch::Cuda::cudnn_set_benchmark(true);
+        // As the host does on a GPU (model_thread.rs).
+        tch::set_num_threads(1);
     }
     let model = ImageClassifier::load(&loaded.model_file, config, device).context("loading the model")?;
+    let pre = Preprocessor::new(config, device).context("preparing the pre-processing")?;
     let input = &config.input;
     let slot_len = (input.width * input.height * input.channels) as usize;
     let max = config.batching.max_batch_size as usize;
     let shapes = config.batching.shapes();
     let pixels: Vec<u8> = (0..max * slot_len).map(|i| (i * 31 % 251) as u8).collect();
     for &n in shapes.iter().chain(&shapes) {
-        model.classify(&pixels[..n as usize * slot_len], n as usize, 5)?;
+        model.classify(&pre, &pixels[..n as usize * slot_len], n as usize, 5)?;
     }
     eprintln!("{}: {} on {device:?}, ready in {:.0} ms", args.label, config.name, started.elapsed().as_secs_f64() * 1e3);
 
@@ -87,7 +91,7 @@ fn main() -> anyhow::Result<()> {
             }
             let n = clients.min(max);
             let padded = padded_batch(&shapes, n);
-            model.classify(&pixels[..padded * slot_len], padded, 5)?;
+            model.classify(&pre, &pixels[..padded * slot_len], padded, 5)?;
             let done = Instant::now();
             for sent in waiting.drain(..n).collect::<Vec<_>>() {
                 if measure_from.is_some_and(|from| sent >= from) {

@@ -1,0 +1,65 @@
+//! The feeder thread: forms the next batch, gathers it out of shared memory
+//! and queues its copy to the device, while the model thread waits for the
+//! batch on the device.
+//!
+//! Measured on an H100 (docs/BENCHMARKS.md): with ResNet-50 in fp16 the
+//! model thread's own CPU work (launching the forward pass) is already as
+//! long as the GPU's; doing the gather and upload on it too left the GPU
+//! idle between batches.
+//!
+//! The two threads talk in turns: the model thread asks for a batch
+//! (saying how long the feeder may wait for one), the feeder answers with
+//! an uploaded batch or "none due". So the feeder never runs ahead by more
+//! than one batch, and a batch is formed as late as possible, when the
+//! model thread will take it next: as many requests as possible share it.
+
+use std::sync::Arc;
+use std::sync::mpsc::{Receiver, SyncSender};
+use std::time::Duration;
+
+use crate::batch::{self, Uploaded};
+use crate::batcher::{Batcher, Next};
+use crate::counters::Counters;
+use crate::jobs::Job;
+use crate::preprocess::Preprocessor;
+
+/// The feeder's answer to one ask.
+pub enum Fed {
+    Batch(Uploaded),
+    /// No batch was due within the wait.
+    Idle,
+}
+
+pub struct Feeder {
+    pub batcher: Batcher,
+    pub jobs: Receiver<Job>,
+    pub pre: Preprocessor,
+    pub slot_len: usize,
+    pub shapes: Vec<u32>,
+    pub counters: Arc<Counters>,
+}
+
+impl Feeder {
+    /// Runs until the job queue closes or the model thread goes away.
+    pub fn spawn(mut self, asks: Receiver<Duration>, answers: SyncSender<Fed>) -> std::thread::JoinHandle<()> {
+        std::thread::Builder::new()
+            .name("feeder".into())
+            .spawn(move || {
+                let mut staging = Vec::new();
+                for wait in asks {
+                    let fed = match self.batcher.next(&self.jobs, wait, &self.counters) {
+                        Next::Batch(jobs) => match batch::gather(jobs, self.slot_len, &self.shapes, &mut staging, &self.counters) {
+                            Some(gathered) => Fed::Batch(batch::upload(&self.pre, gathered, &staging)),
+                            None => Fed::Idle,
+                        },
+                        Next::Idle => Fed::Idle,
+                        Next::Closed => return,
+                    };
+                    if answers.send(fed).is_err() {
+                        return;
+                    }
+                }
+            })
+            .expect("spawning a thread only fails when the process is out of resources")
+    }
+}
