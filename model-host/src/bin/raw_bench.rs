@@ -40,6 +40,10 @@ struct Args {
     /// Seconds run unmeasured before each level.
     #[arg(long, default_value_t = 2.0)]
     warmup_seconds: f64,
+    /// libtorch CPU threads; 0: as the host does (1 on a GPU, libtorch's
+    /// default on the CPU).
+    #[arg(long, default_value_t = 0)]
+    cpu_threads: i32,
     /// Label for the rows.
     #[arg(long, default_value = "raw")]
     label: String,
@@ -59,6 +63,9 @@ fn main() -> anyhow::Result<()> {
         tch::Cuda::cudnn_set_benchmark(true);
         // As the host does on a GPU (model_thread.rs).
         tch::set_num_threads(1);
+    }
+    if args.cpu_threads > 0 {
+        tch::set_num_threads(args.cpu_threads);
     }
     let model = ImageClassifier::load(&loaded.model_file, config, device).context("loading the model")?;
     let pre = Preprocessor::new(config, device).context("preparing the pre-processing")?;
