@@ -75,6 +75,13 @@ pub struct Uploaded {
     input: Result<Input, ModelError>,
 }
 
+impl Uploaded {
+    /// Requests in the batch (without padding).
+    pub fn len(&self) -> usize {
+        self.jobs.len()
+    }
+}
+
 /// Starts the gathered batch's copy to the device (pixels in `staging`).
 /// On a GPU this only queues the copy and the pre-processing behind the
 /// batch still running. `staging` is free again when this returns.
