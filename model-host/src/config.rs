@@ -32,8 +32,9 @@ pub struct Config {
           value_parser = clap::value_parser!(u32).range(1..=4096))]
     pub slots_per_gateway: u32,
 
-    /// Requests waiting for the model, across all gateways, before new ones
-    /// are refused (the gateway answers 503 with Retry-After).
+    /// Requests queued, held by the batcher or running, across all
+    /// gateways, before new ones are refused (the gateway answers 503 with
+    /// Retry-After).
     #[arg(long, env = "MODEL_HOST_QUEUE_CAPACITY", default_value_t = 1024,
           value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub queue_capacity: u32,
