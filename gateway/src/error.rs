@@ -28,6 +28,8 @@ pub enum ApiError {
     BodyTimeout { ms: u64 },
     #[error("model {0:?} is not served here")]
     ModelNotFound(String),
+    #[error("model {model:?} has no version {version:?} here (served: {served:?})")]
+    VersionNotFound { model: String, version: String, served: String },
     #[error("the model host is not available ({phase}); retry shortly")]
     HostUnavailable { phase: String },
     #[error("the model host is at capacity ({reason}); retry shortly")]
@@ -44,7 +46,7 @@ impl ApiError {
             ApiError::InvalidRequest { .. } | ApiError::CorruptImage { .. } => StatusCode::BAD_REQUEST,
             ApiError::BodyTooLarge { .. } | ApiError::TooManyPixels { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            ApiError::ModelNotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::ModelNotFound(_) | ApiError::VersionNotFound { .. } => StatusCode::NOT_FOUND,
             ApiError::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             ApiError::HostUnavailable { .. } | ApiError::Overloaded { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::DeadlineExceeded { .. } => StatusCode::GATEWAY_TIMEOUT,
@@ -60,7 +62,7 @@ impl ApiError {
             ApiError::BodyTooLarge { .. } => "body_too_large",
             ApiError::TooManyPixels { .. } => "image_too_large",
             ApiError::UnsupportedMediaType(_) => "unsupported_media_type",
-            ApiError::ModelNotFound(_) => "model_not_found",
+            ApiError::ModelNotFound(_) | ApiError::VersionNotFound { .. } => "model_not_found",
             ApiError::BodyTimeout { .. } => "request_timeout",
             ApiError::HostUnavailable { .. } => "host_unavailable",
             ApiError::Overloaded { .. } => "overloaded",

@@ -6,6 +6,7 @@
 //! | `GET /v1/models`, `GET /v1/models/{name}`, `GET /v1/host/status` | [`models`] |
 //! | `POST /v1/models/{name}/predict` | [`predict`] |
 //! | `GET /metrics` | [`crate::metrics`] |
+//! | `/v2/...`: the Open Inference Protocol (KServe v2 REST) | [`v2`] |
 //!
 //! Every request gets an X-Request-Id (the client's, or a new one), echoed
 //! in the response and on every log line about it; and is counted and timed.
@@ -13,6 +14,7 @@
 pub mod health;
 pub mod models;
 pub mod predict;
+pub mod v2;
 
 use axum::Router;
 use axum::routing::{get, post};
@@ -29,6 +31,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/models/{name}/predict", post(predict::predict))
         .route("/v1/host/status", get(models::host_status))
         .route("/metrics", get(metrics::render))
+        .merge(v2::routes())
         .fallback(|| async { ApiError::InvalidRequest { field: "path", problem: "no such route".into() }.not_found() })
         .layer(axum::middleware::from_fn(metrics::track_http))
         .layer(request_id::layers())

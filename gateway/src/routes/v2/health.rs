@@ -1,0 +1,42 @@
+//! Server metadata, liveness and readiness, in the protocol's form.
+//!
+//! Not-ready answers are the gateway's 503 `host_unavailable` (with
+//! `Retry-After`), so a v2 client and a v1 client see the same reason.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use serde_json::{Value, json};
+
+use super::{EXTENSIONS, ModelPath};
+use crate::AppState;
+use crate::error::ApiError;
+use crate::host_client::HostCallError;
+
+/// The server's name, this gateway's version and the implemented extensions.
+pub async fn server_metadata() -> Json<Value> {
+    Json(json!({ "name": "split-serve", "version": env!("CARGO_PKG_VERSION"), "extensions": EXTENSIONS }))
+}
+
+/// 200 as soon as the gateway listens, like `/health/live`.
+pub async fn live() -> Json<Value> {
+    Json(json!({ "live": true }))
+}
+
+/// 200 while the host link is ready; else 503 naming the host's phase.
+pub async fn ready(State(app): State<AppState>) -> Result<Json<Value>, ApiError> {
+    app.host.ready_link()?;
+    Ok(Json(json!({ "ready": true })))
+}
+
+/// 200 when the named model is served by a ready host. Which model is served
+/// is only known from a connected host, so without one this is a 503.
+pub async fn model_ready(State(app): State<AppState>, Path(path): Path<ModelPath>) -> Result<Json<Value>, ApiError> {
+    let link = app.host.link()?;
+    let model = link.model();
+    path.check(model)?;
+    let phase = link.phase();
+    if !phase.is_ready() {
+        return Err(HostCallError::Unavailable { phase: phase.name().to_string() }.into());
+    }
+    Ok(Json(json!({ "name": model.name, "version": model.version, "ready": true })))
+}

@@ -1,0 +1,61 @@
+//! Model metadata (the protocol's form) and model configuration (Triton's
+//! model-config JSON, the `model_configuration` extension).
+//!
+//! Both describe the same signature: IMAGE or PIXELS in, PROBABILITIES out,
+//! with the batch as the first dimension (`-1` in metadata; left out of the
+//! config's `dims`, as Triton does when `max_batch_size` > 0).
+
+use axum::Json;
+use axum::extract::{Path, State};
+use protocol::ModelInfo;
+use serde_json::{Value, json};
+
+use super::{INPUT_IMAGE, INPUT_PIXELS, ModelPath, OUTPUT_PROBABILITIES, PLATFORM};
+use crate::AppState;
+use crate::error::ApiError;
+
+/// Metadata needs a connected host (it describes the host's model), not a
+/// ready one: a client may look before warm-up ends.
+pub async fn model(State(app): State<AppState>, Path(path): Path<ModelPath>) -> Result<Json<Value>, ApiError> {
+    let link = app.host.link()?;
+    let m = link.model();
+    path.check(m)?;
+    let (h, w, c) = (i64::from(m.height), i64::from(m.width), i64::from(m.channels));
+    Ok(Json(json!({
+        "name": m.name,
+        "versions": [m.version],
+        "platform": PLATFORM,
+        "inputs": [
+            { "name": INPUT_IMAGE, "datatype": "BYTES", "shape": [-1] },
+            { "name": INPUT_PIXELS, "datatype": "UINT8", "shape": [-1, h, w, c] },
+        ],
+        "outputs": [
+            { "name": OUTPUT_PROBABILITIES, "datatype": "FP32", "shape": [-1, m.labels.len()] },
+        ],
+    })))
+}
+
+pub async fn config(State(app): State<AppState>, Path(path): Path<ModelPath>) -> Result<Json<Value>, ApiError> {
+    let link = app.host.link()?;
+    let m = link.model();
+    path.check(m)?;
+    Ok(Json(triton_config(m)))
+}
+
+/// IMAGE is one string per batch element: Triton spells that `dims: [1]`
+/// reshaped to `[]`, which matches the metadata's shape `[-1]`.
+fn triton_config(m: &ModelInfo) -> Value {
+    json!({
+        "name": m.name,
+        "platform": PLATFORM,
+        "max_batch_size": m.max_batch_size,
+        "input": [
+            { "name": INPUT_IMAGE, "data_type": "TYPE_STRING", "dims": [1], "reshape": { "shape": [] } },
+            { "name": INPUT_PIXELS, "data_type": "TYPE_UINT8", "format": "FORMAT_NHWC", "dims": [m.height, m.width, m.channels] },
+        ],
+        "output": [
+            { "name": OUTPUT_PROBABILITIES, "data_type": "TYPE_FP32", "dims": [m.labels.len()] },
+        ],
+        "parameters": { "device": { "string_value": m.device } },
+    })
+}

@@ -1,0 +1,80 @@
+//! The Open Inference Protocol (KServe v2 REST) for the model the host serves.
+//!
+//! | route | file |
+//! |---|---|
+//! | `GET /v2`, `GET /v2/health/{live,ready}`, `GET /v2/models/{m}[/versions/{v}]/ready` | [`health`] |
+//! | `GET /v2/models/{m}[/versions/{v}]`, `.../config` | [`metadata`] |
+//! | `POST /v2/models/{m}[/versions/{v}]/infer` | [`infer`] (parse, validate), [`run`] (host calls) |
+//! | datatypes, shapes, JSON data | [`tensor`] |
+//!
+//! The classifier is described as two alternative inputs, [`INPUT_IMAGE`]
+//! (encoded images, BYTES) and [`INPUT_PIXELS`] (the model's uint8 input),
+//! and one output, [`OUTPUT_PROBABILITIES`]. Errors are the gateway's
+//! [`ApiError`], whose body `{"error": ...}` is what the protocol asks for
+//! (plus the stable `type` every gateway error carries).
+
+pub mod health;
+pub mod infer;
+pub mod metadata;
+pub mod run;
+pub mod tensor;
+
+use axum::Router;
+use axum::routing::{get, post};
+use protocol::ModelInfo;
+use serde::Deserialize;
+
+use crate::AppState;
+use crate::error::ApiError;
+
+/// One encoded PNG, JPEG or WebP per batch element.
+pub const INPUT_IMAGE: &str = "IMAGE";
+/// The model's input as it is: uint8, [n, height, width, channels].
+pub const INPUT_PIXELS: &str = "PIXELS";
+/// Every class's score, in label order: FP32 [n, labels].
+pub const OUTPUT_PROBABILITIES: &str = "PROBABILITIES";
+/// What the model is to the protocol: a TorchScript module run by libtorch.
+pub const PLATFORM: &str = "pytorch_libtorch";
+/// The protocol extensions implemented here, and only those: clients use
+/// this list to decide what to send.
+pub const EXTENSIONS: &[&str] = &["model_configuration", "classification"];
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/v2", get(health::server_metadata))
+        .route("/v2/health/live", get(health::live))
+        .route("/v2/health/ready", get(health::ready))
+        .route("/v2/models/{name}", get(metadata::model))
+        .route("/v2/models/{name}/versions/{version}", get(metadata::model))
+        .route("/v2/models/{name}/ready", get(health::model_ready))
+        .route("/v2/models/{name}/versions/{version}/ready", get(health::model_ready))
+        .route("/v2/models/{name}/config", get(metadata::config))
+        .route("/v2/models/{name}/versions/{version}/config", get(metadata::config))
+        .route("/v2/models/{name}/infer", post(infer::infer))
+        .route("/v2/models/{name}/versions/{version}/infer", post(infer::infer))
+}
+
+/// The model named by a v2 path; the version is optional in every route.
+#[derive(Debug, Deserialize)]
+pub struct ModelPath {
+    pub name: String,
+    #[serde(default)]
+    pub version: Option<String>,
+}
+
+impl ModelPath {
+    /// 404 unless the path names the served model (and its version, if given).
+    pub fn check(&self, model: &ModelInfo) -> Result<(), ApiError> {
+        if self.name != model.name {
+            return Err(ApiError::ModelNotFound(self.name.clone()));
+        }
+        match &self.version {
+            Some(v) if *v != model.version => Err(ApiError::VersionNotFound {
+                model: model.name.clone(),
+                version: v.clone(),
+                served: model.version.clone(),
+            }),
+            _ => Ok(()),
+        }
+    }
+}

@@ -1,0 +1,80 @@
+//! The host path for a validated v2 batch: each element goes through the
+//! same lease -> write -> infer steps as `POST /v1/.../predict`, all at
+//! once, so that the host's batcher can put them in one forward pass.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::error::ApiError;
+use crate::host_client::{HostCallError, Link};
+
+/// Every class's score for each element, in label order.
+pub async fn run_batch(link: &Arc<Link>, elements: &[Vec<u8>], deadline: Instant, budget_ms: u64, tag: &str) -> Result<Vec<Vec<f32>>, ApiError> {
+    let calls = elements.iter().enumerate().map(|(i, pixels)| run_one(link, pixels, deadline, budget_ms, format!("{tag}.{i}")));
+    // The first failure drops the other calls, which cancels them at the host.
+    futures::future::try_join_all(calls).await
+}
+
+async fn run_one(link: &Arc<Link>, pixels: &[u8], deadline: Instant, budget_ms: u64, tag: String) -> Result<Vec<f32>, ApiError> {
+    let model = link.model();
+    let timeout = || ApiError::DeadlineExceeded { budget_ms };
+    let mut lease = tokio::time::timeout_at(deadline.into(), link.lease()).await.map_err(|_| timeout())??;
+    lease.write(pixels)?;
+    let remaining = deadline.saturating_duration_since(Instant::now());
+    if remaining.is_zero() {
+        return Err(timeout());
+    }
+    // top_k = every class: the protocol's output is the whole vector.
+    let classes = model.labels.len();
+    let shape = (model.width, model.height, model.channels);
+    let in_flight = lease.infer(shape, classes as u32, remaining.as_micros() as u64, tag)?;
+    let answer = tokio::time::timeout(remaining, in_flight.result()).await.map_err(|_| timeout())?;
+    let prediction = answer.map_err(|e| match e {
+        HostCallError::DeadlineExceeded => timeout(),
+        other => other.into(),
+    })?;
+    Ok(by_class_index(&prediction.top, classes))
+}
+
+/// The host answers best first; the protocol wants label order. A class the
+/// host left out (it never should with top_k = classes) scores 0.
+fn by_class_index(top: &[(u32, f32)], classes: usize) -> Vec<f32> {
+    let mut scores = vec![0.0; classes];
+    for &(index, score) in top {
+        if let Some(slot) = scores.get_mut(index as usize) {
+            *slot = score;
+        }
+    }
+    scores
+}
+
+/// The top `k` of one element's scores as Triton's classification strings,
+/// `"score:index:label"`, best first.
+pub fn classify(scores: &[f32], k: usize, labels: &[String]) -> Vec<String> {
+    let mut order: Vec<usize> = (0..scores.len()).collect();
+    order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]).then(a.cmp(&b)));
+    order
+        .into_iter()
+        .take(k)
+        .map(|i| format!("{}:{}:{}", scores[i], i, labels.get(i).map_or("", String::as_str)))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scores_are_reordered_by_class() {
+        assert_eq!(by_class_index(&[(2, 0.7), (0, 0.2), (1, 0.1)], 3), vec![0.2, 0.1, 0.7]);
+        // Out-of-range indices are ignored, missing ones are 0.
+        assert_eq!(by_class_index(&[(9, 1.0), (1, 0.5)], 3), vec![0.0, 0.5, 0.0]);
+    }
+
+    #[test]
+    fn classification_strings_are_best_first() {
+        let labels: Vec<String> = ["zero", "one", "two"].map(String::from).to_vec();
+        assert_eq!(classify(&[0.2, 0.1, 0.7], 2, &labels), vec!["0.7:2:two", "0.2:0:zero"]);
+        assert_eq!(classify(&[0.5, 0.5, 0.0], 5, &labels).len(), 3);
+    }
+}
