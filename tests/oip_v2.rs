@@ -1,7 +1,8 @@
 //! The Open Inference Protocol (KServe v2 REST) routes, through the real
 //! binaries: health and metadata before and after the host is ready, model
 //! configuration, inference on PIXELS (answered like `/v1/.../predict`),
-//! classification output, and each client mistake as a 400/404 naming it.
+//! classification output, encoded images as binary tensor data, and each
+//! client mistake as a 400/404 naming it.
 
 use std::time::Duration;
 
@@ -43,6 +44,25 @@ fn pixels_request(elements: &[Vec<u8>], outputs: Value) -> String {
     .to_string()
 }
 
+/// A request with binary tensor data: `json` then `data`, the header saying where they meet.
+async fn infer_binary(client: &reqwest::Client, gateway: &Gateway, json: &Value, data: &[u8], header: Option<usize>) -> (StatusCode, Value) {
+    let json = json.to_string();
+    let response = client
+        .post(gateway.url("/v2/models/digits/infer"))
+        .header("Inference-Header-Content-Length", header.unwrap_or(json.len()).to_string())
+        .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
+        .body([json.as_bytes(), data].concat())
+        .send()
+        .await
+        .expect("POST");
+    (response.status(), response.json().await.unwrap_or(Value::Null))
+}
+
+/// BYTES elements: each a u32 little-endian length, then the bytes.
+fn bytes_tensor(elements: &[&[u8]]) -> Vec<u8> {
+    elements.iter().flat_map(|e| [&(e.len() as u32).to_le_bytes()[..], e].concat()).collect()
+}
+
 fn error_of(body: &Value) -> &str {
     body["error"].as_str().unwrap_or_else(|| panic!("no error message in {body}"))
 }
@@ -65,7 +85,7 @@ async fn health_metadata_and_config_follow_the_host() {
     assert_eq!(status, 200);
     assert_eq!(body["name"], "split-serve");
     assert!(body["version"].as_str().is_some_and(|v| !v.is_empty()), "{body}");
-    assert_eq!(body["extensions"], json!(["model_configuration", "classification"]));
+    assert_eq!(body["extensions"], json!(["model_configuration", "classification", "binary_tensor_data"]));
 
     let _host = scratch.start_host(&[]);
     gateway.wait_for("/v2/health/ready", Duration::from_secs(120)).await;
@@ -201,4 +221,61 @@ async fn client_mistakes_are_400s_that_name_the_field() {
     }
     // Nothing above cost the host a request.
     assert_eq!(gateway.host_status().await["requests_done"].as_u64().unwrap_or(0), 0);
+}
+
+#[tokio::test]
+async fn encoded_images_as_binary_data_are_classified_like_v1_predict() {
+    let scratch = Scratch::new();
+    let _host = scratch.start_host(&[]);
+    let gateway = scratch.start_gateway(&[]);
+    gateway.wait_ready().await;
+    let client = reqwest::Client::new();
+    let samples: Vec<_> = testset("rgb64").into_iter().take(6).collect();
+    let images: Vec<&[u8]> = samples.iter().map(|s| s.bytes.as_slice()).collect();
+    let data = bytes_tensor(&images);
+    let header = json!({"id": "bin", "inputs": [{"name": "IMAGE", "datatype": "BYTES", "shape": [images.len()],
+        "parameters": {"binary_data_size": data.len()}}], "outputs": [{"name": "PROBABILITIES", "parameters": {"classification": 1}}]});
+    let (status, body) = infer_binary(&client, &gateway, &header, &data, None).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["id"], "bin");
+    assert_eq!(body["outputs"][0]["shape"], json!([6, 1]));
+    for (i, sample) in samples.iter().enumerate() {
+        let (status, _, v1) = post_image(&client, &gateway.predict_url(), sample.bytes.clone(), "image/png").await;
+        assert_eq!(status, 200, "{v1}");
+        let best = body["outputs"][0]["data"][i].as_str().unwrap();
+        let want = format!(":{}:{}", v1["predictions"][0]["index"], v1["predictions"][0]["label"].as_str().unwrap());
+        assert!(best.ends_with(&want), "{}: v2 {best}, v1 {v1}", sample.path.display());
+    }
+
+    // PIXELS as binary data too.
+    let pixels: Vec<u8> = pixels(2).into_iter().flat_map(|(p, _)| p).collect();
+    let header = json!({"inputs": [{"name": "PIXELS", "datatype": "UINT8", "shape": [2, 32, 32, 1],
+        "parameters": {"binary_data_size": pixels.len()}}]});
+    let (status, body) = infer_binary(&client, &gateway, &header, &pixels, None).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["outputs"][0]["shape"], json!([2, 10]));
+
+    // Lengths that do not add up, and bytes that are not an image.
+    let (status, body) = infer_binary(&client, &gateway, &header, &pixels, Some(1_000_000)).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(error_of(&body).contains("Inference-Header-Content-Length is 1000000 but the body has only"), "{body}");
+    let (status, body) = infer_binary(&client, &gateway, &header, &pixels[..100], None).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(error_of(&body).contains("binary_data_size of PIXELS is 2048 but only 100 bytes"), "{body}");
+    let mut longer = pixels.clone();
+    longer.extend_from_slice(b"extra");
+    let (status, body) = infer_binary(&client, &gateway, &header, &longer, None).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(error_of(&body).contains("5 bytes of binary data after"), "{body}");
+    let data = bytes_tensor(&[b"not an image"]);
+    let header = json!({"inputs": [{"name": "IMAGE", "datatype": "BYTES", "shape": [1], "parameters": {"binary_data_size": data.len()}}]});
+    let (status, body) = infer_binary(&client, &gateway, &header, &data, None).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(error_of(&body).contains("IMAGE element 0 is not a PNG, JPEG or WebP image"), "{body}");
+    let mut cut = bytes_tensor(&[images[0]]);
+    cut.truncate(cut.len() - 10);
+    let header = json!({"inputs": [{"name": "IMAGE", "datatype": "BYTES", "shape": [1], "parameters": {"binary_data_size": cut.len()}}]});
+    let (status, body) = infer_binary(&client, &gateway, &header, &cut, None).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(error_of(&body).contains("BYTES element 0 claims"), "{body}");
 }

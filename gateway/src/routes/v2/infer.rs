@@ -1,21 +1,25 @@
 //! `POST /v2/models/{m}[/versions/{v}]/infer`: parse the protocol's JSON,
 //! validate it against the model into an [`InferPlan`], run it, answer.
 //!
-//! JSON tensor data carries PIXELS (UINT8 [n, height, width, channels],
-//! flat or nested). IMAGE (encoded images, BYTES) needs raw bytes, which
-//! JSON strings cannot carry faithfully; it is refused with a message
-//! saying so.
+//! PIXELS (UINT8 [n, height, width, channels]) comes as JSON data (flat or
+//! nested) or as binary data ([`super::binary`]). IMAGE (encoded images,
+//! BYTES [n]) needs raw bytes, which JSON strings cannot carry faithfully,
+//! so it comes only as binary data; its images are decoded and resized
+//! here as `/v1/.../predict` does.
 
 use std::time::Instant;
 
 use axum::Json;
 use axum::extract::{Path, Request, State};
+use bytes::Bytes;
 use protocol::ModelInfo;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
+use super::binary::{BinaryData, BinaryError, bytes_elements, split_body};
 use super::tensor::{Datatype, TensorError, check_count, flatten_uint8};
 use super::{INPUT_IMAGE, INPUT_PIXELS, ModelPath, OUTPUT_PROBABILITIES, run};
+use crate::decode::{Target, decode_to_input};
 use crate::error::ApiError;
 use crate::upload::read_body;
 use crate::{AppState, request_id};
@@ -37,6 +41,9 @@ struct InputTensor {
     /// Signed so that a `-1` gets a message about dimensions, not about JSON.
     shape: Vec<i64>,
     data: Option<Value>,
+    /// `binary_data_size`: the tensor's bytes are in the binary part of the body.
+    #[serde(default)]
+    parameters: Map<String, Value>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -55,12 +62,26 @@ enum OutputKind {
     Classification(usize),
 }
 
-/// A request that fits the model: one pixel buffer per batch element.
+/// A request that fits the model, one entry per batch element.
 #[derive(Debug)]
 struct InferPlan {
     id: Option<String>,
-    elements: Vec<Vec<u8>>,
+    batch: Batch,
     output: OutputKind,
+}
+
+#[derive(Debug, PartialEq)]
+enum Batch {
+    /// The model's input already, written to the slots as it is.
+    Pixels(Vec<Vec<u8>>),
+    /// Encoded images, still to decode and resize.
+    Images(Vec<Bytes>),
+}
+
+/// Where an input's elements are.
+enum Source {
+    Json(Value),
+    Binary(Bytes),
 }
 
 fn invalid(field: &'static str, problem: impl Into<String>) -> ApiError {
@@ -77,55 +98,129 @@ pub async fn infer(State(app): State<AppState>, Path(path): Path<ModelPath>, req
     let tag = request_id::of(&request);
     let (parts, body) = request.into_parts();
     let body = read_body(body, &parts.headers, app.limits.max_body_bytes, app.limits.body_timeout).await?;
-    let request: InferRequest = serde_json::from_slice(&body).map_err(|e| invalid("body", format!("not an inference request: {e}")))?;
-    let plan = validate(request, model)?;
+    let (json, binary) = split_body(&parts.headers, body).map_err(binary_error)?;
+    let request: InferRequest = serde_json::from_slice(&json).map_err(|e| invalid("body", format!("not an inference request: {e}")))?;
+    let InferPlan { id, batch, output } = validate(request, model, binary)?;
+    let elements = match batch {
+        Batch::Pixels(pixels) => pixels,
+        Batch::Images(images) => {
+            let target = Target { width: model.width, height: model.height, channels: model.channels };
+            decode_all(images, target, app.limits.max_pixels).await?
+        }
+    };
 
     let budget = app.limits.request_timeout;
     let budget_ms = budget.as_millis() as u64;
-    let scores = run::run_batch(&link, &plan.elements, started + budget, budget_ms, &tag).await?;
-    Ok(Json(respond(&plan, model, &scores)))
+    let scores = run::run_batch(&link, &elements, started + budget, budget_ms, &tag).await?;
+    Ok(Json(respond(id, output, model, &scores)))
 }
 
-fn validate(request: InferRequest, model: &ModelInfo) -> Result<InferPlan, ApiError> {
+fn binary_error(e: BinaryError) -> ApiError {
+    invalid("body", e.to_string())
+}
+
+/// Decodes on the blocking pool, like `/v1/.../predict`; a corrupt image is
+/// a 400 and an oversized one a 413, as there.
+async fn decode_all(images: Vec<Bytes>, target: Target, max_pixels: u64) -> Result<Vec<Vec<u8>>, ApiError> {
+    let decoded = tokio::task::spawn_blocking(move || {
+        images
+            .iter()
+            .enumerate()
+            .map(|(i, bytes)| match image::guess_format(bytes) {
+                Ok(f @ (image::ImageFormat::Png | image::ImageFormat::Jpeg | image::ImageFormat::WebP)) => {
+                    decode_to_input(bytes, f, target, max_pixels).map_err(ApiError::from)
+                }
+                _ => Err(invalid("inputs", format!("{INPUT_IMAGE} element {i} is not a PNG, JPEG or WebP image"))),
+            })
+            .collect::<Result<Vec<_>, _>>()
+    });
+    decoded.await.map_err(|e| ApiError::Internal(format!("decode task: {e}")))?
+}
+
+fn validate(request: InferRequest, model: &ModelInfo, mut binary: BinaryData) -> Result<InferPlan, ApiError> {
     let output = validate_outputs(&request.outputs, model)?;
     let [input] = <[InputTensor; 1]>::try_from(request.inputs).map_err(|inputs| {
         invalid("inputs", format!("expected exactly one input ({INPUT_PIXELS} or {INPUT_IMAGE}), got {}", inputs.len()))
     })?;
-    let elements = match input.name.as_str() {
-        INPUT_PIXELS => pixels(input, model)?,
-        INPUT_IMAGE => {
-            return Err(invalid(
-                "inputs",
-                format!("{INPUT_IMAGE} takes encoded images as raw bytes, which JSON data cannot carry; send {INPUT_PIXELS} (UINT8)"),
-            ));
-        }
+    let batch = match input.name.as_str() {
+        INPUT_PIXELS => Batch::Pixels(pixels(input, model, &mut binary)?),
+        INPUT_IMAGE => Batch::Images(images(input, model, &mut binary)?),
         other => return Err(invalid("inputs", format!("unknown input {other:?}; expected {INPUT_PIXELS} or {INPUT_IMAGE}"))),
     };
-    Ok(InferPlan { id: request.id, elements, output })
+    binary.finish().map_err(binary_error)?;
+    Ok(InferPlan { id: request.id, batch, output })
+}
+
+/// JSON `data` or `parameters.binary_data_size` bytes; exactly one of them.
+fn source(input: &mut InputTensor, binary: &mut BinaryData) -> Result<Source, ApiError> {
+    let name = input.name.as_str();
+    match (input.data.take(), input.parameters.get("binary_data_size")) {
+        (Some(_), Some(_)) => Err(invalid("inputs", format!("{name} has both data and parameters.binary_data_size; expected one"))),
+        (Some(data), None) => Ok(Source::Json(data)),
+        (None, Some(size)) => {
+            let size = size.as_u64().ok_or_else(|| {
+                invalid("inputs", format!("{name}.parameters.binary_data_size is {size}; expected a byte count"))
+            })?;
+            Ok(Source::Binary(binary.take(name, size).map_err(binary_error)?))
+        }
+        (None, None) => Err(invalid("inputs", format!("{name}.data is missing (or parameters.binary_data_size, for binary data)"))),
+    }
+}
+
+/// The batch size from a shape of [n, rest...], when `rest` is what the model
+/// takes and 1 <= n <= max_batch_size.
+fn batch_size(shape: &[i64], rest: &[&[i64]], model: &ModelInfo) -> Option<usize> {
+    let (&n, tail) = shape.split_first()?;
+    (rest.contains(&tail) && n >= 1 && n <= i64::from(model.max_batch_size)).then_some(n as usize)
+}
+
+/// IMAGE: BYTES [n] (or [n, 1]), one encoded image per element, binary only.
+fn images(mut input: InputTensor, model: &ModelInfo, binary: &mut BinaryData) -> Result<Vec<Bytes>, ApiError> {
+    let datatype = Datatype::parse(&input.datatype).map_err(|e| invalid("inputs", format!("{INPUT_IMAGE}: {e}")))?;
+    if datatype != Datatype::Bytes {
+        return Err(invalid("inputs", format!("{INPUT_IMAGE}.datatype is {}; expected BYTES", datatype.name())));
+    }
+    let Some(n) = batch_size(&input.shape, &[&[], &[1]], model) else {
+        let max = model.max_batch_size;
+        return Err(invalid("inputs", format!("{INPUT_IMAGE}.shape is {:?}; expected [n] with n from 1 to {max}", input.shape)));
+    };
+    let raw = match source(&mut input, binary)? {
+        Source::Binary(raw) => raw,
+        Source::Json(_) => {
+            return Err(invalid(
+                "inputs",
+                format!(
+                    "{INPUT_IMAGE} takes encoded images as raw bytes, which JSON data cannot carry; send them as binary data \
+                     (Inference-Header-Content-Length, parameters.binary_data_size) or send {INPUT_PIXELS} (UINT8)"
+                ),
+            ));
+        }
+    };
+    let elements = bytes_elements(raw).map_err(|e| invalid("inputs", format!("{INPUT_IMAGE}: {e}")))?;
+    if elements.len() != n {
+        return Err(invalid("inputs", format!("{INPUT_IMAGE} has {} elements; shape {:?} needs {n}", elements.len(), input.shape)));
+    }
+    Ok(elements)
 }
 
 /// PIXELS: UINT8 [n, height, width, channels], 1 <= n <= max_batch_size.
-fn pixels(input: InputTensor, model: &ModelInfo) -> Result<Vec<Vec<u8>>, ApiError> {
+fn pixels(mut input: InputTensor, model: &ModelInfo, binary: &mut BinaryData) -> Result<Vec<Vec<u8>>, ApiError> {
     let tensor_error = |e: TensorError| invalid("inputs", format!("{INPUT_PIXELS}: {e}"));
     let datatype = Datatype::parse(&input.datatype).map_err(tensor_error)?;
     if datatype != Datatype::Uint8 {
         return Err(invalid("inputs", format!("{INPUT_PIXELS}.datatype is {}; expected UINT8", datatype.name())));
     }
     let (h, w, c) = (i64::from(model.height), i64::from(model.width), i64::from(model.channels));
-    let batch = match input.shape[..] {
-        [n, sh, sw, sc] if (sh, sw, sc) == (h, w, c) && n >= 1 && n <= i64::from(model.max_batch_size) => n as usize,
-        _ => {
-            return Err(invalid(
-                "inputs",
-                format!(
-                    "{INPUT_PIXELS}.shape is {:?}; expected [n, {h}, {w}, {c}] with n from 1 to {}",
-                    input.shape, model.max_batch_size
-                ),
-            ));
-        }
+    let Some(batch) = batch_size(&input.shape, &[&[h, w, c]], model) else {
+        return Err(invalid(
+            "inputs",
+            format!("{INPUT_PIXELS}.shape is {:?}; expected [n, {h}, {w}, {c}] with n from 1 to {}", input.shape, model.max_batch_size),
+        ));
     };
-    let data = input.data.ok_or_else(|| invalid("inputs", format!("{INPUT_PIXELS}.data is missing")))?;
-    let flat = flatten_uint8(&data).map_err(|e| invalid("inputs", format!("{INPUT_PIXELS}.data: {e}")))?;
+    let flat = match source(&mut input, binary)? {
+        Source::Json(data) => flatten_uint8(&data).map_err(|e| invalid("inputs", format!("{INPUT_PIXELS}.data: {e}")))?,
+        Source::Binary(raw) => raw.to_vec(),
+    };
     check_count(flat.len(), &input.shape).map_err(|e| invalid("inputs", format!("{INPUT_PIXELS}.data {e}")))?;
     let per_element = flat.len() / batch;
     Ok(flat.chunks_exact(per_element).map(<[u8]>::to_vec).collect())
@@ -154,9 +249,9 @@ fn validate_outputs(outputs: &[RequestedOutput], model: &ModelInfo) -> Result<Ou
     }
 }
 
-fn respond(plan: &InferPlan, model: &ModelInfo, scores: &[Vec<f32>]) -> Value {
+fn respond(id: Option<String>, output: OutputKind, model: &ModelInfo, scores: &[Vec<f32>]) -> Value {
     let n = scores.len();
-    let output = match plan.output {
+    let output = match output {
         OutputKind::Probabilities => json!({
             "name": OUTPUT_PROBABILITIES,
             "datatype": "FP32",
@@ -171,7 +266,7 @@ fn respond(plan: &InferPlan, model: &ModelInfo, scores: &[Vec<f32>]) -> Value {
         }),
     };
     let mut body = json!({ "model_name": model.name, "model_version": model.version, "outputs": [output] });
-    if let Some(id) = &plan.id {
+    if let Some(id) = id {
         body["id"] = json!(id);
     }
     body
@@ -196,7 +291,16 @@ mod tests {
     }
 
     fn parse(body: Value) -> Result<InferPlan, ApiError> {
-        validate(serde_json::from_value(body).expect("a well-formed request"), &digits())
+        parse_with(body, b"")
+    }
+
+    /// With binary data after a JSON header.
+    fn parse_with(body: Value, data: &'static [u8]) -> Result<InferPlan, ApiError> {
+        let json = body.to_string();
+        let mut headers = axum::http::HeaderMap::new();
+        headers.insert(super::super::binary::HEADER_LENGTH, json.len().into());
+        let (_, binary) = split_body(&headers, Bytes::from([json.as_bytes(), data].concat())).unwrap();
+        validate(serde_json::from_value(body).expect("a well-formed request"), &digits(), binary)
     }
 
     fn problem(body: Value) -> String {
@@ -211,7 +315,7 @@ mod tests {
         let plan = parse(json!({"id": "a", "inputs": [{"name": "PIXELS", "datatype": "UINT8", "shape": [2, 2, 2, 1],
             "data": [[[[1], [2]], [[3], [4]]], [[[5], [6]], [[7], [8]]]]}]}))
         .unwrap();
-        assert_eq!(plan.elements, vec![vec![1, 2, 3, 4], vec![5, 6, 7, 8]]);
+        assert_eq!(plan.batch, Batch::Pixels(vec![vec![1, 2, 3, 4], vec![5, 6, 7, 8]]));
         assert_eq!(plan.output, OutputKind::Probabilities);
         assert_eq!(plan.id.as_deref(), Some("a"));
     }
@@ -242,5 +346,37 @@ mod tests {
         let input = json!([{"name": "PIXELS", "datatype": "UINT8", "shape": [1, 2, 2, 1], "data": [0, 0, 0, 0]}]);
         let plan = parse(json!({"inputs": input, "outputs": [{"name": "PROBABILITIES", "parameters": {"classification": 50}}]})).unwrap();
         assert_eq!(plan.output, OutputKind::Classification(10));
+    }
+
+    #[test]
+    fn binary_data_carries_pixels_and_images() {
+        let pixels = json!({"inputs": [{"name": "PIXELS", "datatype": "UINT8", "shape": [2, 2, 2, 1],
+            "parameters": {"binary_data_size": 8}}]});
+        let plan = parse_with(pixels, b"\x01\x02\x03\x04\x05\x06\x07\x08").unwrap();
+        assert_eq!(plan.batch, Batch::Pixels(vec![vec![1, 2, 3, 4], vec![5, 6, 7, 8]]));
+        let images = json!({"inputs": [{"name": "IMAGE", "datatype": "BYTES", "shape": [2, 1],
+            "parameters": {"binary_data_size": 11}}]});
+        let plan = parse_with(images, b"\x02\0\0\0hi\x01\0\0\0x").unwrap();
+        assert_eq!(plan.batch, Batch::Images(vec![Bytes::from_static(b"hi"), Bytes::from_static(b"x")]));
+    }
+
+    #[test]
+    fn binary_sizes_must_add_up() {
+        let problem_with = |body: Value, data: &'static [u8]| match parse_with(body, data) {
+            Err(ApiError::InvalidRequest { problem, .. }) => problem,
+            other => panic!("expected a 400, got {other:?}"),
+        };
+        let pixels = |size: u64| json!({"inputs": [{"name": "PIXELS", "datatype": "UINT8", "shape": [1, 2, 2, 1],
+            "parameters": {"binary_data_size": size}}]});
+        assert!(problem_with(pixels(4), b"12345").contains("1 bytes of binary data after"));
+        assert!(problem_with(pixels(6), b"12345").contains("binary_data_size of PIXELS is 6 but only 5"));
+        assert!(problem_with(pixels(3), b"123").contains("has 3 elements; shape [1, 2, 2, 1] needs 4"));
+        let images = |shape: Value| json!({"inputs": [{"name": "IMAGE", "datatype": "BYTES", "shape": shape,
+            "parameters": {"binary_data_size": 5}}]});
+        assert!(problem_with(images(json!([2])), b"\x01\0\0\0h").contains("IMAGE has 1 elements; shape [2] needs 2"));
+        assert!(problem_with(images(json!([1, 32])), b"\x01\0\0\0h").contains("expected [n] with n from 1 to 4"));
+        let both = json!({"inputs": [{"name": "PIXELS", "datatype": "UINT8", "shape": [1, 2, 2, 1], "data": [0, 0, 0, 0],
+            "parameters": {"binary_data_size": 4}}]});
+        assert!(problem_with(both, b"1234").contains("both data and parameters.binary_data_size"));
     }
 }

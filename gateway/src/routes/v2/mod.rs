@@ -6,6 +6,7 @@
 //! | `GET /v2/models/{m}[/versions/{v}]`, `.../config` | [`metadata`] |
 //! | `POST /v2/models/{m}[/versions/{v}]/infer` | [`infer`] (parse, validate), [`run`] (host calls) |
 //! | datatypes, shapes, JSON data | [`tensor`] |
+//! | binary tensor data in request bodies | [`binary`] |
 //!
 //! The classifier is described as two alternative inputs, [`INPUT_IMAGE`]
 //! (encoded images, BYTES) and [`INPUT_PIXELS`] (the model's uint8 input),
@@ -13,6 +14,7 @@
 //! [`ApiError`], whose body `{"error": ...}` is what the protocol asks for
 //! (plus the stable `type` every gateway error carries).
 
+pub mod binary;
 pub mod health;
 pub mod infer;
 pub mod metadata;
@@ -37,7 +39,9 @@ pub const OUTPUT_PROBABILITIES: &str = "PROBABILITIES";
 pub const PLATFORM: &str = "pytorch_libtorch";
 /// The protocol extensions implemented here, and only those: clients use
 /// this list to decide what to send.
-pub const EXTENSIONS: &[&str] = &["model_configuration", "classification"];
+/// (`binary_tensor_data` for requests; answers are always JSON, which the
+/// protocol's clients read as well.)
+pub const EXTENSIONS: &[&str] = &["model_configuration", "classification", "binary_tensor_data"];
 
 pub fn routes() -> Router<AppState> {
     Router::new()
