@@ -58,6 +58,16 @@ async fn infer_binary(client: &reqwest::Client, gateway: &Gateway, json: &Value,
     (response.status(), response.json().await.unwrap_or(Value::Null))
 }
 
+/// A binary answer split into its JSON header and its raw data, after
+/// checking the headers that say it is one.
+async fn binary_answer(response: reqwest::Response) -> (Value, Vec<u8>) {
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()[reqwest::header::CONTENT_TYPE], "application/octet-stream");
+    let split: usize = response.headers()["inference-header-content-length"].to_str().unwrap().parse().unwrap();
+    let body = response.bytes().await.expect("body");
+    (serde_json::from_slice(&body[..split]).expect("a JSON header"), body[split..].to_vec())
+}
+
 /// BYTES elements: each a u32 little-endian length, then the bytes.
 fn bytes_tensor(elements: &[&[u8]]) -> Vec<u8> {
     elements.iter().flat_map(|e| [&(e.len() as u32).to_le_bytes()[..], e].concat()).collect()
@@ -278,4 +288,51 @@ async fn encoded_images_as_binary_data_are_classified_like_v1_predict() {
     let (status, body) = infer_binary(&client, &gateway, &header, &cut, None).await;
     assert_eq!(status, 400, "{body}");
     assert!(error_of(&body).contains("BYTES element 0 claims"), "{body}");
+}
+
+#[tokio::test]
+async fn binary_outputs_carry_the_same_scores_as_json() {
+    let scratch = Scratch::new();
+    let _host = scratch.start_host(&[]);
+    let gateway = scratch.start_gateway(&[]);
+    gateway.wait_ready().await;
+    let client = reqwest::Client::new();
+    let elements: Vec<Vec<u8>> = pixels(3).into_iter().map(|(p, _)| p).collect();
+    let post = |body: String| client.post(gateway.url("/v2/models/digits/infer")).body(body).send();
+
+    let (status, headers, json_answer) = infer(&client, &gateway, "/v2/models/digits/infer", pixels_request(&elements, json!([]))).await;
+    assert_eq!(status, 200, "{json_answer}");
+    assert!(headers.get("inference-header-content-length").is_none(), "JSON unless asked");
+    let want: Vec<f32> = json_answer["outputs"][0]["data"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect();
+
+    // The request-wide flag, and the output's own.
+    let mut wide: Value = serde_json::from_str(&pixels_request(&elements, json!([]))).unwrap();
+    wide["parameters"] = json!({"binary_data_output": true});
+    let own = pixels_request(&elements, json!([{"name": "PROBABILITIES", "parameters": {"binary_data": true}}]));
+    for body in [wide.to_string(), own] {
+        let (header, raw) = binary_answer(post(body).await.expect("POST")).await;
+        let output = &header["outputs"][0];
+        assert_eq!((&output["datatype"], &output["shape"]), (&json!("FP32"), &json!([3, 10])), "{header}");
+        assert_eq!(output["parameters"]["binary_data_size"], 120, "{header}");
+        assert!(output.get("data").is_none(), "{header}");
+        assert_eq!(header["id"], "req-1");
+        let got: Vec<f32> = raw.chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect();
+        assert_eq!(got.len(), want.len());
+        // Not bit-equal: the host may batch the elements differently each time.
+        for (g, w) in got.iter().zip(&want) {
+            assert!((g - w).abs() < 1e-5, "binary {got:?} vs JSON {want:?}");
+        }
+    }
+
+    // Classification strings as BYTES elements: u32 LE length, then the string.
+    let classes = pixels_request(&elements[..1], json!([{"name": "PROBABILITIES", "parameters": {"classification": 2, "binary_data": true}}]));
+    let (header, raw) = binary_answer(post(classes).await.expect("POST")).await;
+    assert_eq!(header["outputs"][0]["datatype"], "BYTES");
+    assert_eq!(header["outputs"][0]["parameters"]["binary_data_size"], raw.len());
+    let first_len = u32::from_le_bytes(raw[..4].try_into().unwrap()) as usize;
+    let first = std::str::from_utf8(&raw[4..4 + first_len]).unwrap();
+    let best = (0..10).max_by(|&a, &b| want[a].total_cmp(&want[b])).unwrap();
+    assert!(first.ends_with(&format!(":{best}:{best}")), "{first}");
+    let second_len = u32::from_le_bytes(raw[4 + first_len..8 + first_len].try_into().unwrap()) as usize;
+    assert_eq!(raw.len(), 8 + first_len + second_len);
 }

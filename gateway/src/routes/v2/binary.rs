@@ -4,8 +4,7 @@
 //! order. BYTES tensors are a sequence of elements, each a u32
 //! little-endian length and that many bytes.
 //!
-//! Answers are always plain JSON (no binary outputs): the protocol's clients
-//! read either form.
+//! Binary outputs in answers are written by [`super::answer`].
 
 use axum::http::HeaderMap;
 use bytes::Bytes;

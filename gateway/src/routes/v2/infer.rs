@@ -9,15 +9,16 @@
 
 use std::time::Instant;
 
-use axum::Json;
 use axum::extract::{Path, Request, State};
+use axum::response::Response;
 use bytes::Bytes;
 use protocol::ModelInfo;
 use serde::Deserialize;
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value};
 
 use super::binary::{BinaryData, BinaryError, bytes_elements, split_body};
 use super::tensor::{Datatype, TensorError, check_count, flatten_uint8};
+use super::answer::{OutputKind, respond};
 use super::{INPUT_IMAGE, INPUT_PIXELS, ModelPath, OUTPUT_PROBABILITIES, run};
 use crate::decode::{Target, decode_to_input};
 use crate::error::ApiError;
@@ -32,6 +33,9 @@ struct InferRequest {
     inputs: Vec<InputTensor>,
     #[serde(default)]
     outputs: Vec<RequestedOutput>,
+    /// `binary_data_output`: every output as binary data unless it says otherwise.
+    #[serde(default)]
+    parameters: Map<String, Value>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -53,21 +57,14 @@ struct RequestedOutput {
     parameters: Map<String, Value>,
 }
 
-/// What to answer with.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum OutputKind {
-    /// FP32 [n, classes], every class's score.
-    Probabilities,
-    /// BYTES [n, k], "score:index:label" of the best k (the classification extension).
-    Classification(usize),
-}
-
 /// A request that fits the model, one entry per batch element.
 #[derive(Debug)]
 struct InferPlan {
     id: Option<String>,
     batch: Batch,
     output: OutputKind,
+    /// Send the output's data raw after the JSON header (binary tensor data).
+    binary: bool,
 }
 
 #[derive(Debug, PartialEq)]
@@ -89,7 +86,7 @@ fn invalid(field: &'static str, problem: impl Into<String>) -> ApiError {
 }
 
 #[tracing::instrument(skip_all, fields(model = %path.name))]
-pub async fn infer(State(app): State<AppState>, Path(path): Path<ModelPath>, request: Request) -> Result<Json<Value>, ApiError> {
+pub async fn infer(State(app): State<AppState>, Path(path): Path<ModelPath>, request: Request) -> Result<Response, ApiError> {
     let started = Instant::now();
     // Admission before work: no body is read for a host that cannot serve.
     let link = app.host.ready_link()?;
@@ -100,7 +97,7 @@ pub async fn infer(State(app): State<AppState>, Path(path): Path<ModelPath>, req
     let body = read_body(body, &parts.headers, app.limits.max_body_bytes, app.limits.body_timeout).await?;
     let (json, binary) = split_body(&parts.headers, body).map_err(binary_error)?;
     let request: InferRequest = serde_json::from_slice(&json).map_err(|e| invalid("body", format!("not an inference request: {e}")))?;
-    let InferPlan { id, batch, output } = validate(request, model, binary)?;
+    let InferPlan { id, batch, output, binary } = validate(request, model, binary)?;
     let elements = match batch {
         Batch::Pixels(pixels) => pixels,
         Batch::Images(images) => {
@@ -112,7 +109,7 @@ pub async fn infer(State(app): State<AppState>, Path(path): Path<ModelPath>, req
     let budget = app.limits.request_timeout;
     let budget_ms = budget.as_millis() as u64;
     let scores = run::run_batch(&link, &elements, started + budget, budget_ms, &tag).await?;
-    Ok(Json(respond(id, output, model, &scores)))
+    Ok(respond(id, output, binary, model, &scores))
 }
 
 fn binary_error(e: BinaryError) -> ApiError {
@@ -139,6 +136,7 @@ async fn decode_all(images: Vec<Bytes>, target: Target, max_pixels: u64) -> Resu
 
 fn validate(request: InferRequest, model: &ModelInfo, mut binary: BinaryData) -> Result<InferPlan, ApiError> {
     let output = validate_outputs(&request.outputs, model)?;
+    let binary_output = wants_binary(&request)?;
     let [input] = <[InputTensor; 1]>::try_from(request.inputs).map_err(|inputs| {
         invalid("inputs", format!("expected exactly one input ({INPUT_PIXELS} or {INPUT_IMAGE}), got {}", inputs.len()))
     })?;
@@ -148,7 +146,23 @@ fn validate(request: InferRequest, model: &ModelInfo, mut binary: BinaryData) ->
         other => return Err(invalid("inputs", format!("unknown input {other:?}; expected {INPUT_PIXELS} or {INPUT_IMAGE}"))),
     };
     binary.finish().map_err(binary_error)?;
-    Ok(InferPlan { id: request.id, batch, output })
+    Ok(InferPlan { id: request.id, batch, output, binary: binary_output })
+}
+
+/// Binary output data: the output's own `parameters.binary_data` when it
+/// has one, else the request's `parameters.binary_data_output` (as Triton
+/// reads them); JSON when neither is given.
+fn wants_binary(request: &InferRequest) -> Result<bool, ApiError> {
+    let flag = |parameters: &Map<String, Value>, field: &'static str, key: &str| match parameters.get(key) {
+        None => Ok(None),
+        Some(Value::Bool(b)) => Ok(Some(*b)),
+        Some(other) => Err(invalid(field, format!("parameters.{key} is {other}; expected true or false"))),
+    };
+    let default = flag(&request.parameters, "parameters", "binary_data_output")?.unwrap_or(false);
+    match request.outputs.first() {
+        Some(output) => Ok(flag(&output.parameters, "outputs", "binary_data")?.unwrap_or(default)),
+        None => Ok(default),
+    }
 }
 
 /// JSON `data` or `parameters.binary_data_size` bytes; exactly one of them.
@@ -249,32 +263,10 @@ fn validate_outputs(outputs: &[RequestedOutput], model: &ModelInfo) -> Result<Ou
     }
 }
 
-fn respond(id: Option<String>, output: OutputKind, model: &ModelInfo, scores: &[Vec<f32>]) -> Value {
-    let n = scores.len();
-    let output = match output {
-        OutputKind::Probabilities => json!({
-            "name": OUTPUT_PROBABILITIES,
-            "datatype": "FP32",
-            "shape": [n, model.labels.len()],
-            "data": scores.concat(),
-        }),
-        OutputKind::Classification(k) => json!({
-            "name": OUTPUT_PROBABILITIES,
-            "datatype": "BYTES",
-            "shape": [n, k],
-            "data": scores.iter().flat_map(|s| run::classify(s, k, &model.labels)).collect::<Vec<_>>(),
-        }),
-    };
-    let mut body = json!({ "model_name": model.name, "model_version": model.version, "outputs": [output] });
-    if let Some(id) = id {
-        body["id"] = json!(id);
-    }
-    body
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     fn digits() -> ModelInfo {
         ModelInfo {
@@ -358,6 +350,21 @@ mod tests {
             "parameters": {"binary_data_size": 11}}]});
         let plan = parse_with(images, b"\x02\0\0\0hi\x01\0\0\0x").unwrap();
         assert_eq!(plan.batch, Batch::Images(vec![Bytes::from_static(b"hi"), Bytes::from_static(b"x")]));
+    }
+
+    #[test]
+    fn binary_outputs_are_asked_for_per_request_or_per_output() {
+        let input = json!([{"name": "PIXELS", "datatype": "UINT8", "shape": [1, 2, 2, 1], "data": [0, 0, 0, 0]}]);
+        let with = |parameters: Value, outputs: Value| parse(json!({"inputs": input, "parameters": parameters, "outputs": outputs}));
+        assert!(!with(json!({}), json!([])).unwrap().binary);
+        assert!(with(json!({"binary_data_output": true}), json!([])).unwrap().binary);
+        let output = |binary: bool| json!([{"name": "PROBABILITIES", "parameters": {"binary_data": binary}}]);
+        assert!(with(json!({}), output(true)).unwrap().binary);
+        assert!(!with(json!({"binary_data_output": true}), output(false)).unwrap().binary);
+        match with(json!({"binary_data_output": "yes"}), json!([])) {
+            Err(ApiError::InvalidRequest { problem, .. }) => assert!(problem.contains("binary_data_output is \"yes\"; expected true or false")),
+            other => panic!("expected a 400, got {other:?}"),
+        }
     }
 
     #[test]

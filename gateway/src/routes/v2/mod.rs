@@ -7,6 +7,7 @@
 //! | `POST /v2/models/{m}[/versions/{v}]/infer` | [`infer`] (parse, validate), [`run`] (host calls) |
 //! | datatypes, shapes, JSON data | [`tensor`] |
 //! | binary tensor data in request bodies | [`binary`] |
+//! | the answer, JSON or with binary output data | [`answer`] |
 //!
 //! The classifier is described as two alternative inputs, [`INPUT_IMAGE`]
 //! (encoded images, BYTES) and [`INPUT_PIXELS`] (the model's uint8 input),
@@ -14,6 +15,7 @@
 //! [`ApiError`], whose body `{"error": ...}` is what the protocol asks for
 //! (plus the stable `type` every gateway error carries).
 
+pub mod answer;
 pub mod binary;
 pub mod health;
 pub mod infer;
@@ -39,8 +41,8 @@ pub const OUTPUT_PROBABILITIES: &str = "PROBABILITIES";
 pub const PLATFORM: &str = "pytorch_libtorch";
 /// The protocol extensions implemented here, and only those: clients use
 /// this list to decide what to send.
-/// (`binary_tensor_data` for requests; answers are always JSON, which the
-/// protocol's clients read as well.)
+/// (`binary_tensor_data` both ways: inputs in request bodies, outputs when
+/// the request asks with `binary_data_output` or `binary_data`.)
 pub const EXTENSIONS: &[&str] = &["model_configuration", "classification", "binary_tensor_data"];
 
 pub fn routes() -> Router<AppState> {
