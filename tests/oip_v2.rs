@@ -336,3 +336,32 @@ async fn binary_outputs_carry_the_same_scores_as_json() {
     let second_len = u32::from_le_bytes(raw[4 + first_len..8 + first_len].try_into().unwrap()) as usize;
     assert_eq!(raw.len(), 8 + first_len + second_len);
 }
+
+#[tokio::test]
+async fn the_clients_timeout_is_the_deadline() {
+    let scratch = Scratch::new();
+    let _host = scratch.start_host(&[]);
+    let gateway = scratch.start_gateway(&[]);
+    gateway.wait_ready().await;
+    let client = reqwest::Client::new();
+    let elements: Vec<Vec<u8>> = pixels(1).into_iter().map(|(p, _)| p).collect();
+    let with_timeout = |us: Value| {
+        let mut body: Value = serde_json::from_str(&pixels_request(&elements, json!([]))).unwrap();
+        body["parameters"] = json!({"timeout": us});
+        body.to_string()
+    };
+    // Microseconds, as tritonclient sends them: 0 and 1 are past before the host is asked.
+    for us in [0, 1] {
+        let (status, _, body) = infer(&client, &gateway, "/v2/models/digits/infer", with_timeout(json!(us))).await;
+        assert_eq!(status, 504, "timeout {us}: {body}");
+        assert_eq!(body["type"], "deadline_exceeded");
+    }
+    // 10 s is plenty; a day is capped at --request-timeout-ms, not refused.
+    for us in [10_000_000u64, 86_400_000_000] {
+        let (status, _, body) = infer(&client, &gateway, "/v2/models/digits/infer", with_timeout(json!(us))).await;
+        assert_eq!(status, 200, "timeout {us}: {body}");
+    }
+    let (status, _, body) = infer(&client, &gateway, "/v2/models/digits/infer", with_timeout(json!("soon"))).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(error_of(&body).contains("parameters.timeout is \"soon\""), "{body}");
+}

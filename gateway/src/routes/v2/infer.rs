@@ -7,7 +7,7 @@
 //! so it comes only as binary data; its images are decoded and resized
 //! here as `/v1/.../predict` does.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::extract::{Path, Request, State};
 use axum::response::Response;
@@ -33,7 +33,8 @@ struct InferRequest {
     inputs: Vec<InputTensor>,
     #[serde(default)]
     outputs: Vec<RequestedOutput>,
-    /// `binary_data_output`: every output as binary data unless it says otherwise.
+    /// `binary_data_output`: every output as binary data unless it says
+    /// otherwise; `timeout`: the client's deadline in microseconds.
     #[serde(default)]
     parameters: Map<String, Value>,
 }
@@ -65,6 +66,8 @@ struct InferPlan {
     output: OutputKind,
     /// Send the output's data raw after the JSON header (binary tensor data).
     binary: bool,
+    /// The client's own deadline (`parameters.timeout`), if it gave one.
+    timeout: Option<Duration>,
 }
 
 #[derive(Debug, PartialEq)]
@@ -97,7 +100,7 @@ pub async fn infer(State(app): State<AppState>, Path(path): Path<ModelPath>, req
     let body = read_body(body, &parts.headers, app.limits.max_body_bytes, app.limits.body_timeout).await?;
     let (json, binary) = split_body(&parts.headers, body).map_err(binary_error)?;
     let request: InferRequest = serde_json::from_slice(&json).map_err(|e| invalid("body", format!("not an inference request: {e}")))?;
-    let InferPlan { id, batch, output, binary } = validate(request, model, binary)?;
+    let InferPlan { id, batch, output, binary, timeout } = validate(request, model, binary)?;
     let elements = match batch {
         Batch::Pixels(pixels) => pixels,
         Batch::Images(images) => {
@@ -106,8 +109,13 @@ pub async fn infer(State(app): State<AppState>, Path(path): Path<ModelPath>, req
         }
     };
 
-    let budget = app.limits.request_timeout;
+    // The client may shorten the gateway's budget, never lengthen it.
+    let budget = timeout.map_or(app.limits.request_timeout, |t| t.min(app.limits.request_timeout));
     let budget_ms = budget.as_millis() as u64;
+    // Already late (decoding took the budget, or it was 0): no slot, no host call.
+    if started.elapsed() >= budget {
+        return Err(ApiError::DeadlineExceeded { budget_ms });
+    }
     let scores = run::run_batch(&link, &elements, started + budget, budget_ms, &tag).await?;
     Ok(respond(id, output, binary, model, &scores))
 }
@@ -137,6 +145,7 @@ async fn decode_all(images: Vec<Bytes>, target: Target, max_pixels: u64) -> Resu
 fn validate(request: InferRequest, model: &ModelInfo, mut binary: BinaryData) -> Result<InferPlan, ApiError> {
     let output = validate_outputs(&request.outputs, model)?;
     let binary_output = wants_binary(&request)?;
+    let timeout = client_timeout(&request.parameters)?;
     let [input] = <[InputTensor; 1]>::try_from(request.inputs).map_err(|inputs| {
         invalid("inputs", format!("expected exactly one input ({INPUT_PIXELS} or {INPUT_IMAGE}), got {}", inputs.len()))
     })?;
@@ -146,7 +155,18 @@ fn validate(request: InferRequest, model: &ModelInfo, mut binary: BinaryData) ->
         other => return Err(invalid("inputs", format!("unknown input {other:?}; expected {INPUT_PIXELS} or {INPUT_IMAGE}"))),
     };
     binary.finish().map_err(binary_error)?;
-    Ok(InferPlan { id: request.id, batch, output, binary: binary_output })
+    Ok(InferPlan { id: request.id, batch, output, binary: binary_output, timeout })
+}
+
+/// `parameters.timeout`, in microseconds as Triton's clients send it.
+fn client_timeout(parameters: &Map<String, Value>) -> Result<Option<Duration>, ApiError> {
+    match parameters.get("timeout") {
+        None => Ok(None),
+        Some(t) => match t.as_u64() {
+            Some(us) => Ok(Some(Duration::from_micros(us))),
+            None => Err(invalid("parameters", format!("parameters.timeout is {t}; expected microseconds, an integer >= 0"))),
+        },
+    }
 }
 
 /// Binary output data: the output's own `parameters.binary_data` when it
@@ -363,6 +383,18 @@ mod tests {
         assert!(!with(json!({"binary_data_output": true}), output(false)).unwrap().binary);
         match with(json!({"binary_data_output": "yes"}), json!([])) {
             Err(ApiError::InvalidRequest { problem, .. }) => assert!(problem.contains("binary_data_output is \"yes\"; expected true or false")),
+            other => panic!("expected a 400, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_timeout_is_in_microseconds() {
+        let input = json!([{"name": "PIXELS", "datatype": "UINT8", "shape": [1, 2, 2, 1], "data": [0, 0, 0, 0]}]);
+        let with = |parameters: Value| parse(json!({"inputs": input, "parameters": parameters}));
+        assert_eq!(with(json!({})).unwrap().timeout, None);
+        assert_eq!(with(json!({"timeout": 1500})).unwrap().timeout, Some(Duration::from_micros(1500)));
+        match with(json!({"timeout": -1})) {
+            Err(ApiError::InvalidRequest { problem, .. }) => assert!(problem.contains("parameters.timeout is -1; expected microseconds")),
             other => panic!("expected a 400, got {other:?}"),
         }
     }
