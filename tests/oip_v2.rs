@@ -95,7 +95,7 @@ async fn health_metadata_and_config_follow_the_host() {
     assert_eq!(status, 200);
     assert_eq!(body["name"], "split-serve");
     assert!(body["version"].as_str().is_some_and(|v| !v.is_empty()), "{body}");
-    assert_eq!(body["extensions"], json!(["model_configuration", "classification", "binary_tensor_data"]));
+    assert_eq!(body["extensions"], json!(["model_configuration", "classification", "binary_tensor_data", "statistics"]));
 
     let _host = scratch.start_host(&[]);
     gateway.wait_for("/v2/health/ready", Duration::from_secs(120)).await;
@@ -364,4 +364,48 @@ async fn the_clients_timeout_is_the_deadline() {
     let (status, _, body) = infer(&client, &gateway, "/v2/models/digits/infer", with_timeout(json!("soon"))).await;
     assert_eq!(status, 400, "{body}");
     assert!(error_of(&body).contains("parameters.timeout is \"soon\""), "{body}");
+}
+
+#[tokio::test]
+async fn statistics_count_what_this_gateway_served() {
+    let scratch = Scratch::new();
+    let _host = scratch.start_host(&[]);
+    let gateway = scratch.start_gateway(&[]);
+    gateway.wait_ready().await;
+    let client = reqwest::Client::new();
+    let stats = async || {
+        let (status, _, body) = get(&client, &gateway, "/v2/models/digits/versions/1/stats").await;
+        assert_eq!(status, 200, "{body}");
+        let model = body["model_stats"][0].clone();
+        assert_eq!((&model["name"], &model["version"]), (&json!("digits"), &json!("1")), "{body}");
+        model
+    };
+    let count = |model: &Value, stage: &str| model["inference_stats"][stage]["count"].as_u64().unwrap();
+    let ns = |model: &Value, stage: &str| model["inference_stats"][stage]["ns"].as_u64().unwrap();
+
+    let before = stats().await;
+    assert_eq!((&before["inference_count"], &before["execution_count"], &before["last_inference"]), (&json!(0), &json!(0), &json!(0)));
+    let elements: Vec<Vec<u8>> = pixels(3).into_iter().map(|(p, _)| p).collect();
+    for _ in 0..2 {
+        let (status, _, body) = infer(&client, &gateway, "/v2/models/digits/infer", pixels_request(&elements, json!([]))).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let (status, _, _) = infer(&client, &gateway, "/v2/models/digits/infer", "not json".into()).await;
+    assert_eq!(status, 400);
+
+    let after = stats().await;
+    assert_eq!((&after["inference_count"], &after["execution_count"]), (&json!(6), &json!(2)), "{after}");
+    assert!(after["last_inference"].as_u64().unwrap() > 1_600_000_000_000, "milliseconds since the epoch: {after}");
+    assert_eq!((count(&after, "success"), count(&after, "fail")), (2, 1), "{after}");
+    assert_eq!((count(&after, "queue"), count(&after, "compute_infer")), (6, 6), "{after}");
+    assert_eq!((count(&after, "compute_input"), count(&after, "compute_output")), (2, 2), "{after}");
+    for stage in ["success", "fail", "compute_infer", "compute_input", "compute_output"] {
+        assert!(ns(&after, stage) > 0, "{stage}: {after}");
+    }
+    assert!(ns(&after, "success") >= ns(&after, "compute_input"), "{after}");
+
+    for path in ["/v2/models/cats/stats", "/v2/models/digits/versions/2/stats"] {
+        let (status, _, body) = get(&client, &gateway, path).await;
+        assert_eq!(status, 404, "{path}: {body}");
+    }
 }

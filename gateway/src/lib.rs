@@ -45,6 +45,8 @@ pub struct AppState {
     pub host: HostClient,
     pub limits: RequestLimits,
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
+    /// The v2 statistics extension's counters, per gateway process.
+    pub v2_stats: std::sync::Arc<routes::v2::stats::ModelStats>,
 }
 
 impl AppState {
@@ -59,6 +61,7 @@ impl AppState {
                 default_top_k: config.default_top_k,
             },
             metrics: metrics::handle(),
+            v2_stats: Default::default(),
         }
     }
 }

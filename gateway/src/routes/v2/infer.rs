@@ -7,6 +7,7 @@
 //! so it comes only as binary data; its images are decoded and resized
 //! here as `/v1/.../predict` does.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::extract::{Path, Request, State};
@@ -22,6 +23,7 @@ use super::answer::{OutputKind, respond};
 use super::{INPUT_IMAGE, INPUT_PIXELS, ModelPath, OUTPUT_PROBABILITIES, run};
 use crate::decode::{Target, decode_to_input};
 use crate::error::ApiError;
+use crate::host_client::Link;
 use crate::upload::read_body;
 use crate::{AppState, request_id};
 
@@ -93,11 +95,24 @@ pub async fn infer(State(app): State<AppState>, Path(path): Path<ModelPath>, req
     let started = Instant::now();
     // Admission before work: no body is read for a host that cannot serve.
     let link = app.host.ready_link()?;
-    let model = link.model();
-    path.check(model)?;
+    path.check(link.model())?;
+    // Counted from here: the request named the served model, so its
+    // failures (400s included, as Triton counts them) are this model's.
+    let answer = answer(&app, &link, started, request).await;
+    match &answer {
+        Ok((_, elements)) => app.v2_stats.succeeded(*elements, started.elapsed()),
+        Err(_) => app.v2_stats.fail.add(1, started.elapsed()),
+    }
+    answer.map(|(response, _)| response)
+}
+
+/// The answer and how many elements it carries; stage times go to the statistics.
+async fn answer(app: &AppState, link: &Arc<Link>, started: Instant, request: Request) -> Result<(Response, usize), ApiError> {
+    let (model, stats) = (link.model(), &app.v2_stats);
     let tag = request_id::of(&request);
     let (parts, body) = request.into_parts();
     let body = read_body(body, &parts.headers, app.limits.max_body_bytes, app.limits.body_timeout).await?;
+    let input_started = Instant::now();
     let (json, binary) = split_body(&parts.headers, body).map_err(binary_error)?;
     let request: InferRequest = serde_json::from_slice(&json).map_err(|e| invalid("body", format!("not an inference request: {e}")))?;
     let InferPlan { id, batch, output, binary, timeout } = validate(request, model, binary)?;
@@ -108,6 +123,7 @@ pub async fn infer(State(app): State<AppState>, Path(path): Path<ModelPath>, req
             decode_all(images, target, app.limits.max_pixels).await?
         }
     };
+    let input_time = input_started.elapsed();
 
     // The client may shorten the gateway's budget, never lengthen it.
     let budget = timeout.map_or(app.limits.request_timeout, |t| t.min(app.limits.request_timeout));
@@ -116,8 +132,15 @@ pub async fn infer(State(app): State<AppState>, Path(path): Path<ModelPath>, req
     if started.elapsed() >= budget {
         return Err(ApiError::DeadlineExceeded { budget_ms });
     }
-    let scores = run::run_batch(&link, &elements, started + budget, budget_ms, &tag).await?;
-    Ok(respond(id, output, binary, model, &scores))
+    let host = run::run_batch(link, &elements, started + budget, budget_ms, &tag).await?;
+    let output_started = Instant::now();
+    let response = respond(id, output, binary, model, &host.scores);
+    let n = elements.len() as u64;
+    stats.compute_input.add(1, input_time);
+    stats.queue.add(n, host.queue);
+    stats.compute_infer.add(n, host.inference);
+    stats.compute_output.add(1, output_started.elapsed());
+    Ok((response, elements.len()))
 }
 
 fn binary_error(e: BinaryError) -> ApiError {

@@ -8,6 +8,7 @@
 //! | datatypes, shapes, JSON data | [`tensor`] |
 //! | binary tensor data in request bodies | [`binary`] |
 //! | the answer, JSON or with binary output data | [`answer`] |
+//! | `GET /v2/models/{m}[/versions/{v}]/stats` | [`stats`] |
 //!
 //! The classifier is described as two alternative inputs, [`INPUT_IMAGE`]
 //! (encoded images, BYTES) and [`INPUT_PIXELS`] (the model's uint8 input),
@@ -21,6 +22,7 @@ pub mod health;
 pub mod infer;
 pub mod metadata;
 pub mod run;
+pub mod stats;
 pub mod tensor;
 
 use axum::Router;
@@ -43,7 +45,7 @@ pub const PLATFORM: &str = "pytorch_libtorch";
 /// this list to decide what to send.
 /// (`binary_tensor_data` both ways: inputs in request bodies, outputs when
 /// the request asks with `binary_data_output` or `binary_data`.)
-pub const EXTENSIONS: &[&str] = &["model_configuration", "classification", "binary_tensor_data"];
+pub const EXTENSIONS: &[&str] = &["model_configuration", "classification", "binary_tensor_data", "statistics"];
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -56,6 +58,8 @@ pub fn routes() -> Router<AppState> {
         .route("/v2/models/{name}/versions/{version}/ready", get(health::model_ready))
         .route("/v2/models/{name}/config", get(metadata::config))
         .route("/v2/models/{name}/versions/{version}/config", get(metadata::config))
+        .route("/v2/models/{name}/stats", get(stats::model))
+        .route("/v2/models/{name}/versions/{version}/stats", get(stats::model))
         .route("/v2/models/{name}/infer", post(infer::infer))
         .route("/v2/models/{name}/versions/{version}/infer", post(infer::infer))
 }

@@ -3,19 +3,33 @@
 //! once, so that the host's batcher can put them in one forward pass.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+use protocol::HostTimings;
 
 use crate::error::ApiError;
 use crate::host_client::{HostCallError, Link};
 
-/// Every class's score for each element, in label order.
-pub async fn run_batch(link: &Arc<Link>, elements: &[Vec<u8>], deadline: Instant, budget_ms: u64, tag: &str) -> Result<Vec<Vec<f32>>, ApiError> {
-    let calls = elements.iter().enumerate().map(|(i, pixels)| run_one(link, pixels, deadline, budget_ms, format!("{tag}.{i}")));
-    // The first failure drops the other calls, which cancels them at the host.
-    futures::future::try_join_all(calls).await
+/// What the host answered for a batch.
+pub struct BatchAnswer {
+    /// Every class's score for each element, in label order.
+    pub scores: Vec<Vec<f32>>,
+    /// The elements' host queue times, summed (for the statistics extension).
+    pub queue: Duration,
+    /// The elements' forward passes, summed; elements that shared a batch each count it.
+    pub inference: Duration,
 }
 
-async fn run_one(link: &Arc<Link>, pixels: &[u8], deadline: Instant, budget_ms: u64, tag: String) -> Result<Vec<f32>, ApiError> {
+pub async fn run_batch(link: &Arc<Link>, elements: &[Vec<u8>], deadline: Instant, budget_ms: u64, tag: &str) -> Result<BatchAnswer, ApiError> {
+    let calls = elements.iter().enumerate().map(|(i, pixels)| run_one(link, pixels, deadline, budget_ms, format!("{tag}.{i}")));
+    // The first failure drops the other calls, which cancels them at the host.
+    let answers = futures::future::try_join_all(calls).await?;
+    let queue = Duration::from_micros(answers.iter().map(|(_, t)| t.queue_us).sum());
+    let inference = Duration::from_micros(answers.iter().map(|(_, t)| t.inference_us).sum());
+    Ok(BatchAnswer { scores: answers.into_iter().map(|(s, _)| s).collect(), queue, inference })
+}
+
+async fn run_one(link: &Arc<Link>, pixels: &[u8], deadline: Instant, budget_ms: u64, tag: String) -> Result<(Vec<f32>, HostTimings), ApiError> {
     let model = link.model();
     let timeout = || ApiError::DeadlineExceeded { budget_ms };
     let mut lease = tokio::time::timeout_at(deadline.into(), link.lease()).await.map_err(|_| timeout())??;
@@ -33,7 +47,7 @@ async fn run_one(link: &Arc<Link>, pixels: &[u8], deadline: Instant, budget_ms: 
         HostCallError::DeadlineExceeded => timeout(),
         other => other.into(),
     })?;
-    Ok(by_class_index(&prediction.top, classes))
+    Ok((by_class_index(&prediction.top, classes), prediction.timings))
 }
 
 /// The host answers best first; the protocol wants label order. A class the

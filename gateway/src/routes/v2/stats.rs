@@ -1,0 +1,119 @@
+//! `GET /v2/models/{m}[/versions/{v}]/stats`: Triton's statistics extension,
+//! kept by this gateway process (each gateway counts what it served; a
+//! restart starts from zero).
+//!
+//! Stages, as Triton names them: `success`/`fail` are whole requests (wall
+//! time at the gateway), `queue` and `compute_infer` come from the host's
+//! per-element timings (an element's `compute_infer` is its whole batch's
+//! forward pass, as Triton counts it per request), `compute_input` is
+//! parsing and decoding, `compute_output` is writing the answer.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::Json;
+use axum::extract::{Path, State};
+use serde_json::{Value, json};
+
+use super::ModelPath;
+use crate::AppState;
+use crate::error::ApiError;
+
+/// A stage's count and cumulative time; relaxed atomics, as the numbers are
+/// only read together loosely (Triton's are not a snapshot either).
+#[derive(Debug, Default)]
+pub struct Stage {
+    count: AtomicU64,
+    ns: AtomicU64,
+}
+
+impl Stage {
+    pub fn add(&self, count: u64, time: Duration) {
+        self.count.fetch_add(count, Ordering::Relaxed);
+        self.ns.fetch_add(u64::try_from(time.as_nanos()).unwrap_or(u64::MAX), Ordering::Relaxed);
+    }
+
+    fn json(&self) -> Value {
+        json!({ "count": self.count.load(Ordering::Relaxed), "ns": self.ns.load(Ordering::Relaxed) })
+    }
+}
+
+/// The served model's counters, shared by every handler of this process.
+#[derive(Debug, Default)]
+pub struct ModelStats {
+    pub success: Stage,
+    pub fail: Stage,
+    pub queue: Stage,
+    pub compute_input: Stage,
+    pub compute_infer: Stage,
+    pub compute_output: Stage,
+    /// Batch elements answered (Triton's inference_count).
+    inferences: AtomicU64,
+    /// Successful v2 requests: one execution each from the gateway's view,
+    /// whatever batches the host put their elements in.
+    executions: AtomicU64,
+    /// Milliseconds since the epoch of the last success; 0 before any.
+    last_inference_ms: AtomicU64,
+}
+
+impl ModelStats {
+    /// A request whose `elements` were all answered, in `wall` time.
+    pub fn succeeded(&self, elements: usize, wall: Duration) {
+        self.success.add(1, wall);
+        self.inferences.fetch_add(elements as u64, Ordering::Relaxed);
+        self.executions.fetch_add(1, Ordering::Relaxed);
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+        self.last_inference_ms.store(now.as_millis() as u64, Ordering::Relaxed);
+    }
+
+    fn json(&self, name: &str, version: &str) -> Value {
+        json!({ "model_stats": [{
+            "name": name,
+            "version": version,
+            "last_inference": self.last_inference_ms.load(Ordering::Relaxed),
+            "inference_count": self.inferences.load(Ordering::Relaxed),
+            "execution_count": self.executions.load(Ordering::Relaxed),
+            "inference_stats": {
+                "success": self.success.json(),
+                "fail": self.fail.json(),
+                "queue": self.queue.json(),
+                "compute_input": self.compute_input.json(),
+                "compute_infer": self.compute_infer.json(),
+                "compute_output": self.compute_output.json(),
+            },
+        }]})
+    }
+}
+
+/// The served model's statistics; 404 for another model or version. Which
+/// model is served is only known from a connected host (else 503).
+pub async fn model(State(app): State<AppState>, Path(path): Path<ModelPath>) -> Result<Json<Value>, ApiError> {
+    let link = app.host.link()?;
+    let model = link.model();
+    path.check(model)?;
+    Ok(Json(app.v2_stats.json(&model.name, &model.version)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_add_up_in_tritons_shape() {
+        let stats = ModelStats::default();
+        stats.succeeded(3, Duration::from_micros(5));
+        stats.succeeded(1, Duration::from_micros(1));
+        stats.fail.add(1, Duration::from_nanos(7));
+        stats.queue.add(4, Duration::from_micros(2));
+        let json = stats.json("digits", "1");
+        let model = &json["model_stats"][0];
+        assert_eq!((&model["name"], &model["version"]), (&json!("digits"), &json!("1")));
+        assert_eq!((&model["inference_count"], &model["execution_count"]), (&json!(4), &json!(2)));
+        assert!(model["last_inference"].as_u64().unwrap() > 0);
+        let stages = &model["inference_stats"];
+        assert_eq!(stages["success"], json!({"count": 2, "ns": 6000}));
+        assert_eq!(stages["fail"], json!({"count": 1, "ns": 7}));
+        assert_eq!(stages["queue"], json!({"count": 4, "ns": 2000}));
+        assert_eq!(stages["compute_output"], json!({"count": 0, "ns": 0}));
+    }
+}
