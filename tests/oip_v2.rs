@@ -1,8 +1,9 @@
 //! The Open Inference Protocol (KServe v2 REST) routes, through the real
 //! binaries: health and metadata before and after the host is ready, model
 //! configuration, inference on PIXELS (answered like `/v1/.../predict`),
-//! classification output, encoded images as binary tensor data, and each
-//! client mistake as a 400/404 naming it.
+//! classification output, encoded images as binary tensor data, binary
+//! outputs, the client's `parameters.timeout`, statistics, and each client
+//! mistake as a 400/404 naming it.
 
 use std::time::Duration;
 
