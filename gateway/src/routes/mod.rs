@@ -7,11 +7,13 @@
 //! | `POST /v1/models/{name}/predict` | [`predict`] |
 //! | `GET /metrics` | [`crate::metrics`] |
 //! | `/v2/...`: the Open Inference Protocol (KServe v2 REST) | [`v2`] |
+//! | one image through the host, for predict and v2 infer | [`host_call`] |
 //!
 //! Every request gets an X-Request-Id (the client's, or a new one), echoed
 //! in the response and on every log line about it; and is counted and timed.
 
 pub mod health;
+pub mod host_call;
 pub mod models;
 pub mod predict;
 pub mod v2;

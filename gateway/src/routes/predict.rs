@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use crate::{AppState, metrics, request_id};
 use crate::decode::{Target, decode_to_input};
 use crate::error::ApiError;
-use crate::host_client::HostCallError;
+use crate::routes::host_call;
 use crate::upload::{Format, PIXELS_CONTENT_TYPE, extract_image, read_body};
 
 #[derive(Debug, Deserialize)]
@@ -106,20 +106,7 @@ pub async fn predict(
     };
     let decode = decode_started.elapsed();
 
-    let timeout = || ApiError::DeadlineExceeded { budget_ms: budget.as_millis() as u64 };
-    let mut lease = tokio::time::timeout_at(deadline.into(), link.lease()).await.map_err(|_| timeout())??;
-    lease.write(&pixels)?;
-    let remaining = deadline.saturating_duration_since(Instant::now());
-    if remaining.is_zero() {
-        return Err(timeout());
-    }
-    let shape = (model.width, model.height, model.channels);
-    let in_flight = lease.infer(shape, top_k, remaining.as_micros() as u64, tag)?;
-    let answer = tokio::time::timeout(remaining, in_flight.result()).await.map_err(|_| timeout())?;
-    let prediction = answer.map_err(|e| match e {
-        HostCallError::DeadlineExceeded => timeout(),
-        other => other.into(),
-    })?;
+    let prediction = host_call::classify(&link, &pixels, top_k, deadline, budget.as_millis() as u64, tag).await?;
 
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
     let t = prediction.timings;

@@ -85,17 +85,7 @@ mod tests {
     use super::*;
 
     fn digits() -> ModelInfo {
-        ModelInfo {
-            name: "digits".into(),
-            version: "1".into(),
-            description: String::new(),
-            width: 2,
-            height: 2,
-            channels: 1,
-            labels: ["a", "b"].map(String::from).to_vec(),
-            max_batch_size: 4,
-            device: "cpu".into(),
-        }
+        super::super::test_model(&["a", "b"])
     }
 
     async fn body_of(response: Response) -> (axum::http::HeaderMap, Vec<u8>) {

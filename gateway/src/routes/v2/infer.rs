@@ -312,17 +312,7 @@ mod tests {
     use serde_json::json;
 
     fn digits() -> ModelInfo {
-        ModelInfo {
-            name: "digits".into(),
-            version: "1".into(),
-            description: String::new(),
-            width: 2,
-            height: 2,
-            channels: 1,
-            labels: (0..10).map(|i| i.to_string()).collect(),
-            max_batch_size: 4,
-            device: "cpu".into(),
-        }
+        super::super::test_model(&["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"])
     }
 
     fn parse(body: Value) -> Result<InferPlan, ApiError> {

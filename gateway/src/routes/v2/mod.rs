@@ -88,3 +88,19 @@ impl ModelPath {
         }
     }
 }
+
+/// A 2x2 grayscale model with these labels, for the unit tests of this module.
+#[cfg(test)]
+pub(crate) fn test_model(labels: &[&str]) -> ModelInfo {
+    ModelInfo {
+        name: "digits".into(),
+        version: "1".into(),
+        description: String::new(),
+        width: 2,
+        height: 2,
+        channels: 1,
+        labels: labels.iter().map(|l| l.to_string()).collect(),
+        max_batch_size: 4,
+        device: "cpu".into(),
+    }
+}

@@ -1,6 +1,6 @@
-//! The host path for a validated v2 batch: each element goes through the
-//! same lease -> write -> infer steps as `POST /v1/.../predict`, all at
-//! once, so that the host's batcher can put them in one forward pass.
+//! The host path for a validated v2 batch: each element goes through
+//! [`host_call::classify`], as `POST /v1/.../predict` does, all at once, so
+//! that the host's batcher can put them in one forward pass.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 use protocol::HostTimings;
 
 use crate::error::ApiError;
-use crate::host_client::{HostCallError, Link};
+use crate::host_client::Link;
+use crate::routes::host_call;
 
 /// What the host answered for a batch.
 pub struct BatchAnswer {
@@ -30,23 +31,9 @@ pub async fn run_batch(link: &Arc<Link>, elements: &[Vec<u8>], deadline: Instant
 }
 
 async fn run_one(link: &Arc<Link>, pixels: &[u8], deadline: Instant, budget_ms: u64, tag: String) -> Result<(Vec<f32>, HostTimings), ApiError> {
-    let model = link.model();
-    let timeout = || ApiError::DeadlineExceeded { budget_ms };
-    let mut lease = tokio::time::timeout_at(deadline.into(), link.lease()).await.map_err(|_| timeout())??;
-    lease.write(pixels)?;
-    let remaining = deadline.saturating_duration_since(Instant::now());
-    if remaining.is_zero() {
-        return Err(timeout());
-    }
     // top_k = every class: the protocol's output is the whole vector.
-    let classes = model.labels.len();
-    let shape = (model.width, model.height, model.channels);
-    let in_flight = lease.infer(shape, classes as u32, remaining.as_micros() as u64, tag)?;
-    let answer = tokio::time::timeout(remaining, in_flight.result()).await.map_err(|_| timeout())?;
-    let prediction = answer.map_err(|e| match e {
-        HostCallError::DeadlineExceeded => timeout(),
-        other => other.into(),
-    })?;
+    let classes = link.model().labels.len();
+    let prediction = host_call::classify(link, pixels, classes as u32, deadline, budget_ms, tag).await?;
     Ok((by_class_index(&prediction.top, classes), prediction.timings))
 }
 

@@ -1,0 +1,32 @@
+//! One image through the host, for every route that classifies: lease a
+//! slot (within the deadline), write the pixels, send the inference, wait
+//! for the answer (within the deadline), and turn the host's refusals into
+//! the gateway's errors. `/v1/.../predict` and `/v2/.../infer` both call it.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use protocol::Prediction;
+
+use crate::error::ApiError;
+use crate::host_client::{HostCallError, Link};
+
+/// Classifies `pixels` (the model's input, already prepared), returning the
+/// best `top_k`; any deadline passed on the way is a 504 naming `budget_ms`.
+pub async fn classify(link: &Arc<Link>, pixels: &[u8], top_k: u32, deadline: Instant, budget_ms: u64, tag: String) -> Result<Prediction, ApiError> {
+    let model = link.model();
+    let timeout = || ApiError::DeadlineExceeded { budget_ms };
+    let mut lease = tokio::time::timeout_at(deadline.into(), link.lease()).await.map_err(|_| timeout())??;
+    lease.write(pixels)?;
+    let remaining = deadline.saturating_duration_since(Instant::now());
+    if remaining.is_zero() {
+        return Err(timeout());
+    }
+    let shape = (model.width, model.height, model.channels);
+    let in_flight = lease.infer(shape, top_k, remaining.as_micros() as u64, tag)?;
+    let answer = tokio::time::timeout(remaining, in_flight.result()).await.map_err(|_| timeout())?;
+    answer.map_err(|e| match e {
+        HostCallError::DeadlineExceeded => timeout(),
+        other => other.into(),
+    })
+}
