@@ -98,6 +98,7 @@ pub async fn run(
         height: model_config.input.height,
         channels: model_config.input.channels,
         labels: model_config.output.labels.clone(),
+        tensors: None,
         max_batch_size: model_config.batching.max_batch_size,
         device,
     };

@@ -40,10 +40,12 @@ pub struct InferRequest {
     pub request_id: u64,
     pub slot: SlotRef,
     /// Pixel layout in the slot: height x width x channels, uint8, row-major.
+    /// All three are 0 for a tensor model (its slot layout is the model's
+    /// [`crate::TensorSignature`]).
     pub width: u32,
     pub height: u32,
     pub channels: u32,
-    /// How many of the best classes to return.
+    /// How many of the best classes to return (ignored by a tensor model).
     pub top_k: u32,
     /// Time left before the client's deadline, in microseconds, when sent.
     /// Relative, so that the two processes need not share a clock.
@@ -82,6 +84,10 @@ pub struct Welcome {
 }
 
 /// What a gateway needs to know about the model to prepare its input.
+///
+/// An image classifier has `width`, `height`, `channels` and `labels`, and
+/// `tensors` None. A tensor model has `tensors` and zeros and no labels in
+/// the image fields.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ModelInfo {
     pub name: String,
@@ -92,15 +98,21 @@ pub struct ModelInfo {
     /// 1 (grayscale) or 3 (RGB).
     pub channels: u32,
     pub labels: Vec<String>,
+    /// The named inputs and outputs of a tensor model.
+    pub tensors: Option<crate::TensorSignature>,
     pub max_batch_size: u32,
     /// Where the model runs, e.g. "cpu" or "cuda:0".
     pub device: String,
 }
 
 impl ModelInfo {
-    /// Bytes of one input image in a slot.
+    /// Bytes of one slot: one input image, or a tensor model's inputs or
+    /// outputs for one batch item, whichever is larger.
     pub fn input_len(&self) -> u64 {
-        u64::from(self.width) * u64::from(self.height) * u64::from(self.channels)
+        match &self.tensors {
+            Some(signature) => signature.slot_bytes(),
+            None => u64::from(self.width) * u64::from(self.height) * u64::from(self.channels),
+        }
     }
 }
 
@@ -162,7 +174,9 @@ pub enum Refusal {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Prediction {
-    /// (class index, probability), best first.
+    /// (class index, probability), best first. Empty for a tensor model,
+    /// whose outputs the host wrote into the request's slot (see
+    /// [`crate::tensor`]) before answering.
     pub top: Vec<(u32, f32)>,
     pub timings: HostTimings,
 }

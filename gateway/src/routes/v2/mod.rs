@@ -100,6 +100,7 @@ pub(crate) fn test_model(labels: &[&str]) -> ModelInfo {
         height: 2,
         channels: 1,
         labels: labels.iter().map(|l| l.to_string()).collect(),
+        tensors: None,
         max_batch_size: 4,
         device: "cpu".into(),
     }
