@@ -10,7 +10,7 @@ use std::sync::Arc;
 use protocol::{GatewayMessage, HostMessage, InferError, InferRequest, Prediction, SlotRef};
 
 use super::HostCallError;
-use super::link::Link;
+use super::link::{Answer, Link};
 
 pub struct SlotLease {
     link: Arc<Link>,
@@ -54,18 +54,25 @@ impl Drop for SlotLease {
 pub struct InFlight {
     link: Arc<Link>,
     request_id: u64,
-    answer: Option<tokio::sync::oneshot::Receiver<HostMessage>>,
+    answer: Option<tokio::sync::oneshot::Receiver<Answer>>,
 }
 
 impl InFlight {
-    pub async fn result(mut self) -> Result<Prediction, HostCallError> {
+    /// The classifier's answer.
+    pub async fn result(self) -> Result<Prediction, HostCallError> {
+        self.result_with_outputs().await.map(|(prediction, _)| prediction)
+    }
+
+    /// The answer and the outputs the host left in the slot (a tensor
+    /// model's, laid out as its signature's output placements).
+    pub async fn result_with_outputs(mut self) -> Result<(Prediction, Vec<u8>), HostCallError> {
         let answer = self.answer.as_mut().expect("the receiver is only taken here, once");
         let received = answer.await;
         // Answered (or disconnected): nothing left to cancel on drop.
         self.answer = None;
-        let message = received.map_err(|_| HostCallError::Unavailable { phase: "disconnected".into() })?;
+        let Answer { message, outputs } = received.map_err(|_| HostCallError::Unavailable { phase: "disconnected".into() })?;
         match message {
-            HostMessage::InferDone { result: Ok(prediction), .. } => Ok(prediction),
+            HostMessage::InferDone { result: Ok(prediction), .. } => Ok((prediction, outputs)),
             HostMessage::InferDone { result: Err(e), .. } => Err(match e {
                 InferError::DeadlineExceeded => HostCallError::DeadlineExceeded,
                 InferError::QueueFull => HostCallError::Overloaded("inference queue full"),

@@ -5,6 +5,11 @@
 //! the request waiting for it by request id. When the connection ends,
 //! every waiting request fails at once: none hangs, none gets another's
 //! answer.
+//!
+//! A tensor model's outputs are in the request's slot when its answer
+//! arrives; the reader copies them out before it reads the next message,
+//! so no later lease of that slot (which can only come after, on this same
+//! ordered stream) can overwrite them first.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -31,7 +36,7 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct Link {
     outbox: mpsc::UnboundedSender<GatewayMessage>,
     /// Requests waiting for an answer, by request id.
-    pending: Mutex<HashMap<u64, oneshot::Sender<HostMessage>>>,
+    pending: Mutex<HashMap<u64, Waiter>>,
     /// Set once the connection is gone; checked under `pending`'s lock.
     closed: AtomicBool,
     /// This connection's slots, mapped.
@@ -39,6 +44,19 @@ pub struct Link {
     welcome: Welcome,
     phase: watch::Sender<Phase>,
     next_request_id: AtomicU64,
+}
+
+/// One request waiting for its answer.
+struct Waiter {
+    answer: oneshot::Sender<Answer>,
+    /// The slot to copy a tensor model's outputs out of, for an Infer.
+    read_back: Option<u32>,
+}
+
+/// A host message, with the outputs it left in the slot (tensor models).
+pub struct Answer {
+    pub message: HostMessage,
+    pub outputs: Vec<u8>,
 }
 
 /// The reader: resolves with the reason the connection ended.
@@ -129,12 +147,31 @@ impl Link {
         let waiter = self.pending.lock().expect("pending lock poisoned").remove(&id);
         match (waiter, message) {
             (Some(waiter), message) => {
-                let _ = waiter.send(message);
+                let outputs = match (&message, waiter.read_back) {
+                    (HostMessage::InferDone { result: Ok(_), .. }, Some(index)) => self.read_outputs(index),
+                    _ => Ok(Vec::new()),
+                };
+                let answer = match outputs {
+                    Ok(outputs) => Answer { message, outputs },
+                    Err(e) => {
+                        let message = HostMessage::InferDone { request_id: id, result: Err(protocol::InferError::Model(e)) };
+                        Answer { message, outputs: Vec::new() }
+                    }
+                };
+                let _ = waiter.answer.send(answer);
             }
             // A lease nobody waits for any more: give the slot straight back.
             (None, HostMessage::Leased { slot, .. }) => self.send(GatewayMessage::Release { slot }),
             (None, _) => {}
         }
+    }
+
+    /// Copies a tensor model's outputs out of slot `index`.
+    fn read_outputs(&self, index: u32) -> Result<Vec<u8>, String> {
+        let len = self.model().tensors.as_ref().map_or(0, |t| t.output_bytes());
+        let mut outputs = vec![0; len as usize];
+        self.segment.read_slot(index, &mut outputs).map_err(|e| format!("reading the outputs from slot {index}: {e}"))?;
+        Ok(outputs)
     }
 
     /// Marks the link dead and fails every waiting request.
@@ -178,14 +215,18 @@ impl Link {
         &self,
         request_id: u64,
         message: GatewayMessage,
-    ) -> Result<oneshot::Receiver<HostMessage>, HostCallError> {
+    ) -> Result<oneshot::Receiver<Answer>, HostCallError> {
         let (tx, rx) = oneshot::channel();
+        let read_back = match &message {
+            GatewayMessage::Infer(r) if self.model().tensors.is_some() => Some(r.slot.index),
+            _ => None,
+        };
         {
             let mut pending = self.pending.lock().expect("pending lock poisoned");
             if self.is_closed() {
                 return Err(HostCallError::Unavailable { phase: "disconnected".into() });
             }
-            pending.insert(request_id, tx);
+            pending.insert(request_id, Waiter { answer: tx, read_back });
         }
         if self.outbox.send(message).is_err() {
             self.forget(request_id);
@@ -232,8 +273,8 @@ pub(super) struct RequestGuard<'a> {
 }
 
 impl RequestGuard<'_> {
-    pub async fn wait(self, answer: oneshot::Receiver<HostMessage>) -> Result<HostMessage, HostCallError> {
-        let result = answer.await.map_err(|_| HostCallError::Unavailable { phase: "disconnected".into() });
+    pub async fn wait(self, answer: oneshot::Receiver<Answer>) -> Result<HostMessage, HostCallError> {
+        let result = answer.await.map(|a| a.message).map_err(|_| HostCallError::Unavailable { phase: "disconnected".into() });
         std::mem::forget(self);
         result
     }

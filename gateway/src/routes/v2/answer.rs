@@ -3,81 +3,101 @@
 //! `Inference-Header-Content-Length` bytes followed by the output's raw data.
 //!
 //! Raw data is what a client would otherwise parse back from decimal text:
-//! FP32 little-endian for the probabilities, and for classification strings
-//! BYTES elements (u32 little-endian length, then the bytes).
+//! little-endian elements, and for classification strings BYTES elements
+//! (u32 little-endian length, then the bytes). Outputs may also go into a
+//! client's registered shared-memory region.
 
 use axum::http::HeaderName;
 use axum::http::header::CONTENT_TYPE;
 use axum::response::{IntoResponse, Response};
-use protocol::ModelInfo;
+use protocol::{DataType, ModelInfo};
 use serde_json::{Value, json};
 
 use super::binary::HEADER_LENGTH;
-use super::{OUTPUT_PROBABILITIES, run};
+use super::request::{Delivery, invalid};
+use super::tensor::to_json;
+use crate::error::ApiError;
 
-/// What to answer with.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OutputKind {
-    /// FP32 [n, classes], every class's score.
-    Probabilities,
-    /// BYTES [n, k], "score:index:label" of the best k (the classification extension).
-    Classification(usize),
+/// One output tensor, before it is written as JSON, as bytes, or into a region.
+#[derive(Debug)]
+pub struct OutputTensor {
+    pub name: String,
+    /// With the batch dimension first.
+    pub shape: Vec<u64>,
+    pub data: OutputData,
 }
 
-/// The output's tensor, before it is written as JSON or as bytes.
-enum Tensor {
-    Fp32(Vec<f32>),
-    Bytes(Vec<String>),
+#[derive(Debug, PartialEq)]
+pub enum OutputData {
+    /// Little-endian elements.
+    Typed(DataType, Vec<u8>),
+    /// BYTES elements (classification strings).
+    Strings(Vec<String>),
 }
 
-impl Tensor {
+impl OutputData {
+    fn datatype(&self) -> &'static str {
+        match self {
+            OutputData::Typed(d, _) => d.name(),
+            OutputData::Strings(_) => "BYTES",
+        }
+    }
+
     fn json(&self) -> Value {
         match self {
-            Tensor::Fp32(v) => json!(v),
-            Tensor::Bytes(v) => json!(v),
+            OutputData::Typed(d, raw) => to_json(*d, raw),
+            OutputData::Strings(v) => json!(v),
         }
     }
 
-    fn raw(&self) -> Vec<u8> {
+    /// The binary form: the bytes as they are; BYTES elements as a u32
+    /// little-endian length, then the bytes.
+    fn raw(self) -> Vec<u8> {
         match self {
-            Tensor::Fp32(v) => v.iter().flat_map(|f| f.to_le_bytes()).collect(),
-            Tensor::Bytes(v) => v.iter().flat_map(|s| [&(s.len() as u32).to_le_bytes()[..], s.as_bytes()].concat()).collect(),
+            OutputData::Typed(_, raw) => raw,
+            OutputData::Strings(v) => v.iter().flat_map(|s| [&(s.len() as u32).to_le_bytes()[..], s.as_bytes()].concat()).collect(),
         }
     }
 }
 
-/// The whole answer; `binary` puts the output's data after the JSON header.
-pub fn respond(id: Option<String>, output: OutputKind, binary: bool, model: &ModelInfo, scores: &[Vec<f32>]) -> Response {
-    let n = scores.len();
-    let (datatype, shape, tensor) = match output {
-        OutputKind::Probabilities => ("FP32", [n, model.labels.len()], Tensor::Fp32(scores.concat())),
-        OutputKind::Classification(k) => {
-            let strings = scores.iter().flat_map(|s| run::classify(s, k, &model.labels)).collect();
-            ("BYTES", [n, k], Tensor::Bytes(strings))
+/// The whole answer. Outputs delivered as binary data follow the JSON
+/// header in output order; outputs for a region are written into it, and
+/// the answer names the region instead of carrying data.
+pub fn respond(id: Option<String>, model: &ModelInfo, outputs: Vec<(OutputTensor, Delivery)>) -> Result<Response, ApiError> {
+    let mut described = Vec::with_capacity(outputs.len());
+    let mut binary = Vec::new();
+    for (tensor, delivery) in outputs {
+        let mut output = json!({ "name": tensor.name, "datatype": tensor.data.datatype(), "shape": tensor.shape });
+        match delivery {
+            Delivery::Json => output["data"] = tensor.data.json(),
+            Delivery::Binary => {
+                let raw = tensor.data.raw();
+                output["parameters"] = json!({ "binary_data_size": raw.len() });
+                binary.extend(raw);
+            }
+            Delivery::SharedMemory(region) => {
+                let raw = tensor.data.raw();
+                region.write(&raw).map_err(|e| invalid("outputs", format!("{}: {e}", tensor.name)))?;
+                output["parameters"] = json!({
+                    "shared_memory_region": region.region_name(),
+                    "shared_memory_byte_size": raw.len(),
+                });
+            }
         }
-    };
-    let mut output = json!({ "name": OUTPUT_PROBABILITIES, "datatype": datatype, "shape": shape });
-    let raw = if binary {
-        let raw = tensor.raw();
-        output["parameters"] = json!({ "binary_data_size": raw.len() });
-        Some(raw)
-    } else {
-        output["data"] = tensor.json();
-        None
-    };
-    let mut body = json!({ "model_name": model.name, "model_version": model.version, "outputs": [output] });
+        described.push(output);
+    }
+    let has_binary = described.iter().any(|o| o["parameters"].get("binary_data_size").is_some());
+    let mut body = json!({ "model_name": model.name, "model_version": model.version, "outputs": described });
     if let Some(id) = id {
         body["id"] = json!(id);
     }
-    match raw {
-        None => axum::Json(body).into_response(),
-        Some(raw) => {
-            let header = body.to_string().into_bytes();
-            let length = header.len().to_string();
-            let headers = [(CONTENT_TYPE, "application/octet-stream".to_string()), (HeaderName::from_static(HEADER_LENGTH), length)];
-            (headers, [header, raw].concat()).into_response()
-        }
+    if !has_binary {
+        return Ok(axum::Json(body).into_response());
     }
+    let header = body.to_string().into_bytes();
+    let length = header.len().to_string();
+    let headers = [(CONTENT_TYPE, "application/octet-stream".to_string()), (HeaderName::from_static(HEADER_LENGTH), length)];
+    Ok((headers, [header, binary].concat()).into_response())
 }
 
 #[cfg(test)]
@@ -88,32 +108,41 @@ mod tests {
         super::super::test_model(&["a", "b"])
     }
 
+    fn fp32(name: &str, values: &[f32]) -> OutputTensor {
+        let raw = values.iter().flat_map(|f| f.to_le_bytes()).collect();
+        OutputTensor { name: name.into(), shape: vec![1, values.len() as u64], data: OutputData::Typed(DataType::Fp32, raw) }
+    }
+
     async fn body_of(response: Response) -> (axum::http::HeaderMap, Vec<u8>) {
         let headers = response.headers().clone();
         (headers, axum::body::to_bytes(response.into_body(), usize::MAX).await.unwrap().to_vec())
     }
 
     #[tokio::test]
-    async fn binary_outputs_follow_the_json_header() {
-        let scores = [vec![0.25, 0.75]];
-        let (headers, body) = body_of(respond(Some("x".into()), OutputKind::Probabilities, true, &digits(), &scores)).await;
+    async fn binary_outputs_follow_the_json_header_in_output_order() {
+        let strings = OutputTensor { name: "C".into(), shape: vec![1, 1], data: OutputData::Strings(vec!["0.75:1:b".into()]) };
+        let outputs = vec![(fp32("P", &[0.25, 0.75]), Delivery::Binary), (fp32("J", &[1.0]), Delivery::Json), (strings, Delivery::Binary)];
+        let (headers, body) = body_of(respond(Some("x".into()), &digits(), outputs).unwrap()).await;
         assert_eq!(headers[CONTENT_TYPE], "application/octet-stream");
         let split: usize = headers[HEADER_LENGTH].to_str().unwrap().parse().unwrap();
         let header: Value = serde_json::from_slice(&body[..split]).unwrap();
+        assert_eq!(header["id"], "x");
         assert_eq!(header["outputs"][0]["parameters"]["binary_data_size"], 8);
         assert!(header["outputs"][0].get("data").is_none());
-        assert_eq!(&body[split..], [0.25f32.to_le_bytes(), 0.75f32.to_le_bytes()].concat());
-
-        let (_, body) = body_of(respond(None, OutputKind::Classification(1), true, &digits(), &scores)).await;
-        assert!(body.ends_with(b"\x08\0\0\x000.75:1:b"), "{}", String::from_utf8_lossy(&body));
+        assert_eq!(header["outputs"][1]["data"], json!([1.0]));
+        assert_eq!(header["outputs"][2]["datatype"], "BYTES");
+        let expected = [&0.25f32.to_le_bytes()[..], &0.75f32.to_le_bytes(), b"\x08\0\0\x000.75:1:b"].concat();
+        assert_eq!(&body[split..], expected);
     }
 
     #[tokio::test]
     async fn without_binary_the_answer_is_json() {
-        let (headers, body) = body_of(respond(None, OutputKind::Probabilities, false, &digits(), &[vec![0.5, 0.5]])).await;
+        let (headers, body) = body_of(respond(None, &digits(), vec![(fp32("P", &[0.5, 0.5]), Delivery::Json)]).unwrap()).await;
         assert_eq!(headers[CONTENT_TYPE], "application/json");
         assert!(headers.get(HEADER_LENGTH).is_none());
         let body: Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(body["outputs"][0]["data"], json!([0.5, 0.5]));
+        assert_eq!(body["outputs"][0]["shape"], json!([1, 2]));
+        assert!(body.get("id").is_none());
     }
 }

@@ -1,13 +1,14 @@
 //! Model metadata (the protocol's form) and model configuration (Triton's
 //! model-config JSON, the `model_configuration` extension).
 //!
-//! Both describe the same signature: IMAGE or PIXELS in, PROBABILITIES out,
+//! Both describe the same signature: for the classifier IMAGE or PIXELS in,
+//! PROBABILITIES out; for a tensor model its config's inputs and outputs;
 //! with the batch as the first dimension (`-1` in metadata; left out of the
 //! config's `dims`, as Triton does when `max_batch_size` > 0).
 
 use axum::Json;
 use axum::extract::{Path, State};
-use protocol::ModelInfo;
+use protocol::{ModelInfo, TensorSpec};
 use serde_json::{Value, json};
 
 use super::{INPUT_IMAGE, INPUT_PIXELS, ModelPath, OUTPUT_PROBABILITIES, PLATFORM};
@@ -20,19 +21,31 @@ pub async fn model(State(app): State<AppState>, Path(path): Path<ModelPath>) -> 
     let link = app.host.link()?;
     let m = link.model();
     path.check(m)?;
-    let (h, w, c) = (i64::from(m.height), i64::from(m.width), i64::from(m.channels));
-    Ok(Json(json!({
-        "name": m.name,
-        "versions": [m.version],
-        "platform": PLATFORM,
-        "inputs": [
-            { "name": INPUT_IMAGE, "datatype": "BYTES", "shape": [-1] },
-            { "name": INPUT_PIXELS, "datatype": "UINT8", "shape": [-1, h, w, c] },
-        ],
-        "outputs": [
-            { "name": OUTPUT_PROBABILITIES, "datatype": "FP32", "shape": [-1, m.labels.len()] },
-        ],
-    })))
+    let (inputs, outputs) = match &m.tensors {
+        Some(signature) => (signature.inputs.iter().map(metadata_tensor).collect(), signature.outputs.iter().map(metadata_tensor).collect()),
+        None => {
+            let (h, w, c) = (i64::from(m.height), i64::from(m.width), i64::from(m.channels));
+            (
+                vec![
+                    json!({ "name": INPUT_IMAGE, "datatype": "BYTES", "shape": [-1] }),
+                    json!({ "name": INPUT_PIXELS, "datatype": "UINT8", "shape": [-1, h, w, c] }),
+                ],
+                vec![json!({ "name": OUTPUT_PROBABILITIES, "datatype": "FP32", "shape": [-1, m.labels.len()] })],
+            )
+        }
+    };
+    Ok(Json(json!({ "name": m.name, "versions": [m.version], "platform": PLATFORM, "inputs": inputs, "outputs": outputs })))
+}
+
+/// A tensor model's input or output: the batch dimension is -1.
+fn metadata_tensor(spec: &TensorSpec) -> Value {
+    let shape: Vec<i64> = std::iter::once(-1).chain(spec.dims.iter().map(|&d| d as i64)).collect();
+    json!({ "name": spec.name, "datatype": spec.datatype.name(), "shape": shape })
+}
+
+/// Triton's form: `TYPE_` + the datatype, dims without the batch dimension.
+fn config_tensor(spec: &TensorSpec) -> Value {
+    json!({ "name": spec.name, "data_type": format!("TYPE_{}", spec.datatype.name()), "dims": spec.dims })
 }
 
 pub async fn config(State(app): State<AppState>, Path(path): Path<ModelPath>) -> Result<Json<Value>, ApiError> {
@@ -45,6 +58,16 @@ pub async fn config(State(app): State<AppState>, Path(path): Path<ModelPath>) ->
 /// IMAGE is one string per batch element: Triton spells that `dims: [1]`
 /// reshaped to `[]`, which matches the metadata's shape `[-1]`.
 fn triton_config(m: &ModelInfo) -> Value {
+    if let Some(signature) = &m.tensors {
+        return json!({
+            "name": m.name,
+            "platform": PLATFORM,
+            "max_batch_size": m.max_batch_size,
+            "input": signature.inputs.iter().map(config_tensor).collect::<Vec<_>>(),
+            "output": signature.outputs.iter().map(config_tensor).collect::<Vec<_>>(),
+            "parameters": { "device": { "string_value": m.device } },
+        });
+    }
     json!({
         "name": m.name,
         "platform": PLATFORM,

@@ -1,15 +1,30 @@
 //! The host path for a validated v2 batch: each element goes through
-//! [`host_call::classify`], as `POST /v1/.../predict` does, all at once, so
-//! that the host's batcher can put them in one forward pass.
+//! [`host_call`], as `POST /v1/.../predict` does, all at once, so that the
+//! host's batcher can put them in one forward pass.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use protocol::HostTimings;
 
+use super::answer::OutputTensor;
+use super::request::Delivery;
 use crate::error::ApiError;
 use crate::host_client::Link;
 use crate::routes::host_call;
+
+/// A request's answer, ready to write, and where its time went.
+pub struct Ran {
+    pub outputs: Vec<(OutputTensor, Delivery)>,
+    /// Batch elements (each one host call).
+    pub elements: usize,
+    /// Decoding images, part of the input stage.
+    pub decode: Duration,
+    /// The elements' host queue times, summed (for the statistics extension).
+    pub queue: Duration,
+    /// The elements' forward passes, summed; elements that shared a batch each count it.
+    pub inference: Duration,
+}
 
 /// What the host answered for a batch.
 pub struct BatchAnswer {

@@ -4,12 +4,14 @@
 //! Plain functions with no HTTP in them, so that every client mistake is a
 //! [`TensorError`] the caller maps to a 400, and all of it is unit-tested.
 
+use half::{bf16, f16};
+use protocol::DataType;
 use serde_json::Value;
 use thiserror::Error;
 
-/// The datatypes the protocol names. Only UINT8, FP32 and BYTES are used by
-/// the classifier, but a known name in the wrong place deserves a "wrong
-/// datatype" message rather than "unknown datatype".
+/// The datatypes the protocol names. The classifier uses UINT8, FP32 and
+/// BYTES; tensor models any [`DataType`]; a known name in the wrong place
+/// deserves a "wrong datatype" message rather than "unknown datatype".
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Datatype {
     Bool,
@@ -54,6 +56,11 @@ impl Datatype {
     pub fn name(self) -> &'static str {
         NAMES.iter().find(|(d, _)| *d == self).map_or("?", |(_, n)| n)
     }
+
+    /// The element type a model can take, if it is one.
+    pub fn tensor(self) -> Option<DataType> {
+        DataType::from_name(self.name())
+    }
 }
 
 #[derive(Debug, Error, PartialEq)]
@@ -68,6 +75,8 @@ pub enum TensorError {
     NotUint8 { index: usize, found: String },
     #[error("has {found} elements; shape {shape:?} needs {want}")]
     CountMismatch { found: u64, want: u64, shape: Vec<i64> },
+    #[error("element {index} is {found}; {datatype} elements are {expected}")]
+    WrongElement { index: usize, found: String, datatype: &'static str, expected: &'static str },
 }
 
 /// How many elements a shape holds, refusing negative dimensions and
@@ -105,6 +114,105 @@ fn push_uint8(value: &Value, out: &mut Vec<u8>) -> Result<(), TensorError> {
         },
         other => Err(TensorError::NotUint8 { index: out.len(), found: short(other) }),
     }
+}
+
+/// `data` of any tensor datatype in row-major order (flat or nested, as for
+/// UINT8), as the little-endian bytes the model takes. Integers must fit
+/// their type; floats must stay finite in theirs; BOOL takes true/false.
+pub fn flatten_typed(datatype: DataType, data: &Value) -> Result<Vec<u8>, TensorError> {
+    let mut out = Vec::new();
+    let mut index = 0;
+    push_typed(datatype, data, &mut out, &mut index)?;
+    Ok(out)
+}
+
+fn push_typed(datatype: DataType, value: &Value, out: &mut Vec<u8>, index: &mut usize) -> Result<(), TensorError> {
+    if let Value::Array(items) = value {
+        return items.iter().try_for_each(|item| push_typed(datatype, item, out, index));
+    }
+    let wrong = |expected| TensorError::WrongElement { index: *index, found: short(value), datatype: datatype.name(), expected };
+    let int = |min: i128, max: i128| -> Result<i128, TensorError> {
+        let v = value.as_i64().map(i128::from).or_else(|| value.as_u64().map(i128::from));
+        v.filter(|v| (min..=max).contains(v)).ok_or_else(|| wrong(int_range(datatype)))
+    };
+    let float = || value.as_f64().ok_or_else(|| wrong("numbers"));
+    let finite = |ok: bool| if ok { Ok(()) } else { Err(wrong("numbers within the type's finite range")) };
+    match datatype {
+        DataType::Bool => out.push(u8::from(value.as_bool().ok_or_else(|| wrong("true or false"))?)),
+        DataType::Uint8 => out.push(int(0, 255)? as u8),
+        DataType::Int8 => out.extend((int(-128, 127)? as i8).to_le_bytes()),
+        DataType::Int16 => out.extend((int(i16::MIN.into(), i16::MAX.into())? as i16).to_le_bytes()),
+        DataType::Int32 => out.extend((int(i32::MIN.into(), i32::MAX.into())? as i32).to_le_bytes()),
+        DataType::Int64 => out.extend((int(i64::MIN.into(), i64::MAX.into())? as i64).to_le_bytes()),
+        DataType::Fp16 => {
+            let v = f16::from_f64(float()?);
+            finite(v.is_finite())?;
+            out.extend(v.to_le_bytes());
+        }
+        DataType::Bf16 => {
+            let v = bf16::from_f64(float()?);
+            finite(v.is_finite())?;
+            out.extend(v.to_le_bytes());
+        }
+        DataType::Fp32 => {
+            let v = float()? as f32;
+            finite(v.is_finite())?;
+            out.extend(v.to_le_bytes());
+        }
+        DataType::Fp64 => out.extend(float()?.to_le_bytes()),
+    }
+    *index += 1;
+    Ok(())
+}
+
+/// What an integer element of `datatype` must be, for error messages.
+fn int_range(datatype: DataType) -> &'static str {
+    match datatype {
+        DataType::Uint8 => "integers from 0 to 255",
+        DataType::Int8 => "integers from -128 to 127",
+        DataType::Int16 => "integers from -32768 to 32767",
+        DataType::Int32 => "integers from -2147483648 to 2147483647",
+        DataType::Int64 => "integers from -9223372036854775808 to 9223372036854775807",
+        _ => "numbers",
+    }
+}
+
+/// Little-endian elements of `datatype` as a flat JSON array (the
+/// protocol's `data`). FP16 and BF16 are written as the f32 they widen to.
+pub fn to_json(datatype: DataType, raw: &[u8]) -> Value {
+    let size = datatype.size() as usize;
+    let elements = raw.chunks_exact(size);
+    let values: Vec<Value> = match datatype {
+        DataType::Bool => elements.map(|b| Value::Bool(b[0] != 0)).collect(),
+        DataType::Uint8 => elements.map(|b| b[0].into()).collect(),
+        DataType::Int8 => elements.map(|b| (b[0] as i8).into()).collect(),
+        DataType::Int16 => elements.map(|b| i16::from_le_bytes([b[0], b[1]]).into()).collect(),
+        DataType::Int32 => elements.map(|b| i32::from_le_bytes(b.try_into().expect("4 bytes")).into()).collect(),
+        DataType::Int64 => elements.map(|b| i64::from_le_bytes(b.try_into().expect("8 bytes")).into()).collect(),
+        DataType::Fp16 => elements.map(|b| float(f16::from_le_bytes([b[0], b[1]]).to_f32())).collect(),
+        DataType::Bf16 => elements.map(|b| float(bf16::from_le_bytes([b[0], b[1]]).to_f32())).collect(),
+        DataType::Fp32 => elements.map(|b| float(f32::from_le_bytes(b.try_into().expect("4 bytes")))).collect(),
+        DataType::Fp64 => elements.map(|b| f64_value(f64::from_le_bytes(b.try_into().expect("8 bytes")))).collect(),
+    };
+    Value::Array(values)
+}
+
+/// Elements as f64, for ranking (the classification extension).
+pub fn to_f64(datatype: DataType, raw: &[u8]) -> Vec<f64> {
+    match to_json(datatype, raw) {
+        Value::Array(values) => values.iter().map(|v| v.as_bool().map_or_else(|| v.as_f64().unwrap_or(f64::NAN), f64::from)).collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// JSON has no NaN or infinity; a model that outputs one gets `null` there,
+/// as serde_json writes it.
+fn float(v: f32) -> Value {
+    f64_value(f64::from(v))
+}
+
+fn f64_value(v: f64) -> Value {
+    serde_json::Number::from_f64(v).map_or(Value::Null, Value::Number)
 }
 
 /// A JSON value for an error message, cut so that a huge string is not echoed.
@@ -176,6 +284,40 @@ mod tests {
         let long = "x".repeat(1000);
         let Err(TensorError::NotUint8 { found, .. }) = flatten_uint8(&json!([long])) else { panic!("accepted a string") };
         assert!(found.len() < 50, "{found}");
+    }
+
+    #[test]
+    fn every_datatype_parses_and_renders_back() {
+        let cases = [
+            (DataType::Bool, json!([true, [false]]), json!([true, false])),
+            (DataType::Uint8, json!([0, 255]), json!([0, 255])),
+            (DataType::Int8, json!([-128, 127]), json!([-128, 127])),
+            (DataType::Int16, json!([-32768, 32767]), json!([-32768, 32767])),
+            (DataType::Int32, json!([[-2147483648], [2147483647]]), json!([-2147483648i64, 2147483647])),
+            (DataType::Int64, json!([i64::MIN, i64::MAX]), json!([i64::MIN, i64::MAX])),
+            (DataType::Fp16, json!([1.5, -0.25]), json!([1.5, -0.25])),
+            (DataType::Bf16, json!([2.0, -3.0]), json!([2.0, -3.0])),
+            (DataType::Fp32, json!([0.5, 1e-3]), json!([0.5, 1e-3f32 as f64])),
+            (DataType::Fp64, json!([0.1, -1e300]), json!([0.1, -1e300])),
+        ];
+        for (datatype, data, back) in cases {
+            let raw = flatten_typed(datatype, &data).unwrap_or_else(|e| panic!("{datatype:?}: {e}"));
+            assert_eq!(raw.len() as u64, 2 * datatype.size(), "{datatype:?}");
+            assert_eq!(to_json(datatype, &raw), back, "{datatype:?}");
+        }
+        assert_eq!(flatten_typed(DataType::Int16, &json!([258])).unwrap(), vec![2, 1], "little-endian");
+    }
+
+    #[test]
+    fn typed_elements_out_of_range_are_named() {
+        let problem = |datatype, data: Value| flatten_typed(datatype, &data).unwrap_err().to_string();
+        assert_eq!(problem(DataType::Int8, json!([1, 128])), "element 1 is 128; INT8 elements are integers from -128 to 127");
+        assert!(problem(DataType::Int64, json!([1.5])).contains("INT64 elements are integers"));
+        assert!(problem(DataType::Uint8, json!([-1])).contains("from 0 to 255"));
+        assert!(problem(DataType::Bool, json!([1])).contains("BOOL elements are true or false"));
+        assert!(problem(DataType::Fp16, json!([70000.0])).contains("finite range"));
+        assert!(problem(DataType::Fp32, json!([1e39])).contains("finite range"));
+        assert!(problem(DataType::Fp64, json!(["1"])).contains("FP64 elements are numbers"));
     }
 
     #[test]

@@ -1,0 +1,296 @@
+//! The image classifier over v2: its two alternative inputs, PIXELS
+//! (UINT8 [n, height, width, channels], the model's input as it is) and
+//! IMAGE (BYTES [n], encoded PNG/JPEG/WebP, binary data only, decoded and
+//! resized here as `/v1/.../predict` does), and its one output,
+//! PROBABILITIES (FP32 [n, labels]), optionally as classification strings.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use protocol::{DataType, ModelInfo};
+
+use super::answer::{OutputData, OutputTensor};
+use super::binary::bytes_elements;
+use super::request::{Delivery, InputData, InputTensor, OutputRequest, Source, batch_size, invalid};
+use super::run::{self, Ran};
+use super::tensor::{Datatype, TensorError, check_count, flatten_uint8};
+use super::{INPUT_IMAGE, INPUT_PIXELS, OUTPUT_PROBABILITIES};
+use crate::decode::{Target, decode_to_input};
+use crate::error::ApiError;
+use crate::host_client::Link;
+
+/// A request that fits the classifier, one entry per batch element.
+#[derive(Debug)]
+pub struct Plan {
+    pub batch: Batch,
+    /// `Some(k)`: the top k as "score:index:label" strings instead of every score.
+    pub classification: Option<usize>,
+    pub delivery: Delivery,
+}
+
+#[derive(Debug, PartialEq)]
+pub enum Batch {
+    /// The model's input already, written to the slots as it is.
+    Pixels(Vec<Vec<u8>>),
+    /// Encoded images, still to decode and resize.
+    Images(Vec<Bytes>),
+}
+
+pub fn validate(inputs: Vec<InputTensor>, model: &ModelInfo, data: &mut InputData, outputs: Vec<OutputRequest>, default: Delivery) -> Result<Plan, ApiError> {
+    let (classification, delivery) = validate_output(outputs, model, default)?;
+    let [input] = <[InputTensor; 1]>::try_from(inputs).map_err(|inputs| {
+        invalid("inputs", format!("expected exactly one input ({INPUT_PIXELS} or {INPUT_IMAGE}), got {}", inputs.len()))
+    })?;
+    let batch = match input.name.as_str() {
+        INPUT_PIXELS => Batch::Pixels(pixels(input, model, data)?),
+        INPUT_IMAGE => Batch::Images(images(input, model, data)?),
+        other => return Err(invalid("inputs", format!("unknown input {other:?}; expected {INPUT_PIXELS} or {INPUT_IMAGE}"))),
+    };
+    Ok(Plan { batch, classification, delivery })
+}
+
+/// Decodes (images), runs every element through the host, and builds the output.
+pub async fn run(link: &Arc<Link>, plan: Plan, deadline: Instant, budget_ms: u64, tag: &str, max_pixels: u64) -> Result<Ran, ApiError> {
+    let model = link.model();
+    let decode_started = Instant::now();
+    let elements = match plan.batch {
+        Batch::Pixels(pixels) => pixels,
+        Batch::Images(images) => {
+            let target = Target { width: model.width, height: model.height, channels: model.channels };
+            decode_all(images, target, max_pixels).await?
+        }
+    };
+    let decode = decode_started.elapsed();
+    if Instant::now() >= deadline {
+        return Err(ApiError::DeadlineExceeded { budget_ms });
+    }
+    let host = run::run_batch(link, &elements, deadline, budget_ms, tag).await?;
+    let n = host.scores.len() as u64;
+    let data = match plan.classification {
+        None => OutputData::Typed(DataType::Fp32, host.scores.concat().iter().flat_map(|f| f.to_le_bytes()).collect()),
+        Some(k) => OutputData::Strings(host.scores.iter().flat_map(|s| run::classify(s, k, &model.labels)).collect()),
+    };
+    let width = plan.classification.unwrap_or(model.labels.len()) as u64;
+    let output = OutputTensor { name: OUTPUT_PROBABILITIES.into(), shape: vec![n, width], data };
+    Ok(Ran { outputs: vec![(output, plan.delivery)], elements: elements.len(), decode, queue: host.queue, inference: host.inference })
+}
+
+/// Decodes on the blocking pool, like `/v1/.../predict`; a corrupt image is
+/// a 400 and an oversized one a 413, as there.
+async fn decode_all(images: Vec<Bytes>, target: Target, max_pixels: u64) -> Result<Vec<Vec<u8>>, ApiError> {
+    let decoded = tokio::task::spawn_blocking(move || {
+        images
+            .iter()
+            .enumerate()
+            .map(|(i, bytes)| match image::guess_format(bytes) {
+                Ok(f @ (image::ImageFormat::Png | image::ImageFormat::Jpeg | image::ImageFormat::WebP)) => {
+                    decode_to_input(bytes, f, target, max_pixels).map_err(ApiError::from)
+                }
+                _ => Err(invalid("inputs", format!("{INPUT_IMAGE} element {i} is not a PNG, JPEG or WebP image"))),
+            })
+            .collect::<Result<Vec<_>, _>>()
+    });
+    decoded.await.map_err(|e| ApiError::Internal(format!("decode task: {e}")))?
+}
+
+/// IMAGE: BYTES [n] (or [n, 1]), one encoded image per element, binary only.
+fn images(mut input: InputTensor, model: &ModelInfo, data: &mut InputData) -> Result<Vec<Bytes>, ApiError> {
+    let datatype = Datatype::parse(&input.datatype).map_err(|e| invalid("inputs", format!("{INPUT_IMAGE}: {e}")))?;
+    if datatype != Datatype::Bytes {
+        return Err(invalid("inputs", format!("{INPUT_IMAGE}.datatype is {}; expected BYTES", datatype.name())));
+    }
+    let Some(n) = batch_size(&input.shape, &[&[], &[1]], model.max_batch_size) else {
+        let max = model.max_batch_size;
+        return Err(invalid("inputs", format!("{INPUT_IMAGE}.shape is {:?}; expected [n] with n from 1 to {max}", input.shape)));
+    };
+    let raw = match data.source(&mut input)? {
+        Source::Raw(raw) => raw,
+        Source::Json(_) => {
+            return Err(invalid(
+                "inputs",
+                format!(
+                    "{INPUT_IMAGE} takes encoded images as raw bytes, which JSON data cannot carry; send them as binary data \
+                     (Inference-Header-Content-Length, parameters.binary_data_size) or send {INPUT_PIXELS} (UINT8)"
+                ),
+            ));
+        }
+    };
+    let elements = bytes_elements(raw).map_err(|e| invalid("inputs", format!("{INPUT_IMAGE}: {e}")))?;
+    if elements.len() != n {
+        return Err(invalid("inputs", format!("{INPUT_IMAGE} has {} elements; shape {:?} needs {n}", elements.len(), input.shape)));
+    }
+    Ok(elements)
+}
+
+/// PIXELS: UINT8 [n, height, width, channels], 1 <= n <= max_batch_size.
+fn pixels(mut input: InputTensor, model: &ModelInfo, data: &mut InputData) -> Result<Vec<Vec<u8>>, ApiError> {
+    let tensor_error = |e: TensorError| invalid("inputs", format!("{INPUT_PIXELS}: {e}"));
+    let datatype = Datatype::parse(&input.datatype).map_err(tensor_error)?;
+    if datatype != Datatype::Uint8 {
+        return Err(invalid("inputs", format!("{INPUT_PIXELS}.datatype is {}; expected UINT8", datatype.name())));
+    }
+    let (h, w, c) = (i64::from(model.height), i64::from(model.width), i64::from(model.channels));
+    let Some(batch) = batch_size(&input.shape, &[&[h, w, c]], model.max_batch_size) else {
+        return Err(invalid(
+            "inputs",
+            format!("{INPUT_PIXELS}.shape is {:?}; expected [n, {h}, {w}, {c}] with n from 1 to {}", input.shape, model.max_batch_size),
+        ));
+    };
+    let flat = match data.source(&mut input)? {
+        Source::Json(data) => flatten_uint8(&data).map_err(|e| invalid("inputs", format!("{INPUT_PIXELS}.data: {e}")))?,
+        Source::Raw(raw) => raw.to_vec(),
+    };
+    check_count(flat.len(), &input.shape).map_err(|e| invalid("inputs", format!("{INPUT_PIXELS}.data {e}")))?;
+    let per_element = flat.len() / batch;
+    Ok(flat.chunks_exact(per_element).map(<[u8]>::to_vec).collect())
+}
+
+/// At most one requested output, PROBABILITIES, optionally as classification.
+fn validate_output(outputs: Vec<OutputRequest>, model: &ModelInfo, default: Delivery) -> Result<(Option<usize>, Delivery), ApiError> {
+    let mut outputs = outputs.into_iter();
+    let requested = match (outputs.next(), outputs.next()) {
+        (None, _) => return Ok((None, default)),
+        (Some(one), None) => one,
+        (Some(_), Some(_)) => {
+            return Err(invalid("outputs", format!("expected at most one output ({OUTPUT_PROBABILITIES}), got {}", outputs.len() + 2)));
+        }
+    };
+    if requested.name != OUTPUT_PROBABILITIES {
+        return Err(invalid("outputs", format!("unknown output {:?}; expected {OUTPUT_PROBABILITIES}", requested.name)));
+    }
+    // More than there are classes is every class, as Triton does.
+    let classification = requested.classification.map(|k| (k as usize).min(model.labels.len()));
+    Ok((classification, requested.delivery))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::binary::{HEADER_LENGTH, split_body};
+    use super::super::request::{InferRequest, default_delivery, output_requests};
+    use super::super::shm_io::SharedMemory;
+    use super::*;
+    use serde_json::{Value, json};
+
+    fn digits() -> ModelInfo {
+        super::super::test_model(&["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"])
+    }
+
+    fn parse(body: Value) -> Result<Plan, ApiError> {
+        parse_with(body, b"")
+    }
+
+    /// As the infer route reads a request, with binary data after a JSON header.
+    fn parse_with(body: Value, data: &'static [u8]) -> Result<Plan, ApiError> {
+        let json = body.to_string();
+        let mut headers = axum::http::HeaderMap::new();
+        headers.insert(HEADER_LENGTH, json.len().into());
+        let (_, binary) = split_body(&headers, Bytes::from([json.as_bytes(), data].concat())).unwrap();
+        let request: InferRequest = serde_json::from_value(body).expect("a well-formed request");
+        let shm = SharedMemory::disabled();
+        let outputs = output_requests(&request, &shm)?;
+        let default = default_delivery(&request)?;
+        let mut inputs = InputData::new(binary, shm);
+        let plan = validate(request.inputs, &digits(), &mut inputs, outputs, default)?;
+        inputs.finish()?;
+        Ok(plan)
+    }
+
+    fn problem(body: Value) -> String {
+        match parse(body) {
+            Err(ApiError::InvalidRequest { problem, .. }) => problem,
+            other => panic!("expected a 400, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn pixels_are_split_per_element_from_nested_data() {
+        let plan = parse(json!({"id": "a", "inputs": [{"name": "PIXELS", "datatype": "UINT8", "shape": [2, 2, 2, 1],
+            "data": [[[[1], [2]], [[3], [4]]], [[[5], [6]], [[7], [8]]]]}]}))
+        .unwrap();
+        assert_eq!(plan.batch, Batch::Pixels(vec![vec![1, 2, 3, 4], vec![5, 6, 7, 8]]));
+        assert_eq!(plan.classification, None);
+        assert!(matches!(plan.delivery, Delivery::Json));
+    }
+
+    #[test]
+    fn mistakes_name_the_field_and_the_expected_value() {
+        let pixels = |datatype: &str, shape: Value, data: Value| {
+            json!({"inputs": [{"name": "PIXELS", "datatype": datatype, "shape": shape, "data": data}]})
+        };
+        assert!(problem(pixels("FP32", json!([1, 2, 2, 1]), json!([0, 0, 0, 0]))).contains("PIXELS.datatype is FP32; expected UINT8"));
+        assert!(problem(pixels("uint8", json!([1, 2, 2, 1]), json!([0, 0, 0, 0]))).contains("unknown datatype \"uint8\""));
+        assert!(problem(pixels("UINT8", json!([1, 3, 2, 1]), json!(vec![0; 6]))).contains("expected [n, 2, 2, 1] with n from 1 to 4"));
+        assert!(problem(pixels("UINT8", json!([5, 2, 2, 1]), json!(vec![0; 20]))).contains("n from 1 to 4"));
+        assert!(problem(pixels("UINT8", json!([0, 2, 2, 1]), json!([]))).contains("n from 1 to 4"));
+        assert!(problem(pixels("UINT8", json!([1, 2, 2, 1]), json!([0, 0, 0]))).contains("has 3 elements; shape [1, 2, 2, 1] needs 4"));
+        assert!(problem(pixels("UINT8", json!([1, 2, 2, 1]), json!([0, 0, 0, 300]))).contains("element 3 is 300"));
+        assert!(problem(json!({"inputs": [{"name": "X", "datatype": "UINT8", "shape": [1], "data": [0]}]})).contains("unknown input \"X\""));
+        assert!(problem(json!({"inputs": []})).contains("exactly one input"));
+        assert!(problem(json!({"inputs": [{"name": "IMAGE", "datatype": "BYTES", "shape": [1], "data": ["x"]}]})).contains("IMAGE"));
+        let ok_input = json!([{"name": "PIXELS", "datatype": "UINT8", "shape": [1, 2, 2, 1], "data": [0, 0, 0, 0]}]);
+        assert!(problem(json!({"inputs": ok_input, "outputs": [{"name": "LOGITS"}]})).contains("unknown output \"LOGITS\""));
+        let zero = json!({"inputs": ok_input, "outputs": [{"name": "PROBABILITIES", "parameters": {"classification": 0}}]});
+        assert!(problem(zero).contains("expected an integer of 1 or more"));
+        let twice = json!({"inputs": ok_input, "outputs": [{"name": "PROBABILITIES"}, {"name": "PROBABILITIES"}]});
+        assert!(problem(twice).contains("requested twice"));
+        let shm = json!({"inputs": ok_input, "outputs": [{"name": "PROBABILITIES", "parameters": {"shared_memory_region": "r",
+            "shared_memory_byte_size": 40}}]});
+        assert!(problem(shm).contains("system shared memory is disabled"));
+    }
+
+    #[test]
+    fn classification_is_capped_at_the_number_of_classes() {
+        let input = json!([{"name": "PIXELS", "datatype": "UINT8", "shape": [1, 2, 2, 1], "data": [0, 0, 0, 0]}]);
+        let plan = parse(json!({"inputs": input, "outputs": [{"name": "PROBABILITIES", "parameters": {"classification": 50}}]})).unwrap();
+        assert_eq!(plan.classification, Some(10));
+    }
+
+    #[test]
+    fn binary_data_carries_pixels_and_images() {
+        let pixels = json!({"inputs": [{"name": "PIXELS", "datatype": "UINT8", "shape": [2, 2, 2, 1],
+            "parameters": {"binary_data_size": 8}}]});
+        let plan = parse_with(pixels, b"\x01\x02\x03\x04\x05\x06\x07\x08").unwrap();
+        assert_eq!(plan.batch, Batch::Pixels(vec![vec![1, 2, 3, 4], vec![5, 6, 7, 8]]));
+        let images = json!({"inputs": [{"name": "IMAGE", "datatype": "BYTES", "shape": [2, 1],
+            "parameters": {"binary_data_size": 11}}]});
+        let plan = parse_with(images, b"\x02\0\0\0hi\x01\0\0\0x").unwrap();
+        assert_eq!(plan.batch, Batch::Images(vec![Bytes::from_static(b"hi"), Bytes::from_static(b"x")]));
+    }
+
+    #[test]
+    fn binary_outputs_are_asked_for_per_request_or_per_output() {
+        let input = json!([{"name": "PIXELS", "datatype": "UINT8", "shape": [1, 2, 2, 1], "data": [0, 0, 0, 0]}]);
+        let with = |parameters: Value, outputs: Value| parse(json!({"inputs": input, "parameters": parameters, "outputs": outputs}));
+        let binary = |plan: Result<Plan, ApiError>| matches!(plan.unwrap().delivery, Delivery::Binary);
+        assert!(!binary(with(json!({}), json!([]))));
+        assert!(binary(with(json!({"binary_data_output": true}), json!([]))));
+        let output = |binary: bool| json!([{"name": "PROBABILITIES", "parameters": {"binary_data": binary}}]);
+        assert!(binary(with(json!({}), output(true))));
+        assert!(!binary(with(json!({"binary_data_output": true}), output(false))));
+        match with(json!({"binary_data_output": "yes"}), json!([])) {
+            Err(ApiError::InvalidRequest { problem, .. }) => assert!(problem.contains("binary_data_output is \"yes\"; expected true or false")),
+            other => panic!("expected a 400, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn binary_sizes_must_add_up() {
+        let problem_with = |body: Value, data: &'static [u8]| match parse_with(body, data) {
+            Err(ApiError::InvalidRequest { problem, .. }) => problem,
+            other => panic!("expected a 400, got {other:?}"),
+        };
+        let pixels = |size: u64| json!({"inputs": [{"name": "PIXELS", "datatype": "UINT8", "shape": [1, 2, 2, 1],
+            "parameters": {"binary_data_size": size}}]});
+        assert!(problem_with(pixels(4), b"12345").contains("1 bytes of binary data after"));
+        assert!(problem_with(pixels(6), b"12345").contains("binary_data_size of PIXELS is 6 but only 5"));
+        assert!(problem_with(pixels(3), b"123").contains("has 3 elements; shape [1, 2, 2, 1] needs 4"));
+        let images = |shape: Value| json!({"inputs": [{"name": "IMAGE", "datatype": "BYTES", "shape": shape,
+            "parameters": {"binary_data_size": 5}}]});
+        assert!(problem_with(images(json!([2])), b"\x01\0\0\0h").contains("IMAGE has 1 elements; shape [2] needs 2"));
+        assert!(problem_with(images(json!([1, 32])), b"\x01\0\0\0h").contains("expected [n] with n from 1 to 4"));
+        let both = json!({"inputs": [{"name": "PIXELS", "datatype": "UINT8", "shape": [1, 2, 2, 1], "data": [0, 0, 0, 0],
+            "parameters": {"binary_data_size": 4}}]});
+        assert!(problem_with(both, b"1234").contains("more than one of data, parameters.binary_data_size"));
+    }
+}

@@ -1,0 +1,195 @@
+//! The inference request body as the protocol defines it, and what every
+//! model kind reads the same way: where each input's bytes are (JSON data,
+//! binary data after the header, or a registered shared-memory region),
+//! the client's timeout, and how each requested output is delivered.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+use super::binary::{BinaryData, BinaryError};
+use super::shm_io::{self, RegionUse, SharedMemory};
+use crate::error::ApiError;
+
+/// The request body; unknown fields are ignored.
+#[derive(Debug, Deserialize)]
+pub struct InferRequest {
+    /// Echoed in the response, so a client can match answers to requests.
+    pub id: Option<String>,
+    pub inputs: Vec<InputTensor>,
+    #[serde(default)]
+    pub outputs: Vec<RequestedOutput>,
+    /// `binary_data_output`: every output as binary data unless it says
+    /// otherwise; `timeout`: the client's deadline in microseconds.
+    #[serde(default)]
+    pub parameters: Map<String, Value>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct InputTensor {
+    pub name: String,
+    pub datatype: String,
+    /// Signed so that a `-1` gets a message about dimensions, not about JSON.
+    pub shape: Vec<i64>,
+    pub data: Option<Value>,
+    /// `binary_data_size`: the bytes are in the binary part of the body;
+    /// `shared_memory_region` (+ `_byte_size`, `_offset`): in a region.
+    #[serde(default)]
+    pub parameters: Map<String, Value>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RequestedOutput {
+    pub name: String,
+    #[serde(default)]
+    pub parameters: Map<String, Value>,
+}
+
+pub fn invalid(field: &'static str, problem: impl Into<String>) -> ApiError {
+    ApiError::InvalidRequest { field, problem: problem.into() }
+}
+
+pub fn binary_error(e: BinaryError) -> ApiError {
+    invalid("body", e.to_string())
+}
+
+/// Where an input's elements are.
+pub enum Source {
+    Json(Value),
+    /// Raw little-endian bytes: binary data, or copied out of a region.
+    Raw(Bytes),
+}
+
+/// Hands out each input's source, consuming the binary data in input
+/// order and holding every region used until the answer is written.
+pub struct InputData<'a> {
+    binary: BinaryData,
+    shm: SharedMemory<'a>,
+    regions: Vec<RegionUse>,
+}
+
+impl<'a> InputData<'a> {
+    pub fn new(binary: BinaryData, shm: SharedMemory<'a>) -> Self {
+        Self { binary, shm, regions: Vec::new() }
+    }
+
+    /// JSON `data`, `parameters.binary_data_size` bytes, or a region:
+    /// exactly one of them.
+    pub fn source(&mut self, input: &mut InputTensor) -> Result<Source, ApiError> {
+        let name = input.name.as_str();
+        let region = shm_io::region_of(&self.shm, "inputs", name, &input.parameters)?;
+        let binary_size = input.parameters.get("binary_data_size");
+        match (input.data.take(), binary_size, region) {
+            (Some(data), None, None) => Ok(Source::Json(data)),
+            (None, Some(size), None) => {
+                let size = size.as_u64().ok_or_else(|| {
+                    invalid("inputs", format!("{name}.parameters.binary_data_size is {size}; expected a byte count"))
+                })?;
+                Ok(Source::Raw(self.binary.take(name, size).map_err(binary_error)?))
+            }
+            (None, None, Some(region)) => {
+                let bytes = region.read().map_err(|e| invalid("inputs", format!("{name}: {e}")))?;
+                self.regions.push(region);
+                Ok(Source::Raw(Bytes::from(bytes)))
+            }
+            (None, None, None) => Err(invalid(
+                "inputs",
+                format!("{name}.data is missing (or parameters.binary_data_size or shared_memory_region)"),
+            )),
+            _ => Err(invalid(
+                "inputs",
+                format!("{name} gives more than one of data, parameters.binary_data_size and shared_memory_region; expected one"),
+            )),
+        }
+    }
+
+    /// Every binary byte must belong to some input. The regions the inputs
+    /// came from, to hold until the answer is written.
+    pub fn finish(self) -> Result<Vec<RegionUse>, ApiError> {
+        self.binary.finish().map_err(binary_error)?;
+        Ok(self.regions)
+    }
+}
+
+/// How an output's data goes back to the client.
+#[derive(Debug)]
+pub enum Delivery {
+    /// `data` in the JSON answer.
+    Json,
+    /// Raw bytes after the JSON header (the binary tensor data extension).
+    Binary,
+    /// Written into the client's region; the answer names the region.
+    SharedMemory(RegionUse),
+}
+
+/// One output the client asked for.
+#[derive(Debug)]
+pub struct OutputRequest {
+    pub name: String,
+    /// `parameters.classification`: the top k as "score:index:label" strings.
+    pub classification: Option<u64>,
+    pub delivery: Delivery,
+}
+
+/// The request's outputs, checked for duplicates and well-formed
+/// parameters; names are the model's to check. Regions are resolved now,
+/// so that an unknown or too small region fails before the model runs.
+pub fn output_requests(request: &InferRequest, shm: &SharedMemory) -> Result<Vec<OutputRequest>, ApiError> {
+    let default_binary = flag(&request.parameters, "parameters", "binary_data_output")?.unwrap_or(false);
+    let mut requests: Vec<OutputRequest> = Vec::with_capacity(request.outputs.len());
+    for output in &request.outputs {
+        let name = output.name.as_str();
+        if requests.iter().any(|r| r.name == name) {
+            return Err(invalid("outputs", format!("output {name:?} is requested twice")));
+        }
+        let classification = match output.parameters.get("classification") {
+            None => None,
+            Some(k) => Some(k.as_u64().filter(|&k| k >= 1).ok_or_else(|| {
+                invalid("outputs", format!("{name}.parameters.classification is {k}; expected an integer of 1 or more"))
+            })?),
+        };
+        let binary = flag(&output.parameters, "outputs", "binary_data")?.unwrap_or(default_binary);
+        let delivery = match shm_io::region_of(shm, "outputs", name, &output.parameters)? {
+            Some(region) => Delivery::SharedMemory(region),
+            None if binary => Delivery::Binary,
+            None => Delivery::Json,
+        };
+        requests.push(OutputRequest { name: name.to_string(), classification, delivery });
+    }
+    Ok(requests)
+}
+
+/// How outputs the request does not list are delivered.
+pub fn default_delivery(request: &InferRequest) -> Result<Delivery, ApiError> {
+    let binary = flag(&request.parameters, "parameters", "binary_data_output")?.unwrap_or(false);
+    Ok(if binary { Delivery::Binary } else { Delivery::Json })
+}
+
+/// A boolean parameter, as Triton reads them.
+fn flag(parameters: &Map<String, Value>, field: &'static str, key: &str) -> Result<Option<bool>, ApiError> {
+    match parameters.get(key) {
+        None => Ok(None),
+        Some(Value::Bool(b)) => Ok(Some(*b)),
+        Some(other) => Err(invalid(field, format!("parameters.{key} is {other}; expected true or false"))),
+    }
+}
+
+/// `parameters.timeout`, in microseconds as Triton's clients send it.
+pub fn client_timeout(parameters: &Map<String, Value>) -> Result<Option<Duration>, ApiError> {
+    match parameters.get("timeout") {
+        None => Ok(None),
+        Some(t) => match t.as_u64() {
+            Some(us) => Ok(Some(Duration::from_micros(us))),
+            None => Err(invalid("parameters", format!("parameters.timeout is {t}; expected microseconds, an integer >= 0"))),
+        },
+    }
+}
+
+/// The batch size from a shape of [n, rest...], when `rest` is one of
+/// `items` and 1 <= n <= max_batch_size.
+pub fn batch_size(shape: &[i64], items: &[&[i64]], max_batch_size: u32) -> Option<usize> {
+    let (&n, tail) = shape.split_first()?;
+    (items.contains(&tail) && n >= 1 && n <= i64::from(max_batch_size)).then_some(n as usize)
+}

@@ -1,0 +1,281 @@
+//! A tensor model over v2: the inputs and outputs its model config names
+//! ([`TensorSignature`]), any of the datatypes, JSON, binary or
+//! shared-memory data. Each batch element becomes one host call whose slot
+//! holds that element's inputs (at the signature's placements) and, when
+//! answered, its outputs.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use protocol::{ModelInfo, TensorSignature, TensorSpec};
+
+use super::answer::{OutputData, OutputTensor};
+use super::request::{Delivery, InputData, InputTensor, OutputRequest, Source, invalid};
+use super::run::Ran;
+use super::tensor::{Datatype, check_count, flatten_typed, to_f64};
+use crate::error::ApiError;
+use crate::host_client::Link;
+use crate::routes::host_call;
+
+/// A request that fits the model.
+#[derive(Debug)]
+pub struct Plan {
+    /// One slot's input area per batch element.
+    pub items: Vec<Vec<u8>>,
+    pub outputs: Vec<PlannedOutput>,
+}
+
+#[derive(Debug)]
+pub struct PlannedOutput {
+    /// Index into the signature's outputs.
+    pub index: usize,
+    pub classification: Option<usize>,
+    pub delivery: Delivery,
+}
+
+pub fn validate(
+    inputs: Vec<InputTensor>,
+    model: &ModelInfo,
+    signature: &TensorSignature,
+    data: &mut InputData,
+    outputs: Vec<OutputRequest>,
+    default: Delivery,
+) -> Result<Plan, ApiError> {
+    let outputs = plan_outputs(outputs, signature, default)?;
+    let mut batch = None;
+    let placements = signature.input_placements();
+    let mut given: Vec<Option<Vec<u8>>> = vec![None; signature.inputs.len()];
+    for mut input in inputs {
+        let Some((index, spec)) = signature.input(&input.name) else {
+            let names: Vec<&str> = signature.inputs.iter().map(|s| s.name.as_str()).collect();
+            return Err(invalid("inputs", format!("unknown input {:?}; the model's inputs are {names:?}", input.name)));
+        };
+        if given[index].is_some() {
+            return Err(invalid("inputs", format!("input {:?} is given twice", spec.name)));
+        }
+        let n = check_shape(&input, spec, model.max_batch_size)?;
+        match batch {
+            Some(b) if b != n => {
+                return Err(invalid("inputs", format!("{} has batch size {n} but an earlier input has {b}; all inputs need the same", spec.name)));
+            }
+            _ => batch = Some(n),
+        }
+        let bytes = match data.source(&mut input)? {
+            Source::Json(json) => {
+                let bytes = flatten_typed(spec.datatype, &json).map_err(|e| invalid("inputs", format!("{}.data: {e}", spec.name)))?;
+                let elements = bytes.len() / spec.datatype.size() as usize;
+                check_count(elements, &input.shape).map_err(|e| invalid("inputs", format!("{}.data {e}", spec.name)))?;
+                bytes
+            }
+            Source::Raw(raw) => {
+                let want = n as u64 * spec.byte_size();
+                if raw.len() as u64 != want {
+                    return Err(invalid(
+                        "inputs",
+                        format!("{} has {} bytes of data; shape {:?} of {} needs {want}", spec.name, raw.len(), input.shape, spec.datatype.name()),
+                    ));
+                }
+                raw.to_vec()
+            }
+        };
+        given[index] = Some(bytes);
+    }
+    if let Some(missing) = given.iter().position(Option::is_none) {
+        return Err(invalid("inputs", format!("input {:?} is missing; the model needs every input", signature.inputs[missing].name)));
+    }
+    let n = batch.unwrap_or(0);
+    let mut items = vec![vec![0u8; signature.input_bytes() as usize]; n];
+    for ((bytes, spec), placement) in given.into_iter().flatten().zip(&signature.inputs).zip(&placements) {
+        for (item, chunk) in items.iter_mut().zip(bytes.chunks_exact(spec.byte_size() as usize)) {
+            item[placement.range()].copy_from_slice(chunk);
+        }
+    }
+    Ok(Plan { items, outputs })
+}
+
+/// `[n, dims...]` with the model's datatype and 1 <= n <= max_batch_size.
+fn check_shape(input: &InputTensor, spec: &TensorSpec, max_batch_size: u32) -> Result<usize, ApiError> {
+    let datatype = Datatype::parse(&input.datatype).map_err(|e| invalid("inputs", format!("{}: {e}", spec.name)))?;
+    if datatype.tensor() != Some(spec.datatype) {
+        return Err(invalid("inputs", format!("{}.datatype is {}; expected {}", spec.name, datatype.name(), spec.datatype.name())));
+    }
+    let dims: Vec<i64> = spec.dims.iter().map(|&d| d as i64).collect();
+    match input.shape.split_first() {
+        Some((&n, rest)) if rest == dims.as_slice() && n >= 1 && n <= i64::from(max_batch_size) => Ok(n as usize),
+        _ => Err(invalid(
+            "inputs",
+            format!("{}.shape is {:?}; expected [n, {}] with n from 1 to {max_batch_size}", spec.name, input.shape, join(&spec.dims)),
+        )),
+    }
+}
+
+fn join(dims: &[u64]) -> String {
+    dims.iter().map(u64::to_string).collect::<Vec<_>>().join(", ")
+}
+
+/// The requested outputs by index; every output when none is named.
+fn plan_outputs(outputs: Vec<OutputRequest>, signature: &TensorSignature, default: Delivery) -> Result<Vec<PlannedOutput>, ApiError> {
+    if outputs.is_empty() {
+        let mut planned = Vec::with_capacity(signature.outputs.len());
+        for index in 0..signature.outputs.len() {
+            let delivery = match &default {
+                Delivery::Binary => Delivery::Binary,
+                _ => Delivery::Json,
+            };
+            planned.push(PlannedOutput { index, classification: None, delivery });
+        }
+        return Ok(planned);
+    }
+    outputs
+        .into_iter()
+        .map(|o| {
+            let Some((index, spec)) = signature.output(&o.name) else {
+                let names: Vec<&str> = signature.outputs.iter().map(|s| s.name.as_str()).collect();
+                return Err(invalid("outputs", format!("unknown output {:?}; the model's outputs are {names:?}", o.name)));
+            };
+            // More than an element has is all of them, as Triton does.
+            let classification = o.classification.map(|k| (k as usize).min(spec.element_count() as usize));
+            Ok(PlannedOutput { index, classification, delivery: o.delivery })
+        })
+        .collect()
+}
+
+/// Runs every element through the host at once and cuts the outputs out
+/// of the answered slots.
+pub async fn run(link: &Arc<Link>, signature: &TensorSignature, plan: Plan, deadline: Instant, budget_ms: u64, tag: &str) -> Result<Ran, ApiError> {
+    let calls = plan.items.iter().enumerate().map(|(i, item)| host_call::run_tensors(link, item, deadline, budget_ms, format!("{tag}.{i}")));
+    // The first failure drops the other calls, which cancels them at the host.
+    let answers = futures::future::try_join_all(calls).await?;
+    let queue = Duration::from_micros(answers.iter().map(|(p, _)| p.timings.queue_us).sum());
+    let inference = Duration::from_micros(answers.iter().map(|(p, _)| p.timings.inference_us).sum());
+    let rows: Vec<Vec<u8>> = answers.into_iter().map(|(_, outputs)| outputs).collect();
+    let placements = signature.output_placements();
+    let n = rows.len() as u64;
+    let outputs = plan
+        .outputs
+        .into_iter()
+        .map(|planned| {
+            let spec = &signature.outputs[planned.index];
+            let range = placements[planned.index].range();
+            let raw: Vec<u8> = rows.iter().flat_map(|row| row[range.clone()].iter().copied()).collect();
+            let tensor = match planned.classification {
+                None => {
+                    let shape = std::iter::once(n).chain(spec.dims.iter().copied()).collect();
+                    OutputTensor { name: spec.name.clone(), shape, data: OutputData::Typed(spec.datatype, raw) }
+                }
+                Some(k) => {
+                    let per_item = spec.byte_size() as usize;
+                    let strings = raw.chunks_exact(per_item.max(1)).flat_map(|item| top_k(&to_f64(spec.datatype, item), k)).collect();
+                    OutputTensor { name: spec.name.clone(), shape: vec![n, k as u64], data: OutputData::Strings(strings) }
+                }
+            };
+            (tensor, planned.delivery)
+        })
+        .collect();
+    let elements = rows.len();
+    Ok(Ran { outputs, elements, decode: Duration::ZERO, queue, inference })
+}
+
+/// The classification extension on an output without labels: the best `k`
+/// elements of one batch item as "value:index", best first.
+fn top_k(values: &[f64], k: usize) -> Vec<String> {
+    let mut order: Vec<usize> = (0..values.len()).collect();
+    order.sort_by(|&a, &b| values[b].total_cmp(&values[a]).then(a.cmp(&b)));
+    order.into_iter().take(k).map(|i| format!("{}:{i}", values[i])).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::binary::{HEADER_LENGTH, split_body};
+    use super::super::request::{InferRequest, default_delivery, output_requests};
+    use super::super::shm_io::SharedMemory;
+    use super::*;
+    use bytes::Bytes;
+    use protocol::DataType;
+    use serde_json::{Value, json};
+
+    fn model() -> (ModelInfo, TensorSignature) {
+        let spec = |name: &str, datatype, dims: &[u64]| TensorSpec { name: name.into(), datatype, dims: dims.to_vec() };
+        let signature = TensorSignature {
+            inputs: vec![spec("x", DataType::Fp32, &[2]), spec("flag", DataType::Bool, &[1])],
+            outputs: vec![spec("y", DataType::Int64, &[3]), spec("mask", DataType::Bool, &[2])],
+        };
+        let mut model = super::super::test_model(&[]);
+        model.tensors = Some(signature.clone());
+        (model, signature)
+    }
+
+    fn parse_with(body: Value, data: &'static [u8]) -> Result<Plan, ApiError> {
+        let json = body.to_string();
+        let mut headers = axum::http::HeaderMap::new();
+        headers.insert(HEADER_LENGTH, json.len().into());
+        let (_, binary) = split_body(&headers, Bytes::from([json.as_bytes(), data].concat())).unwrap();
+        let request: InferRequest = serde_json::from_value(body).expect("a well-formed request");
+        let shm = SharedMemory::disabled();
+        let outputs = output_requests(&request, &shm)?;
+        let default = default_delivery(&request)?;
+        let mut inputs = InputData::new(binary, shm);
+        let (model, signature) = model();
+        let plan = validate(request.inputs, &model, &signature, &mut inputs, outputs, default)?;
+        inputs.finish()?;
+        Ok(plan)
+    }
+
+    fn problem(body: Value) -> String {
+        match parse_with(body, b"") {
+            Err(ApiError::InvalidRequest { problem, .. }) => problem,
+            other => panic!("expected a 400, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn inputs_land_at_their_placements_per_item() {
+        let body = json!({"inputs": [
+            {"name": "flag", "datatype": "BOOL", "shape": [2, 1], "data": [true, false]},
+            {"name": "x", "datatype": "FP32", "shape": [2, 2], "parameters": {"binary_data_size": 16}},
+        ]});
+        let floats: Vec<u8> = [1.0f32, 2.0, 3.0, 4.0].iter().flat_map(|f| f.to_le_bytes()).collect();
+        let plan = parse_with(body, Box::leak(floats.clone().into_boxed_slice())).unwrap();
+        assert_eq!(plan.items.len(), 2);
+        assert_eq!(plan.items[0].len(), 128, "x at 0, flag at 64, aligned");
+        assert_eq!(&plan.items[0][..8], &floats[..8]);
+        assert_eq!(plan.items[0][64], 1);
+        assert_eq!(&plan.items[1][..8], &floats[8..]);
+        assert_eq!(plan.items[1][64], 0);
+        assert_eq!(plan.outputs.iter().map(|o| o.index).collect::<Vec<_>>(), vec![0, 1], "every output by default");
+    }
+
+    #[test]
+    fn mistakes_name_the_input_and_what_the_model_wants() {
+        let x = json!({"name": "x", "datatype": "FP32", "shape": [1, 2], "data": [1.0, 2.0]});
+        let flag = json!({"name": "flag", "datatype": "BOOL", "shape": [1, 1], "data": [true]});
+        assert!(problem(json!({"inputs": [x]})).contains("input \"flag\" is missing"));
+        assert!(problem(json!({"inputs": [x, x, flag]})).contains("\"x\" is given twice"));
+        assert!(problem(json!({"inputs": [{"name": "z", "datatype": "FP32", "shape": [1], "data": [1]}]})).contains("unknown input \"z\""));
+        let wrong_type = json!({"name": "x", "datatype": "FP64", "shape": [1, 2], "data": [1.0, 2.0]});
+        assert!(problem(json!({"inputs": [wrong_type, flag]})).contains("x.datatype is FP64; expected FP32"));
+        let wrong_shape = json!({"name": "x", "datatype": "FP32", "shape": [1, 3], "data": [1.0, 2.0, 3.0]});
+        assert!(problem(json!({"inputs": [wrong_shape, flag]})).contains("x.shape is [1, 3]; expected [n, 2] with n from 1 to 4"));
+        let short = json!({"name": "x", "datatype": "FP32", "shape": [1, 2], "data": [1.0]});
+        assert!(problem(json!({"inputs": [short, flag]})).contains("has 1 elements; shape [1, 2] needs 2"));
+        let two = json!({"name": "x", "datatype": "FP32", "shape": [2, 2], "data": [1, 2, 3, 4]});
+        assert!(problem(json!({"inputs": [two, flag]})).contains("batch size 1 but an earlier input has 2"));
+        let bad_bool = json!({"name": "flag", "datatype": "BOOL", "shape": [1, 1], "data": [2]});
+        assert!(problem(json!({"inputs": [x, bad_bool]})).contains("BOOL elements are true or false"));
+        assert!(problem(json!({"inputs": [x, flag], "outputs": [{"name": "q"}]})).contains("unknown output \"q\""));
+        let body = json!({"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 2], "parameters": {"binary_data_size": 4}}, flag]});
+        match parse_with(body, b"1234") {
+            Err(ApiError::InvalidRequest { problem, .. }) => assert!(problem.contains("x has 4 bytes of data; shape [1, 2] of FP32 needs 8"), "{problem}"),
+            other => panic!("expected a 400, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn requested_outputs_and_classification() {
+        let x = json!({"name": "x", "datatype": "FP32", "shape": [1, 2], "data": [1.0, 2.0]});
+        let flag = json!({"name": "flag", "datatype": "BOOL", "shape": [1, 1], "data": [true]});
+        let plan = parse_with(json!({"inputs": [x, flag], "outputs": [{"name": "mask"}, {"name": "y", "parameters": {"classification": 9}}]}), b"").unwrap();
+        assert_eq!(plan.outputs.iter().map(|o| (o.index, o.classification)).collect::<Vec<_>>(), vec![(1, None), (0, Some(3))]);
+        assert_eq!(top_k(&[0.5, 2.0, -1.0], 2), vec!["2:1", "0.5:0"]);
+    }
+}
