@@ -14,9 +14,9 @@ use protocol::{HostTimings, InferError, Prediction};
 
 use crate::counters::{Counters, Refused};
 use crate::jobs::Job;
-use crate::model::{ImageClassifier, Launched, ModelError};
-use crate::preprocess::{Input, Preprocessor};
+use crate::model::{Launched, Model, ModelError, Outputs};
 use crate::model_config::padded_batch;
+use crate::preprocess::{Input, Preprocessor};
 
 /// Slots copied into one staging buffer, padded to a warmed shape.
 pub struct Gathered {
@@ -37,7 +37,8 @@ pub struct Running {
     launched_at: Instant,
 }
 
-/// Copies each job's slot into `staging`, back to back. A job whose slot
+/// Copies the first `slot_len` bytes of each job's slot (its input) into
+/// `staging`, back to back. A job whose slot
 /// cannot be read (a bug or a hostile gateway: the lease checks make it
 /// rare) is answered at once and left out. None if no job is left.
 pub fn gather(batch: Vec<Job>, slot_len: usize, shapes: &[u32], staging: &mut Vec<u8>, counters: &Counters) -> Option<Gathered> {
@@ -67,7 +68,7 @@ pub fn gather(batch: Vec<Job>, slot_len: usize, shapes: &[u32], staging: &mut Ve
     Some(Gathered { jobs, padded, k })
 }
 
-/// A batch whose pixels are on their way to the device.
+/// A batch whose inputs are on their way to the device.
 pub struct Uploaded {
     jobs: Vec<Job>,
     padded: usize,
@@ -82,7 +83,7 @@ impl Uploaded {
     }
 }
 
-/// Starts the gathered batch's copy to the device (pixels in `staging`).
+/// Starts the gathered batch's copy to the device (inputs in `staging`).
 /// On a GPU this only queues the copy and the pre-processing behind the
 /// batch still running. `staging` is free again when this returns.
 pub fn upload(pre: &Preprocessor, batch: Gathered, staging: &[u8]) -> Uploaded {
@@ -91,37 +92,63 @@ pub fn upload(pre: &Preprocessor, batch: Gathered, staging: &[u8]) -> Uploaded {
 }
 
 /// Queues the forward pass of an uploaded batch.
-pub fn launch(model: &ImageClassifier, batch: Uploaded) -> Running {
+pub fn launch(model: &Model, batch: Uploaded) -> Running {
     let launched_at = Instant::now();
     let launched = batch.input.and_then(|input| model.launch(input, batch.k));
     Running { jobs: batch.jobs, padded: batch.padded, launched, launched_at }
 }
 
-/// Waits for a running batch and answers each of its jobs.
-pub fn finish(model: &ImageClassifier, batch: Running, counters: &Counters) {
+/// Waits for a running batch and answers each of its jobs: a classifier's
+/// with its top-k, a tensor model's once its outputs are in its slot.
+pub fn finish(batch: Running, counters: &Counters) {
     let Running { jobs, padded, launched, launched_at } = batch;
-    let result = launched.and_then(|l| model.collect(l));
+    let result = launched.and_then(|l| l.collect(jobs.len()));
     let inference_us = launched_at.elapsed().as_micros() as u64;
     let batch_size = jobs.len() as u32;
     counters.inference_us_total.fetch_add(inference_us, Relaxed);
     counters.batch_run(padded);
     counters.batches_done.fetch_add(1, Relaxed);
     counters.requests_done.fetch_add(u64::from(batch_size), Relaxed);
-    match result {
-        Ok(rows) => {
-            for (job, mut top) in jobs.into_iter().zip(rows) {
-                top.truncate(job.top_k.max(1) as usize);
-                let queue_us = launched_at.saturating_duration_since(job.arrived).as_micros() as u64;
-                let timings = HostTimings { queue_us, inference_us, batch_size };
-                tracing::debug!(request_id = %job.tag, queue_us, inference_us, batch_size, "request done");
-                answer(job, Ok(Prediction { top, timings }), counters);
-            }
-        }
-        Err(e) => {
+    let outputs = match result {
+        Ok(outputs) if outputs.len() == jobs.len() => outputs,
+        result => {
+            let e = match result {
+                Err(e) => e.to_string(),
+                Ok(outputs) => format!("{} answers for {} requests", outputs.len(), jobs.len()),
+            };
             let ids: Vec<&str> = jobs.iter().map(|j| j.tag.as_str()).collect();
             tracing::error!(error = %e, batch_size, request_ids = ?ids, "batch failed");
             for job in jobs {
-                answer(job, Err(InferError::Model(e.to_string())), counters);
+                answer(job, Err(InferError::Model(e.clone())), counters);
+            }
+            return;
+        }
+    };
+    let timings = |job: &Job| {
+        let queue_us = launched_at.saturating_duration_since(job.arrived).as_micros() as u64;
+        tracing::debug!(request_id = %job.tag, queue_us, inference_us, batch_size, "request done");
+        HostTimings { queue_us, inference_us, batch_size }
+    };
+    match outputs {
+        Outputs::TopK(rows) => {
+            for (job, mut top) in jobs.into_iter().zip(rows) {
+                top.truncate(job.top_k.max(1) as usize);
+                let timings = timings(&job);
+                answer(job, Ok(Prediction { top, timings }), counters);
+            }
+        }
+        Outputs::Rows(rows) => {
+            for (job, row) in jobs.into_iter().zip(rows) {
+                // The gateway reads the outputs when it handles the answer,
+                // so they must be in the slot before it is sent.
+                let result = match job.segment.write_slot(job.slot.index, &row) {
+                    Ok(()) => Ok(Prediction { top: vec![], timings: timings(&job) }),
+                    Err(e) => {
+                        tracing::warn!(request_id = %job.tag, error = %e, "writing the outputs into the slot failed");
+                        Err(InferError::Model(format!("writing the outputs: {e}")))
+                    }
+                };
+                answer(job, result, counters);
             }
         }
     }
@@ -131,4 +158,71 @@ pub fn finish(model: &ImageClassifier, batch: Running, counters: &Counters) {
 pub fn answer(job: Job, result: Result<Prediction, InferError>, counters: &Counters) {
     counters.in_flight.fetch_sub(1, Relaxed);
     job.finish(result);
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::AtomicBool;
+    use std::time::Duration;
+
+    use protocol::SlotRef;
+    use protocol::shm::naming::segment_name;
+    use protocol::shm::{Segment, SlotLayout};
+    use tch::Device;
+
+    use super::*;
+    use crate::tensor_model::TensorModel;
+    use crate::tensor_model::tests::{check_dict_row, dict_item, dict_signature, scripted};
+
+    #[test]
+    fn a_tensor_batch_writes_each_outputs_into_its_slot_before_answering() {
+        let signature = dict_signature();
+        let layout = SlotLayout::new(4, signature.slot_bytes()).unwrap();
+        let mut segment = Segment::create(&segment_name(std::process::id(), 880_001), layout, 0o600).unwrap();
+        // The mapping outlives the name; nothing is left in /dev/shm.
+        segment.unlink().unwrap();
+        let segment = Arc::new(segment);
+        segment.write_slot(1, &dict_item(&signature, 2)).unwrap();
+        segment.write_slot(3, &dict_item(&signature, 5)).unwrap();
+
+        let (reply, mut replies) = tokio::sync::mpsc::unbounded_channel();
+        let job = |index: u32| Job {
+            request_id: u64::from(index),
+            slot: SlotRef { index, generation: 1 },
+            segment: segment.clone(),
+            top_k: 1,
+            tag: format!("r{index}"),
+            arrived: Instant::now(),
+            deadline: Instant::now() + Duration::from_secs(60),
+            cancelled: Arc::new(AtomicBool::new(false)),
+            reply: reply.clone(),
+        };
+        let shapes = [1, 2, 4];
+        let counters = Counters::new(&shapes);
+        counters.in_flight.store(3, Relaxed);
+        let model = Model::Tensors(TensorModel::load(&scripted("dict"), &signature, Device::Cpu).unwrap());
+        let pre = Preprocessor::Tensors(crate::preprocess::TensorUploader::new(&signature, Device::Cpu));
+
+        // Slot 9 does not exist: answered at once, left out of the batch.
+        let mut staging = Vec::new();
+        let gathered = gather(vec![job(1), job(9), job(3)], signature.input_bytes() as usize, &shapes, &mut staging, &counters).unwrap();
+        assert_eq!(gathered.padded, 2);
+        finish(launch(&model, upload(&pre, gathered, &staging)), &counters);
+
+        let mut results = std::collections::HashMap::new();
+        while let Ok(done) = replies.try_recv() {
+            results.insert(done.request_id, done.result);
+        }
+        assert!(matches!(results[&9], Err(InferError::InvalidRequest(_))));
+        for (index, item) in [(1, 2), (3, 5)] {
+            let prediction = results[&u64::from(index)].as_ref().unwrap();
+            assert!(prediction.top.is_empty());
+            assert_eq!(prediction.timings.batch_size, 2);
+            let mut row = vec![0u8; signature.output_bytes() as usize];
+            segment.read_slot(index, &mut row).unwrap();
+            check_dict_row(&signature, &row, item);
+        }
+        assert_eq!(counters.in_flight.load(Relaxed), 0);
+    }
 }

@@ -1,4 +1,4 @@
-//! The loaded TorchScript classifier: an uploaded batch in (see
+//! The image classifier: an uploaded batch of normalised images in (see
 //! [`crate::preprocess`]), top-k (class, probability) out.
 //!
 //! Everything model-specific (normalisation, layout, dtype) happens in the
@@ -7,18 +7,10 @@
 use std::path::Path;
 
 use tch::{CModule, Device, Kind, Tensor};
-use thiserror::Error;
 
-use crate::model_config::ModelConfig;
-use crate::preprocess::{Input, Preprocessor};
-
-#[derive(Debug, Error)]
-pub enum ModelError {
-    #[error(transparent)]
-    Torch(#[from] tch::TchError),
-    #[error("model output has shape {got:?}, expected [{batch}, {classes}] (batch x labels in model.toml)")]
-    OutputShape { got: Vec<i64>, batch: i64, classes: i64 },
-}
+use crate::model::ModelError;
+use crate::model_config::{ClassifierConfig, OptimizationConfig};
+use crate::preprocess::Input;
 
 pub struct ImageClassifier {
     module: CModule,
@@ -28,7 +20,7 @@ pub struct ImageClassifier {
 
 /// A batch whose forward pass and top-k have been queued on the device.
 /// On a GPU the work runs asynchronously: the feeder thread can prepare the
-/// next batch while this one computes, and only [`ImageClassifier::collect`]
+/// next batch while this one computes, and only [`Launched::collect`]
 /// waits for it.
 pub struct Launched {
     values: Tensor,
@@ -37,8 +29,8 @@ pub struct Launched {
 }
 
 impl ImageClassifier {
-    pub fn load(file: &Path, config: &ModelConfig, device: Device) -> Result<Self, tch::TchError> {
-        let dtype = config.optimization.precision.kind();
+    pub fn load(file: &Path, config: &ClassifierConfig, optimization: &OptimizationConfig, device: Device) -> Result<Self, tch::TchError> {
+        let dtype = optimization.precision.kind();
         let mut module = CModule::load_on_device(file, device)?;
         module.f_set_eval()?;
         if dtype != Kind::Float {
@@ -51,21 +43,13 @@ impl ImageClassifier {
         self.classes as usize
     }
 
-    /// Classifies `batch` images laid out back to back in `pixels` (uint8,
-    /// height x width x channels each); returns the best `k` per image.
-    pub fn classify(&self, pre: &Preprocessor, pixels: &[u8], batch: usize, k: usize) -> Result<Vec<Vec<(u32, f32)>>, ModelError> {
-        let input = pre.upload(pixels, batch)?;
-        let launched = self.launch(input, k)?;
-        self.collect(launched)
-    }
-
     /// Queues the forward pass and top-k on an uploaded batch, without
     /// waiting for them on a GPU.
     pub fn launch(&self, input: Input, k: usize) -> Result<Launched, ModelError> {
-        let Input { x, batch: b } = input;
+        let Input { tensors, batch: b } = input;
         let k = k.clamp(1, self.classes()) as i64;
         tch::no_grad(|| {
-            let out = self.module.forward_ts(&[x])?;
+            let out = self.module.forward_ts(&tensors)?;
             let size = out.size();
             if size != [b, self.classes] {
                 return Err(ModelError::OutputShape { got: size, batch: b, classes: self.classes });
@@ -75,10 +59,13 @@ impl ImageClassifier {
             Ok(Launched { values, indices, k })
         })
     }
+}
 
-    /// Waits for a launched batch and reads its top-k back.
-    pub fn collect(&self, launched: Launched) -> Result<Vec<Vec<(u32, f32)>>, ModelError> {
-        let Launched { values, indices, k } = launched;
+impl Launched {
+    /// Waits for the batch and reads its top-k back: one row per image,
+    /// padding rows included.
+    pub fn collect(self) -> Result<Vec<Vec<(u32, f32)>>, ModelError> {
+        let Launched { values, indices, k } = self;
         let values = Vec::<f32>::try_from(values.f_to_device(Device::Cpu)?.f_flatten(0, -1)?)?;
         let indices = Vec::<i64>::try_from(indices.f_to_device(Device::Cpu)?.f_flatten(0, -1)?)?;
         Ok(values

@@ -7,8 +7,11 @@
 //! - [`jobs`]: the bounded queue to the model; [`batcher`] + [`batch_policy`]:
 //!   when to close a batch; [`model_thread`]: load, warm up, then run
 //!   batches that [`feeder`] prepares one ahead; [`batch`]: gather slots,
-//!   upload, launch, answer; [`preprocess`]: to the device, normalised;
-//!   [`model`]: forward, top-k.
+//!   upload, launch, answer (a tensor model's outputs into the slots);
+//!   [`preprocess`]: slot bytes to the device, as the model's inputs;
+//!   [`model`]: whichever kind model.toml declares, an image
+//!   [`classifier`] (forward, top-k) or a [`tensor_model`] (named tensors
+//!   in and out).
 //!
 //! Around it: [`config`] (flags), [`model_config`] (model.toml), [`startup`]
 //! (phases and timings), [`notify`] (systemd), [`device`], [`counters`],
@@ -18,6 +21,7 @@
 pub mod batch;
 pub mod batch_policy;
 pub mod batcher;
+pub mod classifier;
 pub mod config;
 pub mod connection;
 pub mod control_socket;
@@ -36,6 +40,7 @@ pub mod preprocess;
 pub mod server;
 pub mod shm_sweep;
 pub mod startup;
+pub mod tensor_model;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -44,6 +49,8 @@ use std::time::{Duration, Instant};
 
 use interprocess::local_socket::tokio::Listener;
 use protocol::{ModelInfo, Phase};
+
+use model_config::{ModelConfig, ModelKind};
 
 pub use config::Config;
 use connection::HostContext;
@@ -90,18 +97,7 @@ pub async fn run(
         Ok(name) => name,
         Err(_) => return Err(startup_failure(&phase)),
     };
-    let model = ModelInfo {
-        name: model_config.name.clone(),
-        version: model_config.version.clone(),
-        description: model_config.description.clone(),
-        width: model_config.input.width,
-        height: model_config.input.height,
-        channels: model_config.input.channels,
-        labels: model_config.output.labels.clone(),
-        tensors: None,
-        max_batch_size: model_config.batching.max_batch_size,
-        device,
-    };
+    let model = model_info(&model_config, device);
     let ctx = Arc::new(HostContext {
         model,
         phase: phase.clone(),
@@ -122,6 +118,28 @@ pub async fn run(
     notifier.stopping();
     drain(&phase_tx, &counters, Duration::from_secs(config.drain_timeout_secs)).await;
     Ok(())
+}
+
+/// What gateways are told about the model in the handshake.
+fn model_info(config: &ModelConfig, device: String) -> ModelInfo {
+    let (width, height, channels, labels, tensors) = match &config.kind {
+        ModelKind::Classifier(c) => (c.input.width, c.input.height, c.input.channels, c.output.labels.clone(), None),
+        // A tensor model's slot layout is its signature; the image fields
+        // are zeros (and so what its gateways send in every request).
+        ModelKind::Tensors(signature) => (0, 0, 0, vec![], Some(signature.clone())),
+    };
+    ModelInfo {
+        name: config.name.clone(),
+        version: config.version.clone(),
+        description: config.description.clone(),
+        width,
+        height,
+        channels,
+        labels,
+        tensors,
+        max_batch_size: config.batching.max_batch_size,
+        device,
+    }
 }
 
 fn startup_failure(phase: &tokio::sync::watch::Receiver<Phase>) -> HostError {

@@ -1,5 +1,12 @@
 //! The model config (`model.toml`): what the host needs to know about a
-//! TorchScript image classifier besides its weights.
+//! TorchScript model besides its weights. A model is one of two kinds:
+//!
+//! - an **image classifier** (`[input]` + `[output]`): uint8 pixels in,
+//!   normalised on the device, top-k classes out;
+//! - a **tensor model** (`[[inputs]]` + `[[outputs]]`): named, typed tensors
+//!   in and out, laid out in the slot as `protocol::tensor` says.
+//!
+//! An image classifier:
 //!
 //! ```toml
 //! name = "digits"
@@ -24,26 +31,119 @@
 //! precision = "fp32"           # "fp32", "fp16" or "bf16": weights and inputs on the device
 //! channels_last = false        # feed NHWC-strided input (with channels-last weights)
 //! ```
+//!
+//! A tensor model (same `[batching]`; `[optimization]` must stay fp32 and
+//! not channels-last, since the config types its inputs):
+//!
+//! ```toml
+//! name = "detector"
+//! version = "1"
+//! file = "model.pt"
+//! [[inputs]]                   # forward()'s arguments, in this order
+//! name = "image"
+//! datatype = "FP32"            # the protocol's names: BOOL, UINT8, ..., FP32, FP64
+//! dims = [3, 32, 32]           # per batch item; the model sees [batch, 3, 32, 32]
+//! [[outputs]]                  # one tensor, a tuple/list (by position) or a dict (by name)
+//! name = "boxes"
+//! datatype = "FP32"
+//! dims = [8, 4]
+//! [batching]
+//! max_batch_size = 8
+//! ```
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
+use protocol::shm::layout::MAX_SLOT_SIZE;
+use protocol::tensor::{MAX_DIMS, MAX_TENSORS};
+use protocol::{DataType, TensorSignature, TensorSpec};
 use serde::Deserialize;
 use thiserror::Error;
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// A checked model.toml: the rest of the host reads this, never the file.
+#[derive(Debug, Clone)]
 pub struct ModelConfig {
     pub name: String,
     pub version: String,
     /// The TorchScript file, relative to the config's directory.
     pub file: PathBuf,
-    #[serde(default)]
     pub description: String,
+    /// What goes in and comes out: the part that differs between kinds.
+    pub kind: ModelKind,
+    pub batching: BatchingConfig,
+    pub optimization: OptimizationConfig,
+}
+
+/// The two kinds of model the host runs.
+#[derive(Debug, Clone)]
+pub enum ModelKind {
+    /// uint8 pixels in, normalised on the device; top-k classes out.
+    Classifier(ClassifierConfig),
+    /// Named, typed tensors in and out through the slot.
+    Tensors(TensorSignature),
+}
+
+/// An image classifier's `[input]` and `[output]` tables.
+#[derive(Debug, Clone)]
+pub struct ClassifierConfig {
     pub input: InputConfig,
     pub output: OutputConfig,
-    pub batching: BatchingConfig,
+}
+
+impl ModelConfig {
+    pub fn classifier(&self) -> Option<&ClassifierConfig> {
+        match &self.kind {
+            ModelKind::Classifier(c) => Some(c),
+            ModelKind::Tensors(_) => None,
+        }
+    }
+
+    pub fn tensors(&self) -> Option<&TensorSignature> {
+        match &self.kind {
+            ModelKind::Classifier(_) => None,
+            ModelKind::Tensors(signature) => Some(signature),
+        }
+    }
+
+    /// Bytes the gateway writes into a slot for one batch item, which the
+    /// host copies out: one image, or a tensor model's inputs with their
+    /// alignment padding (the outputs may need more of the slot).
+    pub fn item_input_bytes(&self) -> usize {
+        match &self.kind {
+            ModelKind::Classifier(c) => (c.input.width * c.input.height * c.input.channels) as usize,
+            ModelKind::Tensors(signature) => signature.input_bytes() as usize,
+        }
+    }
+}
+
+/// model.toml as written; [`validate`] turns it into a [`ModelConfig`].
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ModelToml {
+    name: String,
+    version: String,
+    file: PathBuf,
     #[serde(default)]
-    pub optimization: OptimizationConfig,
+    description: String,
+    input: Option<InputConfig>,
+    output: Option<OutputConfig>,
+    /// Options, so that an explicit `inputs = []` is told apart from none.
+    inputs: Option<Vec<TensorToml>>,
+    outputs: Option<Vec<TensorToml>>,
+    batching: BatchingConfig,
+    #[serde(default)]
+    optimization: OptimizationConfig,
+}
+
+/// One `[[inputs]]` or `[[outputs]]` entry as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TensorToml {
+    name: String,
+    /// A protocol name ("FP32"); checked in [`validate`] so that the error
+    /// can list the known ones.
+    datatype: String,
+    dims: Vec<u64>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -183,18 +283,61 @@ pub fn load(path: &Path) -> Result<LoadedConfig, ModelConfigError> {
     let toml_path = if path.is_dir() { path.join("model.toml") } else { path.to_path_buf() };
     let text = std::fs::read_to_string(&toml_path)
         .map_err(|source| ModelConfigError::Read { path: toml_path.clone(), source })?;
-    let config: ModelConfig = toml::from_str(&text)
+    let raw: ModelToml = toml::from_str(&text)
         .map_err(|source| ModelConfigError::Parse { path: toml_path.clone(), source: Box::new(source) })?;
-    validate(&config).map_err(|(field, problem)| ModelConfigError::Invalid { path: toml_path.clone(), field, problem })?;
+    let config = validate(raw).map_err(|(field, problem)| ModelConfigError::Invalid { path: toml_path.clone(), field, problem })?;
     let dir = toml_path.parent().unwrap_or(Path::new("."));
     Ok(LoadedConfig { model_file: dir.join(&config.file), config })
 }
 
-fn validate(c: &ModelConfig) -> Result<(), (&'static str, String)> {
-    let i = &c.input;
-    if c.name.is_empty() || !c.name.chars().all(|ch| ch.is_ascii_alphanumeric() || "-_.".contains(ch)) {
-        return Err(("name", format!("{:?} must be non-empty ASCII letters, digits, '-', '_' or '.'", c.name)));
+type Invalid = (&'static str, String);
+
+fn validate(raw: ModelToml) -> Result<ModelConfig, Invalid> {
+    if !is_name(&raw.name) {
+        return Err(("name", format!("{:?} must be non-empty ASCII letters, digits, '-', '_' or '.'", raw.name)));
     }
+    let kind = match (raw.input, raw.output, raw.inputs, raw.outputs) {
+        (None, None, None, None) => {
+            return Err(("input", "a model needs [input] and [output] (an image classifier) or [[inputs]] and [[outputs]] (a tensor model)".into()));
+        }
+        (Some(input), Some(output), None, None) => ModelKind::Classifier(validate_classifier(input, output)?),
+        (None, None, inputs, outputs) => {
+            let (inputs, outputs) = (inputs.unwrap_or_default(), outputs.unwrap_or_default());
+            let signature = TensorSignature { inputs: validate_tensors(inputs, &INPUTS)?, outputs: validate_tensors(outputs, &OUTPUTS)? };
+            if signature.slot_bytes() > MAX_SLOT_SIZE {
+                return Err(("inputs/outputs", format!("a batch item needs {} bytes, over the {MAX_SLOT_SIZE}-byte slot limit", signature.slot_bytes())));
+            }
+            let o = &raw.optimization;
+            if o.precision != Precision::Fp32 || o.channels_last {
+                return Err(("optimization", "a tensor model runs as written: precision must be \"fp32\" and channels_last false (its inputs are typed by [[inputs]])".into()));
+            }
+            ModelKind::Tensors(signature)
+        }
+        (None, Some(_), None, None) => return Err(("input", "an image classifier needs an [input] table beside [output]".into())),
+        (Some(_), None, None, None) => return Err(("output", "an image classifier needs an [output] table beside [input]".into())),
+        _ => {
+            return Err(("inputs", "[input]/[output] (an image classifier) and [[inputs]]/[[outputs]] (a tensor model) cannot be mixed".into()));
+        }
+    };
+    validate_batching(&raw.batching)?;
+    Ok(ModelConfig {
+        name: raw.name,
+        version: raw.version,
+        file: raw.file,
+        description: raw.description,
+        kind,
+        batching: raw.batching,
+        optimization: raw.optimization,
+    })
+}
+
+/// Model and tensor names: they appear in URLs and JSON.
+fn is_name(name: &str) -> bool {
+    !name.is_empty() && name.chars().all(|ch| ch.is_ascii_alphanumeric() || "-_.".contains(ch))
+}
+
+fn validate_classifier(input: InputConfig, output: OutputConfig) -> Result<ClassifierConfig, Invalid> {
+    let i = &input;
     if !(1..=8192).contains(&i.width) || !(1..=8192).contains(&i.height) {
         return Err(("input.width/height", format!("{}x{} is outside 1..=8192", i.width, i.height)));
     }
@@ -207,10 +350,60 @@ fn validate(c: &ModelConfig) -> Result<(), (&'static str, String)> {
     if i.std.iter().any(|s| !(s.is_finite() && *s > 0.0)) || i.mean.iter().any(|m| !m.is_finite()) {
         return Err(("input.std", "every std must be finite and > 0, every mean finite".into()));
     }
-    if c.output.labels.is_empty() {
+    if output.labels.is_empty() {
         return Err(("output.labels", "at least one label is needed".into()));
     }
-    let b = &c.batching;
+    Ok(ClassifierConfig { input, output })
+}
+
+/// The field names one side's errors carry (they must be `'static`).
+struct Side {
+    list: &'static str,
+    name: &'static str,
+    datatype: &'static str,
+    dims: &'static str,
+}
+
+const INPUTS: Side = Side { list: "inputs", name: "inputs.name", datatype: "inputs.datatype", dims: "inputs.dims" };
+const OUTPUTS: Side = Side { list: "outputs", name: "outputs.name", datatype: "outputs.datatype", dims: "outputs.dims" };
+
+fn validate_tensors(entries: Vec<TensorToml>, side: &Side) -> Result<Vec<TensorSpec>, Invalid> {
+    if entries.is_empty() {
+        return Err((side.list, format!("at least one [[{}]] entry is needed", side.list)));
+    }
+    if entries.len() > MAX_TENSORS {
+        return Err((side.list, format!("{} entries, over the limit of {MAX_TENSORS}", entries.len())));
+    }
+    let mut seen = HashSet::new();
+    entries
+        .into_iter()
+        .map(|t| {
+            if !is_name(&t.name) {
+                return Err((side.name, format!("{:?} must be non-empty ASCII letters, digits, '-', '_' or '.'", t.name)));
+            }
+            if !seen.insert(t.name.clone()) {
+                return Err((side.name, format!("{:?} appears twice", t.name)));
+            }
+            let Some(datatype) = DataType::from_name(&t.datatype) else {
+                let known: Vec<&str> = DataType::ALL.iter().map(|d| d.name()).collect();
+                return Err((side.datatype, format!("{}: {:?} is not one of {}", t.name, t.datatype, known.join(", "))));
+            };
+            if t.dims.len() > MAX_DIMS {
+                return Err((side.dims, format!("{}: {} dims, over the limit of {MAX_DIMS}", t.name, t.dims.len())));
+            }
+            if t.dims.contains(&0) {
+                return Err((side.dims, format!("{}: {:?}: every dim must be >= 1", t.name, t.dims)));
+            }
+            let bytes = t.dims.iter().try_fold(datatype.size(), |n, &d| n.checked_mul(d));
+            if bytes.is_none_or(|b| b > MAX_SLOT_SIZE) {
+                return Err((side.dims, format!("{}: {:?} of {} is over the {MAX_SLOT_SIZE}-byte slot limit", t.name, t.dims, t.datatype)));
+            }
+            Ok(TensorSpec { name: t.name, datatype, dims: t.dims })
+        })
+        .collect()
+}
+
+fn validate_batching(b: &BatchingConfig) -> Result<(), Invalid> {
     if !(1..=4096).contains(&b.max_batch_size) {
         return Err(("batching.max_batch_size", format!("{} is outside 1..=4096", b.max_batch_size)));
     }
@@ -260,8 +453,11 @@ batch_sizes = [1, 8]
         let (_dir, path) = write(GOOD);
         let loaded = load(&path).unwrap();
         assert_eq!(loaded.model_file, path.join("model.pt"));
-        assert!(loaded.config.output.softmax);
-        assert_eq!(loaded.config.output.kind, OutputKind::Classification);
+        let classifier = loaded.config.classifier().expect("an image classifier");
+        assert!(classifier.output.softmax);
+        assert_eq!(classifier.output.kind, OutputKind::Classification);
+        assert!(loaded.config.tensors().is_none());
+        assert_eq!(loaded.config.item_input_bytes(), 32 * 32);
         assert_eq!(loaded.config.optimization.precision, Precision::Fp32, "optional section defaults");
         assert_eq!(loaded.config.batching.max_queue_delay_us, 0);
     }
@@ -313,5 +509,123 @@ batch_sizes = [1, 8]
         let (_dir, path) = write(&GOOD.replace("version = \"1\"", "version = \"1\"\ncolour = 3"));
         assert!(matches!(load(&path), Err(ModelConfigError::Parse { .. })));
         assert!(matches!(load(Path::new("/nonexistent/model.toml")), Err(ModelConfigError::Read { .. })));
+    }
+
+    const TENSORS: &str = r#"
+name = "detector"
+version = "1"
+file = "model.pt"
+description = "boxes"
+[[inputs]]
+name = "image"
+datatype = "FP32"
+dims = [3, 32, 32]
+[[inputs]]
+name = "threshold"
+datatype = "FP32"
+dims = [1]
+[[outputs]]
+name = "boxes"
+datatype = "FP32"
+dims = [8, 4]
+[[outputs]]
+name = "labels"
+datatype = "INT64"
+dims = [8]
+[batching]
+max_batch_size = 8
+"#;
+
+    #[test]
+    fn loads_a_tensor_model() {
+        let (_dir, path) = write(TENSORS);
+        let c = load(&path).unwrap().config;
+        assert!(c.classifier().is_none());
+        let s = c.tensors().expect("a tensor model");
+        let names = |specs: &[TensorSpec]| specs.iter().map(|t| t.name.clone()).collect::<Vec<_>>();
+        assert_eq!(names(&s.inputs), ["image", "threshold"]);
+        assert_eq!(names(&s.outputs), ["boxes", "labels"]);
+        assert_eq!(s.inputs[0], TensorSpec { name: "image".into(), datatype: DataType::Fp32, dims: vec![3, 32, 32] });
+        assert_eq!(s.outputs[1].datatype, DataType::Int64);
+        // 12,288 bytes of image, then the threshold at the next 64-byte boundary.
+        assert_eq!(c.item_input_bytes(), 12_288 + 64);
+        assert_eq!(c.description, "boxes");
+    }
+
+    #[test]
+    fn a_tensor_model_may_have_scalar_items_and_every_datatype() {
+        let mut text = TENSORS.replace("dims = [1]", "dims = []");
+        for d in DataType::ALL {
+            text = text.replace("[batching]", &format!("[[outputs]]\nname = \"o_{}\"\ndatatype = \"{}\"\ndims = [2]\n[batching]", d.name(), d.name()));
+        }
+        let (_dir, path) = write(&text);
+        let c = load(&path).unwrap().config;
+        let s = c.tensors().unwrap();
+        assert!(s.inputs[1].dims.is_empty());
+        assert_eq!(s.outputs.len(), 2 + DataType::ALL.len());
+    }
+
+    #[test]
+    fn names_the_tensor_field_that_is_wrong() {
+        let huge = format!("dims = [{}, 2]", MAX_SLOT_SIZE);
+        let overflow = format!("dims = [{}, {}]", u64::MAX, u64::MAX);
+        let many_dims = format!("dims = [{}]", ["1"; MAX_DIMS + 1].join(", "));
+        let many_inputs = "[[inputs]]\nname = \"x\"\ndatatype = \"FP32\"\ndims = [1]\n".repeat(MAX_TENSORS + 1);
+        let cases: Vec<(&str, String, &str)> = vec![
+            ("name = \"threshold\"", "name = \"image\"".into(), "inputs.name"),
+            ("name = \"labels\"", "name = \"la bels\"".into(), "outputs.name"),
+            ("name = \"labels\"", "name = \"\"".into(), "outputs.name"),
+            ("datatype = \"INT64\"", "datatype = \"int64\"".into(), "outputs.datatype"),
+            ("dims = [8, 4]", "dims = [8, 0]".into(), "outputs.dims"),
+            ("dims = [3, 32, 32]", huge, "inputs.dims"),
+            ("dims = [3, 32, 32]", overflow, "inputs.dims"),
+            ("dims = [1]", many_dims, "inputs.dims"),
+            ("[batching]", format!("{many_inputs}[batching]"), "inputs"),
+            ("max_batch_size = 8", "max_batch_size = 0".into(), "batching.max_batch_size"),
+            ("[batching]\nmax_batch_size = 8", "[batching]\nmax_batch_size = 8\n[optimization]\nprecision = \"fp16\"".into(), "optimization"),
+            ("[batching]\nmax_batch_size = 8", "[batching]\nmax_batch_size = 8\n[optimization]\nchannels_last = true".into(), "optimization"),
+        ];
+        for (from, to, field) in cases {
+            assert!(TENSORS.contains(from), "{from}");
+            let (_dir, path) = write(&TENSORS.replacen(from, &to, 1));
+            let err = load(&path).unwrap_err();
+            assert!(matches!(err, ModelConfigError::Invalid { field: f, .. } if f == field), "{to}: {err}");
+        }
+        let (_dir, path) = write(&TENSORS.replace("\"INT64\"", "\"FLOAT\""));
+        let err = load(&path).unwrap_err().to_string();
+        assert!(err.contains("labels") && err.contains("FLOAT") && err.contains("BOOL, UINT8") && err.contains("FP64"), "{err}");
+    }
+
+    #[test]
+    fn exactly_one_kind_of_model() {
+        let outputs_at = TENSORS.find("[[outputs]]").unwrap();
+        let batching_at = TENSORS.find("[batching]").unwrap();
+        let inputs_at = TENSORS.find("[[inputs]]").unwrap();
+        let no_outputs = format!("{}{}", &TENSORS[..outputs_at], &TENSORS[batching_at..]);
+        let no_inputs = format!("{}{}", &TENSORS[..inputs_at], &TENSORS[outputs_at..]);
+        let image_at = GOOD.find("[input]").unwrap();
+        let output_at = GOOD.find("[output]").unwrap();
+        let g_batching_at = GOOD.find("[batching]").unwrap();
+        let no_output = format!("{}{}", &GOOD[..output_at], &GOOD[g_batching_at..]);
+        let no_input = format!("{}{}", &GOOD[..image_at], &GOOD[output_at..]);
+        let neither = format!("{}{}", &GOOD[..image_at], &GOOD[g_batching_at..]);
+        let both = GOOD.replace("[batching]", &format!("{}[batching]", &TENSORS[inputs_at..batching_at]));
+        let empty_inputs = TENSORS.replace("description = \"boxes\"", "description = \"boxes\"\ninputs = []").replace("[[inputs]]\nname = \"image\"\ndatatype = \"FP32\"\ndims = [3, 32, 32]\n[[inputs]]\nname = \"threshold\"\ndatatype = \"FP32\"\ndims = [1]\n", "");
+        for (text, field) in [
+            (no_outputs, "outputs"),
+            (no_inputs, "inputs"),
+            (no_output, "output"),
+            (no_input, "input"),
+            (neither, "input"),
+            (both, "inputs"),
+            (empty_inputs, "inputs"),
+        ] {
+            let (_dir, path) = write(&text);
+            let err = load(&path).unwrap_err();
+            assert!(matches!(err, ModelConfigError::Invalid { field: f, .. } if f == field), "{text}\n{err}");
+        }
+        // Unknown keys stay errors inside a tensor entry too.
+        let (_dir, path) = write(&TENSORS.replace("dims = [8]", "dims = [8]\nshape = [8]"));
+        assert!(matches!(load(&path), Err(ModelConfigError::Parse { .. })));
     }
 }

@@ -20,7 +20,7 @@ use crate::device;
 use crate::error::HostError;
 use crate::jobs::Job;
 use crate::notify::Notifier;
-use crate::model::ImageClassifier;
+use crate::model::Model;
 use crate::preprocess::Preprocessor;
 use crate::model_config::LoadedConfig;
 use crate::startup::PhaseReporter;
@@ -60,7 +60,7 @@ impl ModelThread {
             batcher: Batcher::new(batching.policy()),
             jobs,
             pre,
-            slot_len: slot_len(&self.model),
+            slot_len: self.model.config.item_input_bytes(),
             shapes: batching.shapes(),
             counters: self.counters.clone(),
             // On a GPU as measured on the H100 (libtorch's default there);
@@ -109,7 +109,7 @@ impl ModelThread {
             if !early {
                 asked = ask.send(Duration::ZERO).is_ok();
             }
-            batch::finish(&model, running, &self.counters);
+            batch::finish(running, &self.counters);
             self.notifier.watchdog_ping();
             if !asked {
                 break;
@@ -124,7 +124,7 @@ impl ModelThread {
     }
 
     /// Device, weights, warm-up: each a reported phase with its timing.
-    fn start(&mut self) -> Result<(ImageClassifier, Preprocessor, tch::Device), HostError> {
+    fn start(&mut self) -> Result<(Model, Preprocessor, tch::Device), HostError> {
         let device = device::resolve(self.device)?;
         // On a GPU the CPU side of a batch is two copies and kernel
         // launches: more intra-op threads only spin-wait between them, and
@@ -151,7 +151,7 @@ impl ModelThread {
 
         let path = &self.model.model_file;
         let load_error = |source| HostError::ModelLoad { path: path.display().to_string(), source };
-        let model = ImageClassifier::load(path, &self.model.config, device).map_err(load_error)?;
+        let model = Model::load(path, &self.model.config, device).map_err(load_error)?;
         let pre = Preprocessor::new(&self.model.config, device).map_err(load_error)?;
         let loads = self.counters.model_loads.fetch_add(1, Relaxed) + 1;
         tracing::info!(model = %path.display(), loads, "model loaded");
@@ -164,23 +164,102 @@ impl ModelThread {
 
     /// Runs every batch shape the host will use, twice (the first run of a
     /// shape pays for kernel selection and allocation), and checks the
-    /// output shape against the config before any client sees it.
-    fn warm_up(&self, model: &ImageClassifier, pre: &Preprocessor) -> Result<(), HostError> {
+    /// outputs (a classifier's shape; a tensor model's every output's dtype
+    /// and shape) against the config before any client sees them.
+    fn warm_up(&self, model: &Model, pre: &Preprocessor) -> Result<(), HostError> {
         let sizes = self.model.config.batching.shapes();
         let total = 2 * sizes.len() as u32;
-        let slot_len = slot_len(&self.model);
+        let item_len = self.model.config.item_input_bytes();
         for (step, &n) in sizes.iter().chain(sizes.iter()).enumerate() {
             self.reporter.warming(step as u32, total);
             let started = Instant::now();
-            let pixels: Vec<u8> = (0..n as usize * slot_len).map(|i| (i * 31 % 251) as u8).collect();
-            model.classify(pre, &pixels, n as usize, 1)?;
+            let len = n as usize * item_len;
+            let bytes: Vec<u8> = match model {
+                Model::Classifier(_) => (0..len).map(|i| (i * 31 % 251) as u8).collect(),
+                // Zeros are a valid value of every type (arbitrary bytes
+                // would make NaNs, or bools that are neither).
+                Model::Tensors(_) => vec![0; len],
+            };
+            model.run(pre, &bytes, n as usize, 1)?;
             tracing::info!(batch = n, ms = started.elapsed().as_secs_f64() * 1e3, "warm-up pass");
         }
         Ok(())
     }
 }
 
-fn slot_len(model: &LoadedConfig) -> usize {
-    let i = &model.config.input;
-    (i.width * i.height * i.channels) as usize
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model_config;
+    use crate::tensor_model::tests::scripted;
+
+    /// The test dict model's model.toml, with `doubled_type` as the
+    /// datatype of its "doubled" output (the model gives INT64).
+    fn dict_toml(doubled_type: &str) -> String {
+        let file = scripted("dict");
+        format!(
+            r#"
+name = "dict"
+version = "1"
+file = {file:?}
+[[inputs]]
+name = "a"
+datatype = "FP32"
+dims = [2, 3]
+[[inputs]]
+name = "b"
+datatype = "INT64"
+dims = [4]
+[[outputs]]
+name = "sum"
+datatype = "FP32"
+dims = [2, 3]
+[[outputs]]
+name = "doubled"
+datatype = "{doubled_type}"
+dims = [4]
+[[outputs]]
+name = "flag"
+datatype = "BOOL"
+dims = [1]
+[batching]
+max_batch_size = 4
+"#
+        )
+    }
+
+    fn start(toml: &str) -> (Result<(), HostError>, tokio::sync::watch::Receiver<protocol::Phase>) {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("model.toml"), toml).unwrap();
+        let notifier = Notifier::from_env(Duration::from_secs(1));
+        let (reporter, phase) = PhaseReporter::new(Instant::now(), notifier.clone());
+        let mut thread = ModelThread {
+            model: model_config::load(dir.path()).unwrap(),
+            device: DeviceChoice::Cpu,
+            cpu_threads: 1,
+            reporter,
+            counters: Arc::new(Counters::new(&[1, 2, 4])),
+            jobs: std::sync::mpsc::sync_channel(1).1,
+            notifier,
+            device_name: tokio::sync::oneshot::channel().0,
+        };
+        (thread.start().map(|_| ()), phase)
+    }
+
+    #[test]
+    fn a_tensor_model_warms_up_every_shape() {
+        let (result, phase) = start(&dict_toml("INT64"));
+        result.unwrap();
+        assert!(phase.borrow().is_ready());
+    }
+
+    #[test]
+    fn a_tensor_model_that_does_not_match_its_config_fails_warm_up() {
+        let (result, phase) = start(&dict_toml("INT32"));
+        let err = result.unwrap_err();
+        assert!(matches!(err, HostError::Warmup(_)), "{err:?}");
+        let text = err.to_string();
+        assert!(text.contains("\"doubled\"") && text.contains("gave INT64 [1, 4]") && text.contains("says INT32 [1, 4]"), "{text}");
+        assert!(!phase.borrow().is_ready());
+    }
 }

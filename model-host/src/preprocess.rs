@@ -1,14 +1,62 @@
-//! uint8 HWC pixels -> the model's input tensor on its device: the copy to
-//! the device, the layout change, the dtype and the normalisation.
+//! Slot bytes -> the model's input tensors on its device.
+//!
+//! An image classifier's pixels (uint8 HWC) are copied to the device, laid
+//! out NCHW, converted and normalised there. A tensor model's inputs are
+//! copied as they are, then cut apart and reinterpreted as the types
+//! model.toml declares.
 //!
 //! Apart from the model so that the feeder thread can prepare the next
 //! batch while the model thread runs the current one.
 
+use protocol::{Placement, TensorSignature};
 use tch::{Device, Kind, Tensor};
 
-use crate::model_config::ModelConfig;
+use crate::model_config::{ClassifierConfig, ModelConfig, ModelKind, OptimizationConfig};
+use crate::tensor_model::kind_of;
 
-pub struct Preprocessor {
+/// A batch on the device: the model's forward() arguments, in order, each
+/// with the (padded) batch as its first dimension.
+pub struct Input {
+    pub tensors: Vec<Tensor>,
+    pub batch: i64,
+}
+
+pub enum Preprocessor {
+    Image(ImagePreprocessor),
+    Tensors(TensorUploader),
+}
+
+impl Preprocessor {
+    pub fn new(config: &ModelConfig, device: Device) -> Result<Self, tch::TchError> {
+        Ok(match &config.kind {
+            ModelKind::Classifier(c) => Preprocessor::Image(ImagePreprocessor::new(c, &config.optimization, device)?),
+            ModelKind::Tensors(signature) => Preprocessor::Tensors(TensorUploader::new(signature, device)),
+        })
+    }
+
+    /// Copies `batch` items (back to back in `bytes`, each as the gateway
+    /// wrote it) to the device and queues their conversion there. On a GPU
+    /// nothing waits: the copy is a DMA from page-locked memory in the
+    /// stream's order.
+    pub fn upload(&self, bytes: &[u8], batch: usize) -> Result<Input, tch::TchError> {
+        tch::no_grad(|| match self {
+            Preprocessor::Image(pre) => pre.upload(bytes, batch),
+            Preprocessor::Tensors(pre) => pre.upload(bytes, batch),
+        })
+    }
+}
+
+/// Copies a host tensor to `device`; on the CPU it stays as it is.
+fn to_device(host: Tensor, device: Device) -> Result<Tensor, tch::TchError> {
+    match device {
+        // The pinned block comes from libtorch's caching host allocator,
+        // which reuses it only once the copy has finished.
+        Device::Cuda(_) => host.f_internal_pin_memory(device)?.f_to_device_(device, Kind::Uint8, true, false),
+        _ => Ok(host),
+    }
+}
+
+pub struct ImagePreprocessor {
     device: Device,
     /// The dtype the model runs in (fp32, fp16 or bf16).
     dtype: Kind,
@@ -24,15 +72,9 @@ pub struct Preprocessor {
     channels: i64,
 }
 
-/// A batch on the device, converted and normalised: the model's input.
-pub struct Input {
-    pub x: Tensor,
-    pub batch: i64,
-}
-
-impl Preprocessor {
-    pub fn new(config: &ModelConfig, device: Device) -> Result<Self, tch::TchError> {
-        let dtype = config.optimization.precision.kind();
+impl ImagePreprocessor {
+    pub fn new(config: &ClassifierConfig, optimization: &OptimizationConfig, device: Device) -> Result<Self, tch::TchError> {
+        let dtype = optimization.precision.kind();
         let input = &config.input;
         let per_channel = |v: Vec<f64>| -> Result<Tensor, tch::TchError> {
             let v: Vec<f32> = v.iter().map(|&x| x as f32).collect();
@@ -43,7 +85,7 @@ impl Preprocessor {
         Ok(Self {
             device,
             dtype,
-            channels_last: config.optimization.channels_last,
+            channels_last: optimization.channels_last,
             scale: per_channel(scale)?,
             shift: per_channel(shift)?,
             height: i64::from(input.height),
@@ -52,23 +94,60 @@ impl Preprocessor {
         })
     }
 
-    /// Copies `batch` images (back to back in `pixels`) to the device and
-    /// queues their conversion there. On a GPU nothing waits: the copy is a
-    /// DMA from page-locked memory in the stream's order.
-    pub fn upload(&self, pixels: &[u8], batch: usize) -> Result<Input, tch::TchError> {
+    fn upload(&self, pixels: &[u8], batch: usize) -> Result<Input, tch::TchError> {
         let b = batch as i64;
-        tch::no_grad(|| {
-            let host = Tensor::f_from_slice(pixels)?.f_view([b, self.height, self.width, self.channels])?;
-            let on_device = match self.device {
-                // The pinned block comes from libtorch's caching host
-                // allocator, which reuses it only once the copy has finished.
-                Device::Cuda(_) => host.f_internal_pin_memory(self.device)?.f_to_device_(self.device, Kind::Uint8, true, false)?,
-                _ => host,
-            };
-            // NHWC uint8 -> NCHW view; its strides are already channels-last.
-            let x = on_device.f_permute([0, 3, 1, 2])?.f_to_kind(self.dtype)?;
-            let x = if self.channels_last { x } else { x.f_contiguous()? };
-            Ok(Input { x: x.f_mul(&self.scale)?.f_sub(&self.shift)?, batch: b })
-        })
+        let host = Tensor::f_from_slice(pixels)?.f_view([b, self.height, self.width, self.channels])?;
+        let on_device = to_device(host, self.device)?;
+        // NHWC uint8 -> NCHW view; its strides are already channels-last.
+        let x = on_device.f_permute([0, 3, 1, 2])?.f_to_kind(self.dtype)?;
+        let x = if self.channels_last { x } else { x.f_contiguous()? };
+        Ok(Input { tensors: vec![x.f_mul(&self.scale)?.f_sub(&self.shift)?], batch: b })
+    }
+}
+
+/// A tensor model's inputs: the items' bytes go to the device in one copy,
+/// then each input's columns are cut out and viewed as its type and shape.
+pub struct TensorUploader {
+    device: Device,
+    /// Per input, in forward() order: where it lies in an item, its kind
+    /// and its per-item dims.
+    inputs: Vec<(Placement, Kind, Vec<i64>)>,
+    /// Bytes per item in the staging buffer (the inputs' span of a slot).
+    item_bytes: i64,
+}
+
+impl TensorUploader {
+    pub fn new(signature: &TensorSignature, device: Device) -> Self {
+        let inputs = signature
+            .inputs
+            .iter()
+            .zip(signature.input_placements())
+            // Dims were checked to fit a slot, so they fit an i64.
+            .map(|(spec, at)| (at, kind_of(spec.datatype), spec.dims.iter().map(|&d| d as i64).collect()))
+            .collect();
+        Self { device, inputs, item_bytes: signature.input_bytes() as i64 }
+    }
+
+    fn upload(&self, bytes: &[u8], batch: usize) -> Result<Input, tch::TchError> {
+        let b = batch as i64;
+        let host = Tensor::f_from_slice(bytes)?.f_view([b, self.item_bytes])?;
+        let on_device = to_device(host, self.device)?;
+        let tensors = self
+            .inputs
+            .iter()
+            .map(|(at, kind, dims)| {
+                let mut shape = Vec::with_capacity(dims.len() + 1);
+                shape.push(b);
+                shape.extend_from_slice(dims);
+                // The copy makes the columns contiguous and aligned, which
+                // a view as a wider type needs.
+                on_device
+                    .f_narrow(1, at.offset as i64, at.len as i64)?
+                    .f_contiguous()?
+                    .f_view_dtype(*kind)?
+                    .f_view(shape.as_slice())
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Input { tensors, batch: b })
     }
 }

@@ -1,13 +1,14 @@
 //! The *raw* benchmark: the ceiling the split server is measured against.
 //!
 //! Loads the same TorchScript model with the same model.toml (precision,
-//! layout, batch shapes) through the same [`ImageClassifier`] the host
-//! uses, and calls it in-process, one batch after another, as a program
+//! layout, batch shapes) through the same [`Model`] the host uses, and
+//! calls it in-process, one batch after another, as a program
 //! that owns the model would: no HTTP, no shared memory, no queue.
 //! `C` closed-loop clients are simulated exactly: each batch takes up to
 //! `max_batch_size` of the waiting requests (padded to a warmed shape), and
 //! a request's latency runs from when its client sent it to its answer.
 //! Prints the same rows as `loadgen` (and appends them as JSON lines).
+//! Image classifiers only: a tensor model is refused.
 #![forbid(unsafe_code)]
 
 use std::collections::VecDeque;
@@ -18,7 +19,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use clap::Parser;
 use model_host::config::DeviceChoice;
-use model_host::model::ImageClassifier;
+use model_host::model::Model;
 use model_host::preprocess::Preprocessor;
 use model_host::model_config::{self, padded_batch};
 
@@ -57,6 +58,9 @@ fn main() -> anyhow::Result<()> {
     let started = Instant::now();
     let loaded = model_config::load(&args.model)?;
     let config = &loaded.config;
+    if config.classifier().is_none() {
+        anyhow::bail!("{}: raw_bench runs image classifiers only; {} is a tensor model", args.model.display(), config.name);
+    }
     let device = model_host::device::resolve(args.device)?;
     tch::jit::set_profiling_mode(false);
     if device.is_cuda() {
@@ -67,15 +71,14 @@ fn main() -> anyhow::Result<()> {
     if args.cpu_threads > 0 {
         tch::set_num_threads(args.cpu_threads);
     }
-    let model = ImageClassifier::load(&loaded.model_file, config, device).context("loading the model")?;
+    let model = Model::load(&loaded.model_file, config, device).context("loading the model")?;
     let pre = Preprocessor::new(config, device).context("preparing the pre-processing")?;
-    let input = &config.input;
-    let slot_len = (input.width * input.height * input.channels) as usize;
+    let slot_len = config.item_input_bytes();
     let max = config.batching.max_batch_size as usize;
     let shapes = config.batching.shapes();
     let pixels: Vec<u8> = (0..max * slot_len).map(|i| (i * 31 % 251) as u8).collect();
     for &n in shapes.iter().chain(&shapes) {
-        model.classify(&pre, &pixels[..n as usize * slot_len], n as usize, 5)?;
+        model.run(&pre, &pixels[..n as usize * slot_len], n as usize, 5)?;
     }
     eprintln!("{}: {} on {device:?}, ready in {:.0} ms", args.label, config.name, started.elapsed().as_secs_f64() * 1e3);
 
@@ -98,7 +101,7 @@ fn main() -> anyhow::Result<()> {
             }
             let n = clients.min(max);
             let padded = padded_batch(&shapes, n);
-            model.classify(&pre, &pixels[..padded * slot_len], padded, 5)?;
+            model.run(&pre, &pixels[..padded * slot_len], padded, 5)?;
             let done = Instant::now();
             for sent in waiting.drain(..n).collect::<Vec<_>>() {
                 if measure_from.is_some_and(|from| sent >= from) {

@@ -1,0 +1,104 @@
+//! The loaded model, whichever kind model.toml declares: an
+//! [`ImageClassifier`] (top-k rows out) or a [`TensorModel`] (output bytes
+//! laid out for each request's slot).
+//!
+//! Both run the same way: [`crate::preprocess`] uploads a batch,
+//! [`Model::launch`] queues the forward pass, [`Launched::collect`] waits
+//! for it and reads the answers back.
+
+use std::path::Path;
+
+use tch::Device;
+use thiserror::Error;
+
+use crate::classifier::{self, ImageClassifier};
+use crate::model_config::{ModelConfig, ModelKind};
+use crate::preprocess::{Input, Preprocessor};
+use crate::tensor_model::{self, TensorModel};
+
+#[derive(Debug, Error)]
+pub enum ModelError {
+    #[error(transparent)]
+    Torch(#[from] tch::TchError),
+    #[error("model output has shape {got:?}, expected [{batch}, {classes}] (batch x labels in model.toml)")]
+    OutputShape { got: Vec<i64>, batch: i64, classes: i64 },
+    /// A tensor model's output differs from its `[[outputs]]` entry.
+    #[error("model output {name:?}: the model gave {got}, model.toml says {expected}")]
+    OutputMismatch { name: String, got: String, expected: String },
+    /// A tensor model returned something other than the outputs declared.
+    #[error("model outputs: {0}")]
+    Outputs(String),
+}
+
+pub enum Model {
+    Classifier(ImageClassifier),
+    Tensors(TensorModel),
+}
+
+/// A batch queued on the device (see [`Model::launch`]).
+pub enum Launched {
+    Classifier(classifier::Launched),
+    Tensors(tensor_model::Launched),
+}
+
+/// A batch's answers, one row per batch item.
+pub enum Outputs {
+    /// (class index, probability), best first.
+    TopK(Vec<Vec<(u32, f32)>>),
+    /// Each item's outputs, laid out at the output placements of a slot.
+    Rows(Vec<Vec<u8>>),
+}
+
+impl Outputs {
+    pub fn len(&self) -> usize {
+        match self {
+            Outputs::TopK(rows) => rows.len(),
+            Outputs::Rows(rows) => rows.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl Model {
+    pub fn load(file: &Path, config: &ModelConfig, device: Device) -> Result<Self, tch::TchError> {
+        Ok(match &config.kind {
+            ModelKind::Classifier(c) => Model::Classifier(ImageClassifier::load(file, c, &config.optimization, device)?),
+            ModelKind::Tensors(signature) => Model::Tensors(TensorModel::load(file, signature, device)?),
+        })
+    }
+
+    /// Queues the forward pass on an uploaded batch, without waiting for it
+    /// on a GPU. `k`: the most classes any request of the batch asked for
+    /// (ignored by a tensor model).
+    pub fn launch(&self, input: Input, k: usize) -> Result<Launched, ModelError> {
+        match self {
+            Model::Classifier(model) => model.launch(input, k).map(Launched::Classifier),
+            Model::Tensors(model) => model.launch(input).map(Launched::Tensors),
+        }
+    }
+
+    /// Uploads, runs and collects `batch` items laid out back to back in
+    /// `bytes`, as a request would be: for warm-up and benchmarks.
+    pub fn run(&self, pre: &Preprocessor, bytes: &[u8], batch: usize, k: usize) -> Result<Outputs, ModelError> {
+        let input = pre.upload(bytes, batch)?;
+        self.launch(input, k)?.collect(batch)
+    }
+}
+
+impl Launched {
+    /// Waits for the batch and reads back the answers of its first `rows`
+    /// items (the rest are padding).
+    pub fn collect(self, rows: usize) -> Result<Outputs, ModelError> {
+        match self {
+            Launched::Classifier(launched) => {
+                let mut top = launched.collect()?;
+                top.truncate(rows);
+                Ok(Outputs::TopK(top))
+            }
+            Launched::Tensors(launched) => launched.collect(rows).map(Outputs::Rows),
+        }
+    }
+}

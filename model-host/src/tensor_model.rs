@@ -1,0 +1,408 @@
+//! A tensor model: named, typed tensors in (see
+//! [`crate::preprocess::TensorUploader`]), named, typed tensors out, laid
+//! out for each request's slot at the output placements of
+//! [`protocol::tensor`].
+//!
+//! forward() takes the inputs in `[[inputs]]` order, each `[batch, dims...]`,
+//! and returns either one tensor (when one output is declared), a tuple or
+//! list of tensors (in `[[outputs]]` order) or a dict of name -> tensor.
+//! Every output is checked against its `[[outputs]]` entry (dtype and
+//! shape) when the batch is launched, so warm-up catches a model.toml that
+//! does not match its model before any request does.
+
+use std::path::Path;
+
+use protocol::{DataType, Placement, TensorSignature, TensorSpec};
+use tch::jit::IValue;
+use tch::{CModule, Device, Kind, Tensor};
+
+use crate::model::ModelError;
+use crate::preprocess::Input;
+
+/// libtorch's element type for a protocol datatype.
+pub fn kind_of(datatype: DataType) -> Kind {
+    match datatype {
+        DataType::Bool => Kind::Bool,
+        DataType::Uint8 => Kind::Uint8,
+        DataType::Int8 => Kind::Int8,
+        DataType::Int16 => Kind::Int16,
+        DataType::Int32 => Kind::Int,
+        DataType::Int64 => Kind::Int64,
+        DataType::Fp16 => Kind::Half,
+        DataType::Bf16 => Kind::BFloat16,
+        DataType::Fp32 => Kind::Float,
+        DataType::Fp64 => Kind::Double,
+    }
+}
+
+/// The protocol datatype of a libtorch element type, if it has one.
+pub fn datatype_of(kind: Kind) -> Option<DataType> {
+    DataType::ALL.into_iter().find(|&d| kind_of(d) == kind)
+}
+
+pub struct TensorModel {
+    module: CModule,
+    signature: TensorSignature,
+    /// Where each output goes in a slot, in `[[outputs]]` order.
+    placements: Vec<Placement>,
+}
+
+/// A batch whose forward pass has been queued on the device; its outputs
+/// are checked and in `[[outputs]]` order.
+pub struct Launched {
+    outputs: Vec<Tensor>,
+    /// Bytes of one item of each output, and where it goes in the row.
+    placements: Vec<Placement>,
+    /// Bytes of one item's row: the outputs with their padding.
+    row_bytes: usize,
+}
+
+impl TensorModel {
+    pub fn load(file: &Path, signature: &TensorSignature, device: Device) -> Result<Self, tch::TchError> {
+        let mut module = CModule::load_on_device(file, device)?;
+        module.f_set_eval()?;
+        Ok(Self { module, placements: signature.output_placements(), signature: signature.clone() })
+    }
+
+    pub fn signature(&self) -> &TensorSignature {
+        &self.signature
+    }
+
+    /// Queues the forward pass on an uploaded batch and checks what it
+    /// returned (dtype and shape are known before the values are).
+    pub fn launch(&self, input: Input) -> Result<Launched, ModelError> {
+        let Input { tensors, batch } = input;
+        let args: Vec<IValue> = tensors.into_iter().map(IValue::Tensor).collect();
+        let outputs = tch::no_grad(|| self.module.forward_is(&args))?;
+        let outputs = by_config(outputs, &self.signature.outputs)?;
+        for (tensor, spec) in outputs.iter().zip(&self.signature.outputs) {
+            check(tensor, spec, batch)?;
+        }
+        let row_bytes = self.signature.output_bytes() as usize;
+        Ok(Launched { outputs, placements: self.placements.clone(), row_bytes })
+    }
+}
+
+impl Launched {
+    /// Waits for the batch and lays out the first `rows` items' outputs,
+    /// one buffer per item, each ready to be written into that item's slot.
+    pub fn collect(self, rows: usize) -> Result<Vec<Vec<u8>>, ModelError> {
+        let mut out = vec![vec![0u8; self.row_bytes]; rows];
+        for (tensor, at) in self.outputs.iter().zip(&self.placements) {
+            let item = at.len as usize;
+            let used = tensor.f_narrow(0, 0, rows as i64)?;
+            // Moves to the CPU and makes it contiguous first as needed.
+            let mut bytes = vec![0u8; rows * item];
+            used.f_copy_data_u8(&mut bytes, used.numel())?;
+            for (row, chunk) in out.iter_mut().zip(bytes.chunks_exact(item)) {
+                row[at.range()].copy_from_slice(chunk);
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Puts the model's outputs in `[[outputs]]` order.
+fn by_config(returned: IValue, specs: &[TensorSpec]) -> Result<Vec<Tensor>, ModelError> {
+    let declared = specs.len();
+    let by_position = |items: Vec<IValue>, what: &str| -> Result<Vec<Tensor>, ModelError> {
+        if items.len() != declared {
+            return Err(ModelError::Outputs(format!("the model returned a {what} of {}, model.toml declares {declared} outputs", items.len())));
+        }
+        items.into_iter().zip(specs).map(|(item, spec)| tensor(item, &spec.name)).collect()
+    };
+    match returned {
+        IValue::Tensor(t) if declared == 1 => Ok(vec![t]),
+        IValue::Tensor(_) => Err(ModelError::Outputs(format!("the model returned one tensor, model.toml declares {declared} outputs"))),
+        IValue::Tuple(items) => by_position(items, "tuple"),
+        IValue::GenericList(items) => by_position(items, "list"),
+        IValue::TensorList(items) => by_position(items.into_iter().map(IValue::Tensor).collect(), "list"),
+        IValue::GenericDict(pairs) => {
+            let mut named = Vec::with_capacity(pairs.len());
+            for (key, value) in pairs {
+                match key {
+                    IValue::String(name) => named.push((name, Some(value))),
+                    other => return Err(ModelError::Outputs(format!("the model returned a dict with a {} key; keys must be output names", describe(&other)))),
+                }
+            }
+            specs
+                .iter()
+                .map(|spec| match named.iter_mut().find(|(name, _)| *name == spec.name).and_then(|(_, v)| v.take()) {
+                    Some(value) => tensor(value, &spec.name),
+                    None => {
+                        let got: Vec<&str> = named.iter().map(|(n, _)| n.as_str()).collect();
+                        Err(ModelError::Outputs(format!("the model's dict has no {:?} (model.toml's output); it has {got:?}", spec.name)))
+                    }
+                })
+                .collect()
+        }
+        other => Err(ModelError::Outputs(format!(
+            "the model returned a {}; expected a tensor, a tuple or list of tensors, or a dict of name -> tensor",
+            describe(&other)
+        ))),
+    }
+}
+
+fn tensor(value: IValue, name: &str) -> Result<Tensor, ModelError> {
+    match value {
+        IValue::Tensor(t) => Ok(t),
+        other => Err(ModelError::OutputMismatch { name: name.into(), got: describe(&other).into(), expected: "a tensor".into() }),
+    }
+}
+
+/// Checks one output's dtype and shape against its `[[outputs]]` entry.
+fn check(tensor: &Tensor, spec: &TensorSpec, batch: i64) -> Result<(), ModelError> {
+    let mut shape = vec![batch];
+    shape.extend(spec.dims.iter().map(|&d| d as i64));
+    let kind = tensor.f_kind()?;
+    let size = tensor.size();
+    if kind == kind_of(spec.datatype) && size == shape {
+        return Ok(());
+    }
+    let kind_name = datatype_of(kind).map_or_else(|| format!("{kind:?}"), |d| d.name().to_string());
+    Err(ModelError::OutputMismatch {
+        name: spec.name.clone(),
+        got: format!("{kind_name} {size:?}"),
+        expected: format!("{} {shape:?} (batch {batch} x dims {:?})", spec.datatype.name(), spec.dims),
+    })
+}
+
+/// What kind of value a model returned, for errors.
+fn describe(value: &IValue) -> &'static str {
+    match value {
+        IValue::None => "None",
+        IValue::Tensor(_) => "tensor",
+        IValue::Double(_) => "float",
+        IValue::Int(_) => "int",
+        IValue::Bool(_) => "bool",
+        IValue::Tuple(_) => "tuple",
+        IValue::IntList(_) | IValue::DoubleList(_) | IValue::BoolList(_) | IValue::StringList(_) | IValue::GenericList(_) => "list",
+        IValue::TensorList(_) => "list of tensors",
+        IValue::String(_) => "string",
+        IValue::GenericDict(_) => "dict",
+        IValue::Object(_) => "object",
+        IValue::Device(_) => "device",
+        // IValue is non-exhaustive.
+        _ => "value",
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use std::path::PathBuf;
+    use std::sync::OnceLock;
+
+    use super::*;
+    use crate::model::{Model, Outputs};
+    use crate::preprocess::{Preprocessor, TensorUploader};
+
+    /// Scripts the test models once per test binary, with the project's
+    /// .venv (the one that provides libtorch; it has torch).
+    const SCRIPT: &str = r#"
+import sys
+from typing import Dict, List, Tuple
+import torch
+
+class TwoInThreeOut(torch.nn.Module):
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> Dict[str, torch.Tensor]:
+        # Not in model.toml's order: outputs are matched by name.
+        return {"doubled": b * 2, "flag": b.sum(1, keepdim=True) > 0, "sum": a + 1.0}
+
+class Tuple3(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return x.double() / 2, (x + 1).to(torch.int16), x.half()
+
+class Single(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * 2
+
+class Listed(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> List[torch.Tensor]:
+        return [x + 1, x - 1]
+
+for name, module in [("dict", TwoInThreeOut()), ("tuple", Tuple3()), ("single", Single()), ("list", Listed())]:
+    torch.jit.script(module).save(f"{sys.argv[1]}/{name}.pt")
+"#;
+
+    /// The path of a scripted test model: dict, tuple, single or list.
+    pub(crate) fn scripted(name: &str) -> PathBuf {
+        static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
+        let dir = DIR.get_or_init(|| {
+            let dir = tempfile::tempdir().unwrap();
+            let python = concat!(env!("CARGO_MANIFEST_DIR"), "/../.venv/bin/python");
+            // TorchScript reads the classes' source, so the script must be a file.
+            let script = dir.path().join("make_models.py");
+            std::fs::write(&script, SCRIPT).unwrap();
+            let status = std::process::Command::new(python).arg(&script).arg(dir.path()).status();
+            assert!(status.as_ref().is_ok_and(|s| s.success()), "{python} failed to script the test models: {status:?}");
+            dir
+        });
+        dir.path().join(format!("{name}.pt"))
+    }
+
+    fn spec(name: &str, datatype: DataType, dims: &[u64]) -> TensorSpec {
+        TensorSpec { name: name.into(), datatype, dims: dims.to_vec() }
+    }
+
+    /// The dict model's signature.
+    pub(crate) fn dict_signature() -> TensorSignature {
+        TensorSignature {
+            inputs: vec![spec("a", DataType::Fp32, &[2, 3]), spec("b", DataType::Int64, &[4])],
+            outputs: vec![spec("sum", DataType::Fp32, &[2, 3]), spec("doubled", DataType::Int64, &[4]), spec("flag", DataType::Bool, &[1])],
+        }
+    }
+
+    fn tuple_signature() -> TensorSignature {
+        TensorSignature {
+            inputs: vec![spec("x", DataType::Int32, &[3])],
+            outputs: vec![spec("half", DataType::Fp64, &[3]), spec("next", DataType::Int16, &[3]), spec("x16", DataType::Fp16, &[3])],
+        }
+    }
+
+    /// One item's input bytes for the dict model: a = item*10 + 0..6,
+    /// b = [item, -1, 2, -3] (so b sums to item - 2).
+    pub(crate) fn dict_item(signature: &TensorSignature, item: i64) -> Vec<u8> {
+        let at = signature.input_placements();
+        let mut bytes = vec![0u8; signature.input_bytes() as usize];
+        let a: Vec<u8> = (0..6).flat_map(|j| (item as f32 * 10.0 + j as f32).to_le_bytes()).collect();
+        let b: Vec<u8> = [item, -1, 2, -3].iter().flat_map(|v| v.to_le_bytes()).collect();
+        bytes[at[0].range()].copy_from_slice(&a);
+        bytes[at[1].range()].copy_from_slice(&b);
+        bytes
+    }
+
+    /// Checks one item's output row of the dict model.
+    pub(crate) fn check_dict_row(signature: &TensorSignature, row: &[u8], item: i64) {
+        assert_eq!(row.len() as u64, signature.output_bytes());
+        let at = signature.output_placements();
+        let sum: Vec<f32> = row[at[0].range()].chunks(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+        let want: Vec<f32> = (0..6).map(|j| item as f32 * 10.0 + j as f32 + 1.0).collect();
+        assert_eq!(sum, want, "item {item}");
+        let doubled: Vec<i64> = row[at[1].range()].chunks(8).map(|c| i64::from_le_bytes(c.try_into().unwrap())).collect();
+        assert_eq!(doubled, [2 * item, -2, 4, -6]);
+        assert_eq!(row[at[2].range()], [u8::from(item - 2 > 0)]);
+    }
+
+    fn load(file: &str, signature: &TensorSignature) -> (Model, Preprocessor) {
+        let model = TensorModel::load(&scripted(file), signature, Device::Cpu).unwrap();
+        (Model::Tensors(model), Preprocessor::Tensors(TensorUploader::new(signature, Device::Cpu)))
+    }
+
+    /// Items' input bytes back to back, each padded to the inputs' span
+    /// of a slot, as the host gathers them.
+    fn staged(signature: &TensorSignature, items: &[&[u8]]) -> Vec<u8> {
+        let span = signature.input_bytes() as usize;
+        items.iter().flat_map(|item| item.iter().copied().chain(std::iter::repeat(0)).take(span)).collect()
+    }
+
+    fn byte_rows(outputs: Outputs) -> Vec<Vec<u8>> {
+        match outputs {
+            Outputs::Rows(rows) => rows,
+            Outputs::TopK(_) => panic!("a tensor model gave top-k rows"),
+        }
+    }
+
+    #[test]
+    fn kinds_and_datatypes_round_trip() {
+        for d in DataType::ALL {
+            assert_eq!(datatype_of(kind_of(d)), Some(d));
+            assert_eq!(kind_of(d).elt_size_in_bytes() as u64, d.size(), "{}", d.name());
+        }
+        assert_eq!(datatype_of(Kind::ComplexFloat), None);
+    }
+
+    #[test]
+    fn a_dict_model_round_trips_by_name() {
+        let signature = dict_signature();
+        let (model, pre) = load("dict", &signature);
+        // Three items padded to a batch of four (the padding row is zeros).
+        let mut staging: Vec<u8> = (0..3).flat_map(|i| dict_item(&signature, i + 1)).collect();
+        staging.resize(4 * signature.input_bytes() as usize, 0);
+        let launched = model.launch(pre.upload(&staging, 4).unwrap(), 1).unwrap();
+        let rows = byte_rows(launched.collect(3).unwrap());
+        assert_eq!(rows.len(), 3);
+        for (i, row) in rows.iter().enumerate() {
+            check_dict_row(&signature, row, i as i64 + 1);
+        }
+    }
+
+    #[test]
+    fn a_tuple_model_round_trips_by_position() {
+        let signature = tuple_signature();
+        let (model, pre) = load("tuple", &signature);
+        let le = |v: [i32; 3]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+        let staging = staged(&signature, &[&le([1, 2, 3]), &le([-4, 5, 7])]);
+        let rows = byte_rows(model.run(&pre, &staging, 2, 1).unwrap());
+        let at = signature.output_placements();
+        let f64s = |b: &[u8]| b.chunks(8).map(|c| f64::from_le_bytes(c.try_into().unwrap())).collect::<Vec<_>>();
+        let i16s = |b: &[u8]| b.chunks(2).map(|c| i16::from_le_bytes(c.try_into().unwrap())).collect::<Vec<_>>();
+        assert_eq!(f64s(&rows[0][at[0].range()]), [0.5, 1.0, 1.5]);
+        assert_eq!(f64s(&rows[1][at[0].range()]), [-2.0, 2.5, 3.5]);
+        assert_eq!(i16s(&rows[1][at[1].range()]), [-3, 6, 8]);
+        // 5.0 and 7.0 as IEEE half: 0x4500, 0x4700.
+        assert_eq!(rows[1][at[2].range()], [0x00, 0xc4, 0x00, 0x45, 0x00, 0x47]);
+    }
+
+    #[test]
+    fn single_tensor_and_list_outputs() {
+        let signature = TensorSignature { inputs: vec![spec("x", DataType::Bf16, &[2])], outputs: vec![spec("y", DataType::Bf16, &[2])] };
+        let (model, pre) = load("single", &signature);
+        // 1.5 and -3.0 as bfloat16: 0x3fc0, 0xc040; doubled 0x4040, 0xc0c0.
+        let rows = byte_rows(model.run(&pre, &staged(&signature, &[&[0xc0, 0x3f, 0x40, 0xc0]]), 1, 1).unwrap());
+        assert_eq!(rows[0][..4], [0x40, 0x40, 0xc0, 0xc0]);
+
+        let signature = TensorSignature {
+            inputs: vec![spec("x", DataType::Uint8, &[2])],
+            outputs: vec![spec("up", DataType::Uint8, &[2]), spec("down", DataType::Uint8, &[2])],
+        };
+        let (model, pre) = load("list", &signature);
+        let rows = byte_rows(model.run(&pre, &staged(&signature, &[&[10, 20]]), 1, 1).unwrap());
+        assert_eq!((&rows[0][0..2], &rows[0][64..66]), (&[11, 21][..], &[9, 19][..]));
+    }
+
+    fn launch_error(file: &str, signature: &TensorSignature) -> ModelError {
+        let (model, pre) = load(file, signature);
+        let zeros = vec![0u8; 2 * signature.input_bytes() as usize];
+        match model.launch(pre.upload(&zeros, 2).unwrap(), 1) {
+            Ok(_) => panic!("{file} ran with a signature that does not match it"),
+            Err(e) => e,
+        }
+    }
+
+    #[test]
+    fn an_output_of_another_dtype_is_named() {
+        let mut signature = tuple_signature();
+        signature.outputs[1].datatype = DataType::Int32;
+        let err = launch_error("tuple", &signature);
+        assert!(matches!(&err, ModelError::OutputMismatch { name, .. } if name == "next"), "{err:?}");
+        let text = err.to_string();
+        assert!(text.contains("\"next\"") && text.contains("INT16 [2, 3]") && text.contains("model.toml says INT32 [2, 3]"), "{text}");
+    }
+
+    #[test]
+    fn an_output_of_another_shape_is_named() {
+        let mut signature = dict_signature();
+        signature.outputs[1].dims = vec![2, 2];
+        let text = launch_error("dict", &signature).to_string();
+        assert!(text.contains("\"doubled\"") && text.contains("INT64 [2, 4]") && text.contains("INT64 [2, 2, 2]"), "{text}");
+    }
+
+    #[test]
+    fn missing_or_miscounted_outputs_are_errors() {
+        let mut signature = dict_signature();
+        signature.outputs[2].name = "flags".into();
+        let text = launch_error("dict", &signature).to_string();
+        assert!(text.contains("no \"flags\"") && text.contains("\"flag\""), "{text}");
+
+        let mut signature = tuple_signature();
+        signature.outputs.pop();
+        let text = launch_error("tuple", &signature).to_string();
+        assert!(text.contains("tuple of 3") && text.contains("declares 2"), "{text}");
+
+        let mut signature = tuple_signature();
+        signature.inputs[0].datatype = DataType::Int32;
+        signature.outputs = vec![spec("y", DataType::Int32, &[3]), spec("z", DataType::Int32, &[3])];
+        let text = launch_error("single", &signature).to_string();
+        assert!(text.contains("one tensor") && text.contains("declares 2"), "{text}");
+    }
+}
