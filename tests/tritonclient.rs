@@ -1,8 +1,11 @@
 //! Triton's stock Python HTTP client (`tritonclient[http]`, unmodified)
 //! against a real host and gateway: tests/python/triton_client_check.py
 //! checks health, metadata, config, PIXELS (JSON and binary in, JSON and
-//! binary asked out) and IMAGE inference, and a wrong input name, against
-//! the model loaded in its own process. Needs the packages of
+//! binary asked out) and IMAGE inference, PIXELS and PROBABILITIES through
+//! registered system shared-memory regions, and a wrong input name,
+//! against the model loaded in its own process; then, for the `dtypes`
+//! tensor model, every datatype as JSON, binary and shared-memory data
+//! (tests/python/triton_tensor_check.py). Needs the packages of
 //! tests/requirements.txt in .venv, which scripts/setup installs.
 
 use std::process::Command;
@@ -17,7 +20,7 @@ async fn stock_triton_http_client_matches_the_in_process_model() {
 
     let scratch = Scratch::new();
     let _host = scratch.start_host(&[]);
-    let gateway = scratch.start_gateway(&[]);
+    let gateway = scratch.start_gateway(&["--system-shared-memory"]);
     gateway.wait_ready().await;
     gateway.wait_for("/v2/models/digits/ready", std::time::Duration::from_secs(30)).await;
 
@@ -27,6 +30,7 @@ async fn stock_triton_http_client_matches_the_in_process_model() {
         .args(["--url", &format!("127.0.0.1:{}", gateway.port)])
         .arg("--model-dir")
         .arg(digits_model())
+        .arg("--shared-memory")
         .current_dir(root())
         .output()
         .await
@@ -36,4 +40,41 @@ async fn stock_triton_http_client_matches_the_in_process_model() {
     println!("{stdout}");
     assert!(output.status.success(), "triton_client_check.py failed ({}):\n{stdout}\n{stderr}", output.status);
     assert!(stdout.contains("triton client check: ok"), "{stdout}");
+}
+
+/// Runs tests/python/triton_tensor_check.py against a host serving the
+/// example tensor model `model` (made by scripts/setup).
+async fn tensor_model_check(model: &str, tolerance: &str) {
+    let python = root().join(".venv/bin/python");
+    let model_dir = root().join("models").join(model);
+    assert!(model_dir.join("model.pt").exists(), "{} is missing: run scripts/setup", model_dir.display());
+    let scratch = Scratch::new();
+    let _host = scratch.start_host(&["--model", &model_dir.display().to_string()]);
+    let gateway = scratch.start_gateway(&["--system-shared-memory"]);
+    gateway.wait_for("/v2/health/ready", std::time::Duration::from_secs(120)).await;
+    let output = tokio::process::Command::new(&python)
+        .arg(root().join("tests/python/triton_tensor_check.py"))
+        .args(["--url", &format!("127.0.0.1:{}", gateway.port), "--tolerance", tolerance])
+        .arg("--model-dir")
+        .arg(&model_dir)
+        .current_dir(root())
+        .output()
+        .await
+        .expect("running the triton tensor check");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    println!("{stdout}");
+    assert!(output.status.success(), "triton_tensor_check.py failed ({}):\n{stdout}\n{stderr}", output.status);
+    assert!(stdout.contains("triton tensor check: ok"), "{stdout}");
+}
+
+#[tokio::test]
+async fn stock_triton_http_client_runs_every_datatype() {
+    tensor_model_check("dtypes", "0").await;
+}
+
+#[tokio::test]
+async fn stock_triton_http_client_runs_the_detector() {
+    // GPU convolutions may use TF32; on the CPU the answers are exact to 4e-6.
+    tensor_model_check("detector", "1e-4").await;
 }

@@ -10,7 +10,10 @@ Covers: server live/ready, model ready, model metadata and config; one
 batch of held-out digits as PIXELS (UINT8 [n,32,32,1]) with JSON input data
 and with binary input data, each asking for PROBABILITIES as JSON and as
 binary (the client reads either answer); the same digits PNG-encoded as
-IMAGE (BYTES, binary); a wrong input name raising InferenceServerException.
+IMAGE (BYTES, binary); a wrong input name raising InferenceServerException;
+with --shared-memory, the same batch through registered system
+shared-memory regions (PIXELS read from one, PROBABILITIES written into
+another, neither crossing HTTP), region status, and unregistering.
 """
 
 import argparse
@@ -22,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import tritonclient.http as httpclient
+import tritonclient.utils.shared_memory as shm
 from PIL import Image
 from tritonclient.utils import InferenceServerException
 
@@ -111,11 +115,44 @@ def check_wrong_input_name(client, model, pixels):
     raise AssertionError("a wrong input name was accepted")
 
 
+def infer_through_shared_memory(client, model, pixels, classes):
+    """PIXELS from one registered region, PROBABILITIES into another."""
+    in_size, out_size = pixels.nbytes, pixels.shape[0] * classes * 4
+    client.unregister_system_shared_memory()
+    regions = [
+        shm.create_shared_memory_region("pixels_in", "/splitserve_test_in", in_size),
+        shm.create_shared_memory_region("probs_out", "/splitserve_test_out", out_size),
+    ]
+    try:
+        shm.set_shared_memory_region(regions[0], [pixels])
+        client.register_system_shared_memory("pixels_in", "/splitserve_test_in", in_size)
+        client.register_system_shared_memory("probs_out", "/splitserve_test_out", out_size)
+        status = client.get_system_shared_memory_status()
+        print(f"shared memory status: {status}")
+        check({r["name"] for r in status} == {"pixels_in", "probs_out"}, f"status lists {status}")
+        tensor = httpclient.InferInput("PIXELS", list(pixels.shape), "UINT8")
+        tensor.set_shared_memory("pixels_in", in_size)
+        wanted = httpclient.InferRequestedOutput("PROBABILITIES", binary_data=True)
+        wanted.set_shared_memory("probs_out", out_size)
+        result = client.infer(model, [tensor], outputs=[wanted])
+        output = result.get_output("PROBABILITIES")
+        check(output["parameters"]["shared_memory_region"] == "probs_out", f"output {output}")
+        check("data" not in output and "binary_data_size" not in output["parameters"], f"data came over HTTP too: {output}")
+        got = shm.get_contents_as_numpy(regions[1], np.float32, [pixels.shape[0], classes])
+        return got.copy()
+    finally:
+        client.unregister_system_shared_memory()
+        check(client.get_system_shared_memory_status() == [], "regions left registered")
+        for region in regions:
+            shm.destroy_shared_memory_region(region)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--url", required=True, help="the gateway's host:port")
     parser.add_argument("--model-dir", required=True, type=Path, help="models/digits")
     parser.add_argument("--model", default="digits")
+    parser.add_argument("--shared-memory", action="store_true", help="also check the system shared-memory extension")
     args = parser.parse_args()
 
     client = httpclient.InferenceServerClient(url=args.url, network_timeout=60.0)
@@ -138,6 +175,12 @@ def main():
     diff = float(np.abs(got - expected).max())
     print(f"IMAGE (gateway resize vs Pillow bilinear): max |diff| {diff:.3g}, argmax {got.argmax(axis=1).tolist()}")
     check((got.argmax(axis=1) == expected.argmax(axis=1)).all(), "IMAGE argmax differs from the local model")
+
+    if args.shared_memory:
+        got = infer_through_shared_memory(client, args.model, pixels, expected.shape[1])
+        diff = float(np.abs(got - expected).max())
+        print(f"PIXELS and PROBABILITIES through system shared memory: max |diff| {diff:.3g}")
+        check(diff < TOLERANCE, f"shared-memory answer differs from the local model by {diff}")
 
     check_wrong_input_name(client, args.model, pixels)
     client.close()
