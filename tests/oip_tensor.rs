@@ -231,7 +231,8 @@ async fn metadata_config_outputs_and_malformed_requests() {
     };
     let cases: Vec<(&str, Vec<u8>, Option<usize>, &str)> = vec![
         ("wrong datatype", with_input(1, &|t| { t.insert("datatype".into(), json!("FP64")); }), None, "score_threshold.datatype is FP64; expected FP32"),
-        ("shape against data", with_input(1, &|t| { t.insert("shape".into(), json!([2, 1])); }), None, "has 1 elements; shape [2, 1] needs 2"),
+        ("shape against data", with_input(1, &|t| { t.insert("data".into(), json!([0.5, 0.6])); }), None, "has 2 elements; shape [1, 1] needs 1"),
+        ("batch sizes differ", with_input(1, &|t| { t.insert("shape".into(), json!([2, 1])); }), None, "batch size 2 but an earlier input has 1"),
         ("shape against model", with_input(0, &|t| { t.insert("shape".into(), json!([1, 3, 16, 64])); }), None, "image.shape is [1, 3, 16, 64]; expected [n, 3, 32, 32]"),
         ("batch over max", with_input(1, &|t| { t.insert("shape".into(), json!([9, 1])); }), None, "with n from 1 to 8"),
         ("unknown datatype", with_input(1, &|t| { t.insert("datatype".into(), json!("FLOAT")); }), None, "unknown datatype \"FLOAT\""),
