@@ -62,6 +62,15 @@ pub struct Config {
     #[arg(long, env = "GATEWAY_DEFAULT_TOP_K", default_value_t = 5)]
     pub default_top_k: u32,
 
+    /// Offer the protocol's system_shared_memory extension
+    /// (`/v2/systemsharedmemory/...`). Off by default because it lets any
+    /// HTTP client that can reach the gateway name a POSIX shared-memory
+    /// object on this machine that the gateway's user can open, and have the
+    /// gateway map, read and write it: turn it on only where every client is
+    /// a trusted local process.
+    #[arg(long, env = "GATEWAY_SYSTEM_SHARED_MEMORY")]
+    pub system_shared_memory: bool,
+
     /// Name this gateway gives itself in the host's logs (default: gateway-<pid>).
     #[arg(long, env = "GATEWAY_NAME")]
     pub name: Option<String>,

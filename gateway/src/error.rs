@@ -11,6 +11,7 @@ use thiserror::Error;
 
 use crate::decode::DecodeError;
 use crate::host_client::HostCallError;
+use crate::system_shm::RegistryError;
 
 #[derive(Debug, Error)]
 pub enum ApiError {
@@ -24,6 +25,14 @@ pub enum ApiError {
     TooManyPixels { width: u32, height: u32, limit: u64 },
     #[error("unsupported content type {0:?}: send image/png, image/jpeg or image/webp (raw body or multipart/form-data)")]
     UnsupportedMediaType(String),
+    #[error("unsupported Content-Encoding {0:?}: send gzip, deflate or identity")]
+    UnsupportedContentEncoding(String),
+    #[error("the request body could not be decompressed (Content-Encoding): {0}")]
+    CorruptEncoding(String),
+    #[error("the system shared memory extension is disabled; start the gateway with --system-shared-memory")]
+    SharedMemoryDisabled,
+    #[error("{0}")]
+    SharedMemory(RegistryError),
     #[error("the request body did not arrive within {ms} ms")]
     BodyTimeout { ms: u64 },
     #[error("model {0:?} is not served here")]
@@ -43,9 +52,16 @@ pub enum ApiError {
 impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
-            ApiError::InvalidRequest { .. } | ApiError::CorruptImage { .. } => StatusCode::BAD_REQUEST,
+            ApiError::InvalidRequest { .. } | ApiError::CorruptImage { .. } | ApiError::CorruptEncoding(_) => StatusCode::BAD_REQUEST,
+            // Refused by the operator's configuration, not by what the request says.
+            ApiError::SharedMemoryDisabled => StatusCode::FORBIDDEN,
+            // A region in use is a conflict with the server's state that
+            // resolves itself (retry after the inferences finish); every other
+            // registry error is the request's fault, 400 as in Triton.
+            ApiError::SharedMemory(RegistryError::InUse { .. }) => StatusCode::CONFLICT,
+            ApiError::SharedMemory(_) => StatusCode::BAD_REQUEST,
             ApiError::BodyTooLarge { .. } | ApiError::TooManyPixels { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::UnsupportedMediaType(_) | ApiError::UnsupportedContentEncoding(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::ModelNotFound(_) | ApiError::VersionNotFound { .. } => StatusCode::NOT_FOUND,
             ApiError::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             ApiError::HostUnavailable { .. } | ApiError::Overloaded { .. } => StatusCode::SERVICE_UNAVAILABLE,
@@ -62,6 +78,11 @@ impl ApiError {
             ApiError::BodyTooLarge { .. } => "body_too_large",
             ApiError::TooManyPixels { .. } => "image_too_large",
             ApiError::UnsupportedMediaType(_) => "unsupported_media_type",
+            ApiError::UnsupportedContentEncoding(_) => "unsupported_content_encoding",
+            ApiError::CorruptEncoding(_) => "invalid_content_encoding",
+            ApiError::SharedMemoryDisabled => "shared_memory_disabled",
+            ApiError::SharedMemory(RegistryError::InUse { .. }) => "shared_memory_in_use",
+            ApiError::SharedMemory(_) => "invalid_shared_memory",
             ApiError::ModelNotFound(_) | ApiError::VersionNotFound { .. } => "model_not_found",
             ApiError::BodyTimeout { .. } => "request_timeout",
             ApiError::HostUnavailable { .. } => "host_unavailable",
@@ -84,6 +105,12 @@ impl From<HostCallError> for ApiError {
             HostCallError::DeadlineExceeded => ApiError::DeadlineExceeded { budget_ms: 0 },
             HostCallError::Rejected(m) | HostCallError::Model(m) => ApiError::Internal(m),
         }
+    }
+}
+
+impl From<RegistryError> for ApiError {
+    fn from(e: RegistryError) -> Self {
+        ApiError::SharedMemory(e)
     }
 }
 
@@ -118,6 +145,13 @@ impl IntoResponse for ApiError {
         if status == StatusCode::SERVICE_UNAVAILABLE {
             response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER_SECS));
         }
+        // The refused body may not have been read to its end (past what
+        // upload::discard_rest drains, e.g. a gzip bomb's decompressed
+        // bytes), and then hyper closes the connection after this answer:
+        // say so, so that the client does not send its next request on it.
+        if matches!(self, ApiError::BodyTooLarge { .. }) {
+            response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
         response
     }
 }
@@ -134,6 +168,16 @@ mod tests {
         let e = ApiError::Internal("segment /x: EIO".into());
         assert_eq!(e.to_string(), "internal error");
         assert_eq!(e.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    }
+
+    #[test]
+    fn shared_memory_errors_are_400_except_in_use() {
+        let e = ApiError::from(RegistryError::InUse { region: "input0".into(), users: 2 });
+        assert_eq!((e.status(), e.kind()), (StatusCode::CONFLICT, "shared_memory_in_use"));
+        assert!(e.to_string().contains("\"input0\"") && e.to_string().contains("2 inference"), "{e}");
+        let e = ApiError::from(RegistryError::Duplicate("input0".into()));
+        assert_eq!(e.status(), StatusCode::BAD_REQUEST);
+        assert!(ApiError::SharedMemoryDisabled.to_string().contains("--system-shared-memory"));
     }
 
     #[test]

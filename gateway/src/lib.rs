@@ -6,12 +6,16 @@
 //! - [`decode`]: decode and resize to the model's input on the CPU (400, 413).
 //! - [`host_client`]: lease a slot, write the pixels, send the request,
 //!   await the answer; reconnects to the host on its own.
+//! - [`system_shm`]: client shared-memory regions registered by name
+//!   (`--system-shared-memory`), for tensors that travel outside the body.
+//! - [`compression`]: gzip/deflate request bodies in, compressed answers out.
 //! - [`error`]: every client-visible error and its HTTP status, in one place.
 //! - [`metrics`]: `GET /metrics`; [`request_id`]: X-Request-Id on every log line.
 //!
 //! This crate never links libtorch or CUDA.
 #![forbid(unsafe_code)]
 
+pub mod compression;
 pub mod config;
 pub mod decode;
 pub mod error;
@@ -20,6 +24,7 @@ pub mod metrics;
 pub mod request_id;
 pub mod routes;
 pub mod serve;
+pub mod system_shm;
 pub mod upload;
 
 use std::future::Future;
@@ -47,6 +52,9 @@ pub struct AppState {
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
     /// The v2 statistics extension's counters, per gateway process.
     pub v2_stats: std::sync::Arc<routes::v2::stats::ModelStats>,
+    /// The system_shared_memory extension's regions; `None` unless the
+    /// operator turned it on (`--system-shared-memory`).
+    pub system_shm: Option<std::sync::Arc<system_shm::Registry>>,
 }
 
 impl AppState {
@@ -62,6 +70,7 @@ impl AppState {
             },
             metrics: metrics::handle(),
             v2_stats: Default::default(),
+            system_shm: config.system_shared_memory.then(Default::default),
         }
     }
 }

@@ -51,7 +51,13 @@ async fn read_limited(body: Body, headers: &HeaderMap, limit: usize) -> Result<B
     let mut body = body;
     let mut buf = BytesMut::with_capacity(declared.map_or(0, |len| len as usize));
     while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| ApiError::InvalidRequest { field: "body", problem: format!("could not be read: {e}") })?;
+        let frame = frame.map_err(|e| {
+            if crate::compression::is_decompression_error(&e) {
+                ApiError::CorruptEncoding(e.to_string())
+            } else {
+                ApiError::InvalidRequest { field: "body", problem: format!("could not be read: {e}") }
+            }
+        })?;
         if let Ok(data) = frame.into_data() {
             if buf.len() + data.len() > limit {
                 tokio::spawn(discard_rest(body, limit));

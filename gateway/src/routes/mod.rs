@@ -9,6 +9,9 @@
 //! | `/v2/...`: the Open Inference Protocol (KServe v2 REST) | [`v2`] |
 //! | one image through the host, for predict and v2 infer | [`host_call`] |
 //!
+//! Bodies may come gzip- or deflate-compressed, and answers go out
+//! compressed when asked ([`crate::compression`]).
+//!
 //! Every request gets an X-Request-Id (the client's, or a new one), echoed
 //! in the response and on every log line about it; and is counted and timed.
 
@@ -21,7 +24,7 @@ pub mod v2;
 use axum::Router;
 use axum::routing::{get, post};
 
-use crate::{AppState, metrics, request_id};
+use crate::{AppState, compression, metrics, request_id};
 use crate::error::ApiError;
 
 pub fn router(state: AppState) -> Router {
@@ -35,6 +38,11 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(metrics::render))
         .merge(v2::routes())
         .fallback(|| async { ApiError::InvalidRequest { field: "path", problem: "no such route".into() }.not_found() })
+        // Inner to outer: decompress bodies, refuse unknown encodings first,
+        // compress answers.
+        .layer(compression::request_decompression())
+        .layer(axum::middleware::from_fn(compression::check_content_encoding))
+        .layer(compression::response_compression())
         .layer(axum::middleware::from_fn(metrics::track_http))
         .layer(request_id::layers())
         .with_state(state)

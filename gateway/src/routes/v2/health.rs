@@ -7,14 +7,19 @@ use axum::Json;
 use axum::extract::{Path, State};
 use serde_json::{Value, json};
 
-use super::{EXTENSIONS, ModelPath};
+use super::{EXTENSIONS, ModelPath, system_shm};
 use crate::AppState;
 use crate::error::ApiError;
 use crate::host_client::HostCallError;
 
-/// The server's name, this gateway's version and the implemented extensions.
-pub async fn server_metadata() -> Json<Value> {
-    Json(json!({ "name": "split-serve", "version": env!("CARGO_PKG_VERSION"), "extensions": EXTENSIONS }))
+/// The server's name, this gateway's version and the implemented
+/// extensions (system shared memory only when the operator turned it on).
+pub async fn server_metadata(State(app): State<AppState>) -> Json<Value> {
+    let mut extensions = EXTENSIONS.to_vec();
+    if app.system_shm.is_some() {
+        extensions.push(system_shm::EXTENSION);
+    }
+    Json(json!({ "name": "split-serve", "version": env!("CARGO_PKG_VERSION"), "extensions": extensions }))
 }
 
 /// 200 as soon as the gateway listens, like `/health/live`.

@@ -9,6 +9,7 @@
 //! | binary tensor data in request bodies | [`binary`] |
 //! | the answer, JSON or with binary output data | [`answer`] |
 //! | `GET /v2/models/{m}[/versions/{v}]/stats` | [`stats`] |
+//! | `/v2/systemsharedmemory/...` (status, register, unregister) | [`system_shm`] |
 //!
 //! The classifier is described as two alternative inputs, [`INPUT_IMAGE`]
 //! (encoded images, BYTES) and [`INPUT_PIXELS`] (the model's uint8 input),
@@ -18,12 +19,17 @@
 
 pub mod answer;
 pub mod binary;
+pub mod classifier;
 pub mod health;
 pub mod infer;
 pub mod metadata;
+pub mod request;
 pub mod run;
+pub mod shm_io;
 pub mod stats;
+pub mod system_shm;
 pub mod tensor;
+pub mod tensor_model;
 
 use axum::Router;
 use axum::routing::{get, post};
@@ -62,6 +68,11 @@ pub fn routes() -> Router<AppState> {
         .route("/v2/models/{name}/versions/{version}/stats", get(stats::model))
         .route("/v2/models/{name}/infer", post(infer::infer))
         .route("/v2/models/{name}/versions/{version}/infer", post(infer::infer))
+        .route("/v2/systemsharedmemory/status", get(system_shm::status_all))
+        .route("/v2/systemsharedmemory/region/{name}/status", get(system_shm::status))
+        .route("/v2/systemsharedmemory/region/{name}/register", post(system_shm::register))
+        .route("/v2/systemsharedmemory/unregister", post(system_shm::unregister_all))
+        .route("/v2/systemsharedmemory/region/{name}/unregister", post(system_shm::unregister))
 }
 
 /// The model named by a v2 path; the version is optional in every route.
