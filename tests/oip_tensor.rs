@@ -9,8 +9,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use half::{bf16, f16};
-use integration_tests::{Gateway, Process, Scratch, root};
+use integration_tests::{Gateway, Process, Scratch, encode, root};
 use reqwest::StatusCode;
 use serde_json::{Map, Value, json};
 
@@ -54,28 +53,6 @@ async fn signature(client: &reqwest::Client, gateway: &Gateway, model: &str) -> 
 /// Items' values for one tensor, concatenated (the batch's data, row-major).
 fn batch_values(items: &[Value], side: &str, name: &str) -> Vec<Value> {
     items.iter().flat_map(|item| item[side][name].as_array().unwrap_or_else(|| panic!("{side}.{name} in reference")).clone()).collect()
-}
-
-/// Little-endian bytes of JSON values of a datatype (for binary requests).
-fn encode(datatype: &str, values: &[Value]) -> Vec<u8> {
-    values
-        .iter()
-        .flat_map(|v| -> Vec<u8> {
-            match datatype {
-                "BOOL" => vec![u8::from(v.as_bool().unwrap())],
-                "UINT8" => vec![v.as_u64().unwrap() as u8],
-                "INT8" => (v.as_i64().unwrap() as i8).to_le_bytes().to_vec(),
-                "INT16" => (v.as_i64().unwrap() as i16).to_le_bytes().to_vec(),
-                "INT32" => (v.as_i64().unwrap() as i32).to_le_bytes().to_vec(),
-                "INT64" => v.as_i64().unwrap().to_le_bytes().to_vec(),
-                "FP16" => f16::from_f64(v.as_f64().unwrap()).to_le_bytes().to_vec(),
-                "BF16" => bf16::from_f64(v.as_f64().unwrap()).to_le_bytes().to_vec(),
-                "FP32" => (v.as_f64().unwrap() as f32).to_le_bytes().to_vec(),
-                "FP64" => v.as_f64().unwrap().to_le_bytes().to_vec(),
-                other => panic!("no encoding for {other}"),
-            }
-        })
-        .collect()
 }
 
 /// Checks `got` against the reference values: integers and booleans

@@ -372,3 +372,26 @@ pub async fn rightly_classified(gateway: &Gateway, presentation: &str, count: us
     }
     right
 }
+
+/// Little-endian bytes of JSON values of a datatype (for binary requests).
+pub fn encode(datatype: &str, values: &[serde_json::Value]) -> Vec<u8> {
+    values
+        .iter()
+        .flat_map(|v| -> Vec<u8> {
+            match datatype {
+                "BOOL" => vec![u8::from(v.as_bool().unwrap())],
+                "UINT8" => vec![v.as_u64().unwrap() as u8],
+                "INT8" => (v.as_i64().unwrap() as i8).to_le_bytes().to_vec(),
+                "INT16" => (v.as_i64().unwrap() as i16).to_le_bytes().to_vec(),
+                "INT32" => (v.as_i64().unwrap() as i32).to_le_bytes().to_vec(),
+                "INT64" => v.as_i64().unwrap().to_le_bytes().to_vec(),
+                "FP16" => half::f16::from_f64(v.as_f64().unwrap()).to_le_bytes().to_vec(),
+                "BF16" => half::bf16::from_f64(v.as_f64().unwrap()).to_le_bytes().to_vec(),
+                "FP32" => (v.as_f64().unwrap() as f32).to_le_bytes().to_vec(),
+                "FP64" => v.as_f64().unwrap().to_le_bytes().to_vec(),
+                other => panic!("no encoding for {other}"),
+            }
+        })
+        .collect()
+}
+

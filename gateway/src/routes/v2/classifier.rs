@@ -12,7 +12,7 @@ use protocol::{DataType, ModelInfo};
 
 use super::answer::{OutputData, OutputTensor};
 use super::binary::bytes_elements;
-use super::request::{Delivery, InputData, InputTensor, OutputRequest, Source, batch_size, invalid};
+use super::request::{Delivery, InputData, InputTensor, OutputRequest, Source, batch_size, check_fits, invalid};
 use super::run::{self, Ran};
 use super::tensor::{Datatype, TensorError, check_count, flatten_uint8};
 use super::{INPUT_IMAGE, INPUT_PIXELS, OUTPUT_PROBABILITIES};
@@ -47,6 +47,13 @@ pub fn validate(inputs: Vec<InputTensor>, model: &ModelInfo, data: &mut InputDat
         INPUT_IMAGE => Batch::Images(images(input, model, data)?),
         other => return Err(invalid("inputs", format!("unknown input {other:?}; expected {INPUT_PIXELS} or {INPUT_IMAGE}"))),
     };
+    if classification.is_none() {
+        let n = match &batch {
+            Batch::Pixels(p) => p.len(),
+            Batch::Images(i) => i.len(),
+        };
+        check_fits(OUTPUT_PROBABILITIES, &delivery, (n * model.labels.len() * 4) as u64)?;
+    }
     Ok(Plan { batch, classification, delivery })
 }
 

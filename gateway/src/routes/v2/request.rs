@@ -161,6 +161,19 @@ pub fn output_requests(request: &InferRequest, shm: &SharedMemory) -> Result<Vec
     Ok(requests)
 }
 
+/// An output going into a region must fit it: checked before the model
+/// runs, so that a too small region costs no inference. (Classification
+/// strings have no size known in advance; their write is checked instead.)
+pub fn check_fits(name: &str, delivery: &Delivery, needed: u64) -> Result<(), ApiError> {
+    match delivery {
+        Delivery::SharedMemory(region) if region.byte_size() < needed => Err(invalid(
+            "outputs",
+            format!("{name} needs {needed} bytes but its shared_memory_byte_size is {}", region.byte_size()),
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// How outputs the request does not list are delivered.
 pub fn default_delivery(request: &InferRequest) -> Result<Delivery, ApiError> {
     let binary = flag(&request.parameters, "parameters", "binary_data_output")?.unwrap_or(false);

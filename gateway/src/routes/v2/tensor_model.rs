@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use protocol::{ModelInfo, TensorSignature, TensorSpec};
 
 use super::answer::{OutputData, OutputTensor};
-use super::request::{Delivery, InputData, InputTensor, OutputRequest, Source, invalid};
+use super::request::{Delivery, InputData, InputTensor, OutputRequest, Source, check_fits, invalid};
 use super::run::Ran;
 use super::tensor::{Datatype, check_count, flatten_typed, to_f64};
 use crate::error::ApiError;
@@ -84,6 +84,10 @@ pub fn validate(
         return Err(invalid("inputs", format!("input {:?} is missing; the model needs every input", signature.inputs[missing].name)));
     }
     let n = batch.unwrap_or(0);
+    for planned in outputs.iter().filter(|o| o.classification.is_none()) {
+        let spec = &signature.outputs[planned.index];
+        check_fits(&spec.name, &planned.delivery, n as u64 * spec.byte_size())?;
+    }
     let mut items = vec![vec![0u8; signature.input_bytes() as usize]; n];
     for ((bytes, spec), placement) in given.into_iter().flatten().zip(&signature.inputs).zip(&placements) {
         for (item, chunk) in items.iter_mut().zip(bytes.chunks_exact(spec.byte_size() as usize)) {
