@@ -64,10 +64,6 @@ impl TensorModel {
         Ok(Self { module, placements: signature.output_placements(), signature: signature.clone() })
     }
 
-    pub fn signature(&self) -> &TensorSignature {
-        &self.signature
-    }
-
     /// Queues the forward pass on an uploaded batch and checks what it
     /// returned (dtype and shape are known before the values are).
     pub fn launch(&self, input: Input) -> Result<Launched, ModelError> {
