@@ -206,3 +206,35 @@ pub fn batch_size(shape: &[i64], items: &[&[i64]], max_batch_size: u32) -> Optio
     let (&n, tail) = shape.split_first()?;
     (items.contains(&tail) && n >= 1 && n <= i64::from(max_batch_size)).then_some(n as usize)
 }
+
+/// A body read as the infer route reads it (JSON header, then `data` as
+/// binary data), for the validation tests of each model kind.
+#[cfg(test)]
+pub(crate) fn read_for_test(body: Value, data: &'static [u8]) -> Result<(InferRequest, Vec<OutputRequest>, Delivery, InputData<'static>), ApiError> {
+    let json = body.to_string();
+    let mut headers = axum::http::HeaderMap::new();
+    headers.insert(super::binary::HEADER_LENGTH, json.len().into());
+    let (_, binary) = super::binary::split_body(&headers, Bytes::from([json.as_bytes(), data].concat())).expect("a header inside the body");
+    let request: InferRequest = serde_json::from_value(body).expect("a well-formed request");
+    let shm = SharedMemory::disabled();
+    let outputs = output_requests(&request, &shm)?;
+    let default = default_delivery(&request)?;
+    Ok((request, outputs, default, InputData::new(binary, shm)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn the_timeout_is_in_microseconds() {
+        assert_eq!(client_timeout(&Map::new()).unwrap(), None);
+        let with = |t: Value| client_timeout(json!({"timeout": t}).as_object().unwrap());
+        assert_eq!(with(json!(1500)).unwrap(), Some(Duration::from_micros(1500)));
+        match with(json!(-1)) {
+            Err(ApiError::InvalidRequest { problem, .. }) => assert!(problem.contains("parameters.timeout is -1; expected microseconds")),
+            other => panic!("expected a 400, got {other:?}"),
+        }
+    }
+}

@@ -190,11 +190,8 @@ fn top_k(values: &[f64], k: usize) -> Vec<String> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::binary::{HEADER_LENGTH, split_body};
-    use super::super::request::{InferRequest, default_delivery, output_requests};
-    use super::super::shm_io::SharedMemory;
+    use super::super::request::read_for_test;
     use super::*;
-    use bytes::Bytes;
     use protocol::DataType;
     use serde_json::{Value, json};
 
@@ -210,15 +207,7 @@ mod tests {
     }
 
     fn parse_with(body: Value, data: &'static [u8]) -> Result<Plan, ApiError> {
-        let json = body.to_string();
-        let mut headers = axum::http::HeaderMap::new();
-        headers.insert(HEADER_LENGTH, json.len().into());
-        let (_, binary) = split_body(&headers, Bytes::from([json.as_bytes(), data].concat())).unwrap();
-        let request: InferRequest = serde_json::from_value(body).expect("a well-formed request");
-        let shm = SharedMemory::disabled();
-        let outputs = output_requests(&request, &shm)?;
-        let default = default_delivery(&request)?;
-        let mut inputs = InputData::new(binary, shm);
+        let (request, outputs, default, mut inputs) = read_for_test(body, data)?;
         let (model, signature) = model();
         let plan = validate(request.inputs, &model, &signature, &mut inputs, outputs, default)?;
         inputs.finish()?;
