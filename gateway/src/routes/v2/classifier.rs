@@ -111,7 +111,7 @@ fn images(mut input: InputTensor, model: &ModelInfo, data: &mut InputData) -> Re
         let max = model.max_batch_size;
         return Err(invalid("inputs", format!("{INPUT_IMAGE}.shape is {:?}; expected [n] with n from 1 to {max}", input.shape)));
     };
-    let raw = match data.source(&mut input)? {
+    let raw = match data.source(&mut input, None)? {
         Source::Raw(raw) => raw,
         Source::Json(_) => {
             return Err(invalid(
@@ -144,7 +144,8 @@ fn pixels(mut input: InputTensor, model: &ModelInfo, data: &mut InputData) -> Re
             format!("{INPUT_PIXELS}.shape is {:?}; expected [n, {h}, {w}, {c}] with n from 1 to {}", input.shape, model.max_batch_size),
         ));
     };
-    let flat = match data.source(&mut input)? {
+    let want = (batch as u64) * u64::from(model.height) * u64::from(model.width) * u64::from(model.channels);
+    let flat = match data.source(&mut input, Some(want))? {
         Source::Json(data) => flatten_uint8(&data).map_err(|e| invalid("inputs", format!("{INPUT_PIXELS}.data: {e}")))?,
         Source::Raw(raw) => raw.to_vec(),
     };

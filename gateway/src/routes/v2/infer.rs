@@ -57,7 +57,7 @@ async fn answer(app: &AppState, link: &Arc<Link>, started: Instant, request: Req
     let timeout = client_timeout(&request.parameters)?;
     let outputs = output_requests(&request, &shm)?;
     let default = default_delivery(&request)?;
-    let mut data = InputData::new(binary, shm);
+    let mut data = InputData::new(binary, shm, app.limits.max_body_bytes as u64);
     let plan = match &model.tensors {
         None => Plan::Classifier(classifier::validate(request.inputs, model, &mut data, outputs, default)?),
         Some(signature) => Plan::Tensors(tensor_model::validate(request.inputs, model, signature, &mut data, outputs, default)?),

@@ -68,16 +68,22 @@ pub struct InputData<'a> {
     binary: BinaryData,
     shm: SharedMemory<'a>,
     regions: Vec<RegionUse>,
+    /// Most bytes copied out of a region for an input of no fixed size
+    /// (the body limit: a region is no way around it).
+    max_unsized_region: u64,
 }
 
 impl<'a> InputData<'a> {
-    pub fn new(binary: BinaryData, shm: SharedMemory<'a>) -> Self {
-        Self { binary, shm, regions: Vec::new() }
+    pub fn new(binary: BinaryData, shm: SharedMemory<'a>, max_unsized_region: u64) -> Self {
+        Self { binary, shm, regions: Vec::new(), max_unsized_region }
     }
 
     /// JSON `data`, `parameters.binary_data_size` bytes, or a region:
-    /// exactly one of them.
-    pub fn source(&mut self, input: &mut InputTensor) -> Result<Source, ApiError> {
+    /// exactly one of them. `want`: the bytes the input's shape needs, when
+    /// fixed; a region's size is checked against it (or against the limit
+    /// for inputs of no fixed size) before anything is copied, since a
+    /// client's region may be far larger than memory.
+    pub fn source(&mut self, input: &mut InputTensor, want: Option<u64>) -> Result<Source, ApiError> {
         let name = input.name.as_str();
         let region = shm_io::region_of(&self.shm, "inputs", name, &input.parameters)?;
         let binary_size = input.parameters.get("binary_data_size");
@@ -90,6 +96,18 @@ impl<'a> InputData<'a> {
                 Ok(Source::Raw(self.binary.take(name, size).map_err(binary_error)?))
             }
             (None, None, Some(region)) => {
+                let size = region.byte_size();
+                match want {
+                    Some(want) if size != want => {
+                        let (shape, datatype) = (&input.shape, &input.datatype);
+                        return Err(invalid("inputs", format!("{name} has {size} bytes of data; shape {shape:?} of {datatype} needs {want}")));
+                    }
+                    None if size > self.max_unsized_region => {
+                        let limit = self.max_unsized_region;
+                        return Err(invalid("inputs", format!("{name}.parameters.shared_memory_byte_size is {size}, over the {limit}-byte limit")));
+                    }
+                    _ => {}
+                }
                 let bytes = region.read().map_err(|e| invalid("inputs", format!("{name}: {e}")))?;
                 self.regions.push(region);
                 Ok(Source::Raw(Bytes::from(bytes)))
@@ -219,13 +237,54 @@ pub(crate) fn read_for_test(body: Value, data: &'static [u8]) -> Result<(InferRe
     let shm = SharedMemory::disabled();
     let outputs = output_requests(&request, &shm)?;
     let default = default_delivery(&request)?;
-    Ok((request, outputs, default, InputData::new(binary, shm)))
+    Ok((request, outputs, default, InputData::new(binary, shm, u64::MAX)))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
+
+    /// A region of `size` bytes registered as "r" (the object goes with the Shmem).
+    fn registered(size: usize) -> (shared_memory::Shmem, crate::system_shm::Registry) {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let key = format!("/gateway-request-test.{}.{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
+        let object = shared_memory::ShmemConf::new().os_id(&key).size(size).create().expect("creating a test object");
+        let registry = crate::system_shm::Registry::default();
+        registry.register("r", &key, 0, size as u64).unwrap();
+        (object, registry)
+    }
+
+    fn region_input(byte_size: u64) -> InputTensor {
+        let body = json!({"name": "x", "datatype": "FP32", "shape": [1, 2],
+            "parameters": {"shared_memory_region": "r", "shared_memory_byte_size": byte_size}});
+        serde_json::from_value(body).unwrap()
+    }
+
+    fn no_binary() -> BinaryData {
+        super::super::binary::split_body(&axum::http::HeaderMap::new(), Bytes::new()).unwrap().1
+    }
+
+    #[test]
+    fn a_region_is_sized_before_it_is_copied() {
+        let (_object, registry) = registered(4096);
+        let mut data = InputData::new(no_binary(), SharedMemory(Some(&registry)), 1024);
+        // The size the shape needs is checked before the copy, not after:
+        // a client's region may be far larger than any body.
+        match data.source(&mut region_input(4096), Some(8)) {
+            Err(ApiError::InvalidRequest { problem, .. }) => assert!(problem.contains("x has 4096 bytes of data; shape [1, 2] of FP32 needs 8"), "{problem}"),
+            other => panic!("expected a 400, got {}", other.is_ok()),
+        }
+        // An input of no fixed size (encoded images) may be no larger than a body.
+        match data.source(&mut region_input(2048), None) {
+            Err(ApiError::InvalidRequest { problem, .. }) => assert!(problem.contains("2048") && problem.contains("1024"), "{problem}"),
+            other => panic!("expected a 400, got {}", other.is_ok()),
+        }
+        assert!(matches!(data.source(&mut region_input(8), Some(8)), Ok(Source::Raw(b)) if b.len() == 8));
+        assert!(matches!(data.source(&mut region_input(1024), None), Ok(Source::Raw(b)) if b.len() == 1024));
+        assert_eq!(data.finish().unwrap().len(), 2, "only the regions read are held");
+    }
 
     #[test]
     fn the_timeout_is_in_microseconds() {

@@ -60,7 +60,8 @@ pub fn validate(
             }
             _ => batch = Some(n),
         }
-        let bytes = match data.source(&mut input)? {
+        let want = n as u64 * spec.byte_size();
+        let bytes = match data.source(&mut input, Some(want))? {
             Source::Json(json) => {
                 let bytes = flatten_typed(spec.datatype, &json).map_err(|e| invalid("inputs", format!("{}.data: {e}", spec.name)))?;
                 let elements = bytes.len() / spec.datatype.size() as usize;
@@ -68,7 +69,6 @@ pub fn validate(
                 bytes
             }
             Source::Raw(raw) => {
-                let want = n as u64 * spec.byte_size();
                 if raw.len() as u64 != want {
                     return Err(invalid(
                         "inputs",
