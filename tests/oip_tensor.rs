@@ -233,6 +233,16 @@ async fn metadata_config_outputs_and_malformed_requests() {
     assert_eq!(status, 400);
     assert!(error.contains("score_threshold has 2 bytes of data; shape [1, 1] of FP32 needs 4"), "{error}");
 
+    // v1 is for image classifiers: an image sent to a tensor model is
+    // refused, pointing at v2; its v1 description lists the tensors.
+    let png = std::fs::read(root().join("models/digits/testset/gray8").read_dir().unwrap().next().unwrap().unwrap().path()).unwrap();
+    let response = client.post(gateway.url("/v1/models/detector/predict")).header("content-type", "image/png").body(png).send().await.unwrap();
+    let (status, error) = error_of(response).await;
+    assert_eq!(status, 400);
+    assert!(error.contains("detector is a tensor model") && error.contains("/v2/models/detector/infer"), "{error}");
+    let v1: Value = client.get(gateway.url("/v1/models/detector")).send().await.unwrap().json().await.unwrap();
+    assert_eq!((&v1["kind"], &v1["inputs"][1]), (&json!("tensors"), &json!({"name": "score_threshold", "datatype": "FP32", "dims": [1]})));
+
     // The host is unharmed: the same process answers a good request.
     let response = post(&client, &gateway, "detector", good.to_string().into_bytes(), None).await;
     assert_eq!(response.status(), 200);

@@ -9,15 +9,30 @@ use crate::AppState;
 use crate::error::ApiError;
 
 fn describe_model(m: &ModelInfo) -> Value {
-    json!({
+    let mut body = json!({
         "name": m.name,
         "version": m.version,
         "description": m.description,
-        "input": { "width": m.width, "height": m.height, "channels": m.channels, "dtype": "uint8" },
-        "labels": m.labels,
         "max_batch_size": m.max_batch_size,
         "device": m.device,
-    })
+    });
+    match &m.tensors {
+        // A tensor model: its named inputs and outputs, per batch item.
+        Some(signature) => {
+            let list = |specs: &[protocol::TensorSpec]| -> Vec<Value> {
+                specs.iter().map(|s| json!({ "name": s.name, "datatype": s.datatype.name(), "dims": s.dims })).collect()
+            };
+            body["kind"] = json!("tensors");
+            body["inputs"] = json!(list(&signature.inputs));
+            body["outputs"] = json!(list(&signature.outputs));
+        }
+        None => {
+            body["kind"] = json!("image_classifier");
+            body["input"] = json!({ "width": m.width, "height": m.height, "channels": m.channels, "dtype": "uint8" });
+            body["labels"] = json!(m.labels);
+        }
+    }
+    body
 }
 
 pub async fn list(State(app): State<AppState>) -> Result<Json<Value>, ApiError> {

@@ -66,6 +66,13 @@ pub async fn predict(
     if model.name != name {
         return Err(ApiError::ModelNotFound(name));
     }
+    // Images in, classes out: a tensor model's named inputs need v2.
+    if model.tensors.is_some() {
+        return Err(ApiError::InvalidRequest {
+            field: "model",
+            problem: format!("{name} is a tensor model, not an image classifier; send its inputs to POST /v2/models/{name}/infer"),
+        });
+    }
     let budget = match params.timeout_ms {
         Some(ms) => Duration::from_millis(ms).min(app.limits.request_timeout),
         None => app.limits.request_timeout,
