@@ -7,7 +7,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use protocol::{ModelInfo, TensorSignature, TensorSpec};
+use protocol::{DataType, ModelInfo, TensorSignature, TensorSpec};
 
 use super::answer::{OutputData, OutputTensor};
 use super::request::{Delivery, InputData, InputTensor, OutputRequest, Source, check_fits, invalid};
@@ -74,6 +74,11 @@ pub fn validate(
                         "inputs",
                         format!("{} has {} bytes of data; shape {:?} of {} needs {want}", spec.name, raw.len(), input.shape, spec.datatype.name()),
                     ));
+                }
+                // JSON bools are checked as they are parsed; raw ones here,
+                // since libtorch takes any other byte as a bool that is neither.
+                if let (DataType::Bool, Some(index)) = (spec.datatype, raw.iter().position(|&b| b > 1)) {
+                    return Err(invalid("inputs", format!("{} element {index} is byte {}; BOOL elements are 0 or 1", spec.name, raw[index])));
                 }
                 raw.to_vec()
             }
@@ -192,7 +197,6 @@ fn top_k(values: &[f64], k: usize) -> Vec<String> {
 mod tests {
     use super::super::request::read_for_test;
     use super::*;
-    use protocol::DataType;
     use serde_json::{Value, json};
 
     fn model() -> (ModelInfo, TensorSignature) {
@@ -261,6 +265,21 @@ mod tests {
             Err(ApiError::InvalidRequest { problem, .. }) => assert!(problem.contains("x has 4 bytes of data; shape [1, 2] of FP32 needs 8"), "{problem}"),
             other => panic!("expected a 400, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn raw_bools_are_zero_or_one() {
+        // libtorch takes any other byte as a bool that is neither (warm-up
+        // avoids them for that reason): 2 must not reach the model.
+        let x = json!({"name": "x", "datatype": "FP32", "shape": [1, 2], "data": [1.0, 2.0]});
+        let flag = json!({"name": "flag", "datatype": "BOOL", "shape": [2, 1], "parameters": {"binary_data_size": 2}});
+        let two = json!({"name": "x", "datatype": "FP32", "shape": [2, 2], "data": [1, 2, 3, 4]});
+        match parse_with(json!({"inputs": [two, flag]}), b"\x01\x02") {
+            Err(ApiError::InvalidRequest { problem, .. }) => assert!(problem.contains("flag element 1 is byte 2; BOOL elements are 0 or 1"), "{problem}"),
+            other => panic!("expected a 400, got {other:?}"),
+        }
+        let flag = json!({"name": "flag", "datatype": "BOOL", "shape": [1, 1], "parameters": {"binary_data_size": 1}});
+        assert!(parse_with(json!({"inputs": [x, flag]}), b"\x01").is_ok());
     }
 
     #[test]
