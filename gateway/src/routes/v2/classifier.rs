@@ -11,12 +11,12 @@ use bytes::Bytes;
 use protocol::{DataType, ModelInfo};
 
 use super::answer::{OutputData, OutputTensor};
-use super::binary::bytes_elements;
 use super::request::{Delivery, InputData, InputTensor, OutputRequest, Source, batch_size, check_fits, invalid};
+use super::images;
 use super::run::{self, Ran};
 use super::tensor::{Datatype, TensorError, check_count, flatten_uint8};
 use super::{INPUT_IMAGE, INPUT_PIXELS, OUTPUT_PROBABILITIES};
-use crate::decode::{Target, decode_to_input};
+use crate::decode::Target;
 use crate::error::ApiError;
 use crate::host_client::Link;
 
@@ -65,7 +65,7 @@ pub async fn run(link: &Arc<Link>, plan: Plan, deadline: Instant, budget_ms: u64
         Batch::Pixels(pixels) => pixels,
         Batch::Images(images) => {
             let target = Target { width: model.width, height: model.height, channels: model.channels };
-            decode_all(images, target, max_pixels).await?
+            images::decode_all(images, target, max_pixels, INPUT_IMAGE).await?
         }
     };
     let decode = decode_started.elapsed();
@@ -83,51 +83,13 @@ pub async fn run(link: &Arc<Link>, plan: Plan, deadline: Instant, budget_ms: u64
     Ok(Ran { outputs: vec![(output, plan.delivery)], elements: elements.len(), decode, queue: host.queue, inference: host.inference })
 }
 
-/// Decodes on the blocking pool, like `/v1/.../predict`; a corrupt image is
-/// a 400 and an oversized one a 413, as there.
-async fn decode_all(images: Vec<Bytes>, target: Target, max_pixels: u64) -> Result<Vec<Vec<u8>>, ApiError> {
-    let decoded = tokio::task::spawn_blocking(move || {
-        images
-            .iter()
-            .enumerate()
-            .map(|(i, bytes)| match image::guess_format(bytes) {
-                Ok(f @ (image::ImageFormat::Png | image::ImageFormat::Jpeg | image::ImageFormat::WebP)) => {
-                    decode_to_input(bytes, f, target, max_pixels).map_err(ApiError::from)
-                }
-                _ => Err(invalid("inputs", format!("{INPUT_IMAGE} element {i} is not a PNG, JPEG or WebP image"))),
-            })
-            .collect::<Result<Vec<_>, _>>()
-    });
-    decoded.await.map_err(|e| ApiError::Internal(format!("decode task: {e}")))?
-}
-
 /// IMAGE: BYTES [n] (or [n, 1]), one encoded image per element, binary only.
 fn images(mut input: InputTensor, model: &ModelInfo, data: &mut InputData) -> Result<Vec<Bytes>, ApiError> {
     let datatype = Datatype::parse(&input.datatype).map_err(|e| invalid("inputs", format!("{INPUT_IMAGE}: {e}")))?;
     if datatype != Datatype::Bytes {
         return Err(invalid("inputs", format!("{INPUT_IMAGE}.datatype is {}; expected BYTES", datatype.name())));
     }
-    let Some(n) = batch_size(&input.shape, &[&[], &[1]], model.max_batch_size) else {
-        let max = model.max_batch_size;
-        return Err(invalid("inputs", format!("{INPUT_IMAGE}.shape is {:?}; expected [n] with n from 1 to {max}", input.shape)));
-    };
-    let raw = match data.source(&mut input, None)? {
-        Source::Raw(raw) => raw,
-        Source::Json(_) => {
-            return Err(invalid(
-                "inputs",
-                format!(
-                    "{INPUT_IMAGE} takes encoded images as raw bytes, which JSON data cannot carry; send them as binary data \
-                     (Inference-Header-Content-Length, parameters.binary_data_size) or send {INPUT_PIXELS} (UINT8)"
-                ),
-            ));
-        }
-    };
-    let elements = bytes_elements(raw).map_err(|e| invalid("inputs", format!("{INPUT_IMAGE}: {e}")))?;
-    if elements.len() != n {
-        return Err(invalid("inputs", format!("{INPUT_IMAGE} has {} elements; shape {:?} needs {n}", elements.len(), input.shape)));
-    }
-    Ok(elements)
+    images::encoded(&mut input, INPUT_IMAGE, model.max_batch_size, data, &format!("{INPUT_PIXELS} (UINT8)"))
 }
 
 /// PIXELS: UINT8 [n, height, width, channels], 1 <= n <= max_batch_size.

@@ -76,7 +76,7 @@ async fn answer(app: &AppState, link: &Arc<Link>, started: Instant, request: Req
     }
     let ran: Ran = match (plan, &model.tensors) {
         (Plan::Classifier(plan), _) => classifier::run(link, plan, deadline, budget_ms, &tag, app.limits.max_pixels).await?,
-        (Plan::Tensors(plan), Some(signature)) => tensor_model::run(link, signature, plan, deadline, budget_ms, &tag).await?,
+        (Plan::Tensors(plan), Some(signature)) => tensor_model::run(link, signature, plan, deadline, budget_ms, &tag, app.limits.max_pixels).await?,
         (Plan::Tensors(_), None) => unreachable!("a tensor plan is only made for a tensor model"),
     };
     let output_started = Instant::now();

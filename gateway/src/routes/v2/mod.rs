@@ -21,6 +21,7 @@ pub mod answer;
 pub mod binary;
 pub mod classifier;
 pub mod health;
+pub mod images;
 pub mod infer;
 pub mod metadata;
 pub mod request;

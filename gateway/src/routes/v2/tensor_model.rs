@@ -2,17 +2,21 @@
 //! ([`TensorSignature`]), any of the datatypes, JSON, binary or
 //! shared-memory data. Each batch element becomes one host call whose slot
 //! holds that element's inputs (at the signature's placements) and, when
-//! answered, its outputs.
+//! answered, its outputs. An input that is UINT8 [height, width, channels]
+//! also takes encoded images as BYTES, decoded and resized here.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use protocol::{DataType, ModelInfo, TensorSignature, TensorSpec};
 
 use super::answer::{OutputData, OutputTensor};
+use super::images;
 use super::request::{Delivery, InputData, InputTensor, OutputRequest, Source, check_fits, invalid};
 use super::run::Ran;
 use super::tensor::{Datatype, check_count, flatten_typed, to_f64};
+use crate::decode::Target;
 use crate::error::ApiError;
 use crate::host_client::Link;
 use crate::routes::host_call;
@@ -22,7 +26,17 @@ use crate::routes::host_call;
 pub struct Plan {
     /// One slot's input area per batch element.
     pub items: Vec<Vec<u8>>,
+    /// Inputs given as encoded images, still to decode into `items`.
+    pub images: Vec<PendingImages>,
     pub outputs: Vec<PlannedOutput>,
+}
+
+#[derive(Debug)]
+pub struct PendingImages {
+    /// Index into the signature's inputs.
+    pub index: usize,
+    pub images: Vec<Bytes>,
+    pub target: Target,
 }
 
 #[derive(Debug)]
@@ -45,6 +59,7 @@ pub fn validate(
     let mut batch = None;
     let placements = signature.input_placements();
     let mut given: Vec<Option<Vec<u8>>> = vec![None; signature.inputs.len()];
+    let mut pending = Vec::new();
     for mut input in inputs {
         let Some((index, spec)) = signature.input(&input.name) else {
             let names: Vec<&str> = signature.inputs.iter().map(|s| s.name.as_str()).collect();
@@ -53,12 +68,28 @@ pub fn validate(
         if given[index].is_some() {
             return Err(invalid("inputs", format!("input {:?} is given twice", spec.name)));
         }
-        let n = check_shape(&input, spec, model.max_batch_size)?;
+        let target = images::pixel_target(spec).filter(|_| input.datatype == "BYTES");
+        let encoded = match target {
+            Some(_) => {
+                let instead = format!("{} as UINT8 [n, {}]", spec.name, join(&spec.dims));
+                Some(images::encoded(&mut input, &spec.name, model.max_batch_size, data, &instead)?)
+            }
+            None => None,
+        };
+        let n = match &encoded {
+            Some(images) => images.len(),
+            None => check_shape(&input, spec, model.max_batch_size)?,
+        };
         match batch {
             Some(b) if b != n => {
                 return Err(invalid("inputs", format!("{} has batch size {n} but an earlier input has {b}; all inputs need the same", spec.name)));
             }
             _ => batch = Some(n),
+        }
+        if let (Some(target), Some(images)) = (target, encoded) {
+            pending.push(PendingImages { index, images, target });
+            given[index] = Some(Vec::new());
+            continue;
         }
         let want = n as u64 * spec.byte_size();
         let bytes = match data.source(&mut input, Some(want))? {
@@ -95,11 +126,12 @@ pub fn validate(
     }
     let mut items = vec![vec![0u8; signature.input_bytes() as usize]; n];
     for ((bytes, spec), placement) in given.into_iter().flatten().zip(&signature.inputs).zip(&placements) {
-        for (item, chunk) in items.iter_mut().zip(bytes.chunks_exact(spec.byte_size() as usize)) {
+        // Empty for an input given as images: it is filled once they are decoded.
+        for (item, chunk) in items.iter_mut().zip(bytes.chunks_exact(spec.byte_size().max(1) as usize)) {
             item[placement.range()].copy_from_slice(chunk);
         }
     }
-    Ok(Plan { items, outputs })
+    Ok(Plan { items, images: pending, outputs })
 }
 
 /// `[n, dims...]` with the model's datatype and 1 <= n <= max_batch_size.
@@ -151,7 +183,19 @@ fn plan_outputs(outputs: Vec<OutputRequest>, signature: &TensorSignature, defaul
 
 /// Runs every element through the host at once and cuts the outputs out
 /// of the answered slots.
-pub async fn run(link: &Arc<Link>, signature: &TensorSignature, plan: Plan, deadline: Instant, budget_ms: u64, tag: &str) -> Result<Ran, ApiError> {
+pub async fn run(link: &Arc<Link>, signature: &TensorSignature, mut plan: Plan, deadline: Instant, budget_ms: u64, tag: &str, max_pixels: u64) -> Result<Ran, ApiError> {
+    let decode_started = Instant::now();
+    let placements = signature.input_placements();
+    for PendingImages { index, images, target } in std::mem::take(&mut plan.images) {
+        let pixels = images::decode_all(images, target, max_pixels, &signature.inputs[index].name).await?;
+        for (item, pixels) in plan.items.iter_mut().zip(pixels) {
+            item[placements[index].range()].copy_from_slice(&pixels);
+        }
+    }
+    let decode = decode_started.elapsed();
+    if Instant::now() >= deadline {
+        return Err(ApiError::DeadlineExceeded { budget_ms });
+    }
     let calls = plan.items.iter().enumerate().map(|(i, item)| host_call::run_tensors(link, item, deadline, budget_ms, format!("{tag}.{i}")));
     // The first failure drops the other calls, which cancels them at the host.
     let answers = futures::future::try_join_all(calls).await?;
@@ -182,7 +226,7 @@ pub async fn run(link: &Arc<Link>, signature: &TensorSignature, plan: Plan, dead
         })
         .collect();
     let elements = rows.len();
-    Ok(Ran { outputs, elements, decode: Duration::ZERO, queue, inference })
+    Ok(Ran { outputs, elements, decode, queue, inference })
 }
 
 /// The classification extension on an output without labels: the best `k`
@@ -289,5 +333,33 @@ mod tests {
         let plan = parse_with(json!({"inputs": [x, flag], "outputs": [{"name": "mask"}, {"name": "y", "parameters": {"classification": 9}}]}), b"").unwrap();
         assert_eq!(plan.outputs.iter().map(|o| (o.index, o.classification)).collect::<Vec<_>>(), vec![(1, None), (0, Some(3))]);
         assert_eq!(top_k(&[0.5, 2.0, -1.0], 2), vec!["2:1", "0.5:0"]);
+    }
+
+    #[test]
+    fn a_pixel_input_takes_encoded_images_as_bytes() {
+        let spec = |name: &str, datatype, dims: &[u64]| TensorSpec { name: name.into(), datatype, dims: dims.to_vec() };
+        let signature = TensorSignature {
+            inputs: vec![spec("image", DataType::Uint8, &[2, 2, 1]), spec("t", DataType::Fp32, &[1])],
+            outputs: vec![spec("y", DataType::Fp32, &[1])],
+        };
+        let mut model = super::super::test_model(&[]);
+        model.tensors = Some(signature.clone());
+        let mut png = Vec::new();
+        image::GrayImage::from_raw(2, 2, vec![1, 2, 3, 4]).unwrap().write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png).unwrap();
+        let element: &'static [u8] = Box::leak([&(png.len() as u32).to_le_bytes()[..], &png].concat().into_boxed_slice());
+        let t = json!({"name": "t", "datatype": "FP32", "shape": [1, 1], "data": [0.5]});
+        let body = json!({"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1], "parameters": {"binary_data_size": element.len()}}, t]});
+        let (request, outputs, default, mut inputs) = read_for_test(body, element).unwrap();
+        let plan = validate(request.inputs, &model, &signature, &mut inputs, outputs, default).unwrap();
+        assert_eq!((plan.items.len(), plan.images.len(), plan.images[0].index), (1, 1, 0));
+        assert_eq!((plan.images[0].target.height, plan.images[0].target.width, plan.images[0].target.channels), (2, 2, 1));
+        assert_eq!(plan.images[0].images[0].as_ref(), &png[..]);
+
+        let json_bytes = json!({"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1], "data": ["x"]}, t]});
+        let (request, outputs, default, mut inputs) = read_for_test(json_bytes, b"").unwrap();
+        match validate(request.inputs, &model, &signature, &mut inputs, outputs, default) {
+            Err(ApiError::InvalidRequest { problem, .. }) => assert!(problem.contains("send image as UINT8 [n, 2, 2, 1]"), "{problem}"),
+            other => panic!("expected a 400, got {other:?}"),
+        }
     }
 }
