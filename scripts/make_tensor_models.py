@@ -6,10 +6,14 @@ Tensor models take and return named tensors described by [[inputs]] and
 the parts of that path an image classifier never touches; nothing is trained
 or downloaded, so the script is deterministic and runs in seconds on a CPU:
 
-  detector/   a tiny conv net shaped like a detector: image FP32 [3,32,32]
-              and score_threshold FP32 [1] in; a Dict[str, Tensor] out:
+  detector/   a tiny conv net shaped like a detector: image UINT8 [32,32,3]
+              (height, width, channels: decoded RGB pixels, as a client has
+              them; the model converts to float CHW itself) and
+              score_threshold FP32 [1] in; a Dict[str, Tensor] out:
               boxes FP32 [8,4], scores FP32 [8], labels INT64 [8],
               keep BOOL [8] (scores >= threshold). Seeded random weights.
+              Also example.png, item 0's image as a PNG, so a client can
+              send it encoded (decoded, it is exactly item 0's pixels).
   dtypes/     one input of every datatype, each [4], and a tuple of ten
               outputs of the same types: logical_not for BOOL, x + 1 for the
               integers (two's-complement wrapping: 255 -> 0, 127 -> -128,
@@ -32,12 +36,14 @@ import argparse
 import json
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from PIL import Image
 from typing import Dict, Tuple
 
-SEED = 20261150  # chosen for wide label and keep margins (MIN_MARGIN)
+SEED = 20262890  # chosen for wide label and keep margins (MIN_MARGIN)
 BOXES, CLASSES, SIZE = 8, 5, 32
 # A label or keep flag near a tie could flip between CPU and GPU arithmetic
 # (cuDNN convolutions may use TF32, ~1e-3 relative); the script refuses to
@@ -73,10 +79,14 @@ class Detector(nn.Module):
         self.register_buffer("anchors", torch.stack([(xs.flatten() + 0.5) * SIZE / 4,
                                                      (ys.flatten() + 0.5) * SIZE / 2], 1))
 
-    def features(self, image: torch.Tensor) -> torch.Tensor:
+    def pixels_to_float(self, image: torch.Tensor) -> torch.Tensor:
+        # uint8 [N, H, W, C] as a client sends decoded pixels -> float [N, C, H, W] in [0, 1].
+        return image.permute(0, 3, 1, 2).float() / 255.0
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
         # Seeded random weights give nearly equal features; standardising per
         # item spreads them, so labels and keep flags are far from ties.
-        f = self.backbone(image * 4.0 - 2.0)
+        f = self.backbone(x * 4.0 - 2.0)
         return (f - f.mean(1, keepdim=True)) / f.std(1, keepdim=True)
 
     def class_probs(self, features: torch.Tensor) -> torch.Tensor:
@@ -84,7 +94,7 @@ class Detector(nn.Module):
         return F.softmax(self.cls_head(features).view(-1, self.boxes, self.classes) * 4.0, -1)
 
     def forward(self, image: torch.Tensor, score_threshold: torch.Tensor) -> Dict[str, torch.Tensor]:
-        features = self.features(image)
+        features = self.features(self.pixels_to_float(image))
         deltas = self.box_head(features).view(-1, self.boxes, 4)
         centre = self.anchors + deltas[..., :2] * 4.0
         half = torch.sigmoid(deltas[..., 2:]) * 8.0 + 1.0
@@ -148,22 +158,45 @@ def safe_threshold(scores):
     return round((lo + gap / 2) * 1024) / 1024
 
 
+def write_example_png(path):
+    """A few coloured rectangles on a dark ground, SIZE x SIZE RGB, saved as a
+    PNG; returns its decoded pixels, uint8 [SIZE, SIZE, 3] (PNG is lossless,
+    but the pixels used are the ones read back, as a client's decoder sees)."""
+    pixels = np.empty((SIZE, SIZE, 3), np.uint8)
+    pixels[:] = (30, 34, 48)
+    for (y0, y1, x0, x1), rgb in [((3, 14, 2, 15), (220, 40, 40)), ((17, 30, 5, 12), (40, 200, 70)),
+                                  ((8, 27, 17, 30), (50, 90, 235)), ((1, 7, 19, 31), (245, 215, 40)),
+                                  ((22, 28, 14, 24), (240, 240, 240))]:
+        pixels[y0:y1, x0:x1] = rgb
+    Image.fromarray(pixels, "RGB").save(path, format="PNG")
+    with Image.open(path) as png:
+        decoded = np.asarray(png.convert("RGB"))
+    assert decoded.shape == (SIZE, SIZE, 3) and np.array_equal(decoded, pixels), "PNG round trip"
+    return torch.from_numpy(decoded.copy())
+
+
 def make_detector(out):
+    out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(SEED)
     model = Detector().eval()
-    # Blocky images (8x8 noise scaled up): per-pixel noise would average out.
-    images = F.interpolate(torch.rand(3, 3, 8, 8), size=SIZE, mode="nearest")
+    # Item 0: example.png's pixels. Items 1-2: blocky noise (8x8 scaled up
+    # to SIZE; per-pixel noise would average out), uint8 HWC like a client's.
+    noise = (torch.rand(2, 8, 8, 3) * 256).to(torch.uint8)
+    noise = noise.repeat_interleave(SIZE // 8, 1).repeat_interleave(SIZE // 8, 2)
+    images = torch.cat([write_example_png(out / "example.png")[None], noise])
     with torch.no_grad():
-        top2 = model.class_probs(model.features(images)).topk(2, -1).values
+        top2 = model.class_probs(model.features(model.pixels_to_float(images))).topk(2, -1).values
     assert (top2[..., 0] - top2[..., 1]).min() > MIN_MARGIN, "a label is near a tie; change SEED"
-    # Thresholds: keep everything, keep some, keep nothing.
-    thresholds = [0.0, safe_threshold(top2[1, :, 0]), 1.0]
-    for i, t in enumerate(thresholds):
-        assert (top2[i, :, 0] - t).abs().min() > MIN_MARGIN, "a score is near its threshold"
+    # Thresholds: keep some (item 0, so the PNG alone shows both), keep
+    # everything, keep nothing.
+    thresholds = [safe_threshold(top2[0, :, 0]), 0.0, 1.0]
+    label_margin = (top2[..., 0] - top2[..., 1]).min().item()
+    keep_margin = min((top2[i, :, 0] - t).abs().min().item() for i, t in enumerate(thresholds))
+    assert keep_margin > MIN_MARGIN, "a score is near its threshold; change SEED"
+    print(f"detector margins: top-2 gap >= {label_margin:.4f}, score to threshold >= {keep_margin:.4f}")
 
-    out.mkdir(parents=True, exist_ok=True)
     torch.jit.script(model).save(str(out / "model.pt"))
-    inputs = [("image", "FP32", (3, SIZE, SIZE)), ("score_threshold", "FP32", (1,))]
+    inputs = [("image", "UINT8", (SIZE, SIZE, 3)), ("score_threshold", "FP32", (1,))]
     outputs = [("boxes", "FP32", (BOXES, 4)), ("scores", "FP32", (BOXES,)),
                ("labels", "INT64", (BOXES,)), ("keep", "BOOL", (BOXES,))]
     write_config(out, "detector", "Tiny seeded conv net shaped like a detector (example tensor model)",

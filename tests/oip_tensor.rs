@@ -173,13 +173,13 @@ async fn metadata_config_outputs_and_malformed_requests() {
 
     let meta: Value = client.get(gateway.url("/v2/models/detector")).send().await.unwrap().json().await.unwrap();
     assert_eq!(meta["inputs"], json!([
-        {"name": "image", "datatype": "FP32", "shape": [-1, 3, 32, 32]},
+        {"name": "image", "datatype": "UINT8", "shape": [-1, 32, 32, 3]},
         {"name": "score_threshold", "datatype": "FP32", "shape": [-1, 1]},
     ]));
     assert_eq!(meta["outputs"][3], json!({"name": "keep", "datatype": "BOOL", "shape": [-1, 8]}));
     let config: Value = client.get(gateway.url("/v2/models/detector/config")).send().await.unwrap().json().await.unwrap();
     assert_eq!(config["max_batch_size"], 8);
-    assert_eq!(config["input"][0], json!({"name": "image", "data_type": "TYPE_FP32", "dims": [3, 32, 32]}));
+    assert_eq!(config["input"][0], json!({"name": "image", "data_type": "TYPE_UINT8", "dims": [32, 32, 3]}));
     assert_eq!(config["output"][2], json!({"name": "labels", "data_type": "TYPE_INT64", "dims": [8]}));
 
     let (inputs, _) = signature(&client, &gateway, "detector").await;
@@ -210,7 +210,7 @@ async fn metadata_config_outputs_and_malformed_requests() {
         ("wrong datatype", with_input(1, &|t| { t.insert("datatype".into(), json!("FP64")); }), None, "score_threshold.datatype is FP64; expected FP32"),
         ("shape against data", with_input(1, &|t| { t.insert("data".into(), json!([0.5, 0.6])); }), None, "has 2 elements; shape [1, 1] needs 1"),
         ("batch sizes differ", with_input(1, &|t| { t.insert("shape".into(), json!([2, 1])); }), None, "batch size 2 but an earlier input has 1"),
-        ("shape against model", with_input(0, &|t| { t.insert("shape".into(), json!([1, 3, 16, 64])); }), None, "image.shape is [1, 3, 16, 64]; expected [n, 3, 32, 32]"),
+        ("shape against model", with_input(0, &|t| { t.insert("shape".into(), json!([1, 16, 64, 3])); }), None, "image.shape is [1, 16, 64, 3]; expected [n, 32, 32, 3]"),
         ("batch over max", with_input(1, &|t| { t.insert("shape".into(), json!([9, 1])); }), None, "with n from 1 to 8"),
         ("unknown datatype", with_input(1, &|t| { t.insert("datatype".into(), json!("FLOAT")); }), None, "unknown datatype \"FLOAT\""),
         ("bad element", with_input(1, &|t| { t.insert("data".into(), json!(["x"])); }), None, "FP32 elements are numbers"),
