@@ -4,7 +4,8 @@
 //! `detector`: two inputs, four outputs as a dict), compared with the
 //! outputs the script computed in-process with `torch.jit.load`
 //! (reference.json), as JSON and as binary data, and each malformed
-//! request answered with a 400 that names the problem, the host unharmed.
+//! request answered with a 400 that names the problem, the host unharmed;
+//! and an encoded PNG as BYTES for the detector's UINT8 image input.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -232,6 +233,27 @@ async fn metadata_config_outputs_and_malformed_requests() {
     let (status, error) = error_of(response).await;
     assert_eq!(status, 400);
     assert!(error.contains("score_threshold has 2 bytes of data; shape [1, 1] of FP32 needs 4"), "{error}");
+
+    // The UINT8 [32, 32, 3] image input also takes an encoded image as
+    // BYTES: example.png is item 0's pixels, so the answer is item 0's.
+    let png = std::fs::read(root().join("models/detector/example.png")).expect("models/detector/example.png");
+    let element = [&(png.len() as u32).to_le_bytes()[..], &png].concat();
+    let header = json!({"inputs": [
+        {"name": "image", "datatype": "BYTES", "shape": [1], "parameters": {"binary_data_size": element.len()}},
+        good["inputs"][1],
+    ]}).to_string();
+    let response = post(&client, &gateway, "detector", [header.as_bytes(), &element].concat(), Some(header.len())).await;
+    assert_eq!(response.status(), 200);
+    let answer: Value = response.json().await.unwrap();
+    for out in answer["outputs"].as_array().unwrap() {
+        let name = out["name"].as_str().unwrap();
+        let tolerance = if out["datatype"] == "FP32" { 1e-4 } else { 0.0 };
+        assert_values(name, out["data"].as_array().unwrap(), items[0]["outputs"][name].as_array().unwrap(), tolerance);
+    }
+    let json_image = json!({"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1], "data": ["png"]}, good["inputs"][1]]});
+    let (status, error) = error_of(post(&client, &gateway, "detector", json_image.to_string().into_bytes(), None).await).await;
+    assert_eq!(status, 400);
+    assert!(error.contains("image as BYTES takes encoded images as raw bytes"), "{error}");
 
     // v1 is for image classifiers: an image sent to a tensor model is
     // refused, pointing at v2; its v1 description lists the tensors.

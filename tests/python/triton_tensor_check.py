@@ -11,7 +11,9 @@ tests/tritonclient.rs; exits non-zero on the first failure.
 Every reference item in one batch, three ways: JSON input and output data
 (BF16 inputs, which the client sends only as binary, go binary), binary
 input and output data, and system shared memory (all inputs in one
-registered region, all outputs written into another at their offsets).
+registered region, all outputs written into another at their offsets);
+and, when the model has an example.png, that image encoded as BYTES for
+its UINT8 [h, w, c] input.
 """
 
 import argparse
@@ -129,6 +131,24 @@ def main():
         result = infer(client, model, config, items, binary)
         worst = max(compare(s["name"], result.as_numpy(s["name"]), batch(items, "outputs", s), args.tolerance) for s in config["outputs"])
         print(f"{model}: {len(items)} items, binary={binary}: {len(config['outputs'])} outputs match, max |diff| {worst:.3g}")
+
+    example = args.model_dir / "example.png"
+    if example.exists():
+        # The UINT8 [h, w, c] input as an encoded image (BYTES); example.png is item 0.
+        pixel = next(s for s in config["inputs"] if s["datatype"] == "UINT8" and len(s["dims"]) == 3)
+        inputs = []
+        for spec in config["inputs"]:
+            if spec is pixel:
+                tensor = httpclient.InferInput(spec["name"], [1], "BYTES")
+                tensor.set_data_from_numpy(np.array([example.read_bytes()], dtype=np.object_), binary_data=True)
+            else:
+                data = batch(items[:1], "inputs", spec)
+                tensor = httpclient.InferInput(spec["name"], list(data.shape), spec["datatype"])
+                tensor.set_data_from_numpy(data, binary_data=True)
+            inputs.append(tensor)
+        result = client.infer(model, inputs)
+        worst = max(compare(s["name"], result.as_numpy(s["name"]), batch(items[:1], "outputs", s), args.tolerance) for s in config["outputs"])
+        print(f"{model}: {example.name} as BYTES for {pixel['name']}: outputs match item 0, max |diff| {worst:.3g}")
 
     got = infer_through_shared_memory(client, model, config, items)
     worst = max(compare(s["name"], g, batch(items, "outputs", s), args.tolerance) for s, g in zip(config["outputs"], got))
