@@ -51,6 +51,8 @@ async fn bad_inputs_get_their_status_and_the_host_stays_healthy() {
     let gateway_pid = gateway.process.pid();
     let (hwm0, peak0) = (proc_status(gateway_pid, "VmHWM"), proc_status(gateway_pid, "VmPeak"));
 
+    // One row per case reads best as a table: (case, url, body, content type, status, error type).
+    #[allow(clippy::type_complexity)]
     let cases: Vec<(&str, String, Vec<u8>, &str, StatusCode, &str)> = vec![
         ("garbage as PNG", url.clone(), b"this is not an image".to_vec(), "image/png", StatusCode::BAD_REQUEST, "invalid_image"),
         ("truncated PNG", url.clone(), png[..png.len() / 2].to_vec(), "image/png", StatusCode::BAD_REQUEST, "invalid_image"),

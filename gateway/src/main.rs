@@ -44,10 +44,11 @@ async fn listener(config: &Config) -> anyhow::Result<(tokio::net::TcpListener, &
 /// limit to the hard one (systemd's default hard limit is 512K).
 fn raise_fd_limit() {
     use nix::sys::resource::{Resource, getrlimit, setrlimit};
-    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
-        if soft < hard && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok() {
-            tracing::info!(from = soft, to = hard, "raised the open-file limit");
-        }
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE)
+        && soft < hard
+        && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok()
+    {
+        tracing::info!(from = soft, to = hard, "raised the open-file limit");
     }
 }
 

@@ -43,8 +43,11 @@ fn span_for<B>(request: &Request<B>) -> tracing::Span {
 
 type Trace = TraceLayer<SharedClassifier<ServerErrorsAsFailures>, fn(&Request<axum::body::Body>) -> tracing::Span>;
 
+/// The three layers, innermost last, as `ServiceBuilder` stacks them.
+type Layers = ServiceBuilder<Stack<PropagateRequestIdLayer, Stack<Trace, Stack<SetRequestIdLayer<Sequential>, Identity>>>>;
+
 /// Set the id (outermost), trace with it, echo it back.
-pub fn layers() -> ServiceBuilder<Stack<PropagateRequestIdLayer, Stack<Trace, Stack<SetRequestIdLayer<Sequential>, Identity>>>> {
+pub fn layers() -> Layers {
     let trace: Trace = TraceLayer::new_for_http()
         .make_span_with(span_for as fn(&Request<axum::body::Body>) -> tracing::Span)
         .on_response(DefaultOnResponse::new().level(tracing::Level::DEBUG));

@@ -81,6 +81,11 @@ impl Uploaded {
     pub fn len(&self) -> usize {
         self.jobs.len()
     }
+
+    /// Never true for a batch the feeder hands over; for completeness.
+    pub fn is_empty(&self) -> bool {
+        self.jobs.is_empty()
+    }
 }
 
 /// Starts the gathered batch's copy to the device (inputs in `staging`).

@@ -71,6 +71,8 @@ impl JobQueue {
     }
 
     /// Queues a job without blocking, or hands it back with the reason.
+    /// (The job comes back by value so that the caller can answer it.)
+    #[allow(clippy::result_large_err)]
     pub fn submit(&self, job: Job) -> Result<(), (Job, InferError)> {
         let depth = self.counters.in_flight.fetch_add(1, Ordering::Relaxed);
         let refused = if depth >= self.capacity {

@@ -12,10 +12,10 @@ use sd_notify::NotifyState;
 /// watchdog applies. (The sd-notify crate insists on WATCHDOG_PID.)
 fn watchdog_from_env() -> Option<Duration> {
     let usec: u64 = std::env::var("WATCHDOG_USEC").ok()?.parse().ok().filter(|&u| u > 0)?;
-    if let Ok(pid) = std::env::var("WATCHDOG_PID") {
-        if pid.parse::<u32>().ok()? != std::process::id() {
-            return None;
-        }
+    if let Ok(pid) = std::env::var("WATCHDOG_PID")
+        && pid.parse::<u32>().ok()? != std::process::id()
+    {
+        return None;
     }
     Some(Duration::from_micros(usec))
 }
@@ -37,10 +37,10 @@ impl Notifier {
     }
 
     fn send(&self, states: &[NotifyState]) {
-        if self.enabled {
-            if let Err(e) = sd_notify::notify(false, states) {
-                tracing::warn!(error = %e, "sd_notify failed");
-            }
+        if self.enabled
+            && let Err(e) = sd_notify::notify(false, states)
+        {
+            tracing::warn!(error = %e, "sd_notify failed");
         }
     }
 

@@ -246,10 +246,10 @@ impl Gateway {
         let client = reqwest::Client::new();
         let started = Instant::now();
         loop {
-            if let Ok(r) = client.get(self.url(path)).send().await {
-                if r.status().is_success() {
-                    return;
-                }
+            if let Ok(r) = client.get(self.url(path)).send().await
+                && r.status().is_success()
+            {
+                return;
             }
             assert!(started.elapsed() < limit, "{} did not answer 200 on {path} within {limit:?}", self.process.name);
             tokio::time::sleep(Duration::from_millis(20)).await;
