@@ -10,6 +10,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use futures::StreamExt;
 use integration_tests::{Gateway, Process, Scratch, encode, root};
 use reqwest::StatusCode;
 use serde_json::{Map, Value, json};
@@ -274,4 +275,40 @@ async fn metadata_config_outputs_and_malformed_requests() {
     let status = gateway.host_status().await;
     assert_eq!(status["pid"], host.pid(), "{status}");
     assert_eq!(status["model_loads"], 1, "{status}");
+}
+
+/// Many requests at once over two gateways, each with its own values: every
+/// answer is its own request's (the outputs are read back from the slot
+/// while the host's answer is handled, before the slot can be reused).
+#[tokio::test]
+async fn concurrent_requests_get_their_own_outputs() {
+    let scratch = Scratch::new();
+    let (_host, first) = serve(&scratch, "dtypes").await;
+    let second = scratch.start_gateway(&[]);
+    second.wait_for("/v2/health/ready", Duration::from_secs(60)).await;
+    let client = reqwest::Client::new();
+    let (inputs, _) = signature(&client, &first, "dtypes").await;
+    let template = json_request(&inputs, &reference("dtypes")["items"].as_array().unwrap()[..1]);
+    let calls = (0..400i64).map(|i| {
+        let mut body = template.clone();
+        for t in body["inputs"].as_array_mut().unwrap() {
+            match t["name"].as_str().unwrap() {
+                "int64" => t["data"] = json!([i, -i, i * 1_000_000_007, 7]),
+                "fp64" => t["data"] = json!([i as f64 + 0.25, -(i as f64), 1.5, 0.0]),
+                _ => {}
+            }
+        }
+        body["outputs"] = json!([{"name": "int64_out"}, {"name": "fp64_out"}]);
+        let gateway = if i % 2 == 0 { &first } else { &second };
+        let (client, url) = (client.clone(), gateway.url("/v2/models/dtypes/infer"));
+        async move {
+            let response = client.post(url).body(body.to_string()).send().await.expect("POST");
+            assert_eq!(response.status(), 200);
+            let answer: Value = response.json().await.unwrap();
+            assert_eq!(answer["outputs"][0]["data"], json!([i + 1, -i + 1, i * 1_000_000_007 + 1, 8]), "request {i}");
+            assert_eq!(answer["outputs"][1]["data"], json!([2.0 * (i as f64 + 0.25), -2.0 * i as f64, 3.0, 0.0]), "request {i}");
+        }
+    });
+    // 400 requests, at most 64 in flight.
+    futures::stream::iter(calls).buffer_unordered(64).collect::<Vec<()>>().await;
 }
