@@ -14,7 +14,7 @@ use super::answer::{OutputData, OutputTensor};
 use super::request::{Delivery, InputData, InputTensor, OutputRequest, Source, batch_size, check_fits, invalid};
 use super::images;
 use super::run::{self, Ran};
-use super::tensor::{Datatype, TensorError, check_count, flatten_uint8};
+use super::tensor::{Datatype, TensorError, check_count, flatten_typed};
 use super::{INPUT_IMAGE, INPUT_PIXELS, OUTPUT_PROBABILITIES};
 use crate::decode::Target;
 use crate::error::ApiError;
@@ -96,7 +96,7 @@ fn images(mut input: InputTensor, model: &ModelInfo, data: &mut InputData) -> Re
 fn pixels(mut input: InputTensor, model: &ModelInfo, data: &mut InputData) -> Result<Vec<Vec<u8>>, ApiError> {
     let tensor_error = |e: TensorError| invalid("inputs", format!("{INPUT_PIXELS}: {e}"));
     let datatype = Datatype::parse(&input.datatype).map_err(tensor_error)?;
-    if datatype != Datatype::Uint8 {
+    if datatype != Datatype::Tensor(DataType::Uint8) {
         return Err(invalid("inputs", format!("{INPUT_PIXELS}.datatype is {}; expected UINT8", datatype.name())));
     }
     let (h, w, c) = (i64::from(model.height), i64::from(model.width), i64::from(model.channels));
@@ -108,7 +108,7 @@ fn pixels(mut input: InputTensor, model: &ModelInfo, data: &mut InputData) -> Re
     };
     let want = (batch as u64) * u64::from(model.height) * u64::from(model.width) * u64::from(model.channels);
     let flat = match data.source(&mut input, Some(want))? {
-        Source::Json(data) => flatten_uint8(&data).map_err(|e| invalid("inputs", format!("{INPUT_PIXELS}.data: {e}")))?,
+        Source::Json(data) => flatten_typed(DataType::Uint8, &data).map_err(|e| invalid("inputs", format!("{INPUT_PIXELS}.data: {e}")))?,
         Source::Raw(raw) => raw.to_vec(),
     };
     check_count(flat.len(), &input.shape).map_err(|e| invalid("inputs", format!("{INPUT_PIXELS}.data {e}")))?;

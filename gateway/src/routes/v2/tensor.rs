@@ -9,57 +9,45 @@ use protocol::DataType;
 use serde_json::Value;
 use thiserror::Error;
 
-/// The datatypes the protocol names. The classifier uses UINT8, FP32 and
-/// BYTES; tensor models any [`DataType`]; a known name in the wrong place
-/// deserves a "wrong datatype" message rather than "unknown datatype".
+/// The datatypes the protocol names: the ones a model can take
+/// ([`DataType`], whose names are the single source), and the rest, which
+/// the classifier uses (BYTES) or which deserve a "wrong datatype" message
+/// rather than "unknown datatype" (UINT16..UINT64, which libtorch lacks).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Datatype {
-    Bool,
-    Uint8,
+    Tensor(DataType),
     Uint16,
     Uint32,
     Uint64,
-    Int8,
-    Int16,
-    Int32,
-    Int64,
-    Fp16,
-    Bf16,
-    Fp32,
-    Fp64,
     Bytes,
 }
 
-const NAMES: [(Datatype, &str); 14] = [
-    (Datatype::Bool, "BOOL"),
-    (Datatype::Uint8, "UINT8"),
-    (Datatype::Uint16, "UINT16"),
-    (Datatype::Uint32, "UINT32"),
-    (Datatype::Uint64, "UINT64"),
-    (Datatype::Int8, "INT8"),
-    (Datatype::Int16, "INT16"),
-    (Datatype::Int32, "INT32"),
-    (Datatype::Int64, "INT64"),
-    (Datatype::Fp16, "FP16"),
-    (Datatype::Bf16, "BF16"),
-    (Datatype::Fp32, "FP32"),
-    (Datatype::Fp64, "FP64"),
-    (Datatype::Bytes, "BYTES"),
-];
+/// The names that are not [`DataType`]s.
+const OTHER_NAMES: [(Datatype, &str); 4] =
+    [(Datatype::Uint16, "UINT16"), (Datatype::Uint32, "UINT32"), (Datatype::Uint64, "UINT64"), (Datatype::Bytes, "BYTES")];
 
 impl Datatype {
     /// The protocol's names are upper case and exact.
     pub fn parse(name: &str) -> Result<Datatype, TensorError> {
-        NAMES.iter().find(|(_, n)| *n == name).map(|(d, _)| *d).ok_or_else(|| TensorError::UnknownDatatype(name.into()))
+        DataType::from_name(name)
+            .map(Datatype::Tensor)
+            .or_else(|| OTHER_NAMES.iter().find(|(_, n)| *n == name).map(|(d, _)| *d))
+            .ok_or_else(|| TensorError::UnknownDatatype(name.into()))
     }
 
     pub fn name(self) -> &'static str {
-        NAMES.iter().find(|(d, _)| *d == self).map_or("?", |(_, n)| n)
+        match self {
+            Datatype::Tensor(d) => d.name(),
+            other => OTHER_NAMES.iter().find(|(d, _)| *d == other).map_or("?", |(_, n)| n),
+        }
     }
 
     /// The element type a model can take, if it is one.
     pub fn tensor(self) -> Option<DataType> {
-        DataType::from_name(self.name())
+        match self {
+            Datatype::Tensor(d) => Some(d),
+            _ => None,
+        }
     }
 }
 
@@ -71,8 +59,6 @@ pub enum TensorError {
     NegativeDimension { index: usize, value: i64 },
     #[error("shape {0:?} has more elements than fit in 64 bits")]
     TooManyElements(Vec<i64>),
-    #[error("element {index} is {found}; UINT8 elements are integers from 0 to 255")]
-    NotUint8 { index: usize, found: String },
     #[error("has {found} elements; shape {shape:?} needs {want}")]
     CountMismatch { found: u64, want: u64, shape: Vec<i64> },
     #[error("element {index} is {found}; {datatype} elements are {expected}")]
@@ -93,31 +79,10 @@ pub fn element_count(shape: &[i64]) -> Result<u64, TensorError> {
     dims.iter().try_fold(1u64, |count, &dim| count.checked_mul(dim)).ok_or_else(|| TensorError::TooManyElements(shape.to_vec()))
 }
 
-/// UINT8 `data` in row-major order: the protocol allows the flat form and
-/// the nested one, and any mix of nesting depths flattens the same way.
-pub fn flatten_uint8(data: &Value) -> Result<Vec<u8>, TensorError> {
-    let mut out = Vec::new();
-    push_uint8(data, &mut out)?;
-    Ok(out)
-}
-
-/// Recursion depth is bounded by serde_json's own nesting limit (128).
-fn push_uint8(value: &Value, out: &mut Vec<u8>) -> Result<(), TensorError> {
-    match value {
-        Value::Array(items) => items.iter().try_for_each(|item| push_uint8(item, out)),
-        Value::Number(n) => match n.as_u64().and_then(|v| u8::try_from(v).ok()) {
-            Some(byte) => {
-                out.push(byte);
-                Ok(())
-            }
-            None => Err(TensorError::NotUint8 { index: out.len(), found: n.to_string() }),
-        },
-        other => Err(TensorError::NotUint8 { index: out.len(), found: short(other) }),
-    }
-}
-
-/// `data` of any tensor datatype in row-major order (flat or nested, as for
-/// UINT8), as the little-endian bytes the model takes. Integers must fit
+/// `data` of any tensor datatype in row-major order, as the little-endian
+/// bytes the model takes: the protocol allows the flat form and the nested
+/// one, and any mix of nesting depths flattens the same way (recursion is
+/// bounded by serde_json's own nesting limit, 128). Integers must fit
 /// their type; floats must stay finite in theirs; BOOL takes true/false.
 pub fn flatten_typed(datatype: DataType, data: &Value) -> Result<Vec<u8>, TensorError> {
     let mut out = Vec::new();
@@ -238,9 +203,19 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    fn flatten_uint8(data: &Value) -> Result<Vec<u8>, TensorError> {
+        flatten_typed(DataType::Uint8, data)
+    }
+
+    /// What a UINT8 element out of range is.
+    fn not_uint8(index: usize, found: String) -> TensorError {
+        TensorError::WrongElement { index, found, datatype: "UINT8", expected: "integers from 0 to 255" }
+    }
+
     #[test]
     fn datatype_names_round_trip_and_are_exact() {
-        for (d, name) in NAMES {
+        let tensors = DataType::ALL.map(|d| (Datatype::Tensor(d), d.name()));
+        for (d, name) in tensors.into_iter().chain(OTHER_NAMES) {
             assert_eq!(Datatype::parse(name), Ok(d));
             assert_eq!(d.name(), name);
         }
@@ -277,12 +252,12 @@ mod tests {
 
     #[test]
     fn non_uint8_elements_are_named_by_position() {
-        assert_eq!(flatten_uint8(&json!([0, 255, 256])), Err(TensorError::NotUint8 { index: 2, found: "256".into() }));
-        assert_eq!(flatten_uint8(&json!([[1], [-1]])), Err(TensorError::NotUint8 { index: 1, found: "-1".into() }));
-        assert_eq!(flatten_uint8(&json!([1.5])), Err(TensorError::NotUint8 { index: 0, found: "1.5".into() }));
-        assert_eq!(flatten_uint8(&json!(["a"])), Err(TensorError::NotUint8 { index: 0, found: "\"a\"".into() }));
+        assert_eq!(flatten_uint8(&json!([0, 255, 256])), Err(not_uint8(2, "256".into())));
+        assert_eq!(flatten_uint8(&json!([[1], [-1]])), Err(not_uint8(1, "-1".into())));
+        assert_eq!(flatten_uint8(&json!([1.5])), Err(not_uint8(0, "1.5".into())));
+        assert_eq!(flatten_uint8(&json!(["a"])), Err(not_uint8(0, "\"a\"".into())));
         let long = "x".repeat(1000);
-        let Err(TensorError::NotUint8 { found, .. }) = flatten_uint8(&json!([long])) else { panic!("accepted a string") };
+        let Err(TensorError::WrongElement { found, .. }) = flatten_uint8(&json!([long])) else { panic!("accepted a string") };
         assert!(found.len() < 50, "{found}");
     }
 
