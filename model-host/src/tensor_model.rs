@@ -45,6 +45,8 @@ pub struct TensorModel {
     signature: TensorSignature,
     /// Where each output goes in a slot, in `[[outputs]]` order.
     placements: Vec<Placement>,
+    /// Bytes of one item's outputs with their padding.
+    row_bytes: usize,
 }
 
 /// A batch whose forward pass has been queued on the device; its outputs
@@ -61,7 +63,8 @@ impl TensorModel {
     pub fn load(file: &Path, signature: &TensorSignature, device: Device) -> Result<Self, tch::TchError> {
         let mut module = CModule::load_on_device(file, device)?;
         module.f_set_eval()?;
-        Ok(Self { module, placements: signature.output_placements(), signature: signature.clone() })
+        let (placements, row_bytes) = (signature.output_placements(), signature.output_bytes() as usize);
+        Ok(Self { module, placements, row_bytes, signature: signature.clone() })
     }
 
     /// Queues the forward pass on an uploaded batch and checks what it
@@ -74,8 +77,7 @@ impl TensorModel {
         for (tensor, spec) in outputs.iter().zip(&self.signature.outputs) {
             check(tensor, spec, batch)?;
         }
-        let row_bytes = self.signature.output_bytes() as usize;
-        Ok(Launched { outputs, placements: self.placements.clone(), row_bytes })
+        Ok(Launched { outputs, placements: self.placements.clone(), row_bytes: self.row_bytes })
     }
 }
 

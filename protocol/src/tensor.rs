@@ -125,39 +125,48 @@ impl Placement {
     }
 }
 
-/// Back-to-back placements, each aligned, and the bytes they span.
-fn place(specs: &[TensorSpec]) -> (Vec<Placement>, u64) {
+/// Back-to-back placements, each aligned.
+fn place(specs: &[TensorSpec]) -> Vec<Placement> {
     let mut at = 0;
-    let placements = specs
+    specs
         .iter()
         .map(|s| {
             let p = Placement { offset: at, len: s.byte_size() };
-            at = (at + p.len).div_ceil(TENSOR_ALIGN) * TENSOR_ALIGN;
+            at = aligned_end(at, p.len);
             p
         })
-        .collect();
-    (placements, at)
+        .collect()
+}
+
+/// The bytes `place` spans, without building the placements (the gateway
+/// asks for this on every answer).
+fn span(specs: &[TensorSpec]) -> u64 {
+    specs.iter().fold(0, |at, s| aligned_end(at, s.byte_size()))
+}
+
+fn aligned_end(offset: u64, len: u64) -> u64 {
+    (offset + len).div_ceil(TENSOR_ALIGN) * TENSOR_ALIGN
 }
 
 impl TensorSignature {
     /// Where each input goes in a slot, in `inputs` order.
     pub fn input_placements(&self) -> Vec<Placement> {
-        place(&self.inputs).0
+        place(&self.inputs)
     }
 
     /// Where the host puts each output, in `outputs` order.
     pub fn output_placements(&self) -> Vec<Placement> {
-        place(&self.outputs).0
+        place(&self.outputs)
     }
 
     /// Bytes of a slot's inputs (with alignment padding).
     pub fn input_bytes(&self) -> u64 {
-        place(&self.inputs).1
+        span(&self.inputs)
     }
 
     /// Bytes of a slot's outputs (with alignment padding).
     pub fn output_bytes(&self) -> u64 {
-        place(&self.outputs).1
+        span(&self.outputs)
     }
 
     /// The slot size a tensor model needs: room for either side.
