@@ -66,6 +66,7 @@ impl OutputData {
 pub fn respond(id: Option<String>, model: &ModelInfo, outputs: Vec<(OutputTensor, Delivery)>) -> Result<Response, ApiError> {
     let mut described = Vec::with_capacity(outputs.len());
     let mut binary = Vec::new();
+    let mut has_binary = false;
     for (tensor, delivery) in outputs {
         let mut output = json!({ "name": tensor.name, "datatype": tensor.data.datatype(), "shape": tensor.shape });
         match delivery {
@@ -74,6 +75,7 @@ pub fn respond(id: Option<String>, model: &ModelInfo, outputs: Vec<(OutputTensor
                 let raw = tensor.data.raw();
                 output["parameters"] = json!({ "binary_data_size": raw.len() });
                 binary.extend(raw);
+                has_binary = true;
             }
             Delivery::SharedMemory(region) => {
                 let raw = tensor.data.raw();
@@ -86,7 +88,6 @@ pub fn respond(id: Option<String>, model: &ModelInfo, outputs: Vec<(OutputTensor
         }
         described.push(output);
     }
-    let has_binary = described.iter().any(|o| o["parameters"].get("binary_data_size").is_some());
     let mut body = json!({ "model_name": model.name, "model_version": model.version, "outputs": described });
     if let Some(id) = id {
         body["id"] = json!(id);
