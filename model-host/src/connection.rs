@@ -12,8 +12,8 @@ use interprocess::local_socket::tokio::Stream;
 use protocol::shm::naming::segment_name;
 use protocol::shm::{Segment, ShmError, SlotLayout};
 use protocol::{
-    CodecError, GatewayMessage, HostCodec, HostMessage, HostStatus, InferError, InferRequest, ModelInfo, Phase,
-    PROTOCOL_VERSION, Refusal, SegmentInfo, SlotRef, Welcome, check_hello,
+    CodecError, GatewayMessage, HostCodec, HostMessage, HostStatus, InferError, InferRequest, MAX_REQUEST_TAG, ModelInfo,
+    PROTOCOL_VERSION, Phase, Refusal, SegmentInfo, SlotRef, Welcome, check_hello,
 };
 use thiserror::Error;
 use tokio::sync::{mpsc, watch};
@@ -68,11 +68,13 @@ pub async fn serve(stream: Stream, ctx: Arc<HostContext>, connection_id: u64) {
 
 async fn run(stream: Stream, ctx: &HostContext, connection_id: u64) -> Result<(), ConnectionError> {
     let mut channel = Framed::new(stream, HostCodec::default());
-    let segment = handshake(&mut channel, ctx, connection_id).await?;
+    // One receiver for the Welcome's snapshot and every later change: a
+    // change published after the snapshot is "unseen" on this receiver, so
+    // the loop below sends it, however the handshake and warm-up interleave.
+    let mut phase = ctx.phase.clone();
+    let segment = handshake(&mut channel, ctx, &mut phase, connection_id).await?;
     let (done_tx, mut done_rx) = mpsc::unbounded_channel();
     let mut session = Session::new(ctx, segment, done_tx);
-    let mut phase = ctx.phase.clone();
-    phase.mark_unchanged();
     tracing::info!(slots = ctx.slots_per_gateway, "gateway connected");
     loop {
         let reply = tokio::select! {
@@ -100,7 +102,12 @@ async fn run(stream: Stream, ctx: &HostContext, connection_id: u64) -> Result<()
 }
 
 /// Hello -> Welcome -> SegmentMapped, then unlink the segment's name.
-async fn handshake(channel: &mut Channel, ctx: &HostContext, connection_id: u64) -> Result<Segment, ConnectionError> {
+async fn handshake(
+    channel: &mut Channel,
+    ctx: &HostContext,
+    phase: &mut watch::Receiver<Phase>,
+    connection_id: u64,
+) -> Result<Segment, ConnectionError> {
     let hello = next_within(channel, HANDSHAKE_TIMEOUT).await?;
     let gateway = match check_hello(&hello) {
         Ok(name) => name.to_string(),
@@ -118,7 +125,8 @@ async fn handshake(channel: &mut Channel, ctx: &HostContext, connection_id: u64)
         host_pid: ctx.host_pid,
         model: ctx.model.clone(),
         segment: SegmentInfo { os_id: name, slot_count: layout.slot_count(), slot_size: layout.slot_size() },
-        phase: ctx.phase.borrow().clone(),
+        // Marks this value seen on the loop's receiver: only later changes follow.
+        phase: phase.borrow_and_update().clone(),
     };
     channel.send(HostMessage::Welcome(welcome)).await?;
     match next_within(channel, HANDSHAKE_TIMEOUT).await? {
@@ -221,6 +229,13 @@ impl<'a> Session<'a> {
                 r.width, r.height, r.channels, m.width, m.height, m.channels
             )));
         }
+        if r.tag.len() > MAX_REQUEST_TAG {
+            let _ = self.leases.release(r.slot).map(|()| self.ctx.counters.leased_slots.fetch_sub(1, Relaxed));
+            return refuse(InferError::InvalidRequest(format!(
+                "request tag of {} bytes is longer than the {MAX_REQUEST_TAG} allowed",
+                r.tag.len()
+            )));
+        }
         if self.pending.contains_key(&r.request_id) {
             return refuse(InferError::InvalidRequest(format!("request id {} is already in flight", r.request_id)));
         }
@@ -287,6 +302,7 @@ impl<'a> Session<'a> {
             copy_seconds_total: Counters::get64(&c.copy_us_total) as f64 / 1e6,
             inference_seconds_total: Counters::get64(&c.inference_us_total) as f64 / 1e6,
             refused: c.refused(),
+            graph_batch_sizes: c.graphs(),
         }
     }
 }
@@ -300,5 +316,124 @@ impl Drop for Session<'_> {
         }
         self.ctx.counters.leased_slots.fetch_sub(self.leases.in_use(), Relaxed);
         self.ctx.counters.connections.fetch_sub(1, Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use interprocess::local_socket::traits::tokio::{Listener as _, Stream as _};
+    use interprocess::local_socket::{GenericFilePath, ListenerOptions, ToFsName};
+    use protocol::{GatewayCodec, StartupTimings};
+
+    use super::*;
+
+    fn model() -> ModelInfo {
+        ModelInfo {
+            name: "m".into(),
+            version: "1".into(),
+            description: String::new(),
+            width: 2,
+            height: 2,
+            channels: 1,
+            labels: vec!["a".into(), "b".into()],
+            tensors: None,
+            max_batch_size: 1,
+            device: "cpu".into(),
+        }
+    }
+
+    /// A host connection served on a temporary socket, with the phase in
+    /// the test's hands, and a gateway's framed end of it.
+    async fn connected(phase: watch::Receiver<Phase>) -> (Framed<Stream, GatewayCodec>, tempfile::TempDir) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("control.sock");
+        let name = path.clone().to_fs_name::<GenericFilePath>().expect("socket name");
+        let listener = ListenerOptions::new().name(name.clone()).create_tokio().expect("listening");
+        let counters = Arc::new(Counters::new(&[1]));
+        let (jobs, job_rx) = JobQueue::new(4, counters.clone());
+        let ctx = Arc::new(HostContext {
+            model: model(),
+            phase,
+            jobs,
+            counters,
+            slots_per_gateway: 2,
+            shm_mode: 0o600,
+            host_pid: std::process::id(),
+            peers: crate::peer_auth::PeerPolicy::new(&[], &[]).expect("own uid"),
+        });
+        // Segment names are `<pid>.<connection id>`: tests running side by
+        // side in this process need ids of their own, or one's segment
+        // creation fails on the other's name.
+        static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        let connection_id = NEXT_ID.fetch_add(1, Relaxed);
+        tokio::spawn(async move {
+            let _keep_queue_open = job_rx;
+            let stream = listener.accept().await.expect("accept");
+            serve(stream, ctx, connection_id).await;
+        });
+        let stream = Stream::connect(name).await.expect("connect");
+        (Framed::new(stream, GatewayCodec::default()), dir)
+    }
+
+    async fn next(gateway: &mut Framed<Stream, GatewayCodec>) -> Option<HostMessage> {
+        match tokio::time::timeout(Duration::from_secs(5), gateway.next()).await {
+            Ok(Some(Ok(message))) => Some(message),
+            _ => None,
+        }
+    }
+
+    /// The host becomes ready after it sent the Welcome (warming) and before
+    /// the gateway has mapped its segment: the gateway must still be told.
+    /// This interleaving lost the update when the loop's receiver was taken
+    /// after the handshake and marked unchanged.
+    #[tokio::test]
+    async fn a_phase_change_during_the_handshake_reaches_the_gateway() {
+        let (phase_tx, phase_rx) = watch::channel(Phase::Warming { done: 0, total: 1 });
+        let (mut gateway, _dir) = connected(phase_rx).await;
+        let hello = GatewayMessage::Hello { protocol_version: PROTOCOL_VERSION, gateway: "test".into() };
+        gateway.send(hello).await.expect("hello");
+        let welcome = match next(&mut gateway).await {
+            Some(HostMessage::Welcome(w)) => w,
+            other => panic!("expected Welcome, got {other:?}"),
+        };
+        assert_eq!(welcome.phase.name(), "warming");
+        let segment = Segment::open(
+            &welcome.segment.os_id,
+            SlotLayout::new(welcome.segment.slot_count, welcome.segment.slot_size).expect("layout"),
+        )
+        .expect("mapping the segment");
+        phase_tx.send_replace(Phase::Ready(StartupTimings::default()));
+        gateway.send(GatewayMessage::SegmentMapped).await.expect("mapped");
+        match next(&mut gateway).await {
+            Some(HostMessage::PhaseChanged(p)) => assert!(p.is_ready(), "told {p:?}"),
+            other => panic!("the gateway was never told the host is ready: {other:?}"),
+        }
+        drop(segment);
+    }
+
+    /// The plain order: the phase the Welcome carries is not sent again,
+    /// and a change after the handshake is sent once.
+    #[tokio::test]
+    async fn the_welcome_phase_is_not_repeated_and_later_changes_follow() {
+        let (phase_tx, phase_rx) = watch::channel(Phase::Ready(StartupTimings::default()));
+        let (mut gateway, _dir) = connected(phase_rx).await;
+        let hello = GatewayMessage::Hello { protocol_version: PROTOCOL_VERSION, gateway: "test".into() };
+        gateway.send(hello).await.expect("hello");
+        let Some(HostMessage::Welcome(welcome)) = next(&mut gateway).await else { panic!("no Welcome") };
+        assert!(welcome.phase.is_ready());
+        let layout = SlotLayout::new(welcome.segment.slot_count, welcome.segment.slot_size).expect("layout");
+        let _segment = Segment::open(&welcome.segment.os_id, layout).expect("mapping the segment");
+        gateway.send(GatewayMessage::SegmentMapped).await.expect("mapped");
+        // A Status round trip proves the loop runs; no PhaseChanged comes first.
+        gateway.send(GatewayMessage::Status { request_id: 7 }).await.expect("status");
+        match next(&mut gateway).await {
+            Some(HostMessage::Status { request_id: 7, .. }) => {}
+            other => panic!("expected the Status answer first, got {other:?}"),
+        }
+        phase_tx.send_replace(Phase::Draining);
+        match next(&mut gateway).await {
+            Some(HostMessage::PhaseChanged(Phase::Draining)) => {}
+            other => panic!("expected PhaseChanged(Draining), got {other:?}"),
+        }
     }
 }
