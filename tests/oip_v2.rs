@@ -191,6 +191,21 @@ async fn pixels_are_classified_like_v1_predict() {
         assert_eq!(parts.len(), 3, "{best}");
         assert_eq!((parts[1], parts[2]), (want.to_string().as_str(), want.to_string().as_str()), "{best}");
     }
+
+    // A request id at the 64-byte bound on a 12-element batch: each element's
+    // tag (`<id>.<i>`) still fits the bound the host enforces.
+    let twelve: Vec<Vec<u8>> = elements.iter().cycle().take(12).cloned().collect();
+    let id = "r".repeat(protocol::MAX_REQUEST_TAG);
+    let response = client
+        .post(gateway.url("/v2/models/digits/infer"))
+        .header("content-type", "application/json")
+        .header("x-request-id", &id)
+        .body(pixels_request(&twelve, json!([])))
+        .send()
+        .await
+        .expect("POST");
+    let status = response.status();
+    assert_eq!(status, 200, "{}", response.text().await.unwrap_or_default());
 }
 
 #[tokio::test]

@@ -5,7 +5,6 @@
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use axum::http::{HeaderName, HeaderValue, Request};
-use protocol::MAX_REQUEST_TAG;
 use tower::ServiceBuilder;
 use tower::layer::util::{Identity, Stack};
 use tower_http::request_id::{MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer};
@@ -30,11 +29,7 @@ impl MakeRequestId for Sequential {
 /// The id of a request, bounded for logs and the control channel.
 pub fn of<B>(request: &Request<B>) -> String {
     let id = request.headers().get(HEADER).and_then(|v| v.to_str().ok()).unwrap_or("-");
-    let mut end = id.len().min(MAX_REQUEST_TAG);
-    while !id.is_char_boundary(end) {
-        end -= 1;
-    }
-    id[..end].to_string()
+    protocol::request_tag(id)
 }
 
 fn span_for<B>(request: &Request<B>) -> tracing::Span {

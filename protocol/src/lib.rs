@@ -19,9 +19,11 @@ pub mod handshake;
 pub mod message;
 #[allow(unsafe_code)]
 pub mod shm;
+pub mod tag;
 pub mod tensor;
 
 pub use codec::{CodecError, ControlCodec, GatewayCodec, HostCodec, MAX_FRAME_LEN};
 pub use handshake::{HandshakeError, PROTOCOL_VERSION, check_hello};
 pub use message::*;
+pub use tag::{item_tag, request_tag};
 pub use tensor::{DataType, Placement, TensorSignature, TensorSpec};

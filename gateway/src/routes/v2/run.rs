@@ -37,7 +37,7 @@ pub struct BatchAnswer {
 }
 
 pub async fn run_batch(link: &Arc<Link>, elements: &[Vec<u8>], deadline: Instant, budget_ms: u64, tag: &str) -> Result<BatchAnswer, ApiError> {
-    let calls = elements.iter().enumerate().map(|(i, pixels)| run_one(link, pixels, deadline, budget_ms, format!("{tag}.{i}")));
+    let calls = elements.iter().enumerate().map(|(i, pixels)| run_one(link, pixels, deadline, budget_ms, protocol::item_tag(tag, i)));
     // The first failure drops the other calls, which cancels them at the host.
     let answers = futures::future::try_join_all(calls).await?;
     let queue = Duration::from_micros(answers.iter().map(|(_, t)| t.queue_us).sum());

@@ -196,7 +196,7 @@ pub async fn run(link: &Arc<Link>, signature: &TensorSignature, mut plan: Plan, 
     if Instant::now() >= deadline {
         return Err(ApiError::DeadlineExceeded { budget_ms });
     }
-    let calls = plan.items.iter().enumerate().map(|(i, item)| host_call::run_tensors(link, item, deadline, budget_ms, format!("{tag}.{i}")));
+    let calls = plan.items.iter().enumerate().map(|(i, item)| host_call::run_tensors(link, item, deadline, budget_ms, protocol::item_tag(tag, i)));
     // The first failure drops the other calls, which cancels them at the host.
     let answers = futures::future::try_join_all(calls).await?;
     let queue = Duration::from_micros(answers.iter().map(|(p, _)| p.timings.queue_us).sum());
