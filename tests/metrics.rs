@@ -1,6 +1,8 @@
 //! GET /metrics: the gateway's own figures and the host's, in Prometheus
 //! text format; and a request id that reaches both processes' logs.
 
+use std::time::Duration;
+
 use integration_tests::*;
 
 fn value(metrics: &str, series: &str) -> f64 {
@@ -59,4 +61,35 @@ async fn metrics_cover_gateway_and_host_and_request_ids_cross_the_socket() {
 
     assert!(gateway.process.log().contains("trace-me-4711"), "gateway log lacks the id:\n{}", gateway.process.log());
     assert!(host.log().contains("trace-me-4711"), "host log lacks the id:\n{}", host.log());
+}
+
+/// A request whose client goes away mid-flight leaves the in-flight gauge.
+/// The host here never answers, and the gateway's own timeout is far off,
+/// so the only way out of the gauge is the handler's future being dropped
+/// when hyper sees the client's connection close.
+#[tokio::test]
+async fn requests_dropped_mid_flight_leave_the_in_flight_gauge() {
+    let scratch = Scratch::new();
+    silent_host::start(&scratch.socket());
+    let gateway = scratch.start_gateway(&["--request-timeout-ms", "600000"]);
+    gateway.wait_ready().await;
+    let scraper = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
+    let in_flight = async || {
+        let text = scraper.get(gateway.url("/metrics")).send().await.unwrap().text().await.unwrap();
+        // The scrape itself is one of them.
+        value(&text, "splitserve_gateway_http_requests_in_flight") - 1.0
+    };
+    let sample = testset("gray8").remove(0);
+    let mut clients = Vec::new();
+    for _ in 0..3 {
+        let (url, bytes) = (gateway.predict_url(), sample.bytes.clone());
+        clients.push(tokio::spawn(async move { post_image(&reqwest::Client::new(), &url, bytes, "image/png").await }));
+    }
+    let limit = Duration::from_secs(30);
+    assert!(eventually(limit, async || in_flight().await == 3.0).await.is_some(), "the 3 requests never showed as in flight");
+    for client in &clients {
+        client.abort();
+    }
+    let left = eventually(limit, async || in_flight().await == 0.0).await;
+    assert!(left.is_some(), "{} requests still counted in flight after their clients left", in_flight().await);
 }

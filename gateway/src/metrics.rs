@@ -53,13 +53,31 @@ pub async fn track_http(request: Request, next: Next) -> Response {
         .map(|p| p.as_str().to_string())
         .unwrap_or_else(|| "unmatched".to_string());
     let started = Instant::now();
-    gauge!(HTTP_IN_FLIGHT).increment(1.0);
+    let in_flight = InFlightGauge::enter();
     let response = next.run(request).await;
-    gauge!(HTTP_IN_FLIGHT).decrement(1.0);
+    drop(in_flight);
     let status = response.status().as_u16().to_string();
     counter!(HTTP_REQUESTS, "route" => route.clone(), "status" => status).increment(1);
     histogram!(HTTP_DURATION, "route" => route).record(started.elapsed().as_secs_f64());
     response
+}
+
+/// One request counted in [`HTTP_IN_FLIGHT`] for as long as this lives: the
+/// decrement is in `Drop`, so a handler future dropped mid-flight (the
+/// client closed its connection, the grace period ran out) still leaves.
+struct InFlightGauge;
+
+impl InFlightGauge {
+    fn enter() -> Self {
+        gauge!(HTTP_IN_FLIGHT).increment(1.0);
+        InFlightGauge
+    }
+}
+
+impl Drop for InFlightGauge {
+    fn drop(&mut self) {
+        gauge!(HTTP_IN_FLIGHT).decrement(1.0);
+    }
 }
 
 /// A predict request's stages: decode, queue, inference, total.

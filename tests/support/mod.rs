@@ -5,6 +5,7 @@
 //! tests that play a broken or hostile gateway.
 
 pub mod raw_control;
+pub mod silent_host;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
