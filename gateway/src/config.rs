@@ -57,6 +57,14 @@ pub struct Config {
     #[arg(long, env = "GATEWAY_LAME_DUCK_MS", default_value_t = 1_000)]
     pub lame_duck_ms: u64,
 
+    /// At start, accept no HTTP connection until the host link is up, for
+    /// at most this many milliseconds: a gateway restarted on a held socket
+    /// (systemd's gateway.socket) leaves the requests that arrive meanwhile
+    /// queued in the kernel instead of answering them 503 "connecting". A
+    /// gateway whose host is away serves (503s, health) once this passes.
+    #[arg(long, env = "GATEWAY_LINK_WAIT_MS", default_value_t = 2_000)]
+    pub link_wait_ms: u64,
+
     /// How many classes a prediction returns when the request does not say
     /// (`?top_k=`).
     #[arg(long, env = "GATEWAY_DEFAULT_TOP_K", default_value_t = 5)]
@@ -88,6 +96,10 @@ impl Config {
 
     pub fn header_timeout(&self) -> Duration {
         Duration::from_millis(self.header_timeout_ms)
+    }
+
+    pub fn link_wait(&self) -> Duration {
+        Duration::from_millis(self.link_wait_ms)
     }
 
     pub fn shutdown_grace(&self) -> Duration {

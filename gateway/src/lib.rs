@@ -79,7 +79,16 @@ impl AppState {
 /// requests finish for at most the configured grace period.
 pub async fn run(config: Config, listener: tokio::net::TcpListener, shutdown: impl Future<Output = ()> + Send + 'static) {
     let draining = serve::Draining::default();
-    let app = routes::router(AppState::new(&config))
+    let state = AppState::new(&config);
+    // Connections wait in the listening socket's queue meanwhile, unrefused.
+    let waited = std::time::Instant::now();
+    let mut shutdown = std::pin::pin!(shutdown);
+    let linked = tokio::select! {
+        linked = state.host.wait_linked(config.link_wait()) => linked,
+        () = &mut shutdown => return,
+    };
+    tracing::info!(linked, waited_ms = waited.elapsed().as_secs_f64() * 1e3, "accepting connections");
+    let app = routes::router(state)
         .layer(axum::middleware::from_fn_with_state(draining.clone(), serve::close_when_draining));
     let limits = serve::ServeLimits {
         header_timeout: config.header_timeout(),

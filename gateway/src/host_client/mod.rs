@@ -59,6 +59,13 @@ impl HostClient {
         Self { link, down_reason }
     }
 
+    /// Waits until the first link is up (handshake done, so the host's phase
+    /// is known) or `limit` passes; true if it is up.
+    pub async fn wait_linked(&self, limit: Duration) -> bool {
+        let mut link = self.link.clone();
+        tokio::time::timeout(limit, link.wait_for(Option::is_some)).await.is_ok_and(|r| r.is_ok())
+    }
+
     /// The live link, or why there is none.
     pub fn link(&self) -> Result<Arc<Link>, HostCallError> {
         match &*self.link.borrow() {
