@@ -203,7 +203,14 @@ async fn extreme_values(c: &mut RawControl, welcome: &Welcome) {
         (request.top_k, request.budget_us, request.tag) = (top_k, budget_us, "t".repeat(tag_len));
         c.send(&GatewayMessage::Infer(request)).await;
         match c.next(WAIT).await {
+            // A tag over the protocol's bound is a typed refusal naming it.
+            Heard::Message(HostMessage::InferDone { request_id, result: Err(InferError::InvalidRequest(why)) })
+                if request_id == id + 1 && tag_len > protocol::MAX_REQUEST_TAG =>
+            {
+                assert!(why.contains(&protocol::MAX_REQUEST_TAG.to_string()), "{case}: {why}");
+            }
             Heard::Message(HostMessage::InferDone { request_id, result: Ok(p) }) if request_id == id + 1 => {
+                assert!(tag_len <= protocol::MAX_REQUEST_TAG, "{case}: answered, not refused");
                 assert!((1..=classes).contains(&p.top.len()), "{case}: {} classes", p.top.len());
             }
             other => panic!("{case}: expected an answer, got {other:?}"),
