@@ -1,0 +1,192 @@
+// The few libtorch calls tch does not expose, as a C surface for
+// model-host/src/torch_ext/: load + freeze + optimize_for_inference, a
+// forward pass under c10::InferenceMode, and CUDA graphs captured from a
+// module and replayed.
+//
+// Every function catches every C++ exception and returns it as a message
+// (malloc'd, freed by shim_free_error); nothing unwinds into Rust. Handles
+// are owned by the caller and freed by the matching shim_*_free. Tensors
+// cross as `at::Tensor*`, the representation tch's C_tensor has: inputs
+// are borrowed, outputs are new heap tensors that the caller owns.
+
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <torch/script.h>
+#include <torch/csrc/jit/api/module.h>
+
+#ifdef SHIM_WITH_CUDA
+#include <ATen/cuda/CUDAGraph.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/cuda.h>
+#endif
+
+namespace {
+
+char* error_of(const char* what) {
+  char* copy = static_cast<char*>(std::malloc(std::strlen(what) + 1));
+  if (copy != nullptr) std::strcpy(copy, what);
+  return copy;
+}
+
+template <typename F>
+char* guarded(F&& body) {
+  try {
+    body();
+    return nullptr;
+  } catch (const c10::Error& e) {
+    return error_of(e.what_without_backtrace());
+  } catch (const std::exception& e) {
+    return error_of(e.what());
+  } catch (...) {
+    return error_of("unknown C++ exception");
+  }
+}
+
+std::vector<c10::IValue> ivalues(const at::Tensor* const* inputs, int count) {
+  std::vector<c10::IValue> values;
+  values.reserve(count);
+  for (int i = 0; i < count; ++i) values.emplace_back(*inputs[i]);
+  return values;
+}
+
+at::Tensor single_tensor(const c10::IValue& out) {
+  if (!out.isTensor()) throw std::runtime_error("forward() returned " + out.tagKind() + ", not one Tensor");
+  return out.toTensor();
+}
+
+}  // namespace
+
+struct ShimModule {
+  torch::jit::Module module;
+};
+
+#ifdef SHIM_WITH_CUDA
+struct ShimGraph {
+  at::cuda::CUDAGraph graph;
+  at::Tensor output;
+};
+#endif
+
+extern "C" {
+
+void shim_free_error(char* error) { std::free(error); }
+
+int shim_has_cuda_graphs() {
+#ifdef SHIM_WITH_CUDA
+  return 1;
+#else
+  return 0;
+#endif
+}
+
+// Loads `path` onto `device` (tch's device code: -1 CPU, n >= 0 cuda:n),
+// in eval mode, cast to `dtype` (c10::ScalarType; -1 keeps the file's).
+char* shim_module_load(const char* path, int device, int dtype, ShimModule** out) {
+  return guarded([&] {
+    c10::Device where = device < 0 ? c10::Device(c10::kCPU) : c10::Device(c10::kCUDA, static_cast<c10::DeviceIndex>(device));
+    auto loaded = std::make_unique<ShimModule>(ShimModule{torch::jit::load(path, where)});
+    loaded->module.eval();
+    if (dtype >= 0) loaded->module.to(static_cast<c10::ScalarType>(dtype));
+    *out = loaded.release();
+  });
+}
+
+// torch.jit.freeze, then (if `optimize`) torch.jit.optimize_for_inference,
+// in place. On error the module is left as it was.
+char* shim_module_freeze(ShimModule* m, int optimize) {
+  return guarded([&] {
+    torch::jit::Module frozen = torch::jit::freeze(m->module);
+    if (optimize) frozen = torch::jit::optimize_for_inference(frozen);
+    m->module = frozen;
+  });
+}
+
+// forward(inputs...) under InferenceMode; the result must be one tensor.
+char* shim_module_forward(ShimModule* m, const at::Tensor* const* inputs, int count, at::Tensor** out) {
+  return guarded([&] {
+    c10::InferenceMode inference;
+    at::Tensor result = single_tensor(m->module.forward(ivalues(inputs, count)));
+    *out = new at::Tensor(std::move(result));
+  });
+}
+
+void shim_module_free(ShimModule* m) { delete m; }
+
+// An uninitialised uint8 CPU tensor of `len` bytes in page-locked memory,
+// from libtorch's caching host allocator: a block still read by an earlier
+// asynchronous copy is not handed out again until that copy is done.
+char* shim_pinned_empty(int64_t len, at::Tensor** out) {
+  return guarded([&] {
+    at::Tensor t = at::empty({len}, at::TensorOptions().dtype(at::kByte).pinned_memory(true));
+    *out = new at::Tensor(std::move(t));
+  });
+}
+
+// Captures forward(inputs...) into a CUDA graph. `inputs` are the graph's
+// static inputs: each replay reads whatever they hold then. `warmups`
+// eager passes on the capture stream come first (cuDNN/cuBLAS choose their
+// kernels and workspaces outside the capture). The graph's output tensor
+// (overwritten by each replay) is returned in `output`.
+char* shim_graph_capture(ShimModule* m, const at::Tensor* const* inputs, int count, int warmups,
+                         void** graph, at::Tensor** output) {
+#ifdef SHIM_WITH_CUDA
+  return guarded([&] {
+    c10::InferenceMode inference;
+    std::vector<c10::IValue> values = ivalues(inputs, count);
+    if (count == 0 || !inputs[0]->is_cuda()) throw std::runtime_error("CUDA graph inputs must be CUDA tensors");
+    c10::DeviceIndex device = inputs[0]->device().index();
+    auto g = std::make_unique<ShimGraph>();
+    // Everything queued on the current stream (the inputs' contents) first.
+    torch::cuda::synchronize(device);
+    c10::cuda::CUDAStream previous = c10::cuda::getCurrentCUDAStream(device);
+    c10::cuda::CUDAStream side = c10::cuda::getStreamFromPool(false, device);
+    c10::cuda::setCurrentCUDAStream(side);
+    try {
+      for (int i = 0; i < warmups; ++i) single_tensor(m->module.forward(values));
+      torch::cuda::synchronize(device);
+      g->graph.capture_begin();
+      try {
+        g->output = single_tensor(m->module.forward(values));
+      } catch (...) {
+        try { g->graph.capture_end(); } catch (...) {}
+        throw;
+      }
+      g->graph.capture_end();
+    } catch (...) {
+      c10::cuda::setCurrentCUDAStream(previous);
+      throw;
+    }
+    c10::cuda::setCurrentCUDAStream(previous);
+    torch::cuda::synchronize(device);
+    *output = new at::Tensor(g->output);
+    *graph = g.release();
+  });
+#else
+  (void)m; (void)inputs; (void)count; (void)warmups; (void)graph; (void)output;
+  return error_of("this model-host was built without CUDA graph support");
+#endif
+}
+
+// Queues one replay on the calling thread's current CUDA stream.
+char* shim_graph_replay(void* graph) {
+#ifdef SHIM_WITH_CUDA
+  return guarded([&] { static_cast<ShimGraph*>(graph)->graph.replay(); });
+#else
+  (void)graph;
+  return error_of("this model-host was built without CUDA graph support");
+#endif
+}
+
+void shim_graph_free(void* graph) {
+#ifdef SHIM_WITH_CUDA
+  delete static_cast<ShimGraph*>(graph);
+#else
+  (void)graph;
+#endif
+}
+
+}  // extern "C"

@@ -1,0 +1,248 @@
+//! What tch does not expose, through the C++ shim in `shim/torch_shim.cpp`:
+//! a module loaded, frozen and `optimize_for_inference`d, its forward pass
+//! under `c10::InferenceMode`, and CUDA graphs captured from it.
+//!
+//! The crate's one other home of `unsafe` besides `protocol::shm`: every
+//! call into the shim is here, each with its `// SAFETY:`. The shim turns
+//! every C++ exception into an error message, so nothing unwinds across the
+//! boundary; handles are freed exactly once, by `Drop`. Tensors cross as
+//! tch's own `C_tensor` (an `at::Tensor*`): borrowed going in, owned coming
+//! out.
+#![allow(unsafe_code)]
+#![deny(unsafe_op_in_unsafe_fn)]
+
+use std::ffi::{CStr, CString, c_char, c_int, c_void};
+use std::path::Path;
+
+use tch::{Device, Kind, Tensor};
+use thiserror::Error;
+use torch_sys::C_tensor;
+
+#[derive(Debug, Error, Clone, PartialEq)]
+#[error("{0}")]
+pub struct ShimError(pub String);
+
+/// The shim's opaque module type.
+#[repr(C)]
+struct ShimModule {
+    _private: [u8; 0],
+}
+
+unsafe extern "C" {
+    fn shim_free_error(error: *mut c_char);
+    fn shim_has_cuda_graphs() -> c_int;
+    fn shim_module_load(path: *const c_char, device: c_int, dtype: c_int, out: *mut *mut ShimModule) -> *mut c_char;
+    fn shim_module_freeze(module: *mut ShimModule, optimize: c_int) -> *mut c_char;
+    fn shim_module_forward(module: *mut ShimModule, inputs: *const *const C_tensor, count: c_int, out: *mut *mut C_tensor) -> *mut c_char;
+    fn shim_module_free(module: *mut ShimModule);
+    fn shim_pinned_empty(len: i64, out: *mut *mut C_tensor) -> *mut c_char;
+    fn shim_graph_capture(
+        module: *mut ShimModule,
+        inputs: *const *const C_tensor,
+        count: c_int,
+        warmups: c_int,
+        graph: *mut *mut c_void,
+        output: *mut *mut C_tensor,
+    ) -> *mut c_char;
+    fn shim_graph_replay(graph: *mut c_void) -> *mut c_char;
+    fn shim_graph_free(graph: *mut c_void);
+}
+
+/// Turns the shim's error return into a Result.
+fn check(error: *mut c_char) -> Result<(), ShimError> {
+    if error.is_null() {
+        return Ok(());
+    }
+    // SAFETY: a non-null return is a NUL-terminated string the shim
+    // malloc'd for us; it is read once here and freed by the shim's free.
+    let message = unsafe { CStr::from_ptr(error) }.to_string_lossy().into_owned();
+    // SAFETY: `error` came from the shim and is freed exactly once.
+    unsafe { shim_free_error(error) };
+    Err(ShimError(message))
+}
+
+/// Whether this build of the shim can capture CUDA graphs.
+pub fn has_cuda_graphs() -> bool {
+    // SAFETY: takes nothing, returns a constant.
+    unsafe { shim_has_cuda_graphs() != 0 }
+}
+
+fn device_code(device: Device) -> c_int {
+    match device {
+        Device::Cuda(n) => n as c_int,
+        _ => -1,
+    }
+}
+
+/// c10::ScalarType's number for the floating dtypes a model may be cast to.
+fn scalar_type(kind: Kind) -> Result<c_int, ShimError> {
+    match kind {
+        Kind::Half => Ok(5),
+        Kind::Float => Ok(6),
+        Kind::BFloat16 => Ok(15),
+        other => Err(ShimError(format!("cannot cast a model to {other:?}"))),
+    }
+}
+
+fn tensor_ptrs(inputs: &[&Tensor]) -> Vec<*const C_tensor> {
+    inputs.iter().map(|t| t.as_ptr()).collect()
+}
+
+/// A TorchScript module owned by the shim.
+pub struct Module {
+    raw: *mut ShimModule,
+}
+
+// SAFETY: a torch::jit::Module may be moved between threads; this handle is
+// only used through `&mut self` or from one thread at a time (the model
+// thread owns it), as tch's own CModule is.
+unsafe impl Send for Module {}
+
+impl Module {
+    /// Loads `path` onto `device`, in eval mode, cast to `dtype` (None keeps
+    /// the file's dtypes).
+    pub fn load(path: &Path, device: Device, dtype: Option<Kind>) -> Result<Self, ShimError> {
+        let path = CString::new(path.as_os_str().as_encoded_bytes()).map_err(|e| ShimError(e.to_string()))?;
+        let dtype = match dtype {
+            None => -1,
+            Some(kind) => scalar_type(kind)?,
+        };
+        let mut raw = std::ptr::null_mut();
+        // SAFETY: `path` is NUL-terminated and outlives the call; `raw` is
+        // written only on success.
+        check(unsafe { shim_module_load(path.as_ptr(), device_code(device), dtype, &mut raw) })?;
+        Ok(Module { raw })
+    }
+
+    /// `torch.jit.freeze`, then `optimize_for_inference` if asked. On
+    /// error the module is unchanged and still usable.
+    pub fn freeze(&mut self, optimize: bool) -> Result<(), ShimError> {
+        // SAFETY: `self.raw` is a live module owned by this handle.
+        check(unsafe { shim_module_freeze(self.raw, c_int::from(optimize)) })
+    }
+
+    /// `forward(inputs...)` under InferenceMode; it must return one tensor.
+    pub fn forward(&self, inputs: &[&Tensor]) -> Result<Tensor, ShimError> {
+        let ptrs = tensor_ptrs(inputs);
+        let mut out = std::ptr::null_mut();
+        // SAFETY: the module is live; the input pointers borrow tensors that
+        // outlive the call; `out` is a new heap tensor on success, whose
+        // ownership passes to the `Tensor` made from it.
+        check(unsafe { shim_module_forward(self.raw, ptrs.as_ptr(), ptrs.len() as c_int, &mut out) })?;
+        // SAFETY: `out` is a valid, owned at::Tensor* (see above).
+        Ok(unsafe { Tensor::from_ptr(out) })
+    }
+}
+
+impl Drop for Module {
+    fn drop(&mut self) {
+        // SAFETY: `raw` was made by shim_module_load and is freed once, here.
+        unsafe { shim_module_free(self.raw) }
+    }
+}
+
+/// Host memory a batch is gathered into before its copy to the device:
+/// page-locked (pinned) for a GPU, so that the copy is one DMA queued
+/// behind the running batch instead of a staging copy the CPU makes first.
+pub struct HostBuffer {
+    /// A contiguous uint8 CPU tensor of `len` bytes that only this struct
+    /// refers to until [`Self::into_tensor`].
+    tensor: Tensor,
+    len: usize,
+}
+
+impl HostBuffer {
+    /// `len` bytes, pinned (needs a CUDA device) or plain, uninitialised.
+    pub fn new(len: usize, pinned: bool) -> Result<Self, ShimError> {
+        let tensor = if pinned {
+            let mut out = std::ptr::null_mut();
+            // SAFETY: `out` is written only on success, with a new heap
+            // tensor whose ownership passes to the `Tensor` made from it.
+            check(unsafe { shim_pinned_empty(len as i64, &mut out) })?;
+            // SAFETY: `out` is a valid, owned at::Tensor* (see above).
+            unsafe { Tensor::from_ptr(out) }
+        } else {
+            Tensor::f_empty([len as i64], (Kind::Uint8, Device::Cpu)).map_err(|e| ShimError(e.to_string()))?
+        };
+        Ok(HostBuffer { tensor, len })
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The bytes, to gather a batch into.
+    pub fn as_mut_slice(&mut self) -> &mut [u8] {
+        if self.len == 0 {
+            return &mut [];
+        }
+        let data = self.tensor.data_ptr().cast::<u8>();
+        // SAFETY: the tensor is a contiguous uint8 CPU tensor of exactly
+        // `len` bytes (made above, never resized); no other handle to it
+        // exists until `into_tensor` consumes self, so this borrow of self
+        // is the only access to the memory for its lifetime.
+        unsafe { std::slice::from_raw_parts_mut(data, self.len) }
+    }
+
+    /// The buffer as a 1-D uint8 tensor, to copy to the device.
+    pub fn into_tensor(self) -> Tensor {
+        self.tensor
+    }
+}
+
+/// A CUDA graph of one forward pass over fixed input tensors. Write the
+/// next batch into [`Self::inputs`] (on the stream replays run on), then
+/// [`Self::replay`]; [`Self::output`] then holds its result, until the next
+/// replay overwrites it.
+pub struct CudaGraph {
+    raw: *mut c_void,
+    inputs: Vec<Tensor>,
+    output: Tensor,
+}
+
+// SAFETY: as for `Module`; the graph is replayed from one thread at a time.
+unsafe impl Send for CudaGraph {}
+
+impl CudaGraph {
+    /// Captures `module.forward(inputs)` after `warmups` eager passes. The
+    /// graph keeps `inputs` (its static inputs) and reads them at each replay.
+    pub fn capture(module: &Module, inputs: Vec<Tensor>, warmups: u32) -> Result<Self, ShimError> {
+        let borrowed: Vec<&Tensor> = inputs.iter().collect();
+        let ptrs = tensor_ptrs(&borrowed);
+        let (mut raw, mut output) = (std::ptr::null_mut(), std::ptr::null_mut());
+        // SAFETY: the module is live; the input pointers borrow `inputs`,
+        // which this struct keeps alive as long as the graph; `raw` and
+        // `output` are written only on success and owned from then on.
+        check(unsafe {
+            shim_graph_capture(module.raw, ptrs.as_ptr(), ptrs.len() as c_int, warmups as c_int, &mut raw, &mut output)
+        })?;
+        // SAFETY: `output` is a valid, owned at::Tensor* (see above).
+        let output = unsafe { Tensor::from_ptr(output) };
+        Ok(CudaGraph { raw, inputs, output })
+    }
+
+    pub fn inputs(&self) -> &[Tensor] {
+        &self.inputs
+    }
+
+    /// Queues one replay on the current CUDA stream.
+    pub fn replay(&self) -> Result<&Tensor, ShimError> {
+        // SAFETY: `raw` is a live graph owned by this struct.
+        check(unsafe { shim_graph_replay(self.raw) })?;
+        Ok(&self.output)
+    }
+}
+
+impl Drop for CudaGraph {
+    fn drop(&mut self) {
+        // SAFETY: `raw` was made by shim_graph_capture and is freed once, here.
+        unsafe { shim_graph_free(self.raw) }
+    }
+}
+
+#[cfg(test)]
+mod tests;

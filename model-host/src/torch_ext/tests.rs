@@ -1,0 +1,106 @@
+//! The shim on the CPU: what runs must match tch's own forward pass, and
+//! every failure must come back as an error (never an abort), because the
+//! host falls back on each of them.
+
+use std::path::PathBuf;
+
+use tch::{CModule, Device, Kind, Tensor};
+
+use super::*;
+
+fn digits() -> PathBuf {
+    let path = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../models/digits/model.pt"));
+    assert!(path.exists(), "models/digits is missing: run scripts/setup first");
+    path
+}
+
+fn batch() -> Tensor {
+    Tensor::rand([4, 1, 32, 32], (Kind::Float, Device::Cpu))
+}
+
+fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
+    (a - b).abs().max().double_value(&[])
+}
+
+#[test]
+fn forward_matches_tch_before_and_after_freezing() {
+    let x = batch();
+    let mut reference = CModule::load(digits()).unwrap();
+    reference.set_eval();
+    let want = tch::no_grad(|| reference.forward_ts(&[&x])).unwrap();
+
+    let mut module = Module::load(&digits(), Device::Cpu, None).unwrap();
+    let eager = module.forward(&[&x]).unwrap();
+    assert_eq!(eager.size(), want.size());
+    assert!(max_diff(&eager, &want) < 1e-5, "eager differs by {}", max_diff(&eager, &want));
+
+    module.freeze(true).unwrap();
+    let frozen = module.forward(&[&x]).unwrap();
+    // Conv-BN folding changes rounding, not results.
+    assert!(max_diff(&frozen, &want) < 1e-3, "frozen differs by {}", max_diff(&frozen, &want));
+}
+
+#[test]
+fn a_cast_module_runs_in_its_dtype() {
+    let module = Module::load(&digits(), Device::Cpu, Some(Kind::BFloat16)).unwrap();
+    let out = module.forward(&[&batch().to_kind(Kind::BFloat16)]).unwrap();
+    assert_eq!(out.kind(), Kind::BFloat16);
+    assert!(Module::load(&digits(), Device::Cpu, Some(Kind::Int)).is_err(), "only float dtypes are accepted");
+}
+
+#[test]
+fn failures_are_errors_not_aborts() {
+    let missing = Module::load(std::path::Path::new("/nonexistent/model.pt"), Device::Cpu, None);
+    assert!(missing.is_err());
+
+    let module = Module::load(&digits(), Device::Cpu, None).unwrap();
+    let wrong = Tensor::zeros([2, 3, 5], (Kind::Float, Device::Cpu));
+    let error = module.forward(&[&wrong]).err().expect("a 3-D input must fail");
+    assert!(!error.0.is_empty());
+    // Still usable after a failed call.
+    assert!(module.forward(&[&batch()]).is_ok());
+}
+
+#[test]
+fn a_model_that_returns_no_single_tensor_is_refused() {
+    let module = Module::load(&crate::tensor_model::tests::scripted("tuple"), Device::Cpu, None).unwrap();
+    let x = Tensor::zeros([1, 3], (Kind::Int, Device::Cpu));
+    let error = module.forward(&[&x]).err().expect("a tuple is not one tensor");
+    assert!(error.0.contains("not one Tensor"), "{error}");
+}
+
+#[test]
+fn cuda_graphs_of_cpu_tensors_fail_cleanly() {
+    let module = Module::load(&digits(), Device::Cpu, None).unwrap();
+    let error = CudaGraph::capture(&module, vec![batch()], 1).err().expect("CPU inputs cannot be captured");
+    if has_cuda_graphs() {
+        assert!(error.0.contains("CUDA tensors"), "{error}");
+    } else {
+        assert!(error.0.contains("without CUDA graph support"), "{error}");
+    }
+}
+
+#[test]
+fn a_host_buffer_holds_what_is_written_into_it() {
+    let mut buffer = HostBuffer::new(1000, false).unwrap();
+    for (i, b) in buffer.as_mut_slice().iter_mut().enumerate() {
+        *b = (i % 251) as u8;
+    }
+    let tensor = buffer.into_tensor();
+    assert_eq!(tensor.size(), [1000]);
+    let back = Vec::<u8>::try_from(&tensor).unwrap();
+    assert!(back.iter().enumerate().all(|(i, &b)| b == (i % 251) as u8));
+    assert!(HostBuffer::new(0, false).unwrap().as_mut_slice().is_empty());
+}
+
+#[test]
+fn pinned_memory_without_a_gpu_is_an_error_not_an_abort() {
+    if tch::Cuda::is_available() {
+        let mut buffer = HostBuffer::new(64, true).unwrap();
+        buffer.as_mut_slice().fill(7);
+        assert_eq!(Vec::<u8>::try_from(&buffer.into_tensor()).unwrap(), vec![7; 64]);
+    } else {
+        // No driver: libtorch's error (or, if it pins anyway, a buffer).
+        let _ = HostBuffer::new(64, true);
+    }
+}
