@@ -17,6 +17,7 @@ use crate::jobs::Job;
 use crate::model::{Launched, Model, ModelError, Outputs};
 use crate::model_config::padded_batch;
 use crate::preprocess::{Input, Preprocessor};
+use crate::torch_ext::HostBuffer;
 
 /// Slots copied into one staging buffer, padded to a warmed shape.
 pub struct Gathered {
@@ -26,6 +27,8 @@ pub struct Gathered {
     padded: usize,
     /// The largest top-k any of the jobs asked for.
     k: usize,
+    /// The inputs, back to back, then the padding rows (pinned on a GPU).
+    staging: HostBuffer,
 }
 
 /// A batch queued on the device.
@@ -37,21 +40,31 @@ pub struct Running {
     launched_at: Instant,
 }
 
-/// Copies the first `slot_len` bytes of each job's slot (its input) into
-/// `staging`, back to back. A job whose slot
-/// cannot be read (a bug or a hostile gateway: the lease checks make it
-/// rare) is answered at once and left out. None if no job is left.
-pub fn gather(batch: Vec<Job>, slot_len: usize, shapes: &[u32], staging: &mut Vec<u8>, counters: &Counters) -> Option<Gathered> {
+/// Copies the first `slot_len` bytes of each job's slot (its input) into a
+/// staging buffer from `pre` (page-locked on a GPU, so this is the only
+/// copy the CPU makes), back to back. A job whose slot cannot be read (a
+/// bug or a hostile gateway: the lease checks make it rare) is answered at
+/// once and left out. None if no job is left.
+pub fn gather(batch: Vec<Job>, slot_len: usize, shapes: &[u32], pre: &Preprocessor, counters: &Counters) -> Option<Gathered> {
     let started = Instant::now();
-    staging.clear();
+    let most = padded_batch(shapes, batch.len());
+    let mut staging = match pre.staging(most * slot_len) {
+        Ok(staging) => staging,
+        Err(e) => {
+            tracing::warn!(error = %e, "no staging memory for a batch");
+            for job in batch {
+                answer(job, Err(InferError::Model(format!("no staging memory: {e}"))), counters);
+            }
+            return None;
+        }
+    };
+    let bytes = staging.as_mut_slice();
     let mut jobs = Vec::with_capacity(batch.len());
     for job in batch {
-        let at = staging.len();
-        staging.resize(at + slot_len, 0);
-        match job.segment.read_slot(job.slot.index, &mut staging[at..]) {
+        let at = jobs.len() * slot_len;
+        match job.segment.read_slot(job.slot.index, &mut bytes[at..at + slot_len]) {
             Ok(()) => jobs.push(job),
             Err(e) => {
-                staging.truncate(at);
                 counters.refuse(Refused::InvalidRequest);
                 tracing::warn!(request_id = %job.tag, error = %e, "slot unreadable");
                 answer(job, Err(InferError::InvalidRequest(e.to_string())), counters);
@@ -62,10 +75,10 @@ pub fn gather(batch: Vec<Job>, slot_len: usize, shapes: &[u32], staging: &mut Ve
         return None;
     }
     let padded = padded_batch(shapes, jobs.len());
-    staging.resize(padded * slot_len, 0);
+    bytes[jobs.len() * slot_len..padded * slot_len].fill(0);
     counters.copy_us_total.fetch_add(started.elapsed().as_micros() as u64, Relaxed);
     let k = jobs.iter().map(|j| j.top_k as usize).max().unwrap_or(1);
-    Some(Gathered { jobs, padded, k })
+    Some(Gathered { jobs, padded, k, staging })
 }
 
 /// A batch whose inputs are on their way to the device.
@@ -88,11 +101,10 @@ impl Uploaded {
     }
 }
 
-/// Starts the gathered batch's copy to the device (inputs in `staging`).
-/// On a GPU this only queues the copy and the pre-processing behind the
-/// batch still running. `staging` is free again when this returns.
-pub fn upload(pre: &Preprocessor, batch: Gathered, staging: &[u8]) -> Uploaded {
-    let input = pre.upload(staging, batch.padded).map_err(ModelError::from);
+/// Starts the gathered batch's copy to the device. On a GPU this only
+/// queues the copy and the pre-processing behind the batch still running.
+pub fn upload(pre: &Preprocessor, batch: Gathered) -> Uploaded {
+    let input = pre.upload(batch.staging, batch.padded).map_err(ModelError::from);
     Uploaded { jobs: batch.jobs, padded: batch.padded, k: batch.k, input }
 }
 
@@ -210,10 +222,9 @@ mod tests {
         let pre = Preprocessor::Tensors(crate::preprocess::TensorUploader::new(&signature, Device::Cpu));
 
         // Slot 9 does not exist: answered at once, left out of the batch.
-        let mut staging = Vec::new();
-        let gathered = gather(vec![job(1), job(9), job(3)], signature.input_bytes() as usize, &shapes, &mut staging, &counters).unwrap();
+        let gathered = gather(vec![job(1), job(9), job(3)], signature.input_bytes() as usize, &shapes, &pre, &counters).unwrap();
         assert_eq!(gathered.padded, 2);
-        finish(launch(&model, upload(&pre, gathered, &staging)), &counters);
+        finish(launch(&model, upload(&pre, gathered)), &counters);
 
         let mut results = std::collections::HashMap::new();
         while let Ok(done) = replies.try_recv() {

@@ -3,19 +3,31 @@
 //!
 //! Everything model-specific (normalisation, layout, dtype) happens in the
 //! host, on the model's device, so gateways only ever produce uint8 pixels.
+//!
+//! The module runs through [`crate::torch_ext`]: frozen and
+//! `optimize_for_inference`d at load, under InferenceMode, and on a GPU
+//! replayed from one CUDA graph per warmed batch shape (see
+//! [`ImageClassifier::capture_graphs`]). Each optimisation that fails for a
+//! model is skipped with a log line saying why; the model still serves.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
-use tch::{CModule, Device, Kind, Tensor};
+use tch::{Device, Kind, Tensor};
 
 use crate::model::ModelError;
 use crate::model_config::{ClassifierConfig, OptimizationConfig};
 use crate::preprocess::Input;
+use crate::torch_ext::{self, CudaGraph, Module};
 
 pub struct ImageClassifier {
-    module: CModule,
+    module: Module,
+    /// Captured forward passes by batch size; a size not here runs eagerly.
+    graphs: BTreeMap<i64, CudaGraph>,
     classes: i64,
     softmax: bool,
+    /// Whether model.toml allows CUDA graphs, and the device has them.
+    graphs_wanted: bool,
 }
 
 /// A batch whose forward pass and top-k have been queued on the device.
@@ -28,19 +40,70 @@ pub struct Launched {
     k: i64,
 }
 
+/// What [`ImageClassifier::capture_graphs`] did, for the log and status.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct GraphReport {
+    pub captured: Vec<i64>,
+    /// (batch size, why not) for each shape that runs eagerly.
+    pub failed: Vec<(i64, String)>,
+}
+
 impl ImageClassifier {
-    pub fn load(file: &Path, config: &ClassifierConfig, optimization: &OptimizationConfig, device: Device) -> Result<Self, tch::TchError> {
+    pub fn load(file: &Path, config: &ClassifierConfig, optimization: &OptimizationConfig, device: Device) -> Result<Self, ModelError> {
         let dtype = optimization.precision.kind();
-        let mut module = CModule::load_on_device(file, device)?;
-        module.f_set_eval()?;
-        if dtype != Kind::Float {
-            module.to(device, dtype, false);
+        let cast = (dtype != Kind::Float).then_some(dtype);
+        let mut module = Module::load(file, device, cast).map_err(|e| ModelError::Load(e.0))?;
+        if optimization.freeze {
+            match module.freeze(true) {
+                Ok(()) => tracing::info!("module frozen and optimized for inference"),
+                Err(e) => tracing::warn!(error = %e.0, "cannot freeze the module; it runs as saved"),
+            }
         }
-        Ok(Self { module, classes: config.output.labels.len() as i64, softmax: config.output.softmax })
+        let graphs_wanted = optimization.cuda_graphs && device.is_cuda();
+        if graphs_wanted && !torch_ext::has_cuda_graphs() {
+            tracing::warn!("this model-host was built without CUDA graph support; batches run eagerly");
+        }
+        Ok(Self {
+            module,
+            graphs: BTreeMap::new(),
+            classes: config.output.labels.len() as i64,
+            softmax: config.output.softmax,
+            graphs_wanted: graphs_wanted && torch_ext::has_cuda_graphs(),
+        })
     }
 
     pub fn classes(&self) -> usize {
         self.classes as usize
+    }
+
+    /// Captures one CUDA graph per batch shape, each over a static input
+    /// laid out as the preprocessor lays out a batch (`sample(n)` makes
+    /// one). Call after warm-up: the kernels are chosen by then. A no-op
+    /// off the GPU or when model.toml says `cuda_graphs = false`.
+    pub fn capture_graphs(&mut self, shapes: &[u32], sample: impl Fn(usize) -> Result<Input, ModelError>) -> GraphReport {
+        let mut report = GraphReport::default();
+        if !self.graphs_wanted {
+            return report;
+        }
+        for &n in shapes {
+            let n = i64::from(n);
+            let captured = sample(n as usize).and_then(|input| {
+                let graph = CudaGraph::capture(&self.module, input.tensors, 1).map_err(|e| ModelError::Graph(e.0))?;
+                check_output(graph.replay().map_err(|e| ModelError::Graph(e.0))?, n, self.classes)?;
+                Ok(graph)
+            });
+            match captured {
+                Ok(graph) => {
+                    self.graphs.insert(n, graph);
+                    report.captured.push(n);
+                }
+                Err(e) => {
+                    tracing::warn!(batch = n, error = %e, "cannot capture a CUDA graph; this batch size runs eagerly");
+                    report.failed.push((n, e.to_string()));
+                }
+            }
+        }
+        report
     }
 
     /// Queues the forward pass and top-k on an uploaded batch, without
@@ -49,16 +112,36 @@ impl ImageClassifier {
         let Input { tensors, batch: b } = input;
         let k = k.clamp(1, self.classes()) as i64;
         tch::no_grad(|| {
-            let out = self.module.forward_ts(&tensors)?;
-            let size = out.size();
-            if size != [b, self.classes] {
-                return Err(ModelError::OutputShape { got: size, batch: b, classes: self.classes });
-            }
+            let out = match self.graphs.get(&b) {
+                Some(graph) => {
+                    // Same stream as the replay: the copy waits for the last
+                    // replay's reads of the static input, the replay for it.
+                    for (fixed, new) in graph.inputs().iter().zip(&tensors) {
+                        fixed.shallow_clone().f_copy_(new)?;
+                    }
+                    graph.replay().map_err(|e| ModelError::Graph(e.0))?.shallow_clone()
+                }
+                None => {
+                    let borrowed: Vec<&Tensor> = tensors.iter().collect();
+                    self.module.forward(&borrowed).map_err(|e| ModelError::Forward(e.0))?
+                }
+            };
+            check_output(&out, b, self.classes)?;
+            // Softmax and top-k make new tensors: the graph's output may be
+            // overwritten by the next replay as soon as they are queued.
             let scores = if self.softmax { out.f_softmax(1, Kind::Float)? } else { out.f_to_kind(Kind::Float)? };
             let (values, indices) = scores.f_topk(k, 1, true, true)?;
             Ok(Launched { values, indices, k })
         })
     }
+}
+
+fn check_output(out: &Tensor, batch: i64, classes: i64) -> Result<(), ModelError> {
+    let size = out.size();
+    if size != [batch, classes] {
+        return Err(ModelError::OutputShape { got: size, batch, classes });
+    }
+    Ok(())
 }
 
 impl Launched {

@@ -55,6 +55,8 @@ pub struct Counters {
     /// (batch shape, batches run at it); shapes fixed at startup.
     batches_by_size: Vec<(u32, AtomicU64)>,
     refused: [AtomicU64; 6],
+    /// Batch sizes with a captured CUDA graph; set once, after warm-up.
+    graphs: std::sync::OnceLock<Vec<u32>>,
 }
 
 impl Counters {
@@ -86,6 +88,14 @@ impl Counters {
         if let Some((_, c)) = self.batches_by_size.iter().find(|(s, _)| *s as usize == shape) {
             c.fetch_add(1, Relaxed);
         }
+    }
+
+    pub fn set_graphs(&self, sizes: &[i64]) {
+        let _ = self.graphs.set(sizes.iter().map(|&n| n as u32).collect());
+    }
+
+    pub fn graphs(&self) -> Vec<u32> {
+        self.graphs.get().cloned().unwrap_or_default()
     }
 
     pub fn batches_by_size(&self) -> Vec<(u32, u64)> {

@@ -12,7 +12,7 @@ pub enum HostError {
     #[error("--device cuda:{index} asked for, but this machine has {count} CUDA device(s)")]
     NoSuchGpu { index: usize, count: i64 },
     #[error("model {path}: {source}")]
-    ModelLoad { path: String, source: tch::TchError },
+    ModelLoad { path: String, source: crate::model::ModelError },
     #[error("model check: {0}")]
     ModelCheck(String),
     #[error("model failed during warm-up: {0}")]

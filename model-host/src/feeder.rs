@@ -55,11 +55,10 @@ impl Feeder {
                 if self.cpu_threads > 0 {
                     tch::set_num_threads(self.cpu_threads);
                 }
-                let mut staging = Vec::new();
                 for wait in asks {
                     let fed = match self.batcher.next(&self.jobs, wait, &self.counters) {
-                        Next::Batch(jobs) => match batch::gather(jobs, self.slot_len, &self.shapes, &mut staging, &self.counters) {
-                            Some(gathered) => Fed::Batch(batch::upload(&self.pre, gathered, &staging)),
+                        Next::Batch(jobs) => match batch::gather(jobs, self.slot_len, &self.shapes, &self.pre, &self.counters) {
+                            Some(gathered) => Fed::Batch(batch::upload(&self.pre, gathered)),
                             None => Fed::Idle,
                         },
                         Next::Idle => Fed::Idle,

@@ -11,7 +11,7 @@ use std::path::Path;
 use tch::Device;
 use thiserror::Error;
 
-use crate::classifier::{self, ImageClassifier};
+use crate::classifier::{self, GraphReport, ImageClassifier};
 use crate::model_config::{ModelConfig, ModelKind};
 use crate::preprocess::{Input, Preprocessor};
 use crate::tensor_model::{self, TensorModel};
@@ -28,6 +28,15 @@ pub enum ModelError {
     /// A tensor model returned something other than the outputs declared.
     #[error("model outputs: {0}")]
     Outputs(String),
+    /// The libtorch shim could not load the module.
+    #[error("loading the module: {0}")]
+    Load(String),
+    /// The module's forward pass failed (a C++ exception, as a message).
+    #[error("forward pass: {0}")]
+    Forward(String),
+    /// Capturing or replaying a CUDA graph failed.
+    #[error("CUDA graph: {0}")]
+    Graph(String),
 }
 
 pub enum Model {
@@ -63,7 +72,7 @@ impl Outputs {
 }
 
 impl Model {
-    pub fn load(file: &Path, config: &ModelConfig, device: Device) -> Result<Self, tch::TchError> {
+    pub fn load(file: &Path, config: &ModelConfig, device: Device) -> Result<Self, ModelError> {
         Ok(match &config.kind {
             ModelKind::Classifier(c) => Model::Classifier(ImageClassifier::load(file, c, &config.optimization, device)?),
             ModelKind::Tensors(signature) => Model::Tensors(TensorModel::load(file, signature, device)?),
@@ -80,10 +89,19 @@ impl Model {
         }
     }
 
+    /// A classifier's CUDA graphs, one per batch shape, over inputs laid out
+    /// as `pre` uploads `item_len`-byte items; None for a tensor model,
+    /// which runs eagerly.
+    pub fn capture_graphs(&mut self, pre: &Preprocessor, shapes: &[u32], item_len: usize) -> Option<GraphReport> {
+        let Model::Classifier(model) = self else { return None };
+        let sample = |n: usize| pre.upload_bytes(&vec![0; n * item_len], n).map_err(ModelError::from);
+        Some(model.capture_graphs(shapes, sample))
+    }
+
     /// Uploads, runs and collects `batch` items laid out back to back in
     /// `bytes`, as a request would be: for warm-up and benchmarks.
     pub fn run(&self, pre: &Preprocessor, bytes: &[u8], batch: usize, k: usize) -> Result<Outputs, ModelError> {
-        let input = pre.upload(bytes, batch)?;
+        let input = pre.upload_bytes(bytes, batch)?;
         self.launch(input, k)?.collect(batch)
     }
 }

@@ -143,7 +143,7 @@ impl ModelThread {
         // warmed shapes instead, and cuDNN may autotune each once.
         tch::jit::set_profiling_mode(false);
         if device.is_cuda() {
-            tch::Cuda::cudnn_set_benchmark(true);
+            tch::Cuda::cudnn_set_benchmark(self.model.config.optimization.cudnn_benchmark);
         }
         let name = device::name(device);
         let _ = std::mem::replace(&mut self.device_name, tokio::sync::oneshot::channel().0).send(name.clone());
@@ -151,26 +151,46 @@ impl ModelThread {
 
         let path = &self.model.model_file;
         let load_error = |source| HostError::ModelLoad { path: path.display().to_string(), source };
-        let model = Model::load(path, &self.model.config, device).map_err(load_error)?;
-        let pre = Preprocessor::new(&self.model.config, device).map_err(load_error)?;
+        let mut model = Model::load(path, &self.model.config, device).map_err(load_error)?;
+        let pre = Preprocessor::new(&self.model.config, device).map_err(|e| load_error(e.into()))?;
         let loads = self.counters.model_loads.fetch_add(1, Relaxed) + 1;
         tracing::info!(model = %path.display(), loads, "model loaded");
         self.reporter.weights_loaded();
 
-        self.warm_up(&model, &pre)?;
+        self.warm_up(&model, &pre, device)?;
+        self.capture_graphs(&mut model, &pre);
         self.reporter.ready();
         Ok((model, pre, device))
     }
 
+    /// On a GPU, one CUDA graph per batch shape (after warm-up, so the
+    /// kernels are chosen); the shapes that could not be captured run eagerly.
+    fn capture_graphs(&self, model: &mut Model, pre: &Preprocessor) {
+        let started = Instant::now();
+        let shapes = self.model.config.batching.shapes();
+        let item_len = self.model.config.item_input_bytes();
+        let Some(report) = model.capture_graphs(pre, &shapes, item_len) else { return };
+        if !report.captured.is_empty() || !report.failed.is_empty() {
+            let eager: Vec<i64> = report.failed.iter().map(|(n, _)| *n).collect();
+            tracing::info!(captured = ?report.captured, eager = ?eager, ms = started.elapsed().as_secs_f64() * 1e3, "CUDA graphs");
+        }
+        self.counters.set_graphs(&report.captured);
+    }
+
     /// Runs every batch shape the host will use, twice (the first run of a
-    /// shape pays for kernel selection and allocation), and checks the
+    /// shape pays for kernel selection and allocation; once when a CUDA
+    /// graph capture follows, which runs its own), and checks the
     /// outputs (a classifier's shape; a tensor model's every output's dtype
     /// and shape) against the config before any client sees them.
-    fn warm_up(&self, model: &Model, pre: &Preprocessor) -> Result<(), HostError> {
+    fn warm_up(&self, model: &Model, pre: &Preprocessor, device: tch::Device) -> Result<(), HostError> {
         let sizes = self.model.config.batching.shapes();
-        let total = 2 * sizes.len() as u32;
+        // A classifier bound for CUDA graphs gets one eager pass per shape:
+        // the capture runs another itself before it records.
+        let graphs = device.is_cuda() && self.model.config.optimization.cuda_graphs && matches!(model, Model::Classifier(_));
+        let passes = if graphs { 1 } else { 2 };
+        let total = passes * sizes.len() as u32;
         let item_len = self.model.config.item_input_bytes();
-        for (step, &n) in sizes.iter().chain(sizes.iter()).enumerate() {
+        for (step, &n) in sizes.iter().cycle().take(total as usize).enumerate() {
             self.reporter.warming(step as u32, total);
             let started = Instant::now();
             let len = n as usize * item_len;

@@ -13,6 +13,7 @@ use tch::{Device, Kind, Tensor};
 
 use crate::model_config::{ClassifierConfig, ModelConfig, ModelKind, OptimizationConfig};
 use crate::tensor_model::kind_of;
+use crate::torch_ext::HostBuffer;
 
 /// A batch on the device: the model's forward() arguments, in order, each
 /// with the (padded) batch as its first dimension.
@@ -38,20 +39,43 @@ impl Preprocessor {
     /// wrote it) to the device and queues their conversion there. On a GPU
     /// nothing waits: the copy is a DMA from page-locked memory in the
     /// stream's order.
-    pub fn upload(&self, bytes: &[u8], batch: usize) -> Result<Input, tch::TchError> {
+    fn device(&self) -> Device {
+        match self {
+            Preprocessor::Image(pre) => pre.device,
+            Preprocessor::Tensors(pre) => pre.device,
+        }
+    }
+
+    /// Host memory for `len` bytes of a batch: pinned when the model is on
+    /// a GPU, so that [`Self::upload`] is one asynchronous DMA from it.
+    pub fn staging(&self, len: usize) -> Result<HostBuffer, tch::TchError> {
+        HostBuffer::new(len, self.device().is_cuda()).map_err(|e| tch::TchError::Torch(e.0))
+    }
+
+    /// Queues the copy of `batch` items, back to back at the start of
+    /// `staging`, to the device, and their conversion to the model's inputs.
+    pub fn upload(&self, staging: HostBuffer, batch: usize) -> Result<Input, tch::TchError> {
         tch::no_grad(|| match self {
-            Preprocessor::Image(pre) => pre.upload(bytes, batch),
-            Preprocessor::Tensors(pre) => pre.upload(bytes, batch),
+            Preprocessor::Image(pre) => pre.upload(staging.into_tensor(), batch),
+            Preprocessor::Tensors(pre) => pre.upload(staging.into_tensor(), batch),
         })
+    }
+
+    /// [`Self::upload`] of bytes from anywhere (warm-up, benchmarks).
+    pub fn upload_bytes(&self, bytes: &[u8], batch: usize) -> Result<Input, tch::TchError> {
+        let mut staging = self.staging(bytes.len())?;
+        staging.as_mut_slice().copy_from_slice(bytes);
+        self.upload(staging, batch)
     }
 }
 
-/// Copies a host tensor to `device`; on the CPU it stays as it is.
-fn to_device(host: Tensor, device: Device) -> Result<Tensor, tch::TchError> {
+/// The first `len` bytes of a staging tensor, on `device`. From pinned
+/// memory the copy is asynchronous: libtorch's caching host allocator
+/// hands the block out again only once the copy has read it.
+fn to_device(host: Tensor, len: i64, device: Device) -> Result<Tensor, tch::TchError> {
+    let host = host.f_narrow(0, 0, len)?;
     match device {
-        // The pinned block comes from libtorch's caching host allocator,
-        // which reuses it only once the copy has finished.
-        Device::Cuda(_) => host.f_internal_pin_memory(device)?.f_to_device_(device, Kind::Uint8, true, false),
+        Device::Cuda(_) => host.f_to_device_(device, Kind::Uint8, true, false),
         _ => Ok(host),
     }
 }
@@ -94,10 +118,10 @@ impl ImagePreprocessor {
         })
     }
 
-    fn upload(&self, pixels: &[u8], batch: usize) -> Result<Input, tch::TchError> {
+    fn upload(&self, staging: Tensor, batch: usize) -> Result<Input, tch::TchError> {
         let b = batch as i64;
-        let host = Tensor::f_from_slice(pixels)?.f_view([b, self.height, self.width, self.channels])?;
-        let on_device = to_device(host, self.device)?;
+        let on_device = to_device(staging, b * self.height * self.width * self.channels, self.device)?
+            .f_view([b, self.height, self.width, self.channels])?;
         // NHWC uint8 -> NCHW view; its strides are already channels-last.
         let x = on_device.f_permute([0, 3, 1, 2])?.f_to_kind(self.dtype)?;
         let x = if self.channels_last { x } else { x.f_contiguous()? };
@@ -128,10 +152,9 @@ impl TensorUploader {
         Self { device, inputs, item_bytes: signature.input_bytes() as i64 }
     }
 
-    fn upload(&self, bytes: &[u8], batch: usize) -> Result<Input, tch::TchError> {
+    fn upload(&self, staging: Tensor, batch: usize) -> Result<Input, tch::TchError> {
         let b = batch as i64;
-        let host = Tensor::f_from_slice(bytes)?.f_view([b, self.item_bytes])?;
-        let on_device = to_device(host, self.device)?;
+        let on_device = to_device(staging, b * self.item_bytes, self.device)?.f_view([b, self.item_bytes])?;
         let tensors = self
             .inputs
             .iter()

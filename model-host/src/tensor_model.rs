@@ -316,7 +316,7 @@ for name, module in [("dict", TwoInThreeOut()), ("tuple", Tuple3()), ("single", 
         // Three items padded to a batch of four (the padding row is zeros).
         let mut staging: Vec<u8> = (0..3).flat_map(|i| dict_item(&signature, i + 1)).collect();
         staging.resize(4 * signature.input_bytes() as usize, 0);
-        let launched = model.launch(pre.upload(&staging, 4).unwrap(), 1).unwrap();
+        let launched = model.launch(pre.upload_bytes(&staging, 4).unwrap(), 1).unwrap();
         let rows = byte_rows(launched.collect(3).unwrap());
         assert_eq!(rows.len(), 3);
         for (i, row) in rows.iter().enumerate() {
@@ -361,7 +361,7 @@ for name, module in [("dict", TwoInThreeOut()), ("tuple", Tuple3()), ("single", 
     fn launch_error(file: &str, signature: &TensorSignature) -> ModelError {
         let (model, pre) = load(file, signature);
         let zeros = vec![0u8; 2 * signature.input_bytes() as usize];
-        match model.launch(pre.upload(&zeros, 2).unwrap(), 1) {
+        match model.launch(pre.upload_bytes(&zeros, 2).unwrap(), 1) {
             Ok(_) => panic!("{file} ran with a signature that does not match it"),
             Err(e) => e,
         }

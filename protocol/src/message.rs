@@ -228,6 +228,9 @@ pub struct HostStatus {
     pub inference_seconds_total: f64,
     /// (reason, count) of requests refused or skipped without GPU work.
     pub refused: Vec<(String, u64)>,
+    /// Batch sizes replayed from a captured CUDA graph; the others run
+    /// eagerly (all of them off the GPU).
+    pub graph_batch_sizes: Vec<u32>,
 }
 
 impl GatewayMessage {

@@ -64,14 +64,14 @@ fn main() -> anyhow::Result<()> {
     let device = model_host::device::resolve(args.device)?;
     tch::jit::set_profiling_mode(false);
     if device.is_cuda() {
-        tch::Cuda::cudnn_set_benchmark(true);
+        tch::Cuda::cudnn_set_benchmark(config.optimization.cudnn_benchmark);
         // As the host does on a GPU (model_thread.rs).
         tch::set_num_threads(1);
     }
     if args.cpu_threads > 0 {
         tch::set_num_threads(args.cpu_threads);
     }
-    let model = Model::load(&loaded.model_file, config, device).context("loading the model")?;
+    let mut model = Model::load(&loaded.model_file, config, device).context("loading the model")?;
     let pre = Preprocessor::new(config, device).context("preparing the pre-processing")?;
     let slot_len = config.item_input_bytes();
     let max = config.batching.max_batch_size as usize;
@@ -79,6 +79,10 @@ fn main() -> anyhow::Result<()> {
     let pixels: Vec<u8> = (0..max * slot_len).map(|i| (i * 31 % 251) as u8).collect();
     for &n in shapes.iter().chain(&shapes) {
         model.run(&pre, &pixels[..n as usize * slot_len], n as usize, 5)?;
+    }
+    // As the host does after warm-up (model_thread.rs).
+    if let Some(report) = model.capture_graphs(&pre, &shapes, slot_len) {
+        eprintln!("{}: CUDA graphs for batch sizes {:?}; eager: {:?}", args.label, report.captured, report.failed);
     }
     eprintln!("{}: {} on {device:?}, ready in {:.0} ms", args.label, config.name, started.elapsed().as_secs_f64() * 1e3);
 
