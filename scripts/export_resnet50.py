@@ -24,6 +24,10 @@ def main():
     ap.add_argument("--precision", choices=["fp32", "fp16", "bf16"], default="fp32")
     ap.add_argument("--channels-last", action="store_true",
                     help="store the weights channels-last (NHWC) and feed the input so")
+    ap.add_argument("--cudnn-benchmark", action="store_true",
+                    help="model.toml: time cuDNN's kernels per batch shape at warm-up (slow start)")
+    ap.add_argument("--no-cuda-graphs", action="store_true", help="model.toml: run every batch eagerly")
+    ap.add_argument("--no-freeze", action="store_true", help="model.toml: run the module as saved")
     args = ap.parse_args()
 
     torch.manual_seed(0)
@@ -63,6 +67,9 @@ max_queue_delay_us = {args.max_queue_delay_us}
 [optimization]
 precision = "{args.precision}"
 channels_last = {str(args.channels_last).lower()}
+cudnn_benchmark = {str(args.cudnn_benchmark).lower()}
+cuda_graphs = {str(not args.no_cuda_graphs).lower()}
+freeze = {str(not args.no_freeze).lower()}
 """)
     print(f"wrote {args.out}/model.pt and model.toml")
 
