@@ -1,5 +1,5 @@
 //! Links the model-host against libtorch so that it finds it and the GPU,
-//! and builds the C++ shim (shim/torch_shim.cpp, see src/torch_ext/).
+//! and builds the C++ shim (shim/torch_shim.cpp, see src/torch_shim/).
 //!
 //! - rpath to libtorch's lib directory, so the binary runs without
 //!   LD_LIBRARY_PATH on the machine it was built on (elsewhere, e.g. on a

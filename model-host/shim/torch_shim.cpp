@@ -1,5 +1,5 @@
 // The few libtorch calls tch does not expose, as a C surface for
-// model-host/src/torch_ext/: load + freeze + optimize_for_inference, a
+// model-host/src/torch_shim/: load + freeze + optimize_for_inference, a
 // forward pass under c10::InferenceMode, and CUDA graphs captured from a
 // module and replayed.
 //

@@ -17,7 +17,7 @@ use crate::jobs::Job;
 use crate::model::{Launched, Model, ModelError, Outputs};
 use crate::model_config::padded_batch;
 use crate::preprocess::{Input, Preprocessor};
-use crate::torch_ext::HostBuffer;
+use crate::torch_shim::HostBuffer;
 
 /// Slots copied into one staging buffer, padded to a warmed shape.
 pub struct Gathered {

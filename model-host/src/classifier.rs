@@ -4,7 +4,7 @@
 //! Everything model-specific (normalisation, layout, dtype) happens in the
 //! host, on the model's device, so gateways only ever produce uint8 pixels.
 //!
-//! The module runs through [`crate::torch_ext`]: frozen and
+//! The module runs through [`crate::torch_shim`]: frozen and
 //! `optimize_for_inference`d at load, under InferenceMode, and on a GPU
 //! replayed from one CUDA graph per warmed batch shape (see
 //! [`ImageClassifier::capture_graphs`]). Each optimisation that fails for a
@@ -18,7 +18,7 @@ use tch::{Device, Kind, Tensor};
 use crate::model::ModelError;
 use crate::model_config::{ClassifierConfig, OptimizationConfig};
 use crate::preprocess::Input;
-use crate::torch_ext::{self, CudaGraph, Module};
+use crate::torch_shim::{self, CudaGraph, Module};
 
 pub struct ImageClassifier {
     module: Module,
@@ -60,7 +60,7 @@ impl ImageClassifier {
             }
         }
         let graphs_wanted = optimization.cuda_graphs && device.is_cuda();
-        if graphs_wanted && !torch_ext::has_cuda_graphs() {
+        if graphs_wanted && !torch_shim::has_cuda_graphs() {
             tracing::warn!("this model-host was built without CUDA graph support; batches run eagerly");
         }
         Ok(Self {
@@ -68,7 +68,7 @@ impl ImageClassifier {
             graphs: BTreeMap::new(),
             classes: config.output.labels.len() as i64,
             softmax: config.output.softmax,
-            graphs_wanted: graphs_wanted && torch_ext::has_cuda_graphs(),
+            graphs_wanted: graphs_wanted && torch_shim::has_cuda_graphs(),
         })
     }
 

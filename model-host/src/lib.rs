@@ -16,7 +16,7 @@
 //! Around it: [`config`] (flags), [`model_config`] (model.toml), [`startup`]
 //! (phases and timings), [`notify`] (systemd), [`device`], [`counters`],
 //! [`shm_sweep`].
-// `unsafe` lives in one module, [`torch_ext`] (the libtorch shim).
+// `unsafe` lives in one module, [`torch_shim`] (the libtorch shim).
 #![deny(unsafe_code)]
 
 pub mod batch;
@@ -42,7 +42,7 @@ pub mod server;
 pub mod shm_sweep;
 pub mod startup;
 pub mod tensor_model;
-pub mod torch_ext;
+pub mod torch_shim;
 
 use std::future::Future;
 use std::sync::Arc;

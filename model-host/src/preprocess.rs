@@ -13,7 +13,7 @@ use tch::{Device, Kind, Tensor};
 
 use crate::model_config::{ClassifierConfig, ModelConfig, ModelKind, OptimizationConfig};
 use crate::tensor_model::kind_of;
-use crate::torch_ext::HostBuffer;
+use crate::torch_shim::HostBuffer;
 
 /// A batch on the device: the model's forward() arguments, in order, each
 /// with the (padded) batch as its first dimension.
