@@ -24,6 +24,17 @@ struct Tally {
     bad_status: AtomicUsize,
     /// No answer: refused, reset, closed mid-request.
     connection_errors: AtomicUsize,
+    /// What the failures said, for the assertion's message.
+    failures: std::sync::Mutex<Vec<String>>,
+}
+
+impl Tally {
+    fn note(&self, what: String) {
+        let mut failures = self.failures.lock().unwrap();
+        if failures.len() < 10 {
+            failures.push(what);
+        }
+    }
 }
 
 /// Open-loop load: one request every 5 ms, whatever the answers do.
@@ -39,10 +50,19 @@ async fn steady_load(port: u16, tally: Arc<Tally>) {
         let (client, url, body, tally) = (client.clone(), url.clone(), body.clone(), tally.clone());
         requests.push(tokio::spawn(async move {
             match client.post(&url).header("content-type", "image/png").body(body).send().await {
-                Ok(r) if r.status() == 200 => tally.ok.fetch_add(1, Relaxed),
-                Ok(_) => tally.bad_status.fetch_add(1, Relaxed),
-                Err(_) => tally.connection_errors.fetch_add(1, Relaxed),
-            };
+                Ok(r) if r.status() == 200 => {
+                    tally.ok.fetch_add(1, Relaxed);
+                }
+                Ok(r) => {
+                    tally.bad_status.fetch_add(1, Relaxed);
+                    let status = r.status();
+                    tally.note(format!("{status}: {}", r.text().await.unwrap_or_default()));
+                }
+                Err(e) => {
+                    tally.connection_errors.fetch_add(1, Relaxed);
+                    tally.note(format!("connection error: {e}"));
+                }
+            }
         }));
     }
     for r in requests {
@@ -96,7 +116,7 @@ async fn restarts_on_a_held_socket_drop_nothing_and_own_binds_do() {
     let (ok, bad, errors) = (held.ok.load(Relaxed), held.bad_status.load(Relaxed), held.connection_errors.load(Relaxed));
     println!("held socket: {ok} ok, {bad} non-200, {errors} connection errors over {RESTARTS} restarts");
     assert!(ok as u64 >= RATE_PER_SECOND * LOAD_SECONDS * 9 / 10, "load generator fell behind: {ok}");
-    assert_eq!((bad, errors), (0, 0), "requests failed across restarts on a held socket");
+    assert_eq!((bad, errors), (0, 0), "requests failed across restarts on a held socket: {:?}", held.failures.lock().unwrap());
     drop(listener);
 
     let port = free_port();

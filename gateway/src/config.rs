@@ -65,6 +65,13 @@ pub struct Config {
     #[arg(long, env = "GATEWAY_LINK_WAIT_MS", default_value_t = 2_000)]
     pub link_wait_ms: u64,
 
+    /// Requests that may wait at this gateway for one of its slots at the
+    /// host (the host's --slots-per-gateway) when all are in use; each
+    /// waits at most its own deadline. Past this many, a request is
+    /// answered 503 `overloaded` at once. 0: never wait.
+    #[arg(long, env = "GATEWAY_MAX_WAITING", default_value_t = 1024)]
+    pub max_waiting: u64,
+
     /// How many classes a prediction returns when the request does not say
     /// (`?top_k=`).
     #[arg(long, env = "GATEWAY_DEFAULT_TOP_K", default_value_t = 5)]

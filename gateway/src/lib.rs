@@ -60,7 +60,7 @@ pub struct AppState {
 impl AppState {
     pub fn new(config: &Config) -> Self {
         Self {
-            host: HostClient::start(config.host_socket.clone(), config.gateway_name()),
+            host: HostClient::start(config.host_socket.clone(), config.gateway_name(), config.max_waiting),
             limits: RequestLimits {
                 max_body_bytes: config.max_body_bytes,
                 max_pixels: config.max_pixels,

@@ -8,6 +8,7 @@
 use std::sync::Arc;
 
 use protocol::{GatewayMessage, HostMessage, InferError, InferRequest, Prediction, SlotRef};
+use tokio::sync::OwnedSemaphorePermit;
 
 use super::HostCallError;
 use super::link::{Answer, Link};
@@ -17,11 +18,15 @@ pub struct SlotLease {
     slot: SlotRef,
     /// False once sent in an Infer: the host frees it after answering.
     owned: bool,
+    /// The slot's permit at this gateway: it moves with the Infer into the
+    /// link's table of waiting requests, or goes when the lease is dropped
+    /// (after the Release is queued).
+    permit: Option<OwnedSemaphorePermit>,
 }
 
 impl SlotLease {
-    pub(super) fn new(link: Arc<Link>, slot: SlotRef) -> Self {
-        Self { link, slot, owned: true }
+    pub(super) fn new(link: Arc<Link>, slot: SlotRef, permit: Option<OwnedSemaphorePermit>) -> Self {
+        Self { link, slot, owned: true, permit }
     }
 
     /// Copies one image's pixels into the slot.
@@ -37,7 +42,7 @@ impl SlotLease {
         let request_id = self.link.next_request_id();
         let (width, height, channels) = shape;
         let request = InferRequest { request_id, slot: self.slot, width, height, channels, top_k, budget_us, tag };
-        let answer = self.link.request(request_id, GatewayMessage::Infer(request))?;
+        let answer = self.link.request(request_id, GatewayMessage::Infer(request), self.permit.take())?;
         self.owned = false;
         Ok(InFlight { link: self.link.clone(), request_id, answer: Some(answer) })
     }
@@ -70,7 +75,7 @@ impl InFlight {
         let received = answer.await;
         // Answered (or disconnected): nothing left to cancel on drop.
         self.answer = None;
-        let Answer { message, outputs } = received.map_err(|_| HostCallError::Unavailable { phase: "disconnected".into() })?;
+        let Answer { message, outputs, .. } = received.map_err(|_| HostCallError::Unavailable { phase: "disconnected".into() })?;
         match message {
             HostMessage::InferDone { result: Ok(prediction), .. } => Ok((prediction, outputs)),
             HostMessage::InferDone { result: Err(e), .. } => Err(match e {

@@ -6,6 +6,15 @@
 //! every waiting request fails at once: none hangs, none gets another's
 //! answer.
 //!
+//! The gateway counts its slots itself, with one semaphore permit per slot
+//! that the host may consider taken: acquired before a Lease is sent, and
+//! let go only once the host's answer settles the slot (LeaseRefused, an
+//! InferDone, or a Release sent for a lease nobody wants). So a request
+//! that finds every slot busy waits here for one, up to its deadline and
+//! behind at most `max_waiting` others, instead of being refused by the
+//! host: a burst (a gateway restarted on a held socket accepts everything
+//! that queued meanwhile) is served, not answered 503.
+//!
 //! A tensor model's outputs are in the request's slot when its answer
 //! arrives; the reader copies them out before it reads the next message,
 //! so no later lease of that slot (which can only come after, on this same
@@ -25,7 +34,7 @@ use protocol::shm::{Segment, SlotLayout};
 use protocol::{
     GatewayCodec, GatewayMessage, HostMessage, HostStatus, ModelInfo, PROTOCOL_VERSION, Phase, Refusal, Welcome,
 };
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
 use tokio_util::codec::Framed;
 
 use super::HostCallError;
@@ -44,19 +53,30 @@ pub struct Link {
     welcome: Welcome,
     phase: watch::Sender<Phase>,
     next_request_id: AtomicU64,
+    /// One permit per slot of `segment` (see the module's doc).
+    slots: Arc<Semaphore>,
+    /// Requests waiting for a permit now, and the most that may.
+    waiting: AtomicU64,
+    max_waiting: u64,
 }
 
 /// One request waiting for its answer.
 struct Waiter {
-    answer: oneshot::Sender<Answer>,
+    /// None once the caller gave up; the entry stays while it holds a permit,
+    /// so that the slot counts as taken until the host's answer frees it.
+    answer: Option<oneshot::Sender<Answer>>,
     /// The slot to copy a tensor model's outputs out of, for an Infer.
     read_back: Option<u32>,
+    /// The slot's permit, for a Lease or an Infer.
+    permit: Option<OwnedSemaphorePermit>,
 }
 
 /// A host message, with the outputs it left in the slot (tensor models).
 pub struct Answer {
     pub message: HostMessage,
     pub outputs: Vec<u8>,
+    /// For Leased: the slot's permit, which the lease holds from here on.
+    pub permit: Option<OwnedSemaphorePermit>,
 }
 
 /// The reader: resolves with the reason the connection ended.
@@ -64,7 +84,7 @@ pub type Reader = std::pin::Pin<Box<dyn std::future::Future<Output = String> + S
 
 impl Link {
     /// Connects and runs the handshake: Hello, Welcome, map, SegmentMapped.
-    pub async fn connect(socket: &Path, gateway_name: &str) -> Result<(Arc<Link>, Reader), String> {
+    pub async fn connect(socket: &Path, gateway_name: &str, max_waiting: u64) -> Result<(Arc<Link>, Reader), String> {
         let name = socket.to_fs_name::<GenericFilePath>().map_err(|e| e.to_string())?;
         let stream = Stream::connect(name).await.map_err(|e| format!("connect: {e}"))?;
         let mut channel = Framed::new(stream, GatewayCodec::default());
@@ -88,6 +108,7 @@ impl Link {
         let (mut sink, mut stream) = channel.split();
         let (outbox, mut outbox_rx) = mpsc::unbounded_channel::<GatewayMessage>();
         let (phase, _) = watch::channel(welcome.phase.clone());
+        let slots = Arc::new(Semaphore::new(welcome.segment.slot_count as usize));
         let link = Arc::new(Link {
             outbox,
             pending: Mutex::new(HashMap::new()),
@@ -96,6 +117,9 @@ impl Link {
             welcome,
             phase,
             next_request_id: AtomicU64::new(1),
+            slots,
+            waiting: AtomicU64::new(0),
+            max_waiting,
         });
         tokio::spawn(async move {
             // Feed everything queued, then flush once: one syscall for a burst.
@@ -143,27 +167,34 @@ impl Link {
                 return;
             }
         };
-        // None: the caller gave up (deadline, client gone) and was removed.
-        let waiter = self.pending.lock().expect("pending lock poisoned").remove(&id);
-        match (waiter, message) {
-            (Some(waiter), message) => {
-                let outputs = match (&message, waiter.read_back) {
-                    (HostMessage::InferDone { result: Ok(_), .. }, Some(index)) => self.read_outputs(index),
-                    _ => Ok(Vec::new()),
-                };
-                let answer = match outputs {
-                    Ok(outputs) => Answer { message, outputs },
-                    Err(e) => {
-                        let message = HostMessage::InferDone { request_id: id, result: Err(protocol::InferError::Model(e)) };
-                        Answer { message, outputs: Vec::new() }
-                    }
-                };
-                let _ = waiter.answer.send(answer);
+        let Some(mut waiter) = self.pending.lock().expect("pending lock poisoned").remove(&id) else { return };
+        // The slot's fate is settled by this answer unless it is a lease
+        // that someone still wants: then the permit goes with the lease.
+        let permit = match (&message, waiter.answer.is_some()) {
+            (HostMessage::Leased { .. }, true) => waiter.permit.take(),
+            _ => None,
+        };
+        let Some(answer) = waiter.answer else {
+            // A lease nobody waits for any more: give the slot straight back
+            // (its permit goes once the Release is queued, ahead of any
+            // later Lease on the same stream).
+            if let HostMessage::Leased { slot, .. } = message {
+                self.send(GatewayMessage::Release { slot });
             }
-            // A lease nobody waits for any more: give the slot straight back.
-            (None, HostMessage::Leased { slot, .. }) => self.send(GatewayMessage::Release { slot }),
-            (None, _) => {}
-        }
+            return;
+        };
+        let outputs = match (&message, waiter.read_back) {
+            (HostMessage::InferDone { result: Ok(_), .. }, Some(index)) => self.read_outputs(index),
+            _ => Ok(Vec::new()),
+        };
+        let answer_of = match outputs {
+            Ok(outputs) => Answer { message, outputs, permit },
+            Err(e) => {
+                let message = HostMessage::InferDone { request_id: id, result: Err(protocol::InferError::Model(e)) };
+                Answer { message, outputs: Vec::new(), permit }
+            }
+        };
+        let _ = answer.send(answer_of);
     }
 
     /// Copies a tensor model's outputs out of slot `index`.
@@ -174,11 +205,13 @@ impl Link {
         Ok(outputs)
     }
 
-    /// Marks the link dead and fails every waiting request.
+    /// Marks the link dead and fails every waiting request, those waiting
+    /// for a slot included.
     pub fn close(&self) {
         let mut pending = self.pending.lock().expect("pending lock poisoned");
         self.closed.store(true, Relaxed);
         pending.clear();
+        self.slots.close();
     }
 
     pub fn is_closed(&self) -> bool {
@@ -210,11 +243,13 @@ impl Link {
         let _ = self.outbox.send(message);
     }
 
-    /// Registers a waiter for `request_id`, then sends `message`.
+    /// Registers a waiter for `request_id` (holding `permit`, if any, until
+    /// the host answers), then sends `message`.
     pub(super) fn request(
         &self,
         request_id: u64,
         message: GatewayMessage,
+        permit: Option<OwnedSemaphorePermit>,
     ) -> Result<oneshot::Receiver<Answer>, HostCallError> {
         let (tx, rx) = oneshot::channel();
         let read_back = match &message {
@@ -226,7 +261,7 @@ impl Link {
             if self.is_closed() {
                 return Err(HostCallError::Unavailable { phase: "disconnected".into() });
             }
-            pending.insert(request_id, Waiter { answer: tx, read_back });
+            pending.insert(request_id, Waiter { answer: Some(tx), read_back, permit });
         }
         if self.outbox.send(message).is_err() {
             self.forget(request_id);
@@ -235,18 +270,46 @@ impl Link {
         Ok(rx)
     }
 
-    /// Drops the waiter for a request its caller gave up on.
+    /// Drops the waiter for a request its caller gave up on; one holding a
+    /// slot's permit stays, answerless, until the host's answer frees it.
     pub(super) fn forget(&self, request_id: u64) {
-        self.pending.lock().expect("pending lock poisoned").remove(&request_id);
+        let mut pending = self.pending.lock().expect("pending lock poisoned");
+        match pending.get_mut(&request_id) {
+            Some(waiter) if waiter.permit.is_some() => waiter.answer = None,
+            Some(_) => {
+                pending.remove(&request_id);
+            }
+            None => {}
+        }
     }
 
-    /// Asks the host for a slot to write one request's pixels into.
+    /// Waits for one of this gateway's slots to be free at the host, behind
+    /// at most `max_waiting` other requests (past that: Overloaded at once).
+    async fn slot_permit(&self) -> Result<OwnedSemaphorePermit, HostCallError> {
+        let closed = || HostCallError::Unavailable { phase: "disconnected".into() };
+        match self.slots.clone().try_acquire_owned() {
+            Ok(permit) => return Ok(permit),
+            Err(tokio::sync::TryAcquireError::Closed) => return Err(closed()),
+            Err(tokio::sync::TryAcquireError::NoPermits) => {}
+        }
+        let _waiting = WaitingGuard::enter(&self.waiting, self.max_waiting)?;
+        self.slots.clone().acquire_owned().await.map_err(|_| closed())
+    }
+
+    /// Requests waiting for a slot now (for tests and metrics).
+    pub fn waiting_for_slots(&self) -> u64 {
+        self.waiting.load(Relaxed)
+    }
+
+    /// Asks the host for a slot to write one request's pixels into, first
+    /// waiting for one to be free (see the module's doc).
     pub async fn lease(self: &Arc<Self>) -> Result<SlotLease, HostCallError> {
+        let permit = self.slot_permit().await?;
         let request_id = self.next_request_id();
-        let answer = self.request(request_id, GatewayMessage::Lease { request_id })?;
-        let message = RequestGuard { link: self, request_id }.wait(answer).await?;
+        let answer = self.request(request_id, GatewayMessage::Lease { request_id }, Some(permit))?;
+        let Answer { message, permit, .. } = RequestGuard { link: self, request_id }.wait(answer).await?;
         match message {
-            HostMessage::Leased { slot, .. } => Ok(SlotLease::new(self.clone(), slot)),
+            HostMessage::Leased { slot, .. } => Ok(SlotLease::new(self.clone(), slot, permit)),
             HostMessage::LeaseRefused { reason, .. } => Err(match reason {
                 Refusal::NotReady => HostCallError::Unavailable { phase: self.phase().name().to_string() },
                 Refusal::NoFreeSlot => HostCallError::Overloaded("all of this gateway's slots are in use"),
@@ -258,8 +321,8 @@ impl Link {
 
     pub async fn status(self: &Arc<Self>) -> Result<HostStatus, HostCallError> {
         let request_id = self.next_request_id();
-        let answer = self.request(request_id, GatewayMessage::Status { request_id })?;
-        match (RequestGuard { link: self, request_id }).wait(answer).await? {
+        let answer = self.request(request_id, GatewayMessage::Status { request_id }, None)?;
+        match (RequestGuard { link: self, request_id }).wait(answer).await?.message {
             HostMessage::Status { status, .. } => Ok(status),
             other => Err(HostCallError::Rejected(format!("unexpected answer to Status: {other:?}"))),
         }
@@ -273,8 +336,8 @@ pub(super) struct RequestGuard<'a> {
 }
 
 impl RequestGuard<'_> {
-    pub async fn wait(self, answer: oneshot::Receiver<Answer>) -> Result<HostMessage, HostCallError> {
-        let result = answer.await.map(|a| a.message).map_err(|_| HostCallError::Unavailable { phase: "disconnected".into() });
+    pub async fn wait(self, answer: oneshot::Receiver<Answer>) -> Result<Answer, HostCallError> {
+        let result = answer.await.map_err(|_| HostCallError::Unavailable { phase: "disconnected".into() });
         std::mem::forget(self);
         result
     }
@@ -283,5 +346,24 @@ impl RequestGuard<'_> {
 impl Drop for RequestGuard<'_> {
     fn drop(&mut self) {
         self.link.forget(self.request_id);
+    }
+}
+
+/// Counts one request among those waiting for a slot while it lives.
+struct WaitingGuard<'a>(&'a AtomicU64);
+
+impl<'a> WaitingGuard<'a> {
+    fn enter(waiting: &'a AtomicU64, max: u64) -> Result<Self, HostCallError> {
+        if waiting.fetch_add(1, Relaxed) >= max {
+            waiting.fetch_sub(1, Relaxed);
+            return Err(HostCallError::Overloaded("too many requests waiting for a slot at this gateway"));
+        }
+        Ok(Self(waiting))
+    }
+}
+
+impl Drop for WaitingGuard<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Relaxed);
     }
 }

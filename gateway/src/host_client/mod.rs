@@ -52,10 +52,11 @@ const BACKOFF_MAX: Duration = Duration::from_millis(500);
 impl HostClient {
     /// Starts the background connection task and returns at once: the
     /// gateway serves HTTP (answering 503) while the host is still away.
-    pub fn start(socket: PathBuf, gateway_name: String) -> Self {
+    /// `max_waiting`: how many requests may wait for a free slot (see [`link`]).
+    pub fn start(socket: PathBuf, gateway_name: String, max_waiting: u64) -> Self {
         let (link_tx, link) = watch::channel(None);
         let (reason_tx, down_reason) = watch::channel("connecting".to_string());
-        tokio::spawn(maintain(socket, gateway_name, link_tx, reason_tx));
+        tokio::spawn(maintain(socket, gateway_name, max_waiting, link_tx, reason_tx));
         Self { link, down_reason }
     }
 
@@ -102,13 +103,14 @@ impl HostClient {
 async fn maintain(
     socket: PathBuf,
     gateway_name: String,
+    max_waiting: u64,
     link_tx: watch::Sender<Option<Arc<Link>>>,
     reason_tx: watch::Sender<String>,
 ) {
     let mut backoff = BACKOFF_START;
     let mut logged_failure = false;
     loop {
-        match Link::connect(&socket, &gateway_name).await {
+        match Link::connect(&socket, &gateway_name, max_waiting).await {
             Ok((link, reader)) => {
                 backoff = BACKOFF_START;
                 logged_failure = false;

@@ -1,0 +1,79 @@
+//! More requests at once than a gateway has slots at the host: they wait
+//! at the gateway for a slot (up to their deadline, behind at most
+//! `--max-waiting` others) instead of being refused. This is the burst a
+//! gateway restarted on a held socket sees: everything that queued in the
+//! kernel while no gateway accepted arrives at once (tests/zero_downtime.rs
+//! saw it as 503 "all of this gateway's slots are in use").
+//!
+//! Deterministic: the host has 2 slots per gateway and a batch waits
+//! BATCH_DELAY to fill (never filled: at most 2 requests are ever queued),
+//! so the 2 slots stay taken for that long while all the requests arrive.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use integration_tests::{Scratch, digits_model, post_image, testset, top_label};
+
+const BATCH_DELAY: Duration = Duration::from_millis(1500);
+const REQUESTS: usize = 6;
+
+/// The digits model, whose batches wait BATCH_DELAY to fill 4.
+fn slow_model(dir: &Path) -> String {
+    let original = std::fs::read_to_string(digits_model().join("model.toml")).unwrap();
+    let head = original.split("[batching]").next().unwrap();
+    let model_pt = digits_model().join("model.pt");
+    let text = head.replace("file = \"model.pt\"", &format!("file = {:?}", model_pt.display().to_string()));
+    let path = dir.join("slow.toml");
+    let batching = format!("[batching]\nmax_batch_size = 4\nmax_queue_delay_us = {}\n", BATCH_DELAY.as_micros());
+    std::fs::write(&path, format!("{text}{batching}")).unwrap();
+    path.display().to_string()
+}
+
+/// Sends REQUESTS at once; (status, error type, whether the label is right, time taken) of each.
+async fn burst(url: &str) -> Vec<(u16, String, bool, Duration)> {
+    let client = reqwest::Client::new();
+    let samples = testset("gray8");
+    let calls = samples.into_iter().take(REQUESTS).map(|sample| {
+        let (client, url) = (client.clone(), url.to_string());
+        async move {
+            let started = Instant::now();
+            let (status, _, body) = post_image(&client, &url, sample.bytes, "image/png").await;
+            let kind = body["type"].as_str().unwrap_or_default().to_string();
+            let right = status == 200 && top_label(&body) == sample.label;
+            (status.as_u16(), kind, right, started.elapsed())
+        }
+    });
+    futures::future::join_all(calls).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_burst_past_the_slots_waits_for_them_and_past_max_waiting_is_refused_at_once() {
+    let scratch = Scratch::new();
+    let model = slow_model(scratch.dir.path());
+    let _host = scratch.start_host(&["--model", &model, "--slots-per-gateway", "2"]);
+
+    // Waiting allowed (the default): every request is answered, and right,
+    // two per batch.
+    let gateway = scratch.start_gateway(&[]);
+    gateway.wait_ready().await;
+    let answers = burst(&gateway.predict_url()).await;
+    for (status, kind, right, _) in &answers {
+        assert_eq!((*status, kind.as_str()), (200, ""), "a request past the slots was refused: {answers:?}");
+        assert!(right, "an answer went to the wrong request: {answers:?}");
+    }
+    let slowest = answers.iter().map(|a| a.3).max().unwrap();
+    assert!(slowest >= BATCH_DELAY * 2, "{REQUESTS} requests through 2 slots took {slowest:?}: they cannot have waited");
+
+    // At most one may wait: two hold the slots, one waits, the other three
+    // are refused at once (before the first batch's delay is over).
+    let strict = scratch.start_gateway(&["--max-waiting", "1"]);
+    strict.wait_ready().await;
+    let answers = burst(&strict.predict_url()).await;
+    let refused: Vec<_> = answers.iter().filter(|a| a.0 != 200).collect();
+    assert_eq!(refused.len(), REQUESTS - 3, "{answers:?}");
+    for (status, kind, _, took) in refused {
+        assert_eq!((*status, kind.as_str()), (503, "overloaded"), "{answers:?}");
+        assert!(*took < BATCH_DELAY, "a refusal took {took:?}: it waited");
+    }
+    assert!(answers.iter().filter(|a| a.0 == 200).all(|a| a.2), "an answer went to the wrong request: {answers:?}");
+}
