@@ -106,6 +106,34 @@ impl ImageClassifier {
         report
     }
 
+    /// One eager forward pass per batch in `inputs`, spread over at most
+    /// `threads` threads, each output checked. On a GPU the first pass of a
+    /// batch shape costs 0.15-0.25 s of CPU (cuDNN's per-shape set-up for
+    /// every convolution: docs/BENCHMARKS.md, "Ready in 1.5 s"), and those
+    /// costs run side by side: 12 ResNet-50 shapes took 2.8 s one after
+    /// another and 0.8 s on 4 threads on an H200.
+    pub fn warm_up_parallel(&self, inputs: Vec<Input>, threads: usize) -> Result<(), ModelError> {
+        let threads = threads.clamp(1, inputs.len().max(1));
+        let mut shares: Vec<Vec<Input>> = (0..threads).map(|_| Vec::new()).collect();
+        for (i, input) in inputs.into_iter().enumerate() {
+            shares[i % threads].push(input);
+        }
+        let (module, classes) = (&self.module, self.classes);
+        std::thread::scope(|scope| {
+            let workers: Vec<_> = shares
+                .into_iter()
+                .enumerate()
+                .map(|(i, share)| {
+                    std::thread::Builder::new()
+                        .name(format!("warm-up-{i}"))
+                        .spawn_scoped(scope, move || warm_share(module, share, classes))
+                        .map_err(|e| ModelError::Forward(format!("spawning a warm-up thread: {e}")))
+                })
+                .collect();
+            workers.into_iter().try_for_each(|w| w?.join().unwrap_or_else(|_| Err(ModelError::Forward("a warm-up thread panicked".into()))))
+        })
+    }
+
     /// Queues the forward pass and top-k on an uploaded batch, without
     /// waiting for them on a GPU.
     pub fn launch(&self, input: Input, k: usize) -> Result<Launched, ModelError> {
@@ -136,6 +164,20 @@ impl ImageClassifier {
     }
 }
 
+/// One warm-up thread's batches: forward each, check its shape, wait for it.
+fn warm_share(module: &Module, share: Vec<Input>, classes: i64) -> Result<(), ModelError> {
+    for Input { tensors, batch } in share {
+        let started = std::time::Instant::now();
+        let borrowed: Vec<&Tensor> = tensors.iter().collect();
+        let out = module.forward(&borrowed).map_err(|e| ModelError::Forward(e.0))?;
+        check_output(&out, batch, classes)?;
+        // Reading one value back waits for the pass to finish on the device.
+        out.f_sum(Kind::Float)?.f_double_value(&[])?;
+        tracing::info!(batch, ms = started.elapsed().as_secs_f64() * 1e3, "warm-up pass");
+    }
+    Ok(())
+}
+
 fn check_output(out: &Tensor, batch: i64, classes: i64) -> Result<(), ModelError> {
     let size = out.size();
     if size != [batch, classes] {
@@ -156,5 +198,50 @@ impl Launched {
             .zip(indices.chunks(k as usize))
             .map(|(v, i)| i.iter().zip(v).map(|(&i, &v)| (i as u32, v)).collect())
             .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use tch::{Device, Kind, Tensor};
+
+    use super::*;
+    use crate::model_config;
+
+    fn digits() -> (PathBuf, model_config::LoadedConfig) {
+        let dir = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../models/digits"));
+        assert!(dir.join("model.pt").exists(), "models/digits is missing: run scripts/setup first");
+        let loaded = model_config::load(&dir).unwrap();
+        (dir.join("model.pt"), loaded)
+    }
+
+    fn inputs(shapes: &[i64]) -> Vec<Input> {
+        shapes
+            .iter()
+            .map(|&n| Input { tensors: vec![Tensor::rand([n, 1, 32, 32], (Kind::Float, Device::Cpu))], batch: n })
+            .collect()
+    }
+
+    #[test]
+    fn warm_up_runs_every_shape_on_several_threads() {
+        let (file, loaded) = digits();
+        let config = loaded.config.classifier().unwrap();
+        let model = ImageClassifier::load(&file, config, &loaded.config.optimization, Device::Cpu).unwrap();
+        model.warm_up_parallel(inputs(&[1, 2, 4, 8, 16, 32]), 3).unwrap();
+        // More threads than shapes, and no shapes at all, are fine too.
+        model.warm_up_parallel(inputs(&[1, 2]), 8).unwrap();
+        model.warm_up_parallel(Vec::new(), 4).unwrap();
+    }
+
+    #[test]
+    fn warm_up_on_threads_still_checks_each_output() {
+        let (file, loaded) = digits();
+        let mut config = loaded.config.classifier().unwrap().clone();
+        config.output.labels.pop();
+        let model = ImageClassifier::load(&file, &config, &loaded.config.optimization, Device::Cpu).unwrap();
+        let err = model.warm_up_parallel(inputs(&[1, 4, 8]), 2).unwrap_err();
+        assert!(matches!(err, ModelError::OutputShape { classes: 9, .. }), "{err:?}");
     }
 }

@@ -98,6 +98,21 @@ impl Model {
         Some(model.capture_graphs(shapes, sample))
     }
 
+    /// A classifier's warm-up on a GPU: one pass per batch shape, on up to
+    /// `threads` threads at once (see [`ImageClassifier::warm_up_parallel`]).
+    /// None for a tensor model, which warms up one shape after another.
+    pub fn warm_up_parallel(&self, pre: &Preprocessor, shapes: &[u32], item_len: usize, threads: usize) -> Option<Result<(), ModelError>> {
+        let Model::Classifier(model) = self else { return None };
+        let inputs: Result<Vec<Input>, ModelError> = shapes
+            .iter()
+            .map(|&n| {
+                let bytes: Vec<u8> = (0..n as usize * item_len).map(|i| (i * 31 % 251) as u8).collect();
+                pre.upload_bytes(&bytes, n as usize).map_err(ModelError::from)
+            })
+            .collect();
+        Some(inputs.and_then(|inputs| model.warm_up_parallel(inputs, threads)))
+    }
+
     /// Uploads, runs and collects `batch` items laid out back to back in
     /// `bytes`, as a request would be: for warm-up and benchmarks.
     pub fn run(&self, pre: &Preprocessor, bytes: &[u8], batch: usize, k: usize) -> Result<Outputs, ModelError> {

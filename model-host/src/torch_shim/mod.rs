@@ -98,6 +98,14 @@ pub struct Module {
 // thread owns it), as tch's own CModule is.
 unsafe impl Send for Module {}
 
+// SAFETY: the only `&self` method is `forward`, and torch::jit::Module's
+// forward may run on several threads at once (TorchScript's graph executor
+// guards its own caches; multi-threaded inference on one module is a use
+// libtorch supports, and tch's CModule is Sync on the same grounds). The
+// host does it only during warm-up, where each thread's first pass of a
+// new batch shape pays cuDNN's per-shape set-up on the CPU in parallel.
+unsafe impl Sync for Module {}
+
 impl Module {
     /// Loads `path` onto `device`, in eval mode, cast to `dtype` (None keeps
     /// the file's dtypes).

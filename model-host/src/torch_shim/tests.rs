@@ -55,7 +55,7 @@ fn failures_are_errors_not_aborts() {
 
     let module = Module::load(&digits(), Device::Cpu, None).unwrap();
     let wrong = Tensor::zeros([2, 3, 5], (Kind::Float, Device::Cpu));
-    let error = module.forward(&[&wrong]).err().expect("a 3-D input must fail");
+    let error = module.forward(&[&wrong]).expect_err("a 3-D input must fail");
     assert!(!error.0.is_empty());
     // Still usable after a failed call.
     assert!(module.forward(&[&batch()]).is_ok());
@@ -65,7 +65,7 @@ fn failures_are_errors_not_aborts() {
 fn a_model_that_returns_no_single_tensor_is_refused() {
     let module = Module::load(&crate::tensor_model::tests::scripted("tuple"), Device::Cpu, None).unwrap();
     let x = Tensor::zeros([1, 3], (Kind::Int, Device::Cpu));
-    let error = module.forward(&[&x]).err().expect("a tuple is not one tensor");
+    let error = module.forward(&[&x]).expect_err("a tuple is not one tensor");
     assert!(error.0.contains("not one Tensor"), "{error}");
 }
 
