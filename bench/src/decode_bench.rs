@@ -1,10 +1,19 @@
 //! How fast the gateway's CPU work is, per image, single-threaded: the
-//! decoders we could use for JPEG and PNG, and the gateway's own
-//! decode-and-resize path (`gateway::decode::decode_to_input`).
+//! JPEG decoders we could use and the gateway's own decode-and-resize
+//! path (`gateway::decode::decode_to_input`), for photos of the sizes users
+//! send (docs/BENCHMARKS.md, "Real photos").
 //!
-//! JPEG: `image` (which decodes with zune-jpeg) against `jpeg-decoder`
-//! (image's decoder before 0.25). Inputs: the given files, or synthetic
-//! photos made here at each size. Prints the median of many runs.
+//! JPEG, each to a 224x224 RGB input where it applies:
+//! - `image (zune-jpeg), full`: what the gateway did before: decode every
+//!   pixel, then resize;
+//! - `jpeg-decoder, scaled`: pure Rust, DCT-domain scaling (1/2, 1/4, 1/8);
+//! - `libjpeg-turbo, full` and `libjpeg-turbo, scaled` (k/8 scaling);
+//! - `gateway path`: what the gateway does now (libjpeg-turbo scaled,
+//!   orientation, resize).
+//!
+//! Inputs are synthetic photos made here (gradients plus fine texture, so
+//! that quality 90 gives about the bytes per pixel of a real photo:
+//! ~660 KB at 1920x1080), or the given files. Prints the median of many runs.
 #![forbid(unsafe_code)]
 
 use std::io::Cursor;
@@ -13,28 +22,39 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use gateway::decode::{Target, decode_to_input};
 use image::{ImageFormat, RgbImage};
+use turbojpeg::{Decompressor, Image, PixelFormat};
 
 /// Per-image decode and resize time.
 #[derive(Debug, Parser)]
 struct Args {
-    /// Square image sizes to make and decode.
-    #[arg(long, value_delimiter = ',', default_value = "224,512,1024")]
-    sizes: Vec<u32>,
-    /// The model input the gateway resizes to.
+    /// Image sizes (WIDTHxHEIGHT) to make and decode.
+    #[arg(long, value_delimiter = ',', default_value = "224x224,1920x1080,4032x3024")]
+    sizes: Vec<String>,
+    /// JPEG files to decode instead of synthetic photos.
+    #[arg(long, value_delimiter = ',')]
+    files: Vec<std::path::PathBuf>,
+    /// The model input the gateway resizes to (square).
     #[arg(long, default_value_t = 224)]
     target: u32,
     /// Timed runs per case (the median is printed).
-    #[arg(long, default_value_t = 200)]
+    #[arg(long, default_value_t = 30)]
     runs: usize,
 }
 
-/// A smooth synthetic photo: gradients plus a little noise, so that the
-/// encoded size is like a real photo's, not like noise's.
-fn photo(side: u32) -> RgbImage {
-    RgbImage::from_fn(side, side, |x, y| {
-        let n = ((x * 7919 + y * 104_729) % 23) as u8;
-        image::Rgb([(x * 255 / side) as u8 ^ n, (y * 255 / side) as u8, ((x + y) * 127 / side) as u8 + n])
+/// A synthetic photo: smooth gradients plus a deterministic fine texture.
+fn photo(width: u32, height: u32) -> RgbImage {
+    let mut state = 0x2545_f491_u32;
+    RgbImage::from_fn(width, height, |x, y| {
+        state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+        let n = (state >> 24) as i32 % 48 - 24;
+        let c = |v: u32| (v as i32 + n).clamp(0, 255) as u8;
+        image::Rgb([c(x * 255 / width), c(y * 255 / height), c((x + y) * 127 / (width + height) + 64)])
     })
+}
+
+fn parse_size(s: &str) -> (u32, u32) {
+    let (w, h) = s.split_once('x').expect("sizes are WIDTHxHEIGHT");
+    (w.parse().expect("width"), h.parse().expect("height"))
 }
 
 fn encode(img: &RgbImage, format: ImageFormat) -> Vec<u8> {
@@ -56,32 +76,42 @@ fn median(runs: usize, mut f: impl FnMut()) -> Duration {
     times[times.len() / 2]
 }
 
+fn turbo(jpeg: &[u8], factor: turbojpeg::ScalingFactor) {
+    let mut d = Decompressor::new().expect("decompressor");
+    let header = d.read_header(jpeg).expect("header").scaled(factor);
+    d.set_scaling_factor(factor).expect("scaling factor");
+    let mut pixels = vec![0; header.width * header.height * 3];
+    let image = Image { pixels: pixels.as_mut_slice(), width: header.width, pitch: header.width * 3, height: header.height, format: PixelFormat::RGB };
+    d.decompress(jpeg, image).expect("decoding");
+}
+
 fn main() {
     let args = Args::parse();
     let target = Target { width: args.target, height: args.target, channels: 3 };
-    println!("{:<24} {:>8} {:>10} {:>12} {:>12}", "case", "side", "bytes", "median us", "Mpixel/s");
-    for &side in &args.sizes {
-        let img = photo(side);
-        let jpeg = encode(&img, ImageFormat::Jpeg);
-        let png = encode(&img, ImageFormat::Png);
-        let mpix = f64::from(side * side) / 1e6;
-        let row = |case: &str, bytes: usize, t: Duration| {
-            println!("{case:<24} {side:>8} {bytes:>10} {:>12.1} {:>12.1}", t.as_secs_f64() * 1e6, mpix / t.as_secs_f64());
+    let inputs: Vec<(String, Vec<u8>)> = if args.files.is_empty() {
+        args.sizes.iter().map(|s| (s.clone(), { let (w, h) = parse_size(s); encode(&photo(w, h), ImageFormat::Jpeg) })).collect()
+    } else {
+        args.files.iter().map(|f| (f.display().to_string(), std::fs::read(f).expect("reading a file"))).collect()
+    };
+    println!("{:<32} {:>12} {:>10} {:>12} {:>12}", "case", "image", "bytes", "median ms", "images/s");
+    for (name, jpeg) in &inputs {
+        let (w, h) = image::ImageReader::with_format(Cursor::new(jpeg), ImageFormat::Jpeg).into_dimensions().expect("header");
+        let row = |case: &str, t: Duration| {
+            println!("{case:<32} {name:>12} {:>10} {:>12.2} {:>12.0}", jpeg.len(), t.as_secs_f64() * 1e3, 1.0 / t.as_secs_f64());
         };
-        row("jpeg: image (zune-jpeg)", jpeg.len(), median(args.runs, || {
-            image::load_from_memory_with_format(&jpeg, ImageFormat::Jpeg).expect("decoding");
+        row("image (zune-jpeg), full", median(args.runs, || {
+            image::load_from_memory_with_format(jpeg, ImageFormat::Jpeg).expect("decoding");
         }));
-        row("jpeg: jpeg-decoder", jpeg.len(), median(args.runs, || {
-            jpeg_decoder::Decoder::new(Cursor::new(&jpeg)).decode().expect("decoding");
+        row("jpeg-decoder, scaled", median(args.runs, || {
+            let mut d = jpeg_decoder::Decoder::new(Cursor::new(jpeg));
+            d.scale(args.target as u16, args.target as u16).expect("scale");
+            d.decode().expect("decoding");
         }));
-        row("jpeg: gateway path", jpeg.len(), median(args.runs, || {
-            decode_to_input(&jpeg, ImageFormat::Jpeg, target, 100_000_000).expect("decoding");
-        }));
-        row("png: image (png crate)", png.len(), median(args.runs, || {
-            image::load_from_memory_with_format(&png, ImageFormat::Png).expect("decoding");
-        }));
-        row("png: gateway path", png.len(), median(args.runs, || {
-            decode_to_input(&png, ImageFormat::Png, target, 100_000_000).expect("decoding");
+        row("libjpeg-turbo, full", median(args.runs, || turbo(jpeg, turbojpeg::ScalingFactor::ONE)));
+        let factor = gateway::decode::jpeg::scale_for(w, h, (args.target, args.target));
+        row(&format!("libjpeg-turbo, scaled {factor}"), median(args.runs, || turbo(jpeg, factor)));
+        row("gateway path (to 224x224x3)", median(args.runs, || {
+            decode_to_input(jpeg, ImageFormat::Jpeg, target, 100_000_000).expect("decoding");
         }));
     }
 }

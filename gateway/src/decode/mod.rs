@@ -5,15 +5,25 @@
 //! memory exists, and the decoder runs under allocation limits, so a small
 //! file that claims 50000x50000 pixels costs nothing.
 //!
+//! JPEG goes through [`jpeg`]: libjpeg-turbo decodes only as many pixels
+//! as the model's input needs (DCT-domain scaling); CMYK JPEGs, PNG and
+//! WebP go through the `image` crate.
+//!
+//! EXIF orientation is applied before the resize, so a phone photo taken
+//! sideways reaches the model upright.
+//!
 //! Alpha: a transparent background is filled with whatever contrasts with
 //! the opaque pixels (white under dark ink, black under light ink), so
 //! "black digit on transparent" and "white digit on transparent" both work.
+
+pub mod jpeg;
 
 use std::io::Cursor;
 
 use fast_image_resize::images::Image;
 use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
-use image::{DynamicImage, ImageFormat, ImageReader, Limits};
+use image::metadata::Orientation;
+use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader, Limits};
 use thiserror::Error;
 
 /// The model's input, as the host described it in the handshake.
@@ -42,22 +52,57 @@ pub fn format_name(format: ImageFormat) -> &'static str {
     }
 }
 
-/// Decodes `bytes` as `format` and resizes to `target`.
+/// Decodes `bytes` as `format`, turns it upright (EXIF orientation) and
+/// resizes to `target`.
 pub fn decode_to_input(bytes: &[u8], format: ImageFormat, target: Target, max_pixels: u64) -> Result<Vec<u8>, DecodeError> {
     let corrupt = |e: image::ImageError| DecodeError::Corrupt { format: format_name(format), detail: e.to_string() };
-    let (width, height) = ImageReader::with_format(Cursor::new(bytes), format).into_dimensions().map_err(corrupt)?;
+    let mut decoder = ImageReader::with_format(Cursor::new(bytes), format).into_decoder().map_err(corrupt)?;
+    let (width, height) = decoder.dimensions();
     if u64::from(width) * u64::from(height) > max_pixels {
         return Err(DecodeError::TooManyPixels { width, height, limit: max_pixels });
     }
-    let mut reader = ImageReader::with_format(Cursor::new(bytes), format);
-    let mut limits = Limits::default();
-    // RGBA16 is the widest a PNG decodes to: 8 bytes per pixel, plus slack
-    // for the decoder's own buffers.
-    limits.max_alloc = Some(max_pixels.saturating_mul(8).saturating_add(64 << 20));
-    reader.limits(limits);
-    let image = reader.decode().map_err(corrupt)?;
-    let flat = flatten(image, target.channels);
+    // A missing or unreadable orientation is the common case: as stored.
+    let orientation = decoder.orientation().unwrap_or(Orientation::NoTransforms);
+    let scaled = match format {
+        ImageFormat::Jpeg => jpeg::decode_scaled(bytes, stored_size_for(target, orientation), target.channels)
+            .map_err(|detail| DecodeError::Corrupt { format: "JPEG", detail })?,
+        _ => None,
+    };
+    let (flat, (width, height)) = match scaled {
+        Some(jpeg::Decoded { pixels, width, height }) => {
+            let image = match target.channels {
+                1 => image::GrayImage::from_raw(width, height, pixels).map(DynamicImage::ImageLuma8),
+                _ => image::RgbImage::from_raw(width, height, pixels).map(DynamicImage::ImageRgb8),
+            };
+            let image = image.ok_or_else(|| DecodeError::Corrupt { format: "JPEG", detail: "decoded buffer size".into() })?;
+            upright(image, orientation, target.channels)
+        }
+        None => {
+            let mut limits = Limits::default();
+            // RGBA16 is the widest a PNG decodes to: 8 bytes per pixel, plus
+            // slack for the decoder's own buffers.
+            limits.max_alloc = Some(max_pixels.saturating_mul(8).saturating_add(64 << 20));
+            decoder.set_limits(limits).map_err(corrupt)?;
+            upright(DynamicImage::from_decoder(decoder).map_err(corrupt)?, orientation, target.channels)
+        }
+    };
     resize(flat, (width, height), target)
+}
+
+/// The stored (pre-orientation) size that covers `target` once turned.
+fn stored_size_for(target: Target, orientation: Orientation) -> (u32, u32) {
+    let quarter_turn = matches!(
+        orientation,
+        Orientation::Rotate90 | Orientation::Rotate270 | Orientation::Rotate90FlipH | Orientation::Rotate270FlipH
+    );
+    if quarter_turn { (target.height, target.width) } else { (target.width, target.height) }
+}
+
+/// Applies `orientation`, then flattens to `channels`; the pixels and their size.
+fn upright(mut image: DynamicImage, orientation: Orientation, channels: u32) -> (Vec<u8>, (u32, u32)) {
+    image.apply_orientation(orientation);
+    let size = (image.width(), image.height());
+    (flatten(image, channels), size)
 }
 
 /// To 8-bit gray or RGB, filling any transparency with a contrasting colour.
@@ -136,6 +181,85 @@ mod tests {
         let out = decode_to_input(&png(DynamicImage::ImageRgba8(rgba)), ImageFormat::Png, GRAY32, 10_000).unwrap();
         assert_eq!(out[0], 0);
         assert_eq!(out[5 * 32 + 5], 255);
+    }
+
+    fn jpeg(image: DynamicImage) -> Vec<u8> {
+        let mut out = Cursor::new(Vec::new());
+        image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 95).encode_image(&image).unwrap();
+        out.into_inner()
+    }
+
+    /// A smooth colour photo stand-in: gradients, no noise.
+    fn gradient(width: u32, height: u32) -> DynamicImage {
+        DynamicImage::ImageRgb8(image::RgbImage::from_fn(width, height, |x, y| {
+            image::Rgb([(x * 255 / width) as u8, (y * 255 / height) as u8, ((x + y) * 127 / (width + height)) as u8])
+        }))
+    }
+
+    /// `jpeg` with an EXIF APP1 segment saying `orientation` (1..8) after SOI.
+    fn with_exif_orientation(jpeg: &[u8], orientation: u8) -> Vec<u8> {
+        let tiff: [u8; 26] = [
+            b'M', b'M', 0, 42, 0, 0, 0, 8, // big-endian TIFF header, first IFD at 8
+            0, 1, // one entry
+            0x01, 0x12, 0, 3, 0, 0, 0, 1, 0, orientation, 0, 0, // Orientation, SHORT, 1 value
+            0, 0, 0, 0, // no next IFD
+        ];
+        let mut app1 = vec![0xFF, 0xE1, 0, (2 + 6 + tiff.len()) as u8];
+        app1.extend_from_slice(b"Exif\0\0");
+        app1.extend_from_slice(&tiff);
+        [&jpeg[..2], &app1, &jpeg[2..]].concat()
+    }
+
+    const RGB224: Target = Target { width: 224, height: 224, channels: 3 };
+
+    #[test]
+    fn a_large_jpeg_decoded_at_a_reduced_scale_matches_the_full_decode() {
+        let photo = gradient(1920, 1080);
+        let bytes = jpeg(photo);
+        let scaled = decode_to_input(&bytes, ImageFormat::Jpeg, RGB224, 40_000_000).unwrap();
+        assert_eq!(scaled.len(), 224 * 224 * 3);
+        // The same bytes decoded in full by the image crate, then resized.
+        let full = image::load_from_memory_with_format(&bytes, ImageFormat::Jpeg).unwrap().into_rgb8();
+        let reference = resize(full.into_raw(), (1920, 1080), RGB224).unwrap();
+        let mean_diff = scaled.iter().zip(&reference).map(|(a, b)| f64::from(a.abs_diff(*b))).sum::<f64>() / scaled.len() as f64;
+        assert!(mean_diff < 2.0, "scaled decode differs from the full one by {mean_diff:.2} per value on average");
+    }
+
+    #[test]
+    fn exif_orientation_turns_the_image_upright_before_the_resize() {
+        // 64x32 stored: left half black, right half white.
+        let stored = DynamicImage::ImageLuma8(image::GrayImage::from_fn(64, 32, |x, _| image::Luma([if x < 32 { 0 } else { 255 }])));
+        let bytes = jpeg(stored);
+        let gray16 = Target { width: 16, height: 16, channels: 1 };
+        let mean = |px: &[u8], rows: std::ops::Range<usize>, cols: std::ops::Range<usize>| {
+            let (mut sum, mut n) = (0u32, 0u32);
+            for r in rows {
+                for c in cols.clone() {
+                    sum += u32::from(px[r * 16 + c]);
+                    n += 1;
+                }
+            }
+            sum / n
+        };
+        // As stored: dark on the left.
+        let as_stored = decode_to_input(&bytes, ImageFormat::Jpeg, gray16, 1 << 20).unwrap();
+        assert!(mean(&as_stored, 0..16, 0..6) < 40 && mean(&as_stored, 0..16, 10..16) > 215);
+        // Orientation 6 (turn 90 degrees clockwise to view): the stored left
+        // column becomes the top row, so dark on top.
+        let turned = decode_to_input(&with_exif_orientation(&bytes, 6), ImageFormat::Jpeg, gray16, 1 << 20).unwrap();
+        assert!(mean(&turned, 0..6, 0..16) < 40 && mean(&turned, 10..16, 0..16) > 215, "{turned:?}");
+        // Orientation 8 (counter-clockwise): dark at the bottom.
+        let turned = decode_to_input(&with_exif_orientation(&bytes, 8), ImageFormat::Jpeg, gray16, 1 << 20).unwrap();
+        assert!(mean(&turned, 10..16, 0..16) < 40 && mean(&turned, 0..6, 0..16) > 215, "{turned:?}");
+    }
+
+    #[test]
+    fn a_truncated_or_garbled_jpeg_is_corrupt() {
+        let bytes = jpeg(gradient(640, 480));
+        for bad in [&bytes[..bytes.len() / 2], &bytes[..100], b"\xFF\xD8\xFF garbage".as_slice()] {
+            let err = decode_to_input(bad, ImageFormat::Jpeg, RGB224, 40_000_000).unwrap_err();
+            assert!(matches!(err, DecodeError::Corrupt { format: "JPEG", .. }), "{err:?}");
+        }
     }
 
     #[test]
