@@ -30,14 +30,16 @@ def log(msg):
     print(f"[bench] {msg}", file=sys.stderr, flush=True)
 
 
-def make_images(model_dir: Path, out: Path, count: int):
-    """Smooth synthetic photos at the model's input size: JPEGs and the
-    same pixels raw (height x width x channels uint8)."""
+def make_images(model_dir: Path, out: Path, count: int, size=None):
+    """Smooth synthetic photos: JPEGs at `size` (WIDTHxHEIGHT; default the
+    model's input size, as a client that resizes would send) and the
+    model's input pixels raw (height x width x channels uint8)."""
     import numpy as np
     from PIL import Image
 
     cfg = load_config(model_dir)
-    w, h, c = cfg["input"]["width"], cfg["input"]["height"], cfg["input"]["channels"]
+    mw, mh, c = cfg["input"]["width"], cfg["input"]["height"], cfg["input"]["channels"]
+    w, h = (int(v) for v in size.split("x")) if size else (mw, mh)
     jpeg, raw = out / "jpeg", out / "pixels"
     jpeg.mkdir(parents=True, exist_ok=True)
     raw.mkdir(parents=True, exist_ok=True)
@@ -50,7 +52,7 @@ def make_images(model_dir: Path, out: Path, count: int):
         if c == 1:
             img = img.convert("L")
         img.save(jpeg / f"{i:03}.jpg", quality=90)
-        decoded = Image.open(jpeg / f"{i:03}.jpg").convert("L" if c == 1 else "RGB")
+        decoded = Image.open(jpeg / f"{i:03}.jpg").convert("L" if c == 1 else "RGB").resize((mw, mh), Image.BILINEAR)
         (raw / f"{i:03}.bin").write_bytes(np.asarray(decoded, dtype=np.uint8).tobytes())
     return jpeg, raw
 
@@ -288,6 +290,7 @@ def main():
     p.add_argument("--python", default=sys.executable, help="python with torch, fastapi, uvicorn for the baseline")
     p.add_argument("--suffix", default="", help="appended to each row's label, e.g. -fp16")
     p.add_argument("--images", type=int, default=64)
+    p.add_argument("--image-size", default=None, help="WIDTHxHEIGHT of the JPEGs sent (default: the model's input size)")
     p.add_argument("--startup-limit", type=float, default=300)
     p.add_argument("--out", type=Path, default=ROOT / "target/bench")
     p.add_argument("--append", action="store_true", help="keep earlier rows in OUT/rows.jsonl (e.g. fp32 then fp16)")
@@ -301,7 +304,7 @@ def main():
         jsonl.unlink(missing_ok=True)
         (args.out / "startup.jsonl").unlink(missing_ok=True)
     name = load_config(args.model)["name"]
-    jpeg, pixels = make_images(args.model, args.out / "images", args.images)
+    jpeg, pixels = make_images(args.model, args.out / "images", args.images, args.image_size)
     servers, startup = Servers(args.out / "logs"), []
     try:
         if "raw" in args.modes:
