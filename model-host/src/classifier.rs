@@ -87,51 +87,90 @@ impl ImageClassifier {
         }
         for &n in shapes {
             let n = i64::from(n);
-            let captured = sample(n as usize).and_then(|input| {
-                let graph = CudaGraph::capture(&self.module, input.tensors, 1).map_err(|e| ModelError::Graph(e.0))?;
-                check_output(graph.replay().map_err(|e| ModelError::Graph(e.0))?, n, self.classes)?;
-                Ok(graph)
-            });
-            match captured {
-                Ok(graph) => {
-                    self.graphs.insert(n, graph);
-                    report.captured.push(n);
-                }
-                Err(e) => {
-                    tracing::warn!(batch = n, error = %e, "cannot capture a CUDA graph; this batch size runs eagerly");
-                    report.failed.push((n, e.to_string()));
-                }
+            if self.graphs.contains_key(&n) {
+                // Captured already, by the warm-up's threads.
+                report.captured.push(n);
+                continue;
             }
+            let captured = sample(n as usize).and_then(|input| capture_one(&self.module, input, self.classes));
+            self.record(n, captured, &mut report);
         }
         report
     }
 
-    /// One eager forward pass per batch in `inputs`, spread over at most
-    /// `threads` threads, each output checked. On a GPU the first pass of a
-    /// batch shape costs 0.15-0.25 s of CPU (cuDNN's per-shape set-up for
-    /// every convolution: docs/BENCHMARKS.md, "Ready in 1.5 s"), and those
-    /// costs run side by side: 12 ResNet-50 shapes took 2.8 s one after
-    /// another and 0.8 s on 4 threads on an H200.
-    pub fn warm_up_parallel(&self, inputs: Vec<Input>, threads: usize) -> Result<(), ModelError> {
-        let threads = threads.clamp(1, inputs.len().max(1));
-        let mut shares: Vec<Vec<Input>> = (0..threads).map(|_| Vec::new()).collect();
-        for (i, input) in inputs.into_iter().enumerate() {
-            shares[i % threads].push(input);
+    /// Warms up every batch shape of `shapes` side by side on up to
+    /// `threads` threads, then captures each one's CUDA graph (when
+    /// `shapes` carries a capture input and graphs are wanted) on the same
+    /// thread that warmed it; returns what was captured.
+    ///
+    /// Why threads: on a GPU the first pass of a batch shape costs 0.15-0.25
+    /// s of CPU (cuDNN's per-shape set-up for every convolution:
+    /// docs/BENCHMARKS.md, "Ready in 1.5 s"), and those costs run side by
+    /// side: 12 ResNet-50 shapes took 2.8 s one after another and 0.8 s on
+    /// 4 threads on an H200. Why capture on the warming thread: libtorch
+    /// keeps cuDNN's execution plans per thread, so a capture on any other
+    /// thread would pay the set-up again (measured: 1.0 s for 12 shapes).
+    /// The captures run one at a time, after every warm-up pass is done, so
+    /// that nothing else touches the GPU while one records.
+    pub fn warm_up_parallel(&mut self, shapes: Vec<WarmShape>, threads: usize) -> Result<GraphReport, ModelError> {
+        let threads = threads.clamp(1, shapes.len().max(1));
+        let mut shares: Vec<Vec<WarmShape>> = (0..threads).map(|_| Vec::new()).collect();
+        for (i, shape) in shapes.into_iter().enumerate() {
+            shares[i % threads].push(shape);
         }
+        let graphs_wanted = self.graphs_wanted;
         let (module, classes) = (&self.module, self.classes);
-        std::thread::scope(|scope| {
+        let all_warm = std::sync::Barrier::new(threads);
+        let one_capture_at_a_time = std::sync::Mutex::new(());
+        let results: Vec<Result<Vec<(i64, Result<CudaGraph, ModelError>)>, ModelError>> = std::thread::scope(|scope| {
             let workers: Vec<_> = shares
                 .into_iter()
                 .enumerate()
                 .map(|(i, share)| {
-                    std::thread::Builder::new()
-                        .name(format!("warm-up-{i}"))
-                        .spawn_scoped(scope, move || warm_share(module, share, classes))
-                        .map_err(|e| ModelError::Forward(format!("spawning a warm-up thread: {e}")))
+                    let (all_warm, lock) = (&all_warm, &one_capture_at_a_time);
+                    std::thread::Builder::new().name(format!("warm-up-{i}")).spawn_scoped(scope, move || {
+                        let warmed = share.iter().try_for_each(|s| warm_one(module, &s.warm, classes));
+                        // Every thread reaches the barrier, failed or not.
+                        all_warm.wait();
+                        warmed?;
+                        let _one_at_a_time = lock.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                        Ok(share
+                            .into_iter()
+                            .filter(|_| graphs_wanted)
+                            .filter_map(|s| s.capture.map(|input| (s.warm.batch, capture_one(module, input, classes))))
+                            .collect())
+                    })
                 })
                 .collect();
-            workers.into_iter().try_for_each(|w| w?.join().unwrap_or_else(|_| Err(ModelError::Forward("a warm-up thread panicked".into()))))
-        })
+            workers
+                .into_iter()
+                .map(|w| match w {
+                    Ok(handle) => handle.join().unwrap_or_else(|_| Err(ModelError::Forward("a warm-up thread panicked".into()))),
+                    Err(e) => Err(ModelError::Forward(format!("spawning a warm-up thread: {e}"))),
+                })
+                .collect()
+        });
+        let mut report = GraphReport::default();
+        for result in results {
+            for (n, captured) in result? {
+                self.record(n, captured, &mut report);
+            }
+        }
+        report.captured.sort_unstable();
+        Ok(report)
+    }
+
+    fn record(&mut self, n: i64, captured: Result<CudaGraph, ModelError>, report: &mut GraphReport) {
+        match captured {
+            Ok(graph) => {
+                self.graphs.insert(n, graph);
+                report.captured.push(n);
+            }
+            Err(e) => {
+                tracing::warn!(batch = n, error = %e, "cannot capture a CUDA graph; this batch size runs eagerly");
+                report.failed.push((n, e.to_string()));
+            }
+        }
     }
 
     /// Queues the forward pass and top-k on an uploaded batch, without
@@ -164,18 +203,34 @@ impl ImageClassifier {
     }
 }
 
-/// One warm-up thread's batches: forward each, check its shape, wait for it.
-fn warm_share(module: &Module, share: Vec<Input>, classes: i64) -> Result<(), ModelError> {
-    for Input { tensors, batch } in share {
-        let started = std::time::Instant::now();
-        let borrowed: Vec<&Tensor> = tensors.iter().collect();
-        let out = module.forward(&borrowed).map_err(|e| ModelError::Forward(e.0))?;
-        check_output(&out, batch, classes)?;
-        // Reading one value back waits for the pass to finish on the device.
-        out.f_sum(Kind::Float)?.f_double_value(&[])?;
-        tracing::info!(batch, ms = started.elapsed().as_secs_f64() * 1e3, "warm-up pass");
-    }
+/// One batch shape for [`ImageClassifier::warm_up_parallel`].
+pub struct WarmShape {
+    /// A batch for the eager warm-up pass.
+    pub warm: Input,
+    /// The graph's static input, laid out as the preprocessor lays out a
+    /// batch of this shape; None: no graph for this shape.
+    pub capture: Option<Input>,
+}
+
+/// One eager pass: forward, check the output's shape, wait for the device.
+fn warm_one(module: &Module, input: &Input, classes: i64) -> Result<(), ModelError> {
+    let started = std::time::Instant::now();
+    let borrowed: Vec<&Tensor> = input.tensors.iter().collect();
+    let out = module.forward(&borrowed).map_err(|e| ModelError::Forward(e.0))?;
+    check_output(&out, input.batch, classes)?;
+    // Reading one value back waits for the pass to finish on the device.
+    out.f_sum(Kind::Float)?.f_double_value(&[])?;
+    tracing::info!(batch = input.batch, ms = started.elapsed().as_secs_f64() * 1e3, "warm-up pass");
     Ok(())
+}
+
+/// Captures one batch shape's forward pass over `input` as its static
+/// input, and checks what a replay gives.
+fn capture_one(module: &Module, input: Input, classes: i64) -> Result<CudaGraph, ModelError> {
+    let n = input.batch;
+    let graph = CudaGraph::capture(module, input.tensors, 1).map_err(|e| ModelError::Graph(e.0))?;
+    check_output(graph.replay().map_err(|e| ModelError::Graph(e.0))?, n, classes)?;
+    Ok(graph)
 }
 
 fn check_output(out: &Tensor, batch: i64, classes: i64) -> Result<(), ModelError> {
@@ -217,19 +272,19 @@ mod tests {
         (dir.join("model.pt"), loaded)
     }
 
-    fn inputs(shapes: &[i64]) -> Vec<Input> {
-        shapes
-            .iter()
-            .map(|&n| Input { tensors: vec![Tensor::rand([n, 1, 32, 32], (Kind::Float, Device::Cpu))], batch: n })
-            .collect()
+    fn inputs(shapes: &[i64]) -> Vec<WarmShape> {
+        let input = |n| Input { tensors: vec![Tensor::rand([n, 1, 32, 32], (Kind::Float, Device::Cpu))], batch: n };
+        // A capture input too: off the GPU no graph is wanted, so it is unused.
+        shapes.iter().map(|&n| WarmShape { warm: input(n), capture: Some(input(n)) }).collect()
     }
 
     #[test]
     fn warm_up_runs_every_shape_on_several_threads() {
         let (file, loaded) = digits();
         let config = loaded.config.classifier().unwrap();
-        let model = ImageClassifier::load(&file, config, &loaded.config.optimization, Device::Cpu).unwrap();
-        model.warm_up_parallel(inputs(&[1, 2, 4, 8, 16, 32]), 3).unwrap();
+        let mut model = ImageClassifier::load(&file, config, &loaded.config.optimization, Device::Cpu).unwrap();
+        let report = model.warm_up_parallel(inputs(&[1, 2, 4, 8, 16, 32]), 3).unwrap();
+        assert_eq!(report, GraphReport::default(), "no graphs off the GPU");
         // More threads than shapes, and no shapes at all, are fine too.
         model.warm_up_parallel(inputs(&[1, 2]), 8).unwrap();
         model.warm_up_parallel(Vec::new(), 4).unwrap();
@@ -240,7 +295,7 @@ mod tests {
         let (file, loaded) = digits();
         let mut config = loaded.config.classifier().unwrap().clone();
         config.output.labels.pop();
-        let model = ImageClassifier::load(&file, &config, &loaded.config.optimization, Device::Cpu).unwrap();
+        let mut model = ImageClassifier::load(&file, &config, &loaded.config.optimization, Device::Cpu).unwrap();
         let err = model.warm_up_parallel(inputs(&[1, 4, 8]), 2).unwrap_err();
         assert!(matches!(err, ModelError::OutputShape { classes: 9, .. }), "{err:?}");
     }

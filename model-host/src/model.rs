@@ -11,7 +11,7 @@ use std::path::Path;
 use tch::Device;
 use thiserror::Error;
 
-use crate::classifier::{self, GraphReport, ImageClassifier};
+use crate::classifier::{self, GraphReport, ImageClassifier, WarmShape};
 use crate::model_config::{ModelConfig, ModelKind};
 use crate::preprocess::{Input, Preprocessor};
 use crate::tensor_model::{self, TensorModel};
@@ -99,18 +99,22 @@ impl Model {
     }
 
     /// A classifier's warm-up on a GPU: one pass per batch shape, on up to
-    /// `threads` threads at once (see [`ImageClassifier::warm_up_parallel`]).
-    /// None for a tensor model, which warms up one shape after another.
-    pub fn warm_up_parallel(&self, pre: &Preprocessor, shapes: &[u32], item_len: usize, threads: usize) -> Option<Result<(), ModelError>> {
+    /// `threads` threads at once, each thread then capturing the CUDA
+    /// graphs of the shapes it warmed (see
+    /// [`ImageClassifier::warm_up_parallel`]). None for a tensor model,
+    /// which warms up one shape after another.
+    pub fn warm_up_parallel(&mut self, pre: &Preprocessor, shapes: &[u32], item_len: usize, threads: usize) -> Option<Result<GraphReport, ModelError>> {
         let Model::Classifier(model) = self else { return None };
-        let inputs: Result<Vec<Input>, ModelError> = shapes
+        let work: Result<Vec<WarmShape>, ModelError> = shapes
             .iter()
             .map(|&n| {
                 let bytes: Vec<u8> = (0..n as usize * item_len).map(|i| (i * 31 % 251) as u8).collect();
-                pre.upload_bytes(&bytes, n as usize).map_err(ModelError::from)
+                let warm = pre.upload_bytes(&bytes, n as usize)?;
+                let capture = pre.upload_bytes(&vec![0; n as usize * item_len], n as usize)?;
+                Ok(WarmShape { warm, capture: Some(capture) })
             })
             .collect();
-        Some(inputs.and_then(|inputs| model.warm_up_parallel(inputs, threads)))
+        Some(work.and_then(|work| model.warm_up_parallel(work, threads)))
     }
 
     /// Uploads, runs and collects `batch` items laid out back to back in

@@ -149,6 +149,7 @@ impl ModelThread {
         let _ = std::mem::replace(&mut self.device_name, tokio::sync::oneshot::channel().0).send(name.clone());
         self.reporter.device_ready(&name);
 
+        let primed = device::prime_libraries(device, self.model.config.optimization.precision.kind());
         let path = &self.model.model_file;
         let load_error = |source| HostError::ModelLoad { path: path.display().to_string(), source };
         let mut model = Model::load(path, &self.model.config, device).map_err(load_error)?;
@@ -157,7 +158,10 @@ impl ModelThread {
         tracing::info!(model = %path.display(), loads, "model loaded");
         self.reporter.weights_loaded();
 
-        self.warm_up(&model, &pre, device)?;
+        if let Some(primed) = primed {
+            let _ = primed.join();
+        }
+        self.warm_up(&mut model, &pre, device)?;
         self.capture_graphs(&mut model, &pre);
         self.reporter.ready();
         Ok((model, pre, device))
@@ -182,11 +186,17 @@ impl ModelThread {
     /// graph capture follows, which runs its own), and checks the
     /// outputs (a classifier's shape; a tensor model's every output's dtype
     /// and shape) against the config before any client sees them.
-    fn warm_up(&self, model: &Model, pre: &Preprocessor, device: tch::Device) -> Result<(), HostError> {
+    fn warm_up(&self, model: &mut Model, pre: &Preprocessor, device: tch::Device) -> Result<(), HostError> {
         let sizes = self.model.config.batching.shapes();
         // A classifier bound for CUDA graphs gets one eager pass per shape:
         // the capture runs another itself before it records.
-        let graphs = device.is_cuda() && self.model.config.optimization.cuda_graphs && matches!(model, Model::Classifier(_));
+        // Side by side only when each shape is then replayed from a graph:
+        // cuDNN's set-up is kept per thread, so a shape run eagerly on the
+        // model thread must be warmed there.
+        let graphs = device.is_cuda()
+            && self.model.config.optimization.cuda_graphs
+            && crate::torch_shim::has_cuda_graphs()
+            && matches!(model, Model::Classifier(_));
         if graphs {
             return self.warm_up_side_by_side(model, pre, &sizes);
         }
@@ -215,24 +225,24 @@ impl ModelThread {
     /// several threads (their first passes are CPU-bound set-up that runs
     /// in parallel), so that start-up costs about the slowest shape's, not
     /// the sum of all.
-    fn warm_up_side_by_side(&self, model: &Model, pre: &Preprocessor, sizes: &[u32]) -> Result<(), HostError> {
+    fn warm_up_side_by_side(&self, model: &mut Model, pre: &Preprocessor, sizes: &[u32]) -> Result<(), HostError> {
         let total = sizes.len() as u32;
         let threads = std::thread::available_parallelism().map_or(4, |n| n.get()).min(WARM_UP_THREADS);
         self.reporter.warming(0, total);
         let started = Instant::now();
         let item_len = self.model.config.item_input_bytes();
         if let Some(result) = model.warm_up_parallel(pre, sizes, item_len, threads) {
-            result?;
+            let report = result?;
+            tracing::info!(shapes = total, threads, captured = ?report.captured, ms = started.elapsed().as_secs_f64() * 1e3, "warm-up and capture done");
         }
-        tracing::info!(shapes = total, threads, ms = started.elapsed().as_secs_f64() * 1e3, "warm-up done");
         self.reporter.warming(total, total);
         Ok(())
     }
 }
 
-/// The most warm-up threads: past 8, an H200 gained little (12 shapes:
-/// 0.80 s on 4 threads, 0.67 s on 12).
-const WARM_UP_THREADS: usize = 8;
+/// The most warm-up threads: one per shape up to this (an H200 machine
+/// has 16 cores; 12 shapes took 0.80 s on 4 threads, 0.67 s on 12).
+const WARM_UP_THREADS: usize = 16;
 
 #[cfg(test)]
 mod tests {
