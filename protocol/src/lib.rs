@@ -17,7 +17,6 @@
 pub mod codec;
 pub mod handshake;
 pub mod message;
-#[allow(unsafe_code)]
 pub mod shm;
 pub mod tag;
 pub mod tensor;

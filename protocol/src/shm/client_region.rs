@@ -3,20 +3,18 @@
 //! here so that tensors can be read from it and written to it.
 //!
 //! The other side is untrusted and may write the memory while we copy it,
-//! so the mapping is only ever touched through `ptr::copy_nonoverlapping`
-//! on ranges checked against the registered window; no reference into it
-//! outlives a copy (as in [`super::segment`]).
+//! so the mapping is only ever touched through [`super::mapping`]'s
+//! checked copies, on ranges checked against the registered window first.
 //!
 //! Known limit, shared with Triton: a client that shrinks its object with
 //! `ftruncate` after registering makes a later access to the lost pages
 //! fault (SIGBUS). That is why the gateway only offers this extension when
 //! its operator turns it on.
 
-use std::ptr;
-
-use shared_memory::{Shmem, ShmemConf, ShmemError};
+use shared_memory::ShmemError;
 use thiserror::Error;
 
+use super::mapping::Mapping;
 use super::naming::SEGMENT_PREFIX;
 
 /// Longest key accepted (POSIX NAME_MAX, the leading '/' included).
@@ -41,7 +39,7 @@ pub enum ClientRegionError {
 pub struct ClientRegion {
     /// The whole object's mapping; dropping it unmaps (never unlinks: the
     /// object is the client's).
-    shmem: Shmem,
+    mapping: Mapping,
     /// Where the window starts in the object.
     offset: u64,
     /// The window's length; every access is checked against it.
@@ -50,35 +48,24 @@ pub struct ClientRegion {
     key: String,
 }
 
-// SAFETY: `Shmem` is neither Send nor Sync only because it holds a raw
-// pointer. The pointer is to a MAP_SHARED mapping that stays valid until
-// `Shmem` is dropped, whichever thread drops it, and this type only touches
-// the memory through `ptr::copy_nonoverlapping` on checked ranges: no
-// reference into the mapping exists that could alias across threads.
-unsafe impl Send for ClientRegion {}
-// SAFETY: see `Send` above; `&ClientRegion` methods only copy bytes in or
-// out. Two concurrent writers race on the bytes' values (as the client
-// process always can), never on memory safety: any byte is a valid u8.
-unsafe impl Sync for ClientRegion {}
-
 impl ClientRegion {
     /// Opens the existing object `key` and checks that the window
     /// `[offset, offset + byte_size)` lies inside it.
     pub fn open(key: &str, offset: u64, byte_size: u64) -> Result<Self, ClientRegionError> {
         check_key(key)?;
-        let shmem = ShmemConf::new().os_id(key).open().map_err(|e| ClientRegionError::Open {
+        let mapping = Mapping::open(key).map_err(|e| ClientRegionError::Open {
             key: key.to_string(),
             reason: match e {
                 ShmemError::MapOpenFailed(errno) => nix::errno::Errno::from_raw(errno as i32).desc().to_string(),
                 other => other.to_string(),
             },
         })?;
-        let object_size = shmem.len() as u64;
+        let object_size = mapping.len() as u64;
         let past = || ClientRegionError::PastObject { key: key.to_string(), offset, byte_size, object_size };
         if offset.checked_add(byte_size).is_none_or(|end| end > object_size) {
             return Err(past());
         }
-        Ok(ClientRegion { shmem, offset, byte_size, key: key.to_string() })
+        Ok(ClientRegion { mapping, offset, byte_size, key: key.to_string() })
     }
 
     pub fn key(&self) -> &str {
@@ -99,39 +86,34 @@ impl ClientRegion {
     pub fn read(&self, offset: u64, len: u64) -> Result<Vec<u8>, ClientRegionError> {
         let start = self.range(offset, len)?;
         let mut out = vec![0u8; len as usize];
-        self.copy_out(start, &mut out);
+        self.copy_out(start, &mut out)?;
         Ok(out)
     }
 
     /// Fills `dst` from `offset` (within the window).
     pub fn read_into(&self, offset: u64, dst: &mut [u8]) -> Result<(), ClientRegionError> {
         let start = self.range(offset, dst.len() as u64)?;
-        self.copy_out(start, dst);
-        Ok(())
+        self.copy_out(start, dst)
     }
 
     /// Copies `data` to `offset` (within the window).
     pub fn write(&self, offset: u64, data: &[u8]) -> Result<(), ClientRegionError> {
         let start = self.range(offset, data.len() as u64)?;
-        // SAFETY: `range` checked `start + data.len()` against the window,
-        // and `open` checked the window against the mapping's length, so the
-        // destination lies inside the live mapping. `data` is private memory,
-        // so the ranges do not overlap.
-        unsafe { ptr::copy_nonoverlapping(data.as_ptr(), self.shmem.as_ptr().add(start), data.len()) };
-        Ok(())
+        self.mapping.copy_in(start, data).map_err(|_| self.out_of_range(offset, data.len() as u64))
     }
 
-    fn copy_out(&self, start: usize, dst: &mut [u8]) {
-        // SAFETY: as in `write`, the source range lies inside the mapping
-        // and `dst` is private memory. A client that writes the region during
-        // the copy only changes which byte values we read; no reference to
-        // the shared bytes is created.
-        unsafe { ptr::copy_nonoverlapping(self.shmem.as_ptr().add(start), dst.as_mut_ptr(), dst.len()) };
+    fn copy_out(&self, start: usize, dst: &mut [u8]) -> Result<(), ClientRegionError> {
+        let offset = start as u64 - self.offset;
+        self.mapping.copy_out(start, dst).map_err(|_| self.out_of_range(offset, dst.len() as u64))
+    }
+
+    fn out_of_range(&self, offset: u64, len: u64) -> ClientRegionError {
+        ClientRegionError::OutOfRange { offset, len, byte_size: self.byte_size }
     }
 
     /// The mapping offset of `[offset, offset + len)` of the window, checked.
     fn range(&self, offset: u64, len: u64) -> Result<usize, ClientRegionError> {
-        let out = || ClientRegionError::OutOfRange { offset, len, byte_size: self.byte_size };
+        let out = || self.out_of_range(offset, len);
         let end = offset.checked_add(len).ok_or_else(out)?;
         if end > self.byte_size {
             return Err(out());
@@ -180,24 +162,22 @@ mod tests {
     use std::sync::atomic::{AtomicU64, Ordering};
 
     /// A client's object of `size` bytes, removed when dropped.
-    fn client_object(size: usize) -> (Shmem, String) {
+    fn client_object(size: usize) -> (Mapping, String) {
         static NEXT: AtomicU64 = AtomicU64::new(0);
         let key = format!("/client-region-test.{}.{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
-        let shmem = ShmemConf::new().os_id(&key).size(size).create().expect("creating a test object");
-        (shmem, key)
+        let mapping = Mapping::create(&key, size).expect("creating a test object");
+        (mapping, key)
     }
 
     #[test]
     fn reads_and_writes_go_through_the_window() {
         let (client, key) = client_object(4096);
         let region = ClientRegion::open(&key, 100, 50).unwrap();
-        // SAFETY: test code; the client's own mapping, 4096 bytes, no other user.
-        unsafe { ptr::copy_nonoverlapping(b"hello".as_ptr(), client.as_ptr().add(110), 5) };
+        client.copy_in(110, b"hello").unwrap();
         assert_eq!(region.read(10, 5).unwrap(), b"hello");
         region.write(45, b"world").unwrap();
         let mut out = [0u8; 5];
-        // SAFETY: test code, as above.
-        unsafe { ptr::copy_nonoverlapping(client.as_ptr().add(145), out.as_mut_ptr(), 5) };
+        client.copy_out(145, &mut out).unwrap();
         assert_eq!(&out, b"world");
         let mut again = [0u8; 5];
         region.read_into(45, &mut again).unwrap();

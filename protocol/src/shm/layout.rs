@@ -32,7 +32,42 @@ pub struct SegmentHeader {
     pub total_size: u64,
 }
 
-const _: () = assert!(std::mem::size_of::<SegmentHeader>() == 40);
+impl SegmentHeader {
+    /// Its size in the segment (and of its `#[repr(C)]` layout).
+    pub const SIZE: usize = 40;
+
+    /// The header's bytes as `#[repr(C)]` lays them out, native byte order
+    /// (both processes run on this machine).
+    pub fn to_bytes(&self) -> [u8; Self::SIZE] {
+        let mut b = [0u8; Self::SIZE];
+        b[0..8].copy_from_slice(&self.magic.to_ne_bytes());
+        b[8..12].copy_from_slice(&self.version.to_ne_bytes());
+        b[12..16].copy_from_slice(&self.slot_count.to_ne_bytes());
+        b[16..24].copy_from_slice(&self.slot_size.to_ne_bytes());
+        b[24..32].copy_from_slice(&self.slots_offset.to_ne_bytes());
+        b[32..40].copy_from_slice(&self.total_size.to_ne_bytes());
+        b
+    }
+
+    /// The inverse of [`Self::to_bytes`]; any bytes are some header (which
+    /// [`SlotLayout::from_header`] then checks).
+    pub fn from_bytes(b: &[u8; Self::SIZE]) -> Self {
+        let u64_at = |i: usize| u64::from_ne_bytes(b[i..i + 8].try_into().expect("8 bytes"));
+        let u32_at = |i: usize| u32::from_ne_bytes(b[i..i + 4].try_into().expect("4 bytes"));
+        SegmentHeader {
+            magic: u64_at(0),
+            version: u32_at(8),
+            slot_count: u32_at(12),
+            slot_size: u64_at(16),
+            slots_offset: u64_at(24),
+            total_size: u64_at(32),
+        }
+    }
+}
+
+const _: () = assert!(std::mem::size_of::<SegmentHeader>() == SegmentHeader::SIZE);
+const _: () = assert!(std::mem::offset_of!(SegmentHeader, version) == 8);
+const _: () = assert!(std::mem::offset_of!(SegmentHeader, total_size) == 32);
 const _: () = assert!(std::mem::align_of::<SegmentHeader>() == 8);
 const _: () = assert!((std::mem::size_of::<SegmentHeader>() as u64) <= SLOT_ALIGN);
 
@@ -132,6 +167,15 @@ impl SlotLayout {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn header_bytes_are_its_repr_c_layout_and_round_trip() {
+        let header = SlotLayout::new(3, 1000).unwrap().header();
+        let bytes = header.to_bytes();
+        assert_eq!(&bytes[0..8], &SEGMENT_MAGIC.to_ne_bytes());
+        assert_eq!(&bytes[12..16], &3u32.to_ne_bytes());
+        assert_eq!(SegmentHeader::from_bytes(&bytes), header);
+    }
     use proptest::prelude::*;
 
     #[test]
