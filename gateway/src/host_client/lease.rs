@@ -7,11 +7,11 @@
 
 use std::sync::Arc;
 
-use protocol::{GatewayMessage, HostMessage, InferError, InferRequest, Prediction, SlotRef};
+use protocol::{GatewayMessage, HostMessage, InferError, InferRequest, Prediction, Refusal, SlotRef};
 use tokio::sync::OwnedSemaphorePermit;
 
 use super::HostCallError;
-use super::link::{Answer, Link};
+use super::link::{Answer, Link, RequestGuard};
 
 pub struct SlotLease {
     link: Arc<Link>,
@@ -25,8 +25,23 @@ pub struct SlotLease {
 }
 
 impl SlotLease {
-    pub(super) fn new(link: Arc<Link>, slot: SlotRef, permit: Option<OwnedSemaphorePermit>) -> Self {
-        Self { link, slot, owned: true, permit }
+    /// Asks the host for a slot to write one request's pixels into, first
+    /// waiting for one of this gateway's slots to be free (see [`Link`]'s
+    /// module doc).
+    pub async fn acquire(link: &Arc<Link>) -> Result<SlotLease, HostCallError> {
+        let permit = link.slot_permit().await?;
+        let request_id = link.next_request_id();
+        let answer = link.request(request_id, GatewayMessage::Lease { request_id }, Some(permit))?;
+        let Answer { message, permit, .. } = RequestGuard { link, request_id }.wait(answer).await?;
+        match message {
+            HostMessage::Leased { slot, .. } => Ok(SlotLease { link: link.clone(), slot, owned: true, permit }),
+            HostMessage::LeaseRefused { reason, .. } => Err(match reason {
+                Refusal::NotReady => HostCallError::Unavailable { phase: link.phase().name().to_string() },
+                Refusal::NoFreeSlot => HostCallError::Overloaded("all of this gateway's slots are in use"),
+                Refusal::QueueFull => HostCallError::Overloaded("inference queue full"),
+            }),
+            other => Err(HostCallError::Rejected(format!("unexpected answer to Lease: {other:?}"))),
+        }
     }
 
     /// Copies one image's pixels into the slot.

@@ -31,14 +31,11 @@ use interprocess::local_socket::tokio::Stream;
 use interprocess::local_socket::traits::tokio::Stream as _;
 use interprocess::local_socket::{GenericFilePath, ToFsName};
 use protocol::shm::{Segment, SlotLayout};
-use protocol::{
-    GatewayCodec, GatewayMessage, HostMessage, HostStatus, ModelInfo, PROTOCOL_VERSION, Phase, Refusal, Welcome,
-};
+use protocol::{GatewayCodec, GatewayMessage, HostMessage, HostStatus, ModelInfo, PROTOCOL_VERSION, Phase, Welcome};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
 use tokio_util::codec::Framed;
 
 use super::HostCallError;
-use super::lease::SlotLease;
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -285,7 +282,7 @@ impl Link {
 
     /// Waits for one of this gateway's slots to be free at the host, behind
     /// at most `max_waiting` other requests (past that: Overloaded at once).
-    async fn slot_permit(&self) -> Result<OwnedSemaphorePermit, HostCallError> {
+    pub(super) async fn slot_permit(&self) -> Result<OwnedSemaphorePermit, HostCallError> {
         let closed = || HostCallError::Unavailable { phase: "disconnected".into() };
         match self.slots.clone().try_acquire_owned() {
             Ok(permit) => return Ok(permit),
@@ -299,24 +296,6 @@ impl Link {
     /// Requests waiting for a slot now (for tests and metrics).
     pub fn waiting_for_slots(&self) -> u64 {
         self.waiting.load(Relaxed)
-    }
-
-    /// Asks the host for a slot to write one request's pixels into, first
-    /// waiting for one to be free (see the module's doc).
-    pub async fn lease(self: &Arc<Self>) -> Result<SlotLease, HostCallError> {
-        let permit = self.slot_permit().await?;
-        let request_id = self.next_request_id();
-        let answer = self.request(request_id, GatewayMessage::Lease { request_id }, Some(permit))?;
-        let Answer { message, permit, .. } = RequestGuard { link: self, request_id }.wait(answer).await?;
-        match message {
-            HostMessage::Leased { slot, .. } => Ok(SlotLease::new(self.clone(), slot, permit)),
-            HostMessage::LeaseRefused { reason, .. } => Err(match reason {
-                Refusal::NotReady => HostCallError::Unavailable { phase: self.phase().name().to_string() },
-                Refusal::NoFreeSlot => HostCallError::Overloaded("all of this gateway's slots are in use"),
-                Refusal::QueueFull => HostCallError::Overloaded("inference queue full"),
-            }),
-            other => Err(HostCallError::Rejected(format!("unexpected answer to Lease: {other:?}"))),
-        }
     }
 
     pub async fn status(self: &Arc<Self>) -> Result<HostStatus, HostCallError> {

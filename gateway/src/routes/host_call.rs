@@ -10,7 +10,7 @@ use std::time::Instant;
 use protocol::Prediction;
 
 use crate::error::ApiError;
-use crate::host_client::{HostCallError, Link};
+use crate::host_client::{HostCallError, Link, SlotLease};
 
 /// Classifies `pixels` (the model's input, already prepared), returning the
 /// best `top_k`; any deadline passed on the way is a 504 naming `budget_ms`.
@@ -37,7 +37,7 @@ async fn call(
     tag: String,
 ) -> Result<(Prediction, Vec<u8>), ApiError> {
     let timeout = || ApiError::DeadlineExceeded { budget_ms };
-    let mut lease = tokio::time::timeout_at(deadline.into(), link.lease()).await.map_err(|_| timeout())??;
+    let mut lease = tokio::time::timeout_at(deadline.into(), SlotLease::acquire(link)).await.map_err(|_| timeout())??;
     lease.write(input)?;
     let remaining = deadline.saturating_duration_since(Instant::now());
     if remaining.is_zero() {
