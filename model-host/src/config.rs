@@ -48,12 +48,12 @@ pub struct Config {
     /// with SO_PEERCRED before any frame is read. With neither this nor
     /// --allowed-gids set, only the host's own user may connect.
     #[arg(long, env = "MODEL_HOST_ALLOWED_UIDS", value_delimiter = ',')]
-    pub allowed_uids: Vec<crate::peer_auth::IdSpec>,
+    pub allowed_uids: Vec<crate::control::peer_auth::IdSpec>,
 
     /// Groups (names or gids, comma-separated) whose members, by the
     /// connecting process's effective gid, may connect.
     #[arg(long, env = "MODEL_HOST_ALLOWED_GIDS", value_delimiter = ',')]
-    pub allowed_gids: Vec<crate::peer_auth::IdSpec>,
+    pub allowed_gids: Vec<crate::control::peer_auth::IdSpec>,
 
     /// File mode of each shared-memory segment, in octal (600 when the
     /// gateways run as the host's user, 660 when they share its group).

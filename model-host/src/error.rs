@@ -3,7 +3,7 @@
 
 use thiserror::Error;
 
-use crate::model_config::ModelConfigError;
+use crate::model::config::ModelConfigError;
 
 #[derive(Debug, Error)]
 pub enum HostError {

@@ -1,48 +1,30 @@
 //! model-host: the one process that owns the model.
 //!
-//! Request path, in file order:
-//! - [`control_socket`]: bind the Unix socket (never stealing a live host's).
-//! - [`server`]: accept gateways; [`connection`]: handshake, then read a
-//!   message, dispatch, reply, per gateway; [`leases`]: that gateway's slots.
-//! - [`jobs`]: the bounded queue to the model; [`batcher`] + [`batch_policy`]:
-//!   when to close a batch; [`model_thread`]: load, warm up, then run
-//!   batches that [`feeder`] prepares one ahead; [`batch`]: gather slots,
-//!   upload, launch, answer (a tensor model's outputs into the slots);
-//!   [`preprocess`]: slot bytes to the device, as the model's inputs;
-//!   [`model`]: whichever kind model.toml declares, an image
-//!   [`classifier`] (forward, top-k) or a [`tensor_model`] (named tensors
-//!   in and out).
+//! Request path, room by room:
+//! - [`control`]: the Unix socket, one task per gateway (handshake, then
+//!   read a message, dispatch, reply), each gateway's slot leases.
+//! - [`pipeline`]: the bounded job queue, the batcher and its policy, the
+//!   feeder that prepares the next batch, and the model's own thread.
+//! - [`model`]: whichever kind model.toml declares, an image classifier
+//!   (forward, top-k) or a tensor model (named tensors in and out), with
+//!   its config, device and pre-processing.
 //!
-//! Around it: [`config`] (flags), [`model_config`] (model.toml), [`startup`]
-//! (phases and timings), [`notify`] (systemd), [`device`], [`counters`],
-//! [`shm_sweep`].
+//! Around it: [`config`] (flags), [`startup`] (phases and timings),
+//! [`notify`] (systemd), [`counters`], [`error`].
 // `unsafe` lives in one module, [`torch_shim`] (the libtorch shim).
 #![deny(unsafe_code)]
 
-pub mod batch;
-pub mod batch_policy;
-pub mod batcher;
-pub mod classifier;
+// Public: what the binaries (`main`, `raw_bench`) use. The rest is
+// crate-private, so that the compiler reports what nothing uses.
 pub mod config;
-pub mod connection;
-pub mod control_socket;
-pub mod counters;
-pub mod device;
+pub mod control;
+pub(crate) mod counters;
 pub mod error;
-pub mod feeder;
-pub mod jobs;
-pub mod leases;
 pub mod model;
-pub mod model_config;
-pub mod model_thread;
-pub mod notify;
-pub mod peer_auth;
-pub mod preprocess;
-pub mod server;
-pub mod shm_sweep;
-pub mod startup;
-pub mod tensor_model;
-pub mod torch_shim;
+pub(crate) mod notify;
+pub(crate) mod pipeline;
+pub(crate) mod startup;
+pub(crate) mod torch_shim;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -52,14 +34,14 @@ use std::time::{Duration, Instant};
 use interprocess::local_socket::tokio::Listener;
 use protocol::{ModelInfo, Phase};
 
-use model_config::{ModelConfig, ModelKind};
-
 pub use config::Config;
-use connection::HostContext;
+use control::connection::HostContext;
+use control::{peer_auth, server, shm_sweep};
 use counters::Counters;
 pub use error::HostError;
-use jobs::JobQueue;
-use model_thread::ModelThread;
+use model::config::{self as model_config, ModelConfig, ModelKind};
+use pipeline::jobs::JobQueue;
+use pipeline::model_thread::ModelThread;
 use startup::PhaseReporter;
 
 /// Runs the host until `shutdown` resolves (then drains) or startup fails.

@@ -4,7 +4,8 @@
 use std::time::Instant;
 
 use clap::Parser;
-use model_host::{Config, control_socket};
+use model_host::Config;
+use model_host::control::socket as control_socket;
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {

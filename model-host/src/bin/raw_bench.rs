@@ -20,8 +20,8 @@ use anyhow::Context;
 use clap::Parser;
 use model_host::config::DeviceChoice;
 use model_host::model::Model;
-use model_host::preprocess::Preprocessor;
-use model_host::model_config::{self, padded_batch};
+use model_host::model::preprocess::Preprocessor;
+use model_host::model::config::{self, padded_batch};
 
 /// In-process throughput and latency of the model alone.
 #[derive(Debug, Parser)]
@@ -61,7 +61,7 @@ fn main() -> anyhow::Result<()> {
     if config.classifier().is_none() {
         anyhow::bail!("{}: raw_bench runs image classifiers only; {} is a tensor model", args.model.display(), config.name);
     }
-    let device = model_host::device::resolve(args.device)?;
+    let device = model_host::model::device::resolve(args.device)?;
     tch::jit::set_profiling_mode(false);
     if device.is_cuda() {
         tch::Cuda::cudnn_set_benchmark(config.optimization.cudnn_benchmark);

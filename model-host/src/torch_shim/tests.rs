@@ -63,7 +63,7 @@ fn failures_are_errors_not_aborts() {
 
 #[test]
 fn a_model_that_returns_no_single_tensor_is_refused() {
-    let module = Module::load(&crate::tensor_model::tests::scripted("tuple"), Device::Cpu, None).unwrap();
+    let module = Module::load(&crate::model::tensor_model::tests::scripted("tuple"), Device::Cpu, None).unwrap();
     let x = Tensor::zeros([1, 3], (Kind::Int, Device::Cpu));
     let error = module.forward(&[&x]).expect_err("a tuple is not one tensor");
     assert!(error.0.contains("not one Tensor"), "{error}");

@@ -21,8 +21,8 @@ use tokio_util::codec::Framed;
 use tracing::Instrument;
 
 use crate::counters::{Counters, Refused};
-use crate::jobs::{Completion, Job, JobQueue};
-use crate::leases::LeaseTable;
+use crate::pipeline::jobs::{Completion, Job, JobQueue};
+use crate::control::leases::LeaseTable;
 
 /// A gateway that says nothing for this long after connecting is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -37,7 +37,7 @@ pub struct HostContext {
     pub shm_mode: u32,
     pub host_pid: u32,
     /// Who may connect (SO_PEERCRED check in the accept loop).
-    pub peers: crate::peer_auth::PeerPolicy,
+    pub peers: crate::control::peer_auth::PeerPolicy,
 }
 
 #[derive(Debug, Error)]
@@ -359,7 +359,7 @@ mod tests {
             slots_per_gateway: 2,
             shm_mode: 0o600,
             host_pid: std::process::id(),
-            peers: crate::peer_auth::PeerPolicy::new(&[], &[]).expect("own uid"),
+            peers: crate::control::peer_auth::PeerPolicy::new(&[], &[]).expect("own uid"),
         });
         // Segment names are `<pid>.<connection id>`: tests running side by
         // side in this process need ids of their own, or one's segment

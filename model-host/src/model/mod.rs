@@ -2,42 +2,34 @@
 //! [`ImageClassifier`] (top-k rows out) or a [`TensorModel`] (output bytes
 //! laid out for each request's slot).
 //!
-//! Both run the same way: [`crate::preprocess`] uploads a batch,
+//! Both run the same way: [`preprocess`] uploads a batch (an [`Input`]),
 //! [`Model::launch`] queues the forward pass, [`Launched::collect`] waits
 //! for it and reads the answers back.
+//!
+//! The room's files: [`config`] (model.toml), [`device`] (`--device`),
+//! [`preprocess`] (slot bytes to the device), [`classifier`] and
+//! [`tensor_model`] (the kinds), [`dtype`] (protocol datatypes as libtorch
+//! kinds); [`Input`] and [`ModelError`] are shared by all of them.
 
 use std::path::Path;
 
 use tch::Device;
-use thiserror::Error;
 
-use crate::classifier::{self, GraphReport, ImageClassifier, WarmShape};
-use crate::model_config::{ModelConfig, ModelKind};
-use crate::preprocess::{Input, Preprocessor};
-use crate::tensor_model::{self, TensorModel};
+pub mod classifier;
+pub mod config;
+pub mod device;
+pub mod dtype;
+mod error;
+mod input;
+pub mod preprocess;
+pub mod tensor_model;
 
-#[derive(Debug, Error)]
-pub enum ModelError {
-    #[error(transparent)]
-    Torch(#[from] tch::TchError),
-    #[error("model output has shape {got:?}, expected [{batch}, {classes}] (batch x labels in model.toml)")]
-    OutputShape { got: Vec<i64>, batch: i64, classes: i64 },
-    /// A tensor model's output differs from its `[[outputs]]` entry.
-    #[error("model output {name:?}: the model gave {got}, model.toml says {expected}")]
-    OutputMismatch { name: String, got: String, expected: String },
-    /// A tensor model returned something other than the outputs declared.
-    #[error("model outputs: {0}")]
-    Outputs(String),
-    /// The libtorch shim could not load the module.
-    #[error("loading the module: {0}")]
-    Load(String),
-    /// The module's forward pass failed (a C++ exception, as a message).
-    #[error("forward pass: {0}")]
-    Forward(String),
-    /// Capturing or replaying a CUDA graph failed.
-    #[error("CUDA graph: {0}")]
-    Graph(String),
-}
+use classifier::{GraphReport, ImageClassifier, WarmShape};
+use config::{ModelConfig, ModelKind};
+pub use error::ModelError;
+pub use input::Input;
+use preprocess::Preprocessor;
+use tensor_model::TensorModel;
 
 pub enum Model {
     Classifier(ImageClassifier),

@@ -1,5 +1,5 @@
 //! A tensor model: named, typed tensors in (see
-//! [`crate::preprocess::TensorUploader`]), named, typed tensors out, laid
+//! [`crate::model::preprocess::TensorUploader`]), named, typed tensors out, laid
 //! out for each request's slot at the output placements of
 //! [`protocol::tensor`].
 //!
@@ -17,28 +17,8 @@ use tch::jit::IValue;
 use tch::{CModule, Device, Kind, Tensor};
 
 use crate::model::ModelError;
-use crate::preprocess::Input;
-
-/// libtorch's element type for a protocol datatype.
-pub fn kind_of(datatype: DataType) -> Kind {
-    match datatype {
-        DataType::Bool => Kind::Bool,
-        DataType::Uint8 => Kind::Uint8,
-        DataType::Int8 => Kind::Int8,
-        DataType::Int16 => Kind::Int16,
-        DataType::Int32 => Kind::Int,
-        DataType::Int64 => Kind::Int64,
-        DataType::Fp16 => Kind::Half,
-        DataType::Bf16 => Kind::BFloat16,
-        DataType::Fp32 => Kind::Float,
-        DataType::Fp64 => Kind::Double,
-    }
-}
-
-/// The protocol datatype of a libtorch element type, if it has one.
-pub fn datatype_of(kind: Kind) -> Option<DataType> {
-    DataType::ALL.into_iter().find(|&d| kind_of(d) == kind)
-}
+use crate::model::Input;
+use crate::model::dtype::{datatype_of, kind_of};
 
 pub struct TensorModel {
     module: CModule,
@@ -192,7 +172,7 @@ pub(crate) mod tests {
 
     use super::*;
     use crate::model::{Model, Outputs};
-    use crate::preprocess::{Preprocessor, TensorUploader};
+    use crate::model::preprocess::{Preprocessor, TensorUploader};
 
     /// Scripts the test models once per test binary, with the project's
     /// .venv (the one that provides libtorch; it has torch).

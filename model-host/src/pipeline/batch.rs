@@ -13,10 +13,10 @@ use std::time::Instant;
 use protocol::{HostTimings, InferError, Prediction};
 
 use crate::counters::{Counters, Refused};
-use crate::jobs::Job;
+use crate::pipeline::jobs::Job;
 use crate::model::{Launched, Model, ModelError, Outputs};
-use crate::model_config::padded_batch;
-use crate::preprocess::{Input, Preprocessor};
+use crate::model::config::padded_batch;
+use crate::model::preprocess::{Input, Preprocessor};
 use crate::torch_shim::HostBuffer;
 
 /// Slots copied into one staging buffer, padded to a warmed shape.
@@ -189,8 +189,8 @@ mod tests {
     use tch::Device;
 
     use super::*;
-    use crate::tensor_model::TensorModel;
-    use crate::tensor_model::tests::{check_dict_row, dict_item, dict_signature, scripted};
+    use crate::model::tensor_model::TensorModel;
+    use crate::model::tensor_model::tests::{check_dict_row, dict_item, dict_signature, scripted};
 
     #[test]
     fn a_tensor_batch_writes_each_outputs_into_its_slot_before_answering() {
@@ -219,7 +219,7 @@ mod tests {
         let counters = Counters::new(&shapes);
         counters.in_flight.store(3, Relaxed);
         let model = Model::Tensors(TensorModel::load(&scripted("dict"), &signature, Device::Cpu).unwrap());
-        let pre = Preprocessor::Tensors(crate::preprocess::TensorUploader::new(&signature, Device::Cpu));
+        let pre = Preprocessor::Tensors(crate::model::preprocess::TensorUploader::new(&signature, Device::Cpu));
 
         // Slot 9 does not exist: answered at once, left out of the batch.
         let gathered = gather(vec![job(1), job(9), job(3)], signature.input_bytes() as usize, &shapes, &pre, &counters).unwrap();

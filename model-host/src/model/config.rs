@@ -277,9 +277,9 @@ impl BatchingConfig {
 }
 
 impl BatchingConfig {
-    pub fn policy(&self) -> crate::batch_policy::BatchPolicy {
+    pub fn policy(&self) -> crate::pipeline::batch_policy::BatchPolicy {
         let preferred: Vec<usize> = self.preferred_batch_sizes.iter().map(|&n| n as usize).collect();
-        crate::batch_policy::BatchPolicy::new(
+        crate::pipeline::batch_policy::BatchPolicy::new(
             self.max_batch_size as usize,
             std::time::Duration::from_micros(self.max_queue_delay_us),
             &preferred,

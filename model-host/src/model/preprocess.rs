@@ -11,16 +11,10 @@
 use protocol::{Placement, TensorSignature};
 use tch::{Device, Kind, Tensor};
 
-use crate::model_config::{ClassifierConfig, ModelConfig, ModelKind, OptimizationConfig};
-use crate::tensor_model::kind_of;
+use crate::model::config::{ClassifierConfig, ModelConfig, ModelKind, OptimizationConfig};
+use crate::model::Input;
+use crate::model::dtype::kind_of;
 use crate::torch_shim::HostBuffer;
-
-/// A batch on the device: the model's forward() arguments, in order, each
-/// with the (padded) batch as its first dimension.
-pub struct Input {
-    pub tensors: Vec<Tensor>,
-    pub batch: i64,
-}
 
 pub enum Preprocessor {
     Image(ImagePreprocessor),

@@ -17,11 +17,11 @@ use std::sync::Arc;
 use std::sync::mpsc::{Receiver, SyncSender};
 use std::time::Duration;
 
-use crate::batch::{self, Uploaded};
-use crate::batcher::{Batcher, Next};
+use crate::pipeline::batch::{self, Uploaded};
+use crate::pipeline::batcher::{Batcher, Next};
 use crate::counters::Counters;
-use crate::jobs::Job;
-use crate::preprocess::Preprocessor;
+use crate::pipeline::jobs::Job;
+use crate::model::preprocess::Preprocessor;
 
 /// The feeder's answer to one ask.
 pub enum Fed {

@@ -12,10 +12,10 @@ use std::time::{Duration, Instant};
 
 use protocol::InferError;
 
-use crate::batch::answer;
-use crate::batch_policy::{BatchPolicy, Decision};
+use crate::pipeline::batch::answer;
+use crate::pipeline::batch_policy::{BatchPolicy, Decision};
 use crate::counters::{Counters, Refused};
-use crate::jobs::Job;
+use crate::pipeline::jobs::Job;
 
 /// What the model thread got from the batcher.
 pub enum Next {

@@ -1,5 +1,5 @@
 //! The image classifier: an uploaded batch of normalised images in (see
-//! [`crate::preprocess`]), top-k (class, probability) out.
+//! [`crate::model::preprocess`]), top-k (class, probability) out.
 //!
 //! Everything model-specific (normalisation, layout, dtype) happens in the
 //! host, on the model's device, so gateways only ever produce uint8 pixels.
@@ -16,8 +16,8 @@ use std::path::Path;
 use tch::{Device, Kind, Tensor};
 
 use crate::model::ModelError;
-use crate::model_config::{ClassifierConfig, OptimizationConfig};
-use crate::preprocess::Input;
+use crate::model::config::{ClassifierConfig, OptimizationConfig};
+use crate::model::Input;
 use crate::torch_shim::{self, CudaGraph, Module};
 
 pub struct ImageClassifier {
@@ -263,7 +263,7 @@ mod tests {
     use tch::{Device, Kind, Tensor};
 
     use super::*;
-    use crate::model_config;
+    use crate::model::config;
 
     fn digits() -> (PathBuf, model_config::LoadedConfig) {
         let dir = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../models/digits"));

@@ -6,7 +6,7 @@ use interprocess::local_socket::tokio::Listener;
 use interprocess::local_socket::traits::StreamCommon as _;
 use interprocess::local_socket::traits::tokio::Listener as _;
 
-use crate::connection::{self, HostContext};
+use crate::control::connection::{self, HostContext};
 
 pub async fn accept_loop(listener: Listener, ctx: Arc<HostContext>) {
     let mut next_id: u64 = 0;

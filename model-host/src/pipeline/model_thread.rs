@@ -12,17 +12,17 @@ use std::sync::mpsc::Receiver;
 use std::time::Duration;
 
 use crate::config::DeviceChoice;
-use crate::batch::{self, Uploaded};
-use crate::batcher::Batcher;
-use crate::feeder::{Fed, Feeder};
+use crate::pipeline::batch::{self, Uploaded};
+use crate::pipeline::batcher::Batcher;
+use crate::pipeline::feeder::{Fed, Feeder};
 use crate::counters::Counters;
-use crate::device;
+use crate::model::device;
 use crate::error::HostError;
-use crate::jobs::Job;
+use crate::pipeline::jobs::Job;
 use crate::notify::Notifier;
 use crate::model::Model;
-use crate::preprocess::Preprocessor;
-use crate::model_config::LoadedConfig;
+use crate::model::preprocess::Preprocessor;
+use crate::model::config::LoadedConfig;
 use crate::startup::PhaseReporter;
 
 pub struct ModelThread {
@@ -247,8 +247,8 @@ const WARM_UP_THREADS: usize = 16;
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model_config;
-    use crate::tensor_model::tests::scripted;
+    use crate::model::config;
+    use crate::model::tensor_model::tests::scripted;
 
     /// The test dict model's model.toml, with `doubled_type` as the
     /// datatype of its "doubled" output (the model gives INT64).

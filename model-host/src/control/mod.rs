@@ -1,0 +1,15 @@
+//! The control channel's host side: everything between a gateway's socket
+//! and the job queue.
+//!
+//! - [`socket`]: bind the Unix socket (never stealing a live host's).
+//! - [`server`]: accept gateways; [`connection`]: handshake, then read a
+//!   message, dispatch, reply, per gateway; [`leases`]: that gateway's
+//!   slots; [`peer_auth`]: who may connect (SO_PEERCRED).
+//! - [`shm_sweep`]: segments left by a host that died, removed at start.
+
+pub(crate) mod connection;
+pub(crate) mod leases;
+pub mod peer_auth;
+pub(crate) mod server;
+pub(crate) mod shm_sweep;
+pub mod socket;

@@ -1,0 +1,15 @@
+//! From the job queue to the answers: batching and the model's thread.
+//!
+//! - [`jobs`]: the bounded queue the connections submit to.
+//! - [`batcher`] + [`batch_policy`]: when to close a batch (the policy is
+//!   a plain struct, unit-tested apart from the task).
+//! - [`feeder`]: forms and uploads the next batch while the current runs.
+//! - [`batch`]: gather slots, upload, launch, answer.
+//! - [`model_thread`]: load, warm up, then run batches forever.
+
+pub mod batch;
+pub mod batch_policy;
+pub mod batcher;
+pub mod feeder;
+pub mod jobs;
+pub mod model_thread;
