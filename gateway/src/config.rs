@@ -4,7 +4,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Parser, ValueEnum};
+use clap::Parser;
+pub use service::LogFormat;
 
 /// A stateless HTTP front end for the model-host: validates, decodes and
 /// resizes images, and hands the pixels to the host through shared memory.
@@ -124,23 +125,5 @@ impl Config {
             return Err("--max-body-bytes, --max-pixels, --request-timeout-ms, --default-top-k, --header-timeout-ms and --body-timeout-ms must be > 0".into());
         }
         Ok(())
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    Text,
-    Json,
-}
-
-impl LogFormat {
-    /// Installs the global tracing subscriber.
-    pub fn init(self) {
-        let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-        let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-        match self {
-            LogFormat::Text => builder.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).init(),
-            LogFormat::Json => builder.json().with_current_span(true).with_span_list(true).init(),
-        }
     }
 }

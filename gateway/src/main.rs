@@ -22,7 +22,7 @@ async fn main() -> anyhow::Result<()> {
         "gateway listening"
     );
     raise_fd_limit();
-    gateway::run(config, listener, shutdown_signal()).await;
+    gateway::run(config, listener, service::shutdown_signal("finishing in-flight requests")).await;
     tracing::info!("gateway stopped");
     Ok(())
 }
@@ -49,15 +49,5 @@ fn raise_fd_limit() {
         && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok()
     {
         tracing::info!(from = soft, to = hard, "raised the open-file limit");
-    }
-}
-
-/// SIGTERM (systemd, deploys) or SIGINT (Ctrl-C).
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).expect("installing a signal handler fails only without a runtime");
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM: finishing in-flight requests"),
-        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: finishing in-flight requests"),
     }
 }

@@ -3,7 +3,8 @@
 use std::path::PathBuf;
 use std::str::FromStr;
 
-use clap::{Parser, ValueEnum};
+use clap::Parser;
+pub use service::LogFormat;
 
 /// Serves one TorchScript image model to any number of gateways over a
 /// Unix-socket control channel, with pixels in shared memory.
@@ -147,23 +148,5 @@ mod tests {
         let c = Config::try_parse_from(["model-host"]).unwrap();
         assert_eq!(c.device, DeviceChoice::Auto);
         assert_eq!(c.socket_mode, 0o660);
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    Text,
-    Json,
-}
-
-impl LogFormat {
-    /// Installs the global tracing subscriber.
-    pub fn init(self) {
-        let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-        let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-        match self {
-            LogFormat::Text => builder.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).init(),
-            LogFormat::Json => builder.json().with_current_span(true).with_span_list(true).init(),
-        }
     }
 }

@@ -14,16 +14,6 @@ async fn main() -> anyhow::Result<()> {
     config.log_format.init();
     tracing::info!(pid = std::process::id(), socket = %config.socket.display(), model = %config.model.display(), "model-host starting");
     let listener = control_socket::bind(&config.socket, config.socket_mode)?;
-    model_host::run(config, listener, process_start, shutdown_signal()).await?;
+    model_host::run(config, listener, process_start, service::shutdown_signal("draining")).await?;
     Ok(())
-}
-
-/// SIGTERM (systemd, kill) or SIGINT (Ctrl-C).
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).expect("installing a signal handler fails only without a runtime");
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM: draining"),
-        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: draining"),
-    }
 }
