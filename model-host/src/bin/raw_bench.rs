@@ -21,7 +21,7 @@ use clap::Parser;
 use model_host::config::DeviceChoice;
 use model_host::model::Model;
 use model_host::model::preprocess::Preprocessor;
-use model_host::model::config::{self, padded_batch};
+use model_host::model::config::{self as model_config, padded_batch};
 
 /// In-process throughput and latency of the model alone.
 #[derive(Debug, Parser)]

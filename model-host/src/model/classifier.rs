@@ -122,7 +122,7 @@ impl ImageClassifier {
         let (module, classes) = (&self.module, self.classes);
         let all_warm = std::sync::Barrier::new(threads);
         let one_capture_at_a_time = std::sync::Mutex::new(());
-        let results: Vec<Result<Vec<(i64, Result<CudaGraph, ModelError>)>, ModelError>> = std::thread::scope(|scope| {
+        let results: Vec<Result<Vec<Captured>, ModelError>> = std::thread::scope(|scope| {
             let workers: Vec<_> = shares
                 .into_iter()
                 .enumerate()
@@ -203,6 +203,9 @@ impl ImageClassifier {
     }
 }
 
+/// A batch size and what capturing its graph gave.
+type Captured = (i64, Result<CudaGraph, ModelError>);
+
 /// One batch shape for [`ImageClassifier::warm_up_parallel`].
 pub struct WarmShape {
     /// A batch for the eager warm-up pass.
@@ -263,7 +266,7 @@ mod tests {
     use tch::{Device, Kind, Tensor};
 
     use super::*;
-    use crate::model::config;
+    use crate::model::config as model_config;
 
     fn digits() -> (PathBuf, model_config::LoadedConfig) {
         let dir = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../models/digits"));

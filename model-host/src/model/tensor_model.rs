@@ -12,9 +12,9 @@
 
 use std::path::Path;
 
-use protocol::{DataType, Placement, TensorSignature, TensorSpec};
+use protocol::{Placement, TensorSignature, TensorSpec};
 use tch::jit::IValue;
-use tch::{CModule, Device, Kind, Tensor};
+use tch::{CModule, Device, Tensor};
 
 use crate::model::ModelError;
 use crate::model::Input;
@@ -171,6 +171,9 @@ pub(crate) mod tests {
     use std::sync::OnceLock;
 
     use super::*;
+    use crate::model::dtype::{datatype_of, kind_of};
+    use protocol::DataType;
+    use tch::Kind;
     use crate::model::{Model, Outputs};
     use crate::model::preprocess::{Preprocessor, TensorUploader};
 

@@ -16,7 +16,8 @@ use crate::counters::{Counters, Refused};
 use crate::pipeline::jobs::Job;
 use crate::model::{Launched, Model, ModelError, Outputs};
 use crate::model::config::padded_batch;
-use crate::model::preprocess::{Input, Preprocessor};
+use crate::model::Input;
+use crate::model::preprocess::Preprocessor;
 use crate::torch_shim::HostBuffer;
 
 /// Slots copied into one staging buffer, padded to a warmed shape.
@@ -93,11 +94,6 @@ impl Uploaded {
     /// Requests in the batch (without padding).
     pub fn len(&self) -> usize {
         self.jobs.len()
-    }
-
-    /// Never true for a batch the feeder hands over; for completeness.
-    pub fn is_empty(&self) -> bool {
-        self.jobs.is_empty()
     }
 }
 

@@ -247,7 +247,7 @@ const WARM_UP_THREADS: usize = 16;
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::config;
+    use crate::model::config as model_config;
     use crate::model::tensor_model::tests::scripted;
 
     /// The test dict model's model.toml, with `doubled_type` as the
