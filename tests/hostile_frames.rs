@@ -13,27 +13,16 @@ use std::time::{Duration, Instant};
 
 use integration_tests::raw_control::{Heard, RawControl};
 use integration_tests::*;
-use protocol::{GatewayMessage, HostMessage, InferError, InferRequest, MAX_FRAME_LEN, PROTOCOL_VERSION, SlotRef, Welcome};
+use protocol::{Ask, GatewayMessage, HostMessage, InferError, InferRequest, MAX_FRAME_LEN, Output, PROTOCOL_VERSION, SlotRef, Welcome};
 
 const WAIT: Duration = Duration::from_secs(5);
 
-fn infer(request_id: u64, slot: SlotRef, shape: (u32, u32, u32)) -> GatewayMessage {
-    let (width, height, channels) = shape;
-    GatewayMessage::Infer(InferRequest {
-        request_id,
-        slot,
-        width,
-        height,
-        channels,
-        top_k: 3,
-        budget_us: 5_000_000,
-        tag: "hostile-test".into(),
-    })
+fn infer(request_id: u64, slot: SlotRef, ask: Ask) -> GatewayMessage {
+    GatewayMessage::Infer(InferRequest { request_id, slot, ask, budget_us: 5_000_000, tag: "hostile-test".into() })
 }
 
-fn model_shape(w: &Welcome) -> (u32, u32, u32) {
-    (w.model.width, w.model.height, w.model.channels)
-}
+/// What the digits model (a classifier) is asked.
+const TOP_3: Ask = Ask::TopK { k: 3 };
 
 /// Bodies that break the framing or bincode (hand-made bytes).
 fn broken_bodies() -> Vec<(&'static str, Vec<u8>)> {
@@ -143,37 +132,29 @@ async fn after_the_handshake(socket: &Path) {
     expect_violation(&mut c, "Release of a slot never leased").await;
 }
 
-/// Bad slot references and shapes: refused one by one, the connection lives.
+/// Bad slot references and asks: refused one by one, the connection lives.
 async fn bad_references(c: &mut RawControl, welcome: &Welcome) {
-    let shape = model_shape(welcome);
     let count = welcome.segment.slot_count;
     for (i, index) in [count, count + 5, u32::MAX].into_iter().enumerate() {
         let id = 10 + i as u64;
-        c.send(&infer(id, SlotRef { index, generation: 1 }, shape)).await;
+        c.send(&infer(id, SlotRef { index, generation: 1 }, TOP_3)).await;
         expect_invalid(c, id, "slot index outside the segment").await;
     }
-    c.send(&infer(20, SlotRef { index: 0, generation: 12345 }, shape)).await;
+    c.send(&infer(20, SlotRef { index: 0, generation: 12345 }, TOP_3)).await;
     expect_invalid(c, 20, "Infer on a slot never leased").await;
-    // Shapes that do not fit the slot (or are not the model's).
-    let slot_len = welcome.segment.slot_size;
-    for (i, bad) in [(4096, 4096, 3), (shape.0, shape.1, shape.2 + 2), (u32::MAX, u32::MAX, u32::MAX), (0, 0, 0)]
-        .into_iter()
-        .enumerate()
-    {
-        let id = 30 + i as u64;
-        let slot = lease(c, id).await;
-        c.send(&infer(id + 100, slot, bad)).await;
-        expect_invalid(c, id + 100, &format!("shape {bad:?} for a {slot_len}-byte slot")).await;
-    }
+    // An ask of the other model kind: a classifier's slot holds no tensors.
+    let slot = lease(c, 30).await;
+    c.send(&infer(130, slot, Ask::Tensors)).await;
+    expect_invalid(c, 130, "Tensors asked of a classifier").await;
     // Stale generation: lease, give it back, then use the old reference.
     let slot = lease(c, 40).await;
     c.send(&GatewayMessage::Release { slot }).await;
-    c.send(&infer(41, slot, shape)).await;
+    c.send(&infer(41, slot, TOP_3)).await;
     expect_invalid(c, 41, "stale generation after Release").await;
     // Once sent, the same reference cannot be sent again.
     let slot = lease(c, 50).await;
-    c.send(&infer(51, slot, shape)).await;
-    c.send(&infer(52, slot, shape)).await;
+    c.send(&infer(51, slot, TOP_3)).await;
+    c.send(&infer(52, slot, TOP_3)).await;
     let mut answers = Vec::new();
     for _ in 0..2 {
         match c.next(WAIT).await {
@@ -188,8 +169,7 @@ async fn bad_references(c: &mut RawControl, welcome: &Welcome) {
 /// Valid references with extreme values: answered, and only for this
 /// request (a batch shared with other gateways must not fail with it).
 async fn extreme_values(c: &mut RawControl, welcome: &Welcome) {
-    let shape = model_shape(welcome);
-    let classes = welcome.model.labels.len();
+    let classes = welcome.model.classifier().map_or(0, |(_, labels)| labels.len());
     let extremes: [(&str, u32, u64, usize); 4] = [
         ("top_k u32::MAX", u32::MAX, 5_000_000, 0),
         ("top_k 0", 0, 5_000_000, 0),
@@ -199,8 +179,8 @@ async fn extreme_values(c: &mut RawControl, welcome: &Welcome) {
     for (i, (case, top_k, budget_us, tag_len)) in extremes.into_iter().enumerate() {
         let id = 60 + 2 * i as u64;
         let slot = lease(c, id).await;
-        let GatewayMessage::Infer(mut request) = infer(id + 1, slot, shape) else { unreachable!() };
-        (request.top_k, request.budget_us, request.tag) = (top_k, budget_us, "t".repeat(tag_len));
+        let GatewayMessage::Infer(mut request) = infer(id + 1, slot, Ask::TopK { k: top_k }) else { unreachable!() };
+        (request.budget_us, request.tag) = (budget_us, "t".repeat(tag_len));
         c.send(&GatewayMessage::Infer(request)).await;
         match c.next(WAIT).await {
             // A tag over the protocol's bound is a typed refusal naming it.
@@ -211,14 +191,15 @@ async fn extreme_values(c: &mut RawControl, welcome: &Welcome) {
             }
             Heard::Message(HostMessage::InferDone { request_id, result: Ok(p) }) if request_id == id + 1 => {
                 assert!(tag_len <= protocol::MAX_REQUEST_TAG, "{case}: answered, not refused");
-                assert!((1..=classes).contains(&p.top.len()), "{case}: {} classes", p.top.len());
+                let Output::TopK(top) = p.output else { panic!("{case}: a classifier answered {:?}", p.output) };
+                assert!((1..=classes).contains(&top.len()), "{case}: {} classes", top.len());
             }
             other => panic!("{case}: expected an answer, got {other:?}"),
         }
     }
     // No time left: refused as expired, not run.
     let slot = lease(c, 70).await;
-    let GatewayMessage::Infer(mut request) = infer(71, slot, shape) else { unreachable!() };
+    let GatewayMessage::Infer(mut request) = infer(71, slot, TOP_3) else { unreachable!() };
     request.budget_us = 0;
     c.send(&GatewayMessage::Infer(request)).await;
     match c.next(WAIT).await {

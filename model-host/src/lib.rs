@@ -32,7 +32,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
 use interprocess::local_socket::tokio::Listener;
-use protocol::{ModelInfo, Phase};
+use protocol::{ImageShape, ModelInfo, Phase};
 
 pub use config::Config;
 use control::connection::HostContext;
@@ -106,21 +106,18 @@ pub async fn run(
 
 /// What gateways are told about the model in the handshake.
 fn model_info(config: &ModelConfig, device: String) -> ModelInfo {
-    let (width, height, channels, labels, tensors) = match &config.kind {
-        ModelKind::Classifier(c) => (c.input.width, c.input.height, c.input.channels, c.output.labels.clone(), None),
-        // A tensor model's slot layout is its signature; the image fields
-        // are zeros (and so what its gateways send in every request).
-        ModelKind::Tensors(signature) => (0, 0, 0, vec![], Some(signature.clone())),
+    let kind = match &config.kind {
+        ModelKind::Classifier(c) => protocol::ModelKind::Classifier {
+            input: ImageShape { width: c.input.width, height: c.input.height, channels: c.input.channels },
+            labels: c.output.labels.clone(),
+        },
+        ModelKind::Tensors(signature) => protocol::ModelKind::Tensors(signature.clone()),
     };
     ModelInfo {
         name: config.name.clone(),
         version: config.version.clone(),
         description: config.description.clone(),
-        width,
-        height,
-        channels,
-        labels,
-        tensors,
+        kind,
         max_batch_size: config.batching.max_batch_size,
         device,
     }

@@ -175,9 +175,10 @@ mod tests {
             Just(GatewayMessage::SegmentMapped),
             any::<u64>().prop_map(|request_id| GatewayMessage::Lease { request_id }),
             slot.clone().prop_map(|slot| GatewayMessage::Release { slot }),
-            (any::<u64>(), slot, any::<u32>(), any::<u32>(), any::<u32>(), any::<u32>(), any::<u64>(), "[ -~]{0,64}").prop_map(
-                |(request_id, slot, width, height, channels, top_k, budget_us, tag)| {
-                    GatewayMessage::Infer(InferRequest { request_id, slot, width, height, channels, top_k, budget_us, tag })
+            (any::<u64>(), slot, proptest::option::of(any::<u32>()), any::<u64>(), "[ -~]{0,64}").prop_map(
+                |(request_id, slot, k, budget_us, tag)| {
+                    let ask = k.map_or(Ask::Tensors, |k| Ask::TopK { k });
+                    GatewayMessage::Infer(InferRequest { request_id, slot, ask, budget_us, tag })
                 }
             ),
             any::<u64>().prop_map(|request_id| GatewayMessage::Cancel { request_id }),
@@ -187,12 +188,13 @@ mod tests {
     fn any_host_message() -> impl Strategy<Value = HostMessage> {
         let top = proptest::collection::vec((any::<u32>(), any::<f32>().prop_filter("NaN != NaN", |f| !f.is_nan())), 0..20);
         prop_oneof![
-            (any::<u64>(), top, any::<u64>(), any::<u64>(), any::<u32>()).prop_map(|(request_id, top, queue_us, inference_us, batch_size)| {
-                HostMessage::InferDone {
-                    request_id,
-                    result: Ok(Prediction { top, timings: HostTimings { queue_us, inference_us, batch_size } }),
+            (any::<u64>(), proptest::option::of(top), any::<u64>(), any::<u64>(), any::<u32>()).prop_map(
+                |(request_id, top, queue_us, inference_us, batch_size)| {
+                    let output = top.map_or(Output::InSlot, Output::TopK);
+                    let timings = HostTimings { queue_us, inference_us, batch_size };
+                    HostMessage::InferDone { request_id, result: Ok(Prediction { output, timings }) }
                 }
-            }),
+            ),
             (any::<u64>(), ".{0,40}").prop_map(|(request_id, m)| HostMessage::InferDone {
                 request_id,
                 result: Err(InferError::Model(m))

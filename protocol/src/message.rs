@@ -34,25 +34,31 @@ pub enum GatewayMessage {
     Status { request_id: u64 },
 }
 
-/// One image, already decoded and resized by the gateway to the model's input.
+/// One request: what is in its slot, and what the gateway asks of it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct InferRequest {
     pub request_id: u64,
     pub slot: SlotRef,
-    /// Pixel layout in the slot: height x width x channels, uint8, row-major.
-    /// All three are 0 for a tensor model (its slot layout is the model's
-    /// [`crate::TensorSignature`]).
-    pub width: u32,
-    pub height: u32,
-    pub channels: u32,
-    /// How many of the best classes to return (ignored by a tensor model).
-    pub top_k: u32,
+    /// What to do with the slot's contents; must match the model's kind.
+    pub ask: Ask,
     /// Time left before the client's deadline, in microseconds, when sent.
     /// Relative, so that the two processes need not share a clock.
     pub budget_us: u64,
     /// The HTTP request's id (X-Request-Id), for the host's log lines about
     /// this request. At most [`MAX_REQUEST_TAG`] bytes.
     pub tag: String,
+}
+
+/// What a request asks of the host, one variant per [`ModelKind`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Ask {
+    /// A classifier: the slot holds one image laid out as the model's
+    /// [`ImageShape`]; answer the `k` best classes ([`Output::TopK`]).
+    TopK { k: u32 },
+    /// A tensor model: the slot holds one batch item's inputs at the
+    /// signature's placements; the host writes the outputs over them and
+    /// answers [`Output::InSlot`].
+    Tensors,
 }
 
 /// Longest request tag a gateway may send.
@@ -84,34 +90,69 @@ pub struct Welcome {
 }
 
 /// What a gateway needs to know about the model to prepare its input.
-///
-/// An image classifier has `width`, `height`, `channels` and `labels`, and
-/// `tensors` None. A tensor model has `tensors` and zeros and no labels in
-/// the image fields.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ModelInfo {
     pub name: String,
     pub version: String,
     pub description: String,
-    pub width: u32,
-    pub height: u32,
-    /// 1 (grayscale) or 3 (RGB).
-    pub channels: u32,
-    pub labels: Vec<String>,
-    /// The named inputs and outputs of a tensor model.
-    pub tensors: Option<crate::TensorSignature>,
+    pub kind: ModelKind,
     pub max_batch_size: u32,
     /// Where the model runs, e.g. "cpu" or "cuda:0".
     pub device: String,
 }
 
+/// The kinds of model a host serves, each with what its requests carry.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum ModelKind {
+    /// Images in (uint8 pixels, `input`), class probabilities out.
+    Classifier { input: ImageShape, labels: Vec<String> },
+    /// Named, typed tensors in and out, laid out in each slot by the signature.
+    Tensors(crate::TensorSignature),
+}
+
+/// An image input: height x width x channels uint8, row-major.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageShape {
+    pub width: u32,
+    pub height: u32,
+    /// 1 (grayscale) or 3 (RGB).
+    pub channels: u32,
+}
+
+impl ImageShape {
+    /// Bytes of one image.
+    pub fn len(&self) -> u64 {
+        u64::from(self.width) * u64::from(self.height) * u64::from(self.channels)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 impl ModelInfo {
-    /// Bytes of one slot: one input image, or a tensor model's inputs or
+    /// Bytes a slot must hold: one image, or a tensor model's inputs or
     /// outputs for one batch item, whichever is larger.
-    pub fn input_len(&self) -> u64 {
-        match &self.tensors {
-            Some(signature) => signature.slot_bytes(),
-            None => u64::from(self.width) * u64::from(self.height) * u64::from(self.channels),
+    pub fn slot_len(&self) -> u64 {
+        match &self.kind {
+            ModelKind::Classifier { input, .. } => input.len(),
+            ModelKind::Tensors(signature) => signature.slot_bytes(),
+        }
+    }
+
+    /// The classifier's input and labels; None for a tensor model.
+    pub fn classifier(&self) -> Option<(ImageShape, &[String])> {
+        match &self.kind {
+            ModelKind::Classifier { input, labels } => Some((*input, labels)),
+            ModelKind::Tensors(_) => None,
+        }
+    }
+
+    /// The tensor model's signature; None for a classifier.
+    pub fn tensors(&self) -> Option<&crate::TensorSignature> {
+        match &self.kind {
+            ModelKind::Tensors(signature) => Some(signature),
+            ModelKind::Classifier { .. } => None,
         }
     }
 }
@@ -172,13 +213,21 @@ pub enum Refusal {
     QueueFull,
 }
 
+/// The host's answer to one request.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Prediction {
-    /// (class index, probability), best first. Empty for a tensor model,
-    /// whose outputs the host wrote into the request's slot (see
-    /// [`crate::tensor`]) before answering.
-    pub top: Vec<(u32, f32)>,
+    pub output: Output,
     pub timings: HostTimings,
+}
+
+/// What a request got, one variant per [`Ask`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Output {
+    /// (class index, probability), best first, at most the `k` asked for.
+    TopK(Vec<(u32, f32)>),
+    /// The outputs are in the request's slot, at the signature's output
+    /// placements (see [`crate::tensor`]), written before this answer.
+    InSlot,
 }
 
 /// Where the host spent a request's time, in microseconds.

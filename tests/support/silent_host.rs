@@ -19,11 +19,10 @@ fn model() -> ModelInfo {
         name: "digits".into(),
         version: "1".into(),
         description: "silent stand-in".into(),
-        width: 32,
-        height: 32,
-        channels: 1,
-        labels: (0..10).map(|d| d.to_string()).collect(),
-        tensors: None,
+        kind: protocol::ModelKind::Classifier {
+            input: protocol::ImageShape { width: 32, height: 32, channels: 1 },
+            labels: (0..10).map(|d| d.to_string()).collect(),
+        },
         max_batch_size: 1,
         device: "cpu".into(),
     }
@@ -52,7 +51,7 @@ async fn read(stream: &mut UnixStream) -> Option<GatewayMessage> {
 
 async fn serve(mut stream: UnixStream, connection_id: u64) {
     let Some(GatewayMessage::Hello { .. }) = read(&mut stream).await else { return };
-    let layout = SlotLayout::new(4, model().input_len()).expect("slot layout");
+    let layout = SlotLayout::new(4, model().slot_len()).expect("slot layout");
     let name = format!("/silent-host.{}.{connection_id}", std::process::id());
     let mut segment = Segment::create(&name, layout, 0o600).expect("creating the segment");
     let welcome = Welcome {

@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 
-use protocol::{GatewayMessage, HostMessage, InferError, InferRequest, Prediction, Refusal, SlotRef};
+use protocol::{Ask, GatewayMessage, HostMessage, InferError, InferRequest, Prediction, Refusal, SlotRef};
 use tokio::sync::OwnedSemaphorePermit;
 
 use super::HostCallError;
@@ -53,10 +53,9 @@ impl SlotLease {
     }
 
     /// Sends the request; the slot now belongs to the host until it answers.
-    pub fn infer(mut self, shape: (u32, u32, u32), top_k: u32, budget_us: u64, tag: String) -> Result<InFlight, HostCallError> {
+    pub fn infer(mut self, ask: Ask, budget_us: u64, tag: String) -> Result<InFlight, HostCallError> {
         let request_id = self.link.next_request_id();
-        let (width, height, channels) = shape;
-        let request = InferRequest { request_id, slot: self.slot, width, height, channels, top_k, budget_us, tag };
+        let request = InferRequest { request_id, slot: self.slot, ask, budget_us, tag };
         let answer = self.link.request(request_id, GatewayMessage::Infer(request), self.permit.take())?;
         self.owned = false;
         Ok(InFlight { link: self.link.clone(), request_id, answer: Some(answer) })

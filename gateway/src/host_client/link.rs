@@ -31,7 +31,7 @@ use interprocess::local_socket::tokio::Stream;
 use interprocess::local_socket::traits::tokio::Stream as _;
 use interprocess::local_socket::{GenericFilePath, ToFsName};
 use protocol::shm::{Segment, SlotLayout};
-use protocol::{GatewayCodec, GatewayMessage, HostMessage, HostStatus, ModelInfo, PROTOCOL_VERSION, Phase, Welcome};
+use protocol::{Ask, GatewayCodec, GatewayMessage, HostMessage, HostStatus, ModelInfo, PROTOCOL_VERSION, Phase, Welcome};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
 use tokio_util::codec::Framed;
 
@@ -96,7 +96,7 @@ impl Link {
             Err(_) => return Err("no welcome from the host within 5 s".into()),
         };
         let layout = SlotLayout::new(welcome.segment.slot_count, welcome.segment.slot_size).map_err(|e| e.to_string())?;
-        if layout.slot_size() < welcome.model.input_len() {
+        if layout.slot_size() < welcome.model.slot_len() {
             return Err("host's slots are smaller than the model input".into());
         }
         let segment = Segment::open(&welcome.segment.os_id, layout).map_err(|e| e.to_string())?;
@@ -196,7 +196,7 @@ impl Link {
 
     /// Copies a tensor model's outputs out of slot `index`.
     fn read_outputs(&self, index: u32) -> Result<Vec<u8>, String> {
-        let len = self.model().tensors.as_ref().map_or(0, |t| t.output_bytes());
+        let len = self.model().tensors().map_or(0, |t| t.output_bytes());
         let mut outputs = vec![0; len as usize];
         self.segment.read_slot(index, &mut outputs).map_err(|e| format!("reading the outputs from slot {index}: {e}"))?;
         Ok(outputs)
@@ -250,7 +250,7 @@ impl Link {
     ) -> Result<oneshot::Receiver<Answer>, HostCallError> {
         let (tx, rx) = oneshot::channel();
         let read_back = match &message {
-            GatewayMessage::Infer(r) if self.model().tensors.is_some() => Some(r.slot.index),
+            GatewayMessage::Infer(r) if r.ask == Ask::Tensors => Some(r.slot.index),
             _ => None,
         };
         {

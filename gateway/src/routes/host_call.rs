@@ -7,31 +7,37 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use protocol::Prediction;
+use protocol::{Ask, HostTimings, Output, Prediction};
 
 use crate::error::ApiError;
 use crate::host_client::{HostCallError, Link, SlotLease};
 
 /// Classifies `pixels` (the model's input, already prepared), returning the
-/// best `top_k`; any deadline passed on the way is a 504 naming `budget_ms`.
-pub async fn classify(link: &Arc<Link>, pixels: &[u8], top_k: u32, deadline: Instant, budget_ms: u64, tag: String) -> Result<Prediction, ApiError> {
-    let model = link.model();
-    let shape = (model.width, model.height, model.channels);
-    call(link, pixels, shape, top_k, deadline, budget_ms, tag).await.map(|(prediction, _)| prediction)
+/// best `top_k` and where the host spent the time; any deadline passed on
+/// the way is a 504 naming `budget_ms`.
+pub async fn classify(link: &Arc<Link>, pixels: &[u8], top_k: u32, deadline: Instant, budget_ms: u64, tag: String) -> Result<(Vec<(u32, f32)>, HostTimings), ApiError> {
+    let (prediction, _) = call(link, pixels, Ask::TopK { k: top_k }, deadline, budget_ms, tag).await?;
+    match prediction.output {
+        Output::TopK(top) => Ok((top, prediction.timings)),
+        Output::InSlot => Err(ApiError::Internal("the host answered a classification with outputs in the slot".into())),
+    }
 }
 
 /// Runs a tensor model on one batch item: `inputs` is the slot's input
-/// area (each input at its placement); the answer carries the slot's
-/// output area.
-pub async fn run_tensors(link: &Arc<Link>, inputs: &[u8], deadline: Instant, budget_ms: u64, tag: String) -> Result<(Prediction, Vec<u8>), ApiError> {
-    call(link, inputs, (0, 0, 0), 0, deadline, budget_ms, tag).await
+/// area (each input at its placement); the answer is the slot's output
+/// area.
+pub async fn run_tensors(link: &Arc<Link>, inputs: &[u8], deadline: Instant, budget_ms: u64, tag: String) -> Result<(Vec<u8>, HostTimings), ApiError> {
+    let (prediction, outputs) = call(link, inputs, Ask::Tensors, deadline, budget_ms, tag).await?;
+    match prediction.output {
+        Output::InSlot => Ok((outputs, prediction.timings)),
+        Output::TopK(_) => Err(ApiError::Internal("the host answered a tensor model with classes".into())),
+    }
 }
 
 async fn call(
     link: &Arc<Link>,
     input: &[u8],
-    shape: (u32, u32, u32),
-    top_k: u32,
+    ask: Ask,
     deadline: Instant,
     budget_ms: u64,
     tag: String,
@@ -43,7 +49,7 @@ async fn call(
     if remaining.is_zero() {
         return Err(timeout());
     }
-    let in_flight = lease.infer(shape, top_k, remaining.as_micros() as u64, tag)?;
+    let in_flight = lease.infer(ask, remaining.as_micros() as u64, tag)?;
     let answer = tokio::time::timeout(remaining, in_flight.result_with_outputs()).await.map_err(|_| timeout())?;
     answer.map_err(|e| match e {
         HostCallError::DeadlineExceeded => timeout(),

@@ -2,7 +2,7 @@
 
 use axum::Json;
 use axum::extract::{Path, State};
-use protocol::{HostStatus, ModelInfo};
+use protocol::{HostStatus, ModelInfo, ModelKind};
 use serde_json::{Value, json};
 
 use crate::AppState;
@@ -16,9 +16,9 @@ fn describe_model(m: &ModelInfo) -> Value {
         "max_batch_size": m.max_batch_size,
         "device": m.device,
     });
-    match &m.tensors {
+    match &m.kind {
         // A tensor model: its named inputs and outputs, per batch item.
-        Some(signature) => {
+        ModelKind::Tensors(signature) => {
             let list = |specs: &[protocol::TensorSpec]| -> Vec<Value> {
                 specs.iter().map(|s| json!({ "name": s.name, "datatype": s.datatype.name(), "dims": s.dims })).collect()
             };
@@ -26,10 +26,10 @@ fn describe_model(m: &ModelInfo) -> Value {
             body["inputs"] = json!(list(&signature.inputs));
             body["outputs"] = json!(list(&signature.outputs));
         }
-        None => {
+        ModelKind::Classifier { input, labels } => {
             body["kind"] = json!("image_classifier");
-            body["input"] = json!({ "width": m.width, "height": m.height, "channels": m.channels, "dtype": "uint8" });
-            body["labels"] = json!(m.labels);
+            body["input"] = json!({ "width": input.width, "height": input.height, "channels": input.channels, "dtype": "uint8" });
+            body["labels"] = json!(labels);
         }
     }
     body

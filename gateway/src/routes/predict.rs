@@ -67,12 +67,12 @@ pub async fn predict(
         return Err(ApiError::ModelNotFound(name));
     }
     // Images in, classes out: a tensor model's named inputs need v2.
-    if model.tensors.is_some() {
+    let Some((input, labels)) = model.classifier() else {
         return Err(ApiError::InvalidRequest {
             field: "model",
             problem: format!("{name} is a tensor model, not an image classifier; send its inputs to POST /v2/models/{name}/infer"),
         });
-    }
+    };
     let budget = match params.timeout_ms {
         Some(ms) => Duration::from_millis(ms).min(app.limits.request_timeout),
         None => app.limits.request_timeout,
@@ -82,25 +82,25 @@ pub async fn predict(
     if top_k == 0 {
         return Err(ApiError::InvalidRequest { field: "top_k", problem: "must be at least 1".into() });
     }
-    let top_k = top_k.min(model.labels.len() as u32);
+    let top_k = top_k.min(labels.len() as u32);
 
     let tag = request_id::of(&request);
     let (parts, body) = request.into_parts();
     let body = read_body(body, &parts.headers, app.limits.max_body_bytes, app.limits.body_timeout).await?;
     metrics::record_body(body.len());
     let upload = extract_image(&parts.headers, body).await?;
-    let target = Target { width: model.width, height: model.height, channels: model.channels };
+    let target = Target { width: input.width, height: input.height, channels: input.channels };
     let max_pixels = app.limits.max_pixels;
     let decode_started = Instant::now();
     let pixels = match upload.format {
         Format::Pixels => {
-            let want = model.input_len();
+            let want = input.len();
             if upload.bytes.len() as u64 != want {
                 return Err(ApiError::InvalidRequest {
                     field: "body",
                     problem: format!(
                         "{PIXELS_CONTENT_TYPE} must be {want} bytes ({}x{}x{} uint8, height x width x channels), got {}",
-                        model.height, model.width, model.channels, upload.bytes.len()
+                        input.height, input.width, input.channels, upload.bytes.len()
                     ),
                 });
             }
@@ -113,17 +113,15 @@ pub async fn predict(
     };
     let decode = decode_started.elapsed();
 
-    let prediction = host_call::classify(&link, &pixels, top_k, deadline, budget.as_millis() as u64, tag).await?;
+    let (top, t) = host_call::classify(&link, &pixels, top_k, deadline, budget.as_millis() as u64, tag).await?;
 
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
-    let t = prediction.timings;
     let (queue, inference) = (Duration::from_micros(t.queue_us), Duration::from_micros(t.inference_us));
     metrics::record_stages(decode, queue, inference, started.elapsed());
-    let predictions = prediction
-        .top
+    let predictions = top
         .into_iter()
         .map(|(index, score)| Prediction {
-            label: model.labels.get(index as usize).cloned().unwrap_or_else(|| index.to_string()),
+            label: labels.get(index as usize).cloned().unwrap_or_else(|| index.to_string()),
             index,
             score,
         })

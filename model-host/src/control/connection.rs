@@ -12,8 +12,8 @@ use interprocess::local_socket::tokio::Stream;
 use protocol::shm::naming::segment_name;
 use protocol::shm::{Segment, ShmError, SlotLayout};
 use protocol::{
-    CodecError, GatewayMessage, HostCodec, HostMessage, HostStatus, InferError, InferRequest, MAX_REQUEST_TAG, ModelInfo,
-    PROTOCOL_VERSION, Phase, Refusal, SegmentInfo, SlotRef, Welcome, check_hello,
+    Ask, CodecError, GatewayMessage, HostCodec, HostMessage, HostStatus, InferError, InferRequest, MAX_REQUEST_TAG, ModelInfo,
+    ModelKind, PROTOCOL_VERSION, Phase, Refusal, SegmentInfo, SlotRef, Welcome, check_hello,
 };
 use thiserror::Error;
 use tokio::sync::{mpsc, watch};
@@ -117,7 +117,7 @@ async fn handshake(
         }
     };
     tracing::Span::current().record("name", gateway.as_str());
-    let layout = SlotLayout::new(ctx.slots_per_gateway, ctx.model.input_len()).map_err(ShmError::from)?;
+    let layout = SlotLayout::new(ctx.slots_per_gateway, ctx.model.slot_len()).map_err(ShmError::from)?;
     let name = segment_name(ctx.host_pid, connection_id);
     let mut segment = Segment::create(&name, layout, ctx.shm_mode)?;
     let welcome = Welcome {
@@ -221,14 +221,15 @@ impl<'a> Session<'a> {
             tracing::debug!(request_id = %r.tag, ?error, "request refused");
             Some(HostMessage::InferDone { request_id: r.request_id, result: Err(error) })
         };
-        let m = &self.ctx.model;
-        if (r.width, r.height, r.channels) != (m.width, m.height, m.channels) {
-            let _ = self.leases.release(r.slot).map(|()| self.ctx.counters.leased_slots.fetch_sub(1, Relaxed));
-            return refuse(InferError::InvalidRequest(format!(
-                "input {}x{}x{} does not match the model's {}x{}x{}",
-                r.width, r.height, r.channels, m.width, m.height, m.channels
-            )));
-        }
+        let top_k = match (r.ask, &self.ctx.model.kind) {
+            (Ask::TopK { k }, ModelKind::Classifier { .. }) => k,
+            (Ask::Tensors, ModelKind::Tensors(_)) => 0,
+            (ask, _) => {
+                let _ = self.leases.release(r.slot).map(|()| self.ctx.counters.leased_slots.fetch_sub(1, Relaxed));
+                let kind = if self.ctx.model.classifier().is_some() { "an image classifier" } else { "a tensor model" };
+                return refuse(InferError::InvalidRequest(format!("{ask:?} asked of {kind}")));
+            }
+        };
         if r.tag.len() > MAX_REQUEST_TAG {
             let _ = self.leases.release(r.slot).map(|()| self.ctx.counters.leased_slots.fetch_sub(1, Relaxed));
             return refuse(InferError::InvalidRequest(format!(
@@ -250,7 +251,7 @@ impl<'a> Session<'a> {
             request_id,
             slot,
             segment: self.segment.clone(),
-            top_k: r.top_k,
+            top_k,
             tag: r.tag,
             arrived,
             deadline: arrived + Duration::from_micros(r.budget_us),
@@ -332,11 +333,10 @@ mod tests {
             name: "m".into(),
             version: "1".into(),
             description: String::new(),
-            width: 2,
-            height: 2,
-            channels: 1,
-            labels: vec!["a".into(), "b".into()],
-            tensors: None,
+            kind: protocol::ModelKind::Classifier {
+                input: protocol::ImageShape { width: 2, height: 2, channels: 1 },
+                labels: vec!["a".into(), "b".into()],
+            },
             max_batch_size: 1,
             device: "cpu".into(),
         }

@@ -10,7 +10,7 @@
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Instant;
 
-use protocol::{HostTimings, InferError, Prediction};
+use protocol::{HostTimings, InferError, Output, Prediction};
 
 use crate::counters::{Counters, Refused};
 use crate::pipeline::jobs::Job;
@@ -147,7 +147,7 @@ pub fn finish(batch: Running, counters: &Counters) {
             for (job, mut top) in jobs.into_iter().zip(rows) {
                 top.truncate(job.top_k.max(1) as usize);
                 let timings = timings(&job);
-                answer(job, Ok(Prediction { top, timings }), counters);
+                answer(job, Ok(Prediction { output: Output::TopK(top), timings }), counters);
             }
         }
         Outputs::Rows(rows) => {
@@ -155,7 +155,7 @@ pub fn finish(batch: Running, counters: &Counters) {
                 // The gateway reads the outputs when it handles the answer,
                 // so they must be in the slot before it is sent.
                 let result = match job.segment.write_slot(job.slot.index, &row) {
-                    Ok(()) => Ok(Prediction { top: vec![], timings: timings(&job) }),
+                    Ok(()) => Ok(Prediction { output: Output::InSlot, timings: timings(&job) }),
                     Err(e) => {
                         tracing::warn!(request_id = %job.tag, error = %e, "writing the outputs into the slot failed");
                         Err(InferError::Model(format!("writing the outputs: {e}")))
@@ -229,7 +229,7 @@ mod tests {
         assert!(matches!(results[&9], Err(InferError::InvalidRequest(_))));
         for (index, item) in [(1, 2), (3, 5)] {
             let prediction = results[&u64::from(index)].as_ref().unwrap();
-            assert!(prediction.top.is_empty());
+            assert_eq!(prediction.output, Output::InSlot);
             assert_eq!(prediction.timings.batch_size, 2);
             let mut row = vec![0u8; signature.output_bytes() as usize];
             segment.read_slot(index, &mut row).unwrap();

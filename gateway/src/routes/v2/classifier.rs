@@ -8,11 +8,12 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use protocol::{DataType, ModelInfo};
+use protocol::{DataType, ImageShape, ModelInfo};
 
 use super::answer::{OutputData, OutputTensor};
 use super::request::{Delivery, InputData, InputTensor, OutputRequest, Source, batch_size, check_fits, invalid};
 use super::images;
+use super::classification;
 use super::run::{self, Ran};
 use super::tensor::{Datatype, TensorError, check_count, flatten_typed};
 use super::{INPUT_IMAGE, INPUT_PIXELS, OUTPUT_PROBABILITIES};
@@ -20,9 +21,33 @@ use crate::decode::Target;
 use crate::error::ApiError;
 use crate::host_client::Link;
 
+/// What a request is checked against: the model's classifier half, as
+/// the handshake described it.
+#[derive(Debug, Clone, Copy)]
+pub struct Classifier<'m> {
+    pub width: u32,
+    pub height: u32,
+    pub channels: u32,
+    pub labels: &'m [String],
+    pub max_batch_size: u32,
+}
+
+impl<'m> Classifier<'m> {
+    pub fn new(input: ImageShape, labels: &'m [String], max_batch_size: u32) -> Self {
+        Classifier { width: input.width, height: input.height, channels: input.channels, labels, max_batch_size }
+    }
+
+    /// The classifier `model` is; None for a tensor model.
+    pub fn of(model: &'m ModelInfo) -> Option<Self> {
+        let (input, labels) = model.classifier()?;
+        Some(Self::new(input, labels, model.max_batch_size))
+    }
+}
+
 /// A request that fits the classifier, one entry per batch element.
 #[derive(Debug)]
-pub struct Plan {
+pub struct Plan<'m> {
+    pub model: Classifier<'m>,
     pub batch: Batch,
     /// `Some(k)`: the top k as "score:index:label" strings instead of every score.
     pub classification: Option<usize>,
@@ -37,7 +62,7 @@ pub enum Batch {
     Images(Vec<Bytes>),
 }
 
-pub fn validate(inputs: Vec<InputTensor>, model: &ModelInfo, data: &mut InputData, outputs: Vec<OutputRequest>, default: Delivery) -> Result<Plan, ApiError> {
+pub fn validate<'m>(inputs: Vec<InputTensor>, model: Classifier<'m>, data: &mut InputData, outputs: Vec<OutputRequest>, default: Delivery) -> Result<Plan<'m>, ApiError> {
     let (classification, delivery) = validate_output(outputs, model, default)?;
     let [input] = <[InputTensor; 1]>::try_from(inputs).map_err(|inputs| {
         invalid("inputs", format!("expected exactly one input ({INPUT_PIXELS} or {INPUT_IMAGE}), got {}", inputs.len()))
@@ -54,12 +79,12 @@ pub fn validate(inputs: Vec<InputTensor>, model: &ModelInfo, data: &mut InputDat
         };
         check_fits(OUTPUT_PROBABILITIES, &delivery, (n * model.labels.len() * 4) as u64)?;
     }
-    Ok(Plan { batch, classification, delivery })
+    Ok(Plan { model, batch, classification, delivery })
 }
 
 /// Decodes (images), runs every element through the host, and builds the output.
-pub async fn run(link: &Arc<Link>, plan: Plan, deadline: Instant, budget_ms: u64, tag: &str, max_pixels: u64) -> Result<Ran, ApiError> {
-    let model = link.model();
+pub async fn run(link: &Arc<Link>, plan: Plan<'_>, deadline: Instant, budget_ms: u64, tag: &str, max_pixels: u64) -> Result<Ran, ApiError> {
+    let model = plan.model;
     let decode_started = Instant::now();
     let elements = match plan.batch {
         Batch::Pixels(pixels) => pixels,
@@ -72,11 +97,16 @@ pub async fn run(link: &Arc<Link>, plan: Plan, deadline: Instant, budget_ms: u64
     if Instant::now() >= deadline {
         return Err(ApiError::DeadlineExceeded { budget_ms });
     }
-    let host = run::run_batch(link, &elements, deadline, budget_ms, tag).await?;
-    let n = host.scores.len() as u64;
+    let host = run::classify_all(link, &elements, deadline, budget_ms, tag).await?;
+    let n = host.each.len() as u64;
     let data = match plan.classification {
-        None => OutputData::Typed(DataType::Fp32, host.scores.concat().iter().flat_map(|f| f.to_le_bytes()).collect()),
-        Some(k) => OutputData::Strings(host.scores.iter().flat_map(|s| run::classify(s, k, &model.labels)).collect()),
+        None => OutputData::Typed(DataType::Fp32, host.each.concat().iter().flat_map(|f| f.to_le_bytes()).collect()),
+        Some(k) => OutputData::Strings(
+            host.each
+                .iter()
+                .flat_map(|s| classification::top_k(&s.iter().map(|&v| f64::from(v)).collect::<Vec<_>>(), k, Some(model.labels)))
+                .collect(),
+        ),
     };
     let width = plan.classification.unwrap_or(model.labels.len()) as u64;
     let output = OutputTensor { name: OUTPUT_PROBABILITIES.into(), shape: vec![n, width], data };
@@ -84,7 +114,7 @@ pub async fn run(link: &Arc<Link>, plan: Plan, deadline: Instant, budget_ms: u64
 }
 
 /// IMAGE: BYTES [n] (or [n, 1]), one encoded image per element, binary only.
-fn images(mut input: InputTensor, model: &ModelInfo, data: &mut InputData) -> Result<Vec<Bytes>, ApiError> {
+fn images(mut input: InputTensor, model: Classifier, data: &mut InputData) -> Result<Vec<Bytes>, ApiError> {
     let datatype = Datatype::parse(&input.datatype).map_err(|e| invalid("inputs", format!("{INPUT_IMAGE}: {e}")))?;
     if datatype != Datatype::Bytes {
         return Err(invalid("inputs", format!("{INPUT_IMAGE}.datatype is {}; expected BYTES", datatype.name())));
@@ -93,7 +123,7 @@ fn images(mut input: InputTensor, model: &ModelInfo, data: &mut InputData) -> Re
 }
 
 /// PIXELS: UINT8 [n, height, width, channels], 1 <= n <= max_batch_size.
-fn pixels(mut input: InputTensor, model: &ModelInfo, data: &mut InputData) -> Result<Vec<Vec<u8>>, ApiError> {
+fn pixels(mut input: InputTensor, model: Classifier, data: &mut InputData) -> Result<Vec<Vec<u8>>, ApiError> {
     let tensor_error = |e: TensorError| invalid("inputs", format!("{INPUT_PIXELS}: {e}"));
     let datatype = Datatype::parse(&input.datatype).map_err(tensor_error)?;
     if datatype != Datatype::Tensor(DataType::Uint8) {
@@ -117,7 +147,7 @@ fn pixels(mut input: InputTensor, model: &ModelInfo, data: &mut InputData) -> Re
 }
 
 /// At most one requested output, PROBABILITIES, optionally as classification.
-fn validate_output(outputs: Vec<OutputRequest>, model: &ModelInfo, default: Delivery) -> Result<(Option<usize>, Delivery), ApiError> {
+fn validate_output(outputs: Vec<OutputRequest>, model: Classifier, default: Delivery) -> Result<(Option<usize>, Delivery), ApiError> {
     let mut outputs = outputs.into_iter();
     let requested = match (outputs.next(), outputs.next()) {
         (None, _) => return Ok((None, default)),
@@ -140,18 +170,19 @@ mod tests {
     use super::*;
     use serde_json::{Value, json};
 
-    fn digits() -> ModelInfo {
-        super::super::test_model(&["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"])
+    fn digits() -> Classifier<'static> {
+        let model = Box::leak(Box::new(super::super::test_model(&["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"])));
+        Classifier::of(model).expect("test_model is a classifier")
     }
 
-    fn parse(body: Value) -> Result<Plan, ApiError> {
+    fn parse(body: Value) -> Result<Plan<'static>, ApiError> {
         parse_with(body, b"")
     }
 
     /// As the infer route reads a request, with binary data after a JSON header.
-    fn parse_with(body: Value, data: &'static [u8]) -> Result<Plan, ApiError> {
+    fn parse_with(body: Value, data: &'static [u8]) -> Result<Plan<'static>, ApiError> {
         let (request, outputs, default, mut inputs) = read_for_test(body, data)?;
-        let plan = validate(request.inputs, &digits(), &mut inputs, outputs, default)?;
+        let plan = validate(request.inputs, digits(), &mut inputs, outputs, default)?;
         inputs.finish()?;
         Ok(plan)
     }

@@ -18,6 +18,7 @@ use super::request::{InferRequest, InputData, binary_error, client_timeout, defa
 use super::run::Ran;
 use super::shm_io::SharedMemory;
 use super::{ModelPath, classifier, tensor_model};
+use protocol::{ModelKind, TensorSignature};
 use crate::error::ApiError;
 use crate::host_client::Link;
 use crate::upload::read_body;
@@ -39,9 +40,11 @@ pub async fn infer(State(app): State<AppState>, Path(path): Path<ModelPath>, req
     answer.map(|(response, _)| response)
 }
 
-enum Plan {
-    Classifier(classifier::Plan),
-    Tensors(tensor_model::Plan),
+/// A validated request, by the model's kind (a tensor plan with the
+/// signature it was checked against).
+enum Plan<'m> {
+    Classifier(classifier::Plan<'m>),
+    Tensors(&'m TensorSignature, tensor_model::Plan),
 }
 
 /// The answer and how many elements it carries; stage times go to the statistics.
@@ -58,9 +61,14 @@ async fn answer(app: &AppState, link: &Arc<Link>, started: Instant, request: Req
     let outputs = output_requests(&request, &shm)?;
     let default = default_delivery(&request)?;
     let mut data = InputData::new(binary, shm, app.limits.max_body_bytes as u64);
-    let plan = match &model.tensors {
-        None => Plan::Classifier(classifier::validate(request.inputs, model, &mut data, outputs, default)?),
-        Some(signature) => Plan::Tensors(tensor_model::validate(request.inputs, model, signature, &mut data, outputs, default)?),
+    let plan = match &model.kind {
+        ModelKind::Classifier { input, labels } => {
+            let classifier = classifier::Classifier::new(*input, labels, model.max_batch_size);
+            Plan::Classifier(classifier::validate(request.inputs, classifier, &mut data, outputs, default)?)
+        }
+        ModelKind::Tensors(signature) => {
+            Plan::Tensors(signature, tensor_model::validate(request.inputs, model, signature, &mut data, outputs, default)?)
+        }
     };
     // Held (in use, so not unregistered) until the answer is written.
     let _input_regions = data.finish()?;
@@ -74,10 +82,9 @@ async fn answer(app: &AppState, link: &Arc<Link>, started: Instant, request: Req
     if Instant::now() >= deadline {
         return Err(ApiError::DeadlineExceeded { budget_ms });
     }
-    let ran: Ran = match (plan, &model.tensors) {
-        (Plan::Classifier(plan), _) => classifier::run(link, plan, deadline, budget_ms, &tag, app.limits.max_pixels).await?,
-        (Plan::Tensors(plan), Some(signature)) => tensor_model::run(link, signature, plan, deadline, budget_ms, &tag, app.limits.max_pixels).await?,
-        (Plan::Tensors(_), None) => unreachable!("a tensor plan is only made for a tensor model"),
+    let ran: Ran = match plan {
+        Plan::Classifier(plan) => classifier::run(link, plan, deadline, budget_ms, &tag, app.limits.max_pixels).await?,
+        Plan::Tensors(signature, plan) => tensor_model::run(link, signature, plan, deadline, budget_ms, &tag, app.limits.max_pixels).await?,
     };
     let output_started = Instant::now();
     let response = respond(request.id, model, ran.outputs)?;

@@ -8,7 +8,7 @@
 
 use axum::Json;
 use axum::extract::{Path, State};
-use protocol::{ModelInfo, TensorSpec};
+use protocol::{ModelInfo, ModelKind, TensorSpec};
 use serde_json::{Value, json};
 
 use super::{INPUT_IMAGE, INPUT_PIXELS, ModelPath, OUTPUT_PROBABILITIES, PLATFORM};
@@ -21,16 +21,18 @@ pub async fn model(State(app): State<AppState>, Path(path): Path<ModelPath>) -> 
     let link = app.host.link()?;
     let m = link.model();
     path.check(m)?;
-    let (inputs, outputs) = match &m.tensors {
-        Some(signature) => (signature.inputs.iter().map(metadata_tensor).collect(), signature.outputs.iter().map(metadata_tensor).collect()),
-        None => {
-            let (h, w, c) = (i64::from(m.height), i64::from(m.width), i64::from(m.channels));
+    let (inputs, outputs) = match &m.kind {
+        ModelKind::Tensors(signature) => {
+            (signature.inputs.iter().map(metadata_tensor).collect(), signature.outputs.iter().map(metadata_tensor).collect())
+        }
+        ModelKind::Classifier { input, labels } => {
+            let (h, w, c) = (i64::from(input.height), i64::from(input.width), i64::from(input.channels));
             (
                 vec![
                     json!({ "name": INPUT_IMAGE, "datatype": "BYTES", "shape": [-1] }),
                     json!({ "name": INPUT_PIXELS, "datatype": "UINT8", "shape": [-1, h, w, c] }),
                 ],
-                vec![json!({ "name": OUTPUT_PROBABILITIES, "datatype": "FP32", "shape": [-1, m.labels.len()] })],
+                vec![json!({ "name": OUTPUT_PROBABILITIES, "datatype": "FP32", "shape": [-1, labels.len()] })],
             )
         }
     };
@@ -58,26 +60,27 @@ pub async fn config(State(app): State<AppState>, Path(path): Path<ModelPath>) ->
 /// IMAGE is one string per batch element: Triton spells that `dims: [1]`
 /// reshaped to `[]`, which matches the metadata's shape `[-1]`.
 fn triton_config(m: &ModelInfo) -> Value {
-    if let Some(signature) = &m.tensors {
-        return json!({
+    let (input, labels) = match &m.kind {
+        ModelKind::Classifier { input, labels } => (input, labels),
+        ModelKind::Tensors(signature) => return json!({
             "name": m.name,
             "platform": PLATFORM,
             "max_batch_size": m.max_batch_size,
             "input": signature.inputs.iter().map(config_tensor).collect::<Vec<_>>(),
             "output": signature.outputs.iter().map(config_tensor).collect::<Vec<_>>(),
             "parameters": { "device": { "string_value": m.device } },
-        });
-    }
+        }),
+    };
     json!({
         "name": m.name,
         "platform": PLATFORM,
         "max_batch_size": m.max_batch_size,
         "input": [
             { "name": INPUT_IMAGE, "data_type": "TYPE_STRING", "dims": [1], "reshape": { "shape": [] } },
-            { "name": INPUT_PIXELS, "data_type": "TYPE_UINT8", "format": "FORMAT_NHWC", "dims": [m.height, m.width, m.channels] },
+            { "name": INPUT_PIXELS, "data_type": "TYPE_UINT8", "format": "FORMAT_NHWC", "dims": [input.height, input.width, input.channels] },
         ],
         "output": [
-            { "name": OUTPUT_PROBABILITIES, "data_type": "TYPE_FP32", "dims": [m.labels.len()] },
+            { "name": OUTPUT_PROBABILITIES, "data_type": "TYPE_FP32", "dims": [labels.len()] },
         ],
         "parameters": { "device": { "string_value": m.device } },
     })

@@ -19,6 +19,7 @@
 
 pub mod answer;
 pub mod binary;
+pub mod classification;
 pub mod classifier;
 pub mod health;
 pub mod images;
@@ -108,11 +109,10 @@ pub(crate) fn test_model(labels: &[&str]) -> ModelInfo {
         name: "digits".into(),
         version: "1".into(),
         description: String::new(),
-        width: 2,
-        height: 2,
-        channels: 1,
-        labels: labels.iter().map(|l| l.to_string()).collect(),
-        tensors: None,
+        kind: protocol::ModelKind::Classifier {
+            input: protocol::ImageShape { width: 2, height: 2, channels: 1 },
+            labels: labels.iter().map(|l| l.to_string()).collect(),
+        },
         max_batch_size: 4,
         device: "cpu".into(),
     }

@@ -6,7 +6,7 @@
 //! also takes encoded images as BYTES, decoded and resized here.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::Bytes;
 use protocol::{DataType, ModelInfo, TensorSignature, TensorSpec};
@@ -14,7 +14,8 @@ use protocol::{DataType, ModelInfo, TensorSignature, TensorSpec};
 use super::answer::{OutputData, OutputTensor};
 use super::images;
 use super::request::{Delivery, InputData, InputTensor, OutputRequest, Source, check_fits, invalid};
-use super::run::Ran;
+use super::classification;
+use super::run::{self, Ran};
 use super::tensor::{Datatype, check_count, flatten_typed, to_f64};
 use crate::decode::Target;
 use crate::error::ApiError;
@@ -196,12 +197,8 @@ pub async fn run(link: &Arc<Link>, signature: &TensorSignature, mut plan: Plan, 
     if Instant::now() >= deadline {
         return Err(ApiError::DeadlineExceeded { budget_ms });
     }
-    let calls = plan.items.iter().enumerate().map(|(i, item)| host_call::run_tensors(link, item, deadline, budget_ms, protocol::item_tag(tag, i)));
-    // The first failure drops the other calls, which cancels them at the host.
-    let answers = futures::future::try_join_all(calls).await?;
-    let queue = Duration::from_micros(answers.iter().map(|(p, _)| p.timings.queue_us).sum());
-    let inference = Duration::from_micros(answers.iter().map(|(p, _)| p.timings.inference_us).sum());
-    let rows: Vec<Vec<u8>> = answers.into_iter().map(|(_, outputs)| outputs).collect();
+    let answers = run::fan_out(&plan.items, tag, |item, tag| host_call::run_tensors(link, item, deadline, budget_ms, tag)).await?;
+    let (queue, inference, rows) = (answers.queue, answers.inference, answers.each);
     let placements = signature.output_placements();
     let n = rows.len() as u64;
     let outputs = plan
@@ -218,7 +215,7 @@ pub async fn run(link: &Arc<Link>, signature: &TensorSignature, mut plan: Plan, 
                 }
                 Some(k) => {
                     let per_item = spec.byte_size() as usize;
-                    let strings = raw.chunks_exact(per_item.max(1)).flat_map(|item| top_k(&to_f64(spec.datatype, item), k)).collect();
+                    let strings = raw.chunks_exact(per_item.max(1)).flat_map(|item| classification::top_k(&to_f64(spec.datatype, item), k, None)).collect();
                     OutputTensor { name: spec.name.clone(), shape: vec![n, k as u64], data: OutputData::Strings(strings) }
                 }
             };
@@ -227,14 +224,6 @@ pub async fn run(link: &Arc<Link>, signature: &TensorSignature, mut plan: Plan, 
         .collect();
     let elements = rows.len();
     Ok(Ran { outputs, elements, decode, queue, inference })
-}
-
-/// The classification extension on an output without labels: the best `k`
-/// elements of one batch item as "value:index", best first.
-fn top_k(values: &[f64], k: usize) -> Vec<String> {
-    let mut order: Vec<usize> = (0..values.len()).collect();
-    order.sort_by(|&a, &b| values[b].total_cmp(&values[a]).then(a.cmp(&b)));
-    order.into_iter().take(k).map(|i| format!("{}:{i}", values[i])).collect()
 }
 
 #[cfg(test)]
@@ -250,7 +239,7 @@ mod tests {
             outputs: vec![spec("y", DataType::Int64, &[3]), spec("mask", DataType::Bool, &[2])],
         };
         let mut model = super::super::test_model(&[]);
-        model.tensors = Some(signature.clone());
+        model.kind = protocol::ModelKind::Tensors(signature.clone());
         (model, signature)
     }
 
@@ -332,7 +321,6 @@ mod tests {
         let flag = json!({"name": "flag", "datatype": "BOOL", "shape": [1, 1], "data": [true]});
         let plan = parse_with(json!({"inputs": [x, flag], "outputs": [{"name": "mask"}, {"name": "y", "parameters": {"classification": 9}}]}), b"").unwrap();
         assert_eq!(plan.outputs.iter().map(|o| (o.index, o.classification)).collect::<Vec<_>>(), vec![(1, None), (0, Some(3))]);
-        assert_eq!(top_k(&[0.5, 2.0, -1.0], 2), vec!["2:1", "0.5:0"]);
     }
 
     #[test]
@@ -343,7 +331,7 @@ mod tests {
             outputs: vec![spec("y", DataType::Fp32, &[1])],
         };
         let mut model = super::super::test_model(&[]);
-        model.tensors = Some(signature.clone());
+        model.kind = protocol::ModelKind::Tensors(signature.clone());
         let mut png = Vec::new();
         image::GrayImage::from_raw(2, 2, vec![1, 2, 3, 4]).unwrap().write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png).unwrap();
         let element: &'static [u8] = Box::leak([&(png.len() as u32).to_le_bytes()[..], &png].concat().into_boxed_slice());
