@@ -93,6 +93,11 @@ impl ApiError {
     }
 }
 
+/// A 400 naming the request's `field` at fault and what is wrong with it.
+pub fn invalid(field: &'static str, problem: impl Into<String>) -> ApiError {
+    ApiError::InvalidRequest { field, problem: problem.into() }
+}
+
 /// Seconds a client should wait before retrying a 503.
 pub const RETRY_AFTER_SECS: &str = "1";
 

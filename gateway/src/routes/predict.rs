@@ -14,7 +14,8 @@ use crate::{AppState, metrics, request_id};
 use crate::decode::{Target, decode_to_input};
 use crate::error::ApiError;
 use crate::routes::host_call;
-use crate::upload::{Format, PIXELS_CONTENT_TYPE, extract_image, read_body};
+use crate::upload::{Format, PIXELS_CONTENT_TYPE, Upload, extract_image, read_body};
+use protocol::ImageShape;
 
 #[derive(Debug, Deserialize)]
 pub struct PredictParams {
@@ -89,28 +90,8 @@ pub async fn predict(
     let body = read_body(body, &parts.headers, app.limits.max_body_bytes, app.limits.body_timeout).await?;
     metrics::record_body(body.len());
     let upload = extract_image(&parts.headers, body).await?;
-    let target = Target { width: input.width, height: input.height, channels: input.channels };
-    let max_pixels = app.limits.max_pixels;
     let decode_started = Instant::now();
-    let pixels = match upload.format {
-        Format::Pixels => {
-            let want = input.len();
-            if upload.bytes.len() as u64 != want {
-                return Err(ApiError::InvalidRequest {
-                    field: "body",
-                    problem: format!(
-                        "{PIXELS_CONTENT_TYPE} must be {want} bytes ({}x{}x{} uint8, height x width x channels), got {}",
-                        input.height, input.width, input.channels, upload.bytes.len()
-                    ),
-                });
-            }
-            upload.bytes
-        }
-        Format::Encoded(format) => tokio::task::spawn_blocking(move || decode_to_input(&upload.bytes, format, target, max_pixels))
-            .await
-            .map_err(|e| ApiError::Internal(format!("decode task: {e}")))??
-            .into(),
-    };
+    let pixels = model_input(upload, input, app.limits.max_pixels).await?;
     let decode = decode_started.elapsed();
 
     let (top, t) = host_call::classify(&link, &pixels, top_k, deadline, budget.as_millis() as u64, tag).await?;
@@ -138,4 +119,31 @@ pub async fn predict(
         },
         batch_size: t.batch_size,
     }))
+}
+
+/// The model's input from an upload: raw pixels checked for length, or an
+/// encoded image decoded and resized (on the blocking pool).
+async fn model_input(upload: Upload, input: ImageShape, max_pixels: u64) -> Result<bytes::Bytes, ApiError> {
+    match upload.format {
+        Format::Pixels => {
+            let want = input.len();
+            if upload.bytes.len() as u64 != want {
+                return Err(ApiError::InvalidRequest {
+                    field: "body",
+                    problem: format!(
+                        "{PIXELS_CONTENT_TYPE} must be {want} bytes ({}x{}x{} uint8, height x width x channels), got {}",
+                        input.height, input.width, input.channels, upload.bytes.len()
+                    ),
+                });
+            }
+            Ok(upload.bytes)
+        }
+        Format::Encoded(format) => {
+            let target = Target { width: input.width, height: input.height, channels: input.channels };
+            let pixels = tokio::task::spawn_blocking(move || decode_to_input(&upload.bytes, format, target, max_pixels))
+                .await
+                .map_err(|e| ApiError::Internal(format!("decode task: {e}")))??;
+            Ok(pixels.into())
+        }
+    }
 }

@@ -166,7 +166,7 @@ fn validate_output(outputs: Vec<OutputRequest>, model: Classifier, default: Deli
 
 #[cfg(test)]
 mod tests {
-    use super::super::request::read_for_test;
+    use super::super::request::{ValidRequest, read_for_test};
     use super::*;
     use serde_json::{Value, json};
 
@@ -181,8 +181,8 @@ mod tests {
 
     /// As the infer route reads a request, with binary data after a JSON header.
     fn parse_with(body: Value, data: &'static [u8]) -> Result<Plan<'static>, ApiError> {
-        let (request, outputs, default, mut inputs) = read_for_test(body, data)?;
-        let plan = validate(request.inputs, digits(), &mut inputs, outputs, default)?;
+        let ValidRequest { inputs: request_inputs, outputs, default, data: mut inputs, .. } = read_for_test(body, data)?;
+        let plan = validate(request_inputs, digits(), &mut inputs, outputs, default)?;
         inputs.finish()?;
         Ok(plan)
     }

@@ -14,7 +14,7 @@ use axum::response::Response;
 
 use super::answer::respond;
 use super::binary::split_body;
-use super::request::{InferRequest, InputData, binary_error, client_timeout, default_delivery, invalid, output_requests};
+use super::request::{ValidRequest, binary_error};
 use super::run::Ran;
 use super::shm_io::SharedMemory;
 use super::{ModelPath, classifier, tensor_model};
@@ -55,19 +55,16 @@ async fn answer(app: &AppState, link: &Arc<Link>, started: Instant, request: Req
     let body = read_body(body, &parts.headers, app.limits.max_body_bytes, app.limits.body_timeout).await?;
     let input_started = Instant::now();
     let (json, binary) = split_body(&parts.headers, body).map_err(binary_error)?;
-    let request: InferRequest = serde_json::from_slice(&json).map_err(|e| invalid("body", format!("not an inference request: {e}")))?;
     let shm = SharedMemory(app.system_shm.as_deref());
-    let timeout = client_timeout(&request.parameters)?;
-    let outputs = output_requests(&request, &shm)?;
-    let default = default_delivery(&request)?;
-    let mut data = InputData::new(binary, shm, app.limits.max_body_bytes as u64);
+    let ValidRequest { id, timeout, inputs, outputs, default, mut data } =
+        ValidRequest::read(&json, binary, shm, app.limits.max_body_bytes as u64)?;
     let plan = match &model.kind {
         ModelKind::Classifier { input, labels } => {
             let classifier = classifier::Classifier::new(*input, labels, model.max_batch_size);
-            Plan::Classifier(classifier::validate(request.inputs, classifier, &mut data, outputs, default)?)
+            Plan::Classifier(classifier::validate(inputs, classifier, &mut data, outputs, default)?)
         }
         ModelKind::Tensors(signature) => {
-            Plan::Tensors(signature, tensor_model::validate(request.inputs, model, signature, &mut data, outputs, default)?)
+            Plan::Tensors(signature, tensor_model::validate(inputs, model, signature, &mut data, outputs, default)?)
         }
     };
     // Held (in use, so not unregistered) until the answer is written.
@@ -87,7 +84,7 @@ async fn answer(app: &AppState, link: &Arc<Link>, started: Instant, request: Req
         Plan::Tensors(signature, plan) => tensor_model::run(link, signature, plan, deadline, budget_ms, &tag, app.limits.max_pixels).await?,
     };
     let output_started = Instant::now();
-    let response = respond(request.id, model, ran.outputs)?;
+    let response = respond(id, model, ran.outputs)?;
     let n = ran.elements as u64;
     stats.compute_input.add(1, parsed + ran.decode);
     stats.queue.add(n, ran.queue);

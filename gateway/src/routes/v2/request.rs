@@ -47,9 +47,7 @@ pub struct RequestedOutput {
     pub parameters: Map<String, Value>,
 }
 
-pub fn invalid(field: &'static str, problem: impl Into<String>) -> ApiError {
-    ApiError::InvalidRequest { field, problem: problem.into() }
-}
+pub use crate::error::invalid;
 
 pub fn binary_error(e: BinaryError) -> ApiError {
     invalid("body", e.to_string())
@@ -60,6 +58,37 @@ pub enum Source {
     Json(Value),
     /// Raw little-endian bytes: binary data, or copied out of a region.
     Raw(Bytes),
+}
+
+/// A v2 request read and checked once, at the edge: everything a model
+/// kind's plan needs, and nothing it must parse again.
+pub struct ValidRequest<'a> {
+    /// The client's `id`, echoed in the answer.
+    pub id: Option<String>,
+    /// `parameters.timeout` (microseconds in the request), if given.
+    pub timeout: Option<Duration>,
+    pub inputs: Vec<InputTensor>,
+    /// The outputs asked for, each with its delivery (regions resolved).
+    pub outputs: Vec<OutputRequest>,
+    /// How outputs the request does not list are delivered.
+    pub default: Delivery,
+    /// Each input's data: JSON, binary data, or a region.
+    pub data: InputData<'a>,
+}
+
+impl<'a> ValidRequest<'a> {
+    /// Parses the JSON header and checks the request-wide parameters;
+    /// `binary` is the data after the header.
+    pub fn read(json: &[u8], binary: BinaryData, shm: SharedMemory<'a>, max_unsized_region: u64) -> Result<Self, ApiError> {
+        let request: InferRequest =
+            serde_json::from_slice(json).map_err(|e| invalid("body", format!("not an inference request: {e}")))?;
+        let timeout = client_timeout(&request.parameters)?;
+        let default_binary = flag(&request.parameters, "parameters", "binary_data_output")?.unwrap_or(false);
+        let outputs = output_requests(&request.outputs, default_binary, &shm)?;
+        let default = if default_binary { Delivery::Binary } else { Delivery::Json };
+        let data = InputData::new(binary, shm, max_unsized_region);
+        Ok(ValidRequest { id: request.id, timeout, inputs: request.inputs, outputs, default, data })
+    }
 }
 
 /// Hands out each input's source, consuming the binary data in input
@@ -154,10 +183,9 @@ pub struct OutputRequest {
 /// The request's outputs, checked for duplicates and well-formed
 /// parameters; names are the model's to check. Regions are resolved now,
 /// so that an unknown or too small region fails before the model runs.
-pub fn output_requests(request: &InferRequest, shm: &SharedMemory) -> Result<Vec<OutputRequest>, ApiError> {
-    let default_binary = flag(&request.parameters, "parameters", "binary_data_output")?.unwrap_or(false);
-    let mut requests: Vec<OutputRequest> = Vec::with_capacity(request.outputs.len());
-    for output in &request.outputs {
+fn output_requests(outputs: &[RequestedOutput], default_binary: bool, shm: &SharedMemory) -> Result<Vec<OutputRequest>, ApiError> {
+    let mut requests: Vec<OutputRequest> = Vec::with_capacity(outputs.len());
+    for output in outputs {
         let name = output.name.as_str();
         if requests.iter().any(|r| r.name == name) {
             return Err(invalid("outputs", format!("output {name:?} is requested twice")));
@@ -192,13 +220,6 @@ pub fn check_fits(name: &str, delivery: &Delivery, needed: u64) -> Result<(), Ap
     }
 }
 
-/// How outputs the request does not list are delivered.
-pub fn default_delivery(request: &InferRequest) -> Result<Delivery, ApiError> {
-    let binary = flag(&request.parameters, "parameters", "binary_data_output")?.unwrap_or(false);
-    Ok(if binary { Delivery::Binary } else { Delivery::Json })
-}
-
-/// A boolean parameter, as Triton reads them.
 fn flag(parameters: &Map<String, Value>, field: &'static str, key: &str) -> Result<Option<bool>, ApiError> {
     match parameters.get(key) {
         None => Ok(None),
@@ -228,16 +249,12 @@ pub fn batch_size(shape: &[i64], items: &[&[i64]], max_batch_size: u32) -> Optio
 /// A body read as the infer route reads it (JSON header, then `data` as
 /// binary data), for the validation tests of each model kind.
 #[cfg(test)]
-pub(crate) fn read_for_test(body: Value, data: &'static [u8]) -> Result<(InferRequest, Vec<OutputRequest>, Delivery, InputData<'static>), ApiError> {
+pub(crate) fn read_for_test(body: Value, data: &'static [u8]) -> Result<ValidRequest<'static>, ApiError> {
     let json = body.to_string();
     let mut headers = axum::http::HeaderMap::new();
     headers.insert(super::binary::HEADER_LENGTH, json.len().into());
-    let (_, binary) = super::binary::split_body(&headers, Bytes::from([json.as_bytes(), data].concat())).expect("a header inside the body");
-    let request: InferRequest = serde_json::from_value(body).expect("a well-formed request");
-    let shm = SharedMemory::disabled();
-    let outputs = output_requests(&request, &shm)?;
-    let default = default_delivery(&request)?;
-    Ok((request, outputs, default, InputData::new(binary, shm, u64::MAX)))
+    let (json, binary) = super::binary::split_body(&headers, Bytes::from([json.as_bytes(), data].concat())).expect("a header inside the body");
+    ValidRequest::read(&json, binary, SharedMemory::disabled(), u64::MAX)
 }
 
 #[cfg(test)]

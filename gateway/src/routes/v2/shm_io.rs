@@ -8,8 +8,7 @@ use serde_json::{Map, Value};
 pub use crate::system_shm::RegionUse;
 use crate::system_shm::Registry;
 
-use super::request::invalid;
-use crate::error::ApiError;
+use crate::error::{ApiError, invalid};
 
 /// The registry, when the operator turned the extension on.
 #[derive(Clone, Copy)]

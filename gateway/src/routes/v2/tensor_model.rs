@@ -92,29 +92,7 @@ pub fn validate(
             given[index] = Some(Vec::new());
             continue;
         }
-        let want = n as u64 * spec.byte_size();
-        let bytes = match data.source(&mut input, Some(want))? {
-            Source::Json(json) => {
-                let bytes = flatten_typed(spec.datatype, &json).map_err(|e| invalid("inputs", format!("{}.data: {e}", spec.name)))?;
-                let elements = bytes.len() / spec.datatype.size() as usize;
-                check_count(elements, &input.shape).map_err(|e| invalid("inputs", format!("{}.data {e}", spec.name)))?;
-                bytes
-            }
-            Source::Raw(raw) => {
-                if raw.len() as u64 != want {
-                    return Err(invalid(
-                        "inputs",
-                        format!("{} has {} bytes of data; shape {:?} of {} needs {want}", spec.name, raw.len(), input.shape, spec.datatype.name()),
-                    ));
-                }
-                // JSON bools are checked as they are parsed; raw ones here,
-                // since libtorch takes any other byte as a bool that is neither.
-                if let (DataType::Bool, Some(index)) = (spec.datatype, raw.iter().position(|&b| b > 1)) {
-                    return Err(invalid("inputs", format!("{} element {index} is byte {}; BOOL elements are 0 or 1", spec.name, raw[index])));
-                }
-                raw.to_vec()
-            }
-        };
+        let bytes = input_bytes(&mut input, spec, n, data)?;
         given[index] = Some(bytes);
     }
     if let Some(missing) = given.iter().position(Option::is_none) {
@@ -133,6 +111,34 @@ pub fn validate(
         }
     }
     Ok(Plan { items, images: pending, outputs })
+}
+
+/// One input's `n` items of data, from JSON, binary data or a region,
+/// checked against the spec (count, byte length, BOOL values).
+fn input_bytes(input: &mut InputTensor, spec: &TensorSpec, n: usize, data: &mut InputData) -> Result<Vec<u8>, ApiError> {
+    let want = n as u64 * spec.byte_size();
+    Ok(match data.source(input, Some(want))? {
+        Source::Json(json) => {
+            let bytes = flatten_typed(spec.datatype, &json).map_err(|e| invalid("inputs", format!("{}.data: {e}", spec.name)))?;
+            let elements = bytes.len() / spec.datatype.size() as usize;
+            check_count(elements, &input.shape).map_err(|e| invalid("inputs", format!("{}.data {e}", spec.name)))?;
+            bytes
+        }
+        Source::Raw(raw) => {
+            if raw.len() as u64 != want {
+                return Err(invalid(
+                    "inputs",
+                    format!("{} has {} bytes of data; shape {:?} of {} needs {want}", spec.name, raw.len(), input.shape, spec.datatype.name()),
+                ));
+            }
+            // JSON bools are checked as they are parsed; raw ones here,
+            // since libtorch takes any other byte as a bool that is neither.
+            if let (DataType::Bool, Some(index)) = (spec.datatype, raw.iter().position(|&b| b > 1)) {
+                return Err(invalid("inputs", format!("{} element {index} is byte {}; BOOL elements are 0 or 1", spec.name, raw[index])));
+            }
+            raw.to_vec()
+        }
+    })
 }
 
 /// `[n, dims...]` with the model's datatype and 1 <= n <= max_batch_size.
@@ -228,7 +234,7 @@ pub async fn run(link: &Arc<Link>, signature: &TensorSignature, mut plan: Plan, 
 
 #[cfg(test)]
 mod tests {
-    use super::super::request::read_for_test;
+    use super::super::request::{ValidRequest, read_for_test};
     use super::*;
     use serde_json::{Value, json};
 
@@ -244,9 +250,9 @@ mod tests {
     }
 
     fn parse_with(body: Value, data: &'static [u8]) -> Result<Plan, ApiError> {
-        let (request, outputs, default, mut inputs) = read_for_test(body, data)?;
+        let ValidRequest { inputs: request_inputs, outputs, default, data: mut inputs, .. } = read_for_test(body, data)?;
         let (model, signature) = model();
-        let plan = validate(request.inputs, &model, &signature, &mut inputs, outputs, default)?;
+        let plan = validate(request_inputs, &model, &signature, &mut inputs, outputs, default)?;
         inputs.finish()?;
         Ok(plan)
     }
@@ -337,15 +343,15 @@ mod tests {
         let element: &'static [u8] = Box::leak([&(png.len() as u32).to_le_bytes()[..], &png].concat().into_boxed_slice());
         let t = json!({"name": "t", "datatype": "FP32", "shape": [1, 1], "data": [0.5]});
         let body = json!({"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1], "parameters": {"binary_data_size": element.len()}}, t]});
-        let (request, outputs, default, mut inputs) = read_for_test(body, element).unwrap();
-        let plan = validate(request.inputs, &model, &signature, &mut inputs, outputs, default).unwrap();
+        let ValidRequest { inputs: request_inputs, outputs, default, data: mut inputs, .. } = read_for_test(body, element).unwrap();
+        let plan = validate(request_inputs, &model, &signature, &mut inputs, outputs, default).unwrap();
         assert_eq!((plan.items.len(), plan.images.len(), plan.images[0].index), (1, 1, 0));
         assert_eq!((plan.images[0].target.height, plan.images[0].target.width, plan.images[0].target.channels), (2, 2, 1));
         assert_eq!(plan.images[0].images[0].as_ref(), &png[..]);
 
         let json_bytes = json!({"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1], "data": ["x"]}, t]});
-        let (request, outputs, default, mut inputs) = read_for_test(json_bytes, b"").unwrap();
-        match validate(request.inputs, &model, &signature, &mut inputs, outputs, default) {
+        let ValidRequest { inputs: request_inputs, outputs, default, data: mut inputs, .. } = read_for_test(json_bytes, b"").unwrap();
+        match validate(request_inputs, &model, &signature, &mut inputs, outputs, default) {
             Err(ApiError::InvalidRequest { problem, .. }) => assert!(problem.contains("send image as UINT8 [n, 2, 2, 1]"), "{problem}"),
             other => panic!("expected a 400, got {other:?}"),
         }
