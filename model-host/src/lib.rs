@@ -35,7 +35,7 @@ use interprocess::local_socket::tokio::Listener;
 use protocol::{ImageShape, ModelInfo, Phase};
 
 pub use config::Config;
-use control::connection::HostContext;
+use control::context::HostContext;
 use control::{peer_auth, server, shm_sweep};
 use counters::Counters;
 pub use error::HostError;

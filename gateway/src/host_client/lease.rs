@@ -25,6 +25,12 @@ pub struct SlotLease {
 }
 
 impl SlotLease {
+    /// A lease as if the host had granted `slot`, for the link's tests.
+    #[cfg(test)]
+    pub(super) fn new_for_test(link: Arc<Link>, slot: SlotRef, permit: OwnedSemaphorePermit) -> Self {
+        SlotLease { link, slot, owned: true, permit: Some(permit) }
+    }
+
     /// Asks the host for a slot to write one request's pixels into, first
     /// waiting for one of this gateway's slots to be free (see [`Link`]'s
     /// module doc).

@@ -103,21 +103,7 @@ impl Link {
         channel.send(GatewayMessage::SegmentMapped).await.map_err(|e| e.to_string())?;
 
         let (mut sink, mut stream) = channel.split();
-        let (outbox, mut outbox_rx) = mpsc::unbounded_channel::<GatewayMessage>();
-        let (phase, _) = watch::channel(welcome.phase.clone());
-        let slots = Arc::new(Semaphore::new(welcome.segment.slot_count as usize));
-        let link = Arc::new(Link {
-            outbox,
-            pending: Mutex::new(HashMap::new()),
-            closed: AtomicBool::new(false),
-            segment,
-            welcome,
-            phase,
-            next_request_id: AtomicU64::new(1),
-            slots,
-            waiting: AtomicU64::new(0),
-            max_waiting,
-        });
+        let (link, mut outbox_rx) = Link::new(welcome, segment, max_waiting);
         tokio::spawn(async move {
             // Feed everything queued, then flush once: one syscall for a burst.
             while let Some(message) = outbox_rx.recv().await {
@@ -148,6 +134,28 @@ impl Link {
         Ok((link, reader))
     }
 
+    /// A link over a mapped segment, before any I/O: what it sends goes to
+    /// the returned receiver (the writer task's, or a test's).
+    fn new(welcome: Welcome, segment: Segment, max_waiting: u64) -> (Arc<Link>, mpsc::UnboundedReceiver<GatewayMessage>) {
+        let (outbox, outbox_rx) = mpsc::unbounded_channel::<GatewayMessage>();
+        let (phase, _) = watch::channel(welcome.phase.clone());
+        let slots = Arc::new(Semaphore::new(welcome.segment.slot_count as usize));
+        let link = Arc::new(Link {
+            outbox,
+            pending: Mutex::new(HashMap::new()),
+            closed: AtomicBool::new(false),
+            segment,
+            welcome,
+            phase,
+            next_request_id: AtomicU64::new(1),
+            slots,
+            waiting: AtomicU64::new(0),
+            max_waiting,
+        });
+        (link, outbox_rx)
+    }
+
+    /// Hands one host message to whoever waits for it (see the module's doc).
     fn route(&self, message: HostMessage) {
         let id = match &message {
             HostMessage::PhaseChanged(phase) => {
@@ -344,5 +352,106 @@ impl<'a> WaitingGuard<'a> {
 impl Drop for WaitingGuard<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicU64;
+
+    use protocol::shm::naming::segment_name;
+    use protocol::{ImageShape, ModelKind, Output, Prediction, Refusal, SegmentInfo, SlotRef, StartupTimings};
+
+    use super::*;
+    use crate::host_client::SlotLease;
+
+    /// A link to no host: two slots, a 2x2 gray classifier; what it sends
+    /// arrives on the receiver.
+    fn link(max_waiting: u64) -> (Arc<Link>, mpsc::UnboundedReceiver<GatewayMessage>) {
+        static NEXT: AtomicU64 = AtomicU64::new(7_000_000);
+        let os_id = segment_name(std::process::id(), NEXT.fetch_add(1, Relaxed));
+        let layout = SlotLayout::new(2, 4).unwrap();
+        let segment = Segment::create(&os_id, layout, 0o600).unwrap();
+        let kind = ModelKind::Classifier { input: ImageShape { width: 2, height: 2, channels: 1 }, labels: vec!["a".into()] };
+        let model = ModelInfo { name: "m".into(), version: "1".into(), description: String::new(), kind, max_batch_size: 2, device: "cpu".into() };
+        let welcome = Welcome {
+            protocol_version: PROTOCOL_VERSION,
+            host_pid: 1,
+            model,
+            segment: SegmentInfo { os_id, slot_count: 2, slot_size: layout.slot_size() },
+            phase: Phase::Ready(StartupTimings::default()),
+        };
+        Link::new(welcome, segment, max_waiting)
+    }
+
+    async fn sent(outbox: &mut mpsc::UnboundedReceiver<GatewayMessage>) -> GatewayMessage {
+        tokio::time::timeout(Duration::from_secs(5), outbox.recv()).await.expect("something sent").expect("outbox open")
+    }
+
+    #[tokio::test]
+    async fn answers_reach_their_own_request_and_a_lease_keeps_its_permit() {
+        let (link, mut outbox) = link(4);
+        let lease = tokio::spawn({
+            let link = link.clone();
+            async move { SlotLease::acquire(&link).await }
+        });
+        let GatewayMessage::Lease { request_id } = sent(&mut outbox).await else { panic!("expected a Lease") };
+        // Another request's answer is not this one's; nobody waits for it.
+        link.route(HostMessage::LeaseRefused { request_id: request_id + 100, reason: Refusal::QueueFull });
+        link.route(HostMessage::Leased { request_id, slot: SlotRef { index: 1, generation: 1 } });
+        let lease = lease.await.unwrap().expect("leased");
+        assert_eq!(link.slots.available_permits(), 1, "the lease holds one of the two slots");
+        drop(lease);
+        assert!(matches!(sent(&mut outbox).await, GatewayMessage::Release { .. }), "an unsent lease is given back");
+        assert_eq!(link.slots.available_permits(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_lease_answered_after_its_caller_left_is_released_and_its_permit_freed_then() {
+        let (link, mut outbox) = link(4);
+        let waiting = tokio::spawn({
+            let link = link.clone();
+            async move { SlotLease::acquire(&link).await }
+        });
+        let GatewayMessage::Lease { request_id } = sent(&mut outbox).await else { panic!("expected a Lease") };
+        waiting.abort();
+        let _ = waiting.await;
+        // The host still counts the slot as leased: so does the gateway.
+        assert_eq!(link.slots.available_permits(), 1);
+        link.route(HostMessage::Leased { request_id, slot: SlotRef { index: 0, generation: 3 } });
+        assert_eq!(sent(&mut outbox).await, GatewayMessage::Release { slot: SlotRef { index: 0, generation: 3 } });
+        assert_eq!(link.slots.available_permits(), 2);
+    }
+
+    #[tokio::test]
+    async fn an_infer_holds_its_permit_until_the_host_answers_even_if_cancelled() {
+        let (link, mut outbox) = link(4);
+        let permit = link.slot_permit().await.unwrap();
+        let lease = SlotLease::new_for_test(link.clone(), SlotRef { index: 0, generation: 1 }, permit);
+        let in_flight = lease.infer(Ask::TopK { k: 1 }, 1_000_000, "t".into()).unwrap();
+        let GatewayMessage::Infer(request) = sent(&mut outbox).await else { panic!("expected an Infer") };
+        drop(in_flight);
+        assert_eq!(sent(&mut outbox).await, GatewayMessage::Cancel { request_id: request.request_id });
+        assert_eq!(link.slots.available_permits(), 1, "cancelled, but the host has the slot until it answers");
+        let done = Prediction { output: Output::TopK(vec![]), timings: Default::default() };
+        link.route(HostMessage::InferDone { request_id: request.request_id, result: Ok(done) });
+        assert_eq!(link.slots.available_permits(), 2);
+    }
+
+    #[tokio::test]
+    async fn past_max_waiting_a_request_is_refused_at_once_and_close_fails_the_waiters() {
+        let (link, _outbox) = link(1);
+        let held = (link.slot_permit().await.unwrap(), link.slot_permit().await.unwrap());
+        let waiter = tokio::spawn({
+            let link = link.clone();
+            async move { link.slot_permit().await.map(drop) }
+        });
+        while link.waiting_for_slots() == 0 {
+            tokio::task::yield_now().await;
+        }
+        assert!(matches!(link.slot_permit().await, Err(HostCallError::Overloaded(_))), "a second waiter is one too many");
+        link.close();
+        assert!(matches!(waiter.await.unwrap(), Err(HostCallError::Unavailable { .. })), "closing fails the waiter at once");
+        drop(held);
     }
 }

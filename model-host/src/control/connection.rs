@@ -2,43 +2,24 @@
 //! message, dispatches it, and writes the reply. Bytes and framing belong
 //! to `protocol::codec`; this file only sees messages.
 
-use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
 use interprocess::local_socket::tokio::Stream;
 use protocol::shm::naming::segment_name;
 use protocol::shm::{Segment, ShmError, SlotLayout};
-use protocol::{
-    Ask, CodecError, GatewayMessage, HostCodec, HostMessage, HostStatus, InferError, InferRequest, MAX_REQUEST_TAG, ModelInfo,
-    ModelKind, PROTOCOL_VERSION, Phase, Refusal, SegmentInfo, SlotRef, Welcome, check_hello,
-};
+use protocol::{CodecError, GatewayMessage, HostCodec, HostMessage, PROTOCOL_VERSION, Phase, SegmentInfo, Welcome, check_hello};
 use thiserror::Error;
 use tokio::sync::{mpsc, watch};
 use tokio_util::codec::Framed;
 use tracing::Instrument;
 
-use crate::counters::{Counters, Refused};
-use crate::pipeline::jobs::{Completion, Job, JobQueue};
-use crate::control::leases::LeaseTable;
+use super::context::HostContext;
+use super::session::{Session, Violation};
 
 /// A gateway that says nothing for this long after connecting is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// What every connection shares.
-pub struct HostContext {
-    pub model: ModelInfo,
-    pub phase: watch::Receiver<Phase>,
-    pub jobs: JobQueue,
-    pub counters: Arc<Counters>,
-    pub slots_per_gateway: u32,
-    pub shm_mode: u32,
-    pub host_pid: u32,
-    /// Who may connect (SO_PEERCRED check in the accept loop).
-    pub peers: crate::control::peer_auth::PeerPolicy,
-}
 
 #[derive(Debug, Error)]
 enum ConnectionError {
@@ -48,8 +29,8 @@ enum ConnectionError {
     Shm(#[from] ShmError),
     #[error("handshake: {0}")]
     Handshake(String),
-    #[error("protocol violation: {0}")]
-    Violation(String),
+    #[error(transparent)]
+    Violation(#[from] Violation),
 }
 
 type Channel = Framed<Stream, HostCodec>;
@@ -88,7 +69,7 @@ async fn run(stream: Stream, ctx: &HostContext, connection_id: u64) -> Result<()
                     Ok(reply) => reply,
                     Err(e) => {
                         let _ = channel.send(HostMessage::Violation { reason: e.to_string() }).await;
-                        return Err(e);
+                        return Err(e.into());
                     }
                 },
             },
@@ -146,187 +127,16 @@ async fn next_within(channel: &mut Channel, limit: Duration) -> Result<GatewayMe
     }
 }
 
-/// A request the model has not answered yet.
-struct Pending {
-    slot: SlotRef,
-    cancelled: Arc<AtomicBool>,
-}
-
-/// Per-connection state: the segment, its leases, the requests in flight.
-struct Session<'a> {
-    ctx: &'a HostContext,
-    segment: Arc<Segment>,
-    leases: LeaseTable,
-    pending: HashMap<u64, Pending>,
-    done_tx: mpsc::UnboundedSender<Completion>,
-}
-
-impl<'a> Session<'a> {
-    fn new(ctx: &'a HostContext, segment: Segment, done_tx: mpsc::UnboundedSender<Completion>) -> Self {
-        ctx.counters.connections.fetch_add(1, Relaxed);
-        let leases = LeaseTable::new(segment.layout().slot_count());
-        Self { ctx, segment: Arc::new(segment), leases, pending: HashMap::new(), done_tx }
-    }
-
-    /// Dispatches one message; Some(reply) to send, Err to close the connection.
-    fn handle(&mut self, message: GatewayMessage) -> Result<Option<HostMessage>, ConnectionError> {
-        match message {
-            GatewayMessage::Lease { request_id } => Ok(Some(self.lease(request_id))),
-            GatewayMessage::Release { slot } => {
-                self.leases.release(slot).map_err(|e| ConnectionError::Violation(e.to_string()))?;
-                self.ctx.counters.leased_slots.fetch_sub(1, Relaxed);
-                Ok(None)
-            }
-            GatewayMessage::Infer(request) => Ok(self.infer(request)),
-            GatewayMessage::Cancel { request_id } => {
-                if let Some(p) = self.pending.get(&request_id) {
-                    p.cancelled.store(true, Relaxed);
-                }
-                Ok(None)
-            }
-            GatewayMessage::Status { request_id } => Ok(Some(HostMessage::Status { request_id, status: self.status() })),
-            other @ (GatewayMessage::Hello { .. } | GatewayMessage::SegmentMapped) => {
-                Err(ConnectionError::Violation(format!("{} after the handshake", other.kind())))
-            }
-        }
-    }
-
-    fn lease(&mut self, request_id: u64) -> HostMessage {
-        if !self.ctx.phase.borrow().is_ready() {
-            self.ctx.counters.refuse(Refused::NotReady);
-            return HostMessage::LeaseRefused { request_id, reason: Refusal::NotReady };
-        }
-        match self.leases.lease() {
-            Some(slot) => {
-                self.ctx.counters.leased_slots.fetch_add(1, Relaxed);
-                HostMessage::Leased { request_id, slot }
-            }
-            None => {
-                self.ctx.counters.refuse(Refused::NoFreeSlot);
-                HostMessage::LeaseRefused { request_id, reason: Refusal::NoFreeSlot }
-            }
-        }
-    }
-
-    /// Checks the request against the lease and the model, then queues it.
-    /// Replies only on refusal; the answer otherwise comes from the model.
-    fn infer(&mut self, r: InferRequest) -> Option<HostMessage> {
-        let counters = &self.ctx.counters;
-        let refuse = |error: InferError| {
-            counters.refuse(match error {
-                InferError::QueueFull => Refused::QueueFull,
-                InferError::NotReady => Refused::NotReady,
-                _ => Refused::InvalidRequest,
-            });
-            tracing::debug!(request_id = %r.tag, ?error, "request refused");
-            Some(HostMessage::InferDone { request_id: r.request_id, result: Err(error) })
-        };
-        let top_k = match (r.ask, &self.ctx.model.kind) {
-            (Ask::TopK { k }, ModelKind::Classifier { .. }) => k,
-            (Ask::Tensors, ModelKind::Tensors(_)) => 0,
-            (ask, _) => {
-                let _ = self.leases.release(r.slot).map(|()| self.ctx.counters.leased_slots.fetch_sub(1, Relaxed));
-                let kind = if self.ctx.model.classifier().is_some() { "an image classifier" } else { "a tensor model" };
-                return refuse(InferError::InvalidRequest(format!("{ask:?} asked of {kind}")));
-            }
-        };
-        if r.tag.len() > MAX_REQUEST_TAG {
-            let _ = self.leases.release(r.slot).map(|()| self.ctx.counters.leased_slots.fetch_sub(1, Relaxed));
-            return refuse(InferError::InvalidRequest(format!(
-                "request tag of {} bytes is longer than the {MAX_REQUEST_TAG} allowed",
-                r.tag.len()
-            )));
-        }
-        if self.pending.contains_key(&r.request_id) {
-            return refuse(InferError::InvalidRequest(format!("request id {} is already in flight", r.request_id)));
-        }
-        if let Err(e) = self.leases.start_inference(r.slot) {
-            return refuse(InferError::InvalidRequest(e.to_string()));
-        }
-        let arrived = Instant::now();
-        let cancelled = Arc::new(AtomicBool::new(false));
-        let slot = r.slot;
-        let request_id = r.request_id;
-        let job = Job {
-            request_id,
-            slot,
-            segment: self.segment.clone(),
-            top_k,
-            tag: r.tag,
-            arrived,
-            deadline: arrived + Duration::from_micros(r.budget_us),
-            cancelled: cancelled.clone(),
-            reply: self.done_tx.clone(),
-        };
-        match self.ctx.jobs.submit(job) {
-            Ok(()) => {
-                self.pending.insert(request_id, Pending { slot, cancelled });
-                None
-            }
-            Err((job, error)) => {
-                let tag = job.tag.clone();
-                self.finish_slot(job.slot);
-                self.ctx.counters.refuse(Refused::QueueFull);
-                tracing::debug!(request_id = %tag, ?error, "request refused");
-                Some(HostMessage::InferDone { request_id, result: Err(error) })
-            }
-        }
-    }
-
-    fn complete(&mut self, done: Completion) -> HostMessage {
-        if let Some(p) = self.pending.remove(&done.request_id) {
-            debug_assert_eq!(p.slot, done.slot);
-        }
-        self.finish_slot(done.slot);
-        HostMessage::InferDone { request_id: done.request_id, result: done.result }
-    }
-
-    fn finish_slot(&mut self, slot: SlotRef) {
-        if self.leases.finish_inference(slot).is_ok() {
-            self.ctx.counters.leased_slots.fetch_sub(1, Relaxed);
-        }
-    }
-
-    fn status(&self) -> HostStatus {
-        let c = &self.ctx.counters;
-        HostStatus {
-            pid: self.ctx.host_pid,
-            phase: self.ctx.phase.borrow().clone(),
-            model_loads: Counters::get32(&c.model_loads),
-            connections: Counters::get32(&c.connections),
-            leased_slots: Counters::get32(&c.leased_slots),
-            requests_done: Counters::get64(&c.requests_done),
-            batches_done: Counters::get64(&c.batches_done),
-            device: self.ctx.model.device.clone(),
-            queue_depth: Counters::get64(&c.in_flight),
-            batches_by_size: c.batches_by_size(),
-            copy_seconds_total: Counters::get64(&c.copy_us_total) as f64 / 1e6,
-            inference_seconds_total: Counters::get64(&c.inference_us_total) as f64 / 1e6,
-            refused: c.refused(),
-            graph_batch_sizes: c.graphs(),
-        }
-    }
-}
-
-impl Drop for Session<'_> {
-    /// The gateway is gone: skip its queued requests and give back its slots
-    /// (the lease table and the segment mapping go with this struct).
-    fn drop(&mut self) {
-        for p in self.pending.values() {
-            p.cancelled.store(true, Relaxed);
-        }
-        self.ctx.counters.leased_slots.fetch_sub(self.leases.in_use(), Relaxed);
-        self.ctx.counters.connections.fetch_sub(1, Relaxed);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use interprocess::local_socket::traits::tokio::{Listener as _, Stream as _};
     use interprocess::local_socket::{GenericFilePath, ListenerOptions, ToFsName};
-    use protocol::{GatewayCodec, StartupTimings};
+    use protocol::{GatewayCodec, ModelInfo, StartupTimings};
 
     use super::*;
+    use crate::counters::Counters;
+    use crate::pipeline::jobs::JobQueue;
+    use std::sync::atomic::Ordering::Relaxed;
 
     fn model() -> ModelInfo {
         ModelInfo {

@@ -6,7 +6,8 @@ use interprocess::local_socket::tokio::Listener;
 use interprocess::local_socket::traits::StreamCommon as _;
 use interprocess::local_socket::traits::tokio::Listener as _;
 
-use crate::control::connection::{self, HostContext};
+use crate::control::connection;
+use crate::control::context::HostContext;
 
 pub async fn accept_loop(listener: Listener, ctx: Arc<HostContext>) {
     let mut next_id: u64 = 0;

@@ -1,0 +1,322 @@
+//! One gateway connection's state and what each message does to it: the
+//! slots it leased, the requests it has in flight, its answers. No I/O:
+//! [`super::connection`] reads a message, calls [`Session::handle`], and
+//! writes what comes back; the model's answers come through
+//! [`Session::complete`].
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::time::{Duration, Instant};
+
+use protocol::shm::Segment;
+use protocol::{
+    Ask, GatewayMessage, HostMessage, HostStatus, InferError, InferRequest, MAX_REQUEST_TAG, ModelKind, Refusal, SlotRef,
+};
+use thiserror::Error;
+use tokio::sync::mpsc;
+
+use super::context::HostContext;
+use super::leases::LeaseTable;
+use crate::counters::{Counters, Refused};
+use crate::pipeline::jobs::{Completion, Job};
+
+/// The gateway broke the protocol: the connection is closed after saying so.
+#[derive(Debug, Error)]
+#[error("protocol violation: {0}")]
+pub struct Violation(pub String);
+
+/// A request the model has not answered yet.
+struct Pending {
+    slot: SlotRef,
+    cancelled: Arc<AtomicBool>,
+}
+
+/// Per-connection state: the segment, its leases, the requests in flight.
+pub struct Session<'a> {
+    ctx: &'a HostContext,
+    segment: Arc<Segment>,
+    leases: LeaseTable,
+    pending: HashMap<u64, Pending>,
+    done_tx: mpsc::UnboundedSender<Completion>,
+}
+
+impl<'a> Session<'a> {
+    pub fn new(ctx: &'a HostContext, segment: Segment, done_tx: mpsc::UnboundedSender<Completion>) -> Self {
+        ctx.counters.connections.fetch_add(1, Relaxed);
+        let leases = LeaseTable::new(segment.layout().slot_count());
+        Self { ctx, segment: Arc::new(segment), leases, pending: HashMap::new(), done_tx }
+    }
+
+    /// Dispatches one message; Some(reply) to send, Err to close the connection.
+    pub fn handle(&mut self, message: GatewayMessage) -> Result<Option<HostMessage>, Violation> {
+        match message {
+            GatewayMessage::Lease { request_id } => Ok(Some(self.lease(request_id))),
+            GatewayMessage::Release { slot } => {
+                self.leases.release(slot).map_err(|e| Violation(e.to_string()))?;
+                self.ctx.counters.leased_slots.fetch_sub(1, Relaxed);
+                Ok(None)
+            }
+            GatewayMessage::Infer(request) => Ok(self.infer(request)),
+            GatewayMessage::Cancel { request_id } => {
+                if let Some(p) = self.pending.get(&request_id) {
+                    p.cancelled.store(true, Relaxed);
+                }
+                Ok(None)
+            }
+            GatewayMessage::Status { request_id } => Ok(Some(HostMessage::Status { request_id, status: self.status() })),
+            other @ (GatewayMessage::Hello { .. } | GatewayMessage::SegmentMapped) => {
+                Err(Violation(format!("{} after the handshake", other.kind())))
+            }
+        }
+    }
+
+    fn lease(&mut self, request_id: u64) -> HostMessage {
+        if !self.ctx.phase.borrow().is_ready() {
+            self.ctx.counters.refuse(Refused::NotReady);
+            return HostMessage::LeaseRefused { request_id, reason: Refusal::NotReady };
+        }
+        match self.leases.lease() {
+            Some(slot) => {
+                self.ctx.counters.leased_slots.fetch_add(1, Relaxed);
+                HostMessage::Leased { request_id, slot }
+            }
+            None => {
+                self.ctx.counters.refuse(Refused::NoFreeSlot);
+                HostMessage::LeaseRefused { request_id, reason: Refusal::NoFreeSlot }
+            }
+        }
+    }
+
+    /// Checks the request against the lease and the model, then queues it.
+    /// Replies only on refusal; the answer otherwise comes from the model.
+    fn infer(&mut self, r: InferRequest) -> Option<HostMessage> {
+        let counters = &self.ctx.counters;
+        let refuse = |error: InferError| {
+            counters.refuse(match error {
+                InferError::QueueFull => Refused::QueueFull,
+                InferError::NotReady => Refused::NotReady,
+                _ => Refused::InvalidRequest,
+            });
+            tracing::debug!(request_id = %r.tag, ?error, "request refused");
+            Some(HostMessage::InferDone { request_id: r.request_id, result: Err(error) })
+        };
+        let top_k = match (r.ask, &self.ctx.model.kind) {
+            (Ask::TopK { k }, ModelKind::Classifier { .. }) => k,
+            (Ask::Tensors, ModelKind::Tensors(_)) => 0,
+            (ask, _) => {
+                let _ = self.leases.release(r.slot).map(|()| self.ctx.counters.leased_slots.fetch_sub(1, Relaxed));
+                let kind = if self.ctx.model.classifier().is_some() { "an image classifier" } else { "a tensor model" };
+                return refuse(InferError::InvalidRequest(format!("{ask:?} asked of {kind}")));
+            }
+        };
+        if r.tag.len() > MAX_REQUEST_TAG {
+            let _ = self.leases.release(r.slot).map(|()| self.ctx.counters.leased_slots.fetch_sub(1, Relaxed));
+            return refuse(InferError::InvalidRequest(format!(
+                "request tag of {} bytes is longer than the {MAX_REQUEST_TAG} allowed",
+                r.tag.len()
+            )));
+        }
+        if self.pending.contains_key(&r.request_id) {
+            return refuse(InferError::InvalidRequest(format!("request id {} is already in flight", r.request_id)));
+        }
+        if let Err(e) = self.leases.start_inference(r.slot) {
+            return refuse(InferError::InvalidRequest(e.to_string()));
+        }
+        let arrived = Instant::now();
+        let cancelled = Arc::new(AtomicBool::new(false));
+        let slot = r.slot;
+        let request_id = r.request_id;
+        let job = Job {
+            request_id,
+            slot,
+            segment: self.segment.clone(),
+            top_k,
+            tag: r.tag,
+            arrived,
+            deadline: arrived + Duration::from_micros(r.budget_us),
+            cancelled: cancelled.clone(),
+            reply: self.done_tx.clone(),
+        };
+        match self.ctx.jobs.submit(job) {
+            Ok(()) => {
+                self.pending.insert(request_id, Pending { slot, cancelled });
+                None
+            }
+            Err((job, error)) => {
+                let tag = job.tag.clone();
+                self.finish_slot(job.slot);
+                self.ctx.counters.refuse(Refused::QueueFull);
+                tracing::debug!(request_id = %tag, ?error, "request refused");
+                Some(HostMessage::InferDone { request_id, result: Err(error) })
+            }
+        }
+    }
+
+    pub fn complete(&mut self, done: Completion) -> HostMessage {
+        if let Some(p) = self.pending.remove(&done.request_id) {
+            debug_assert_eq!(p.slot, done.slot);
+        }
+        self.finish_slot(done.slot);
+        HostMessage::InferDone { request_id: done.request_id, result: done.result }
+    }
+
+    fn finish_slot(&mut self, slot: SlotRef) {
+        if self.leases.finish_inference(slot).is_ok() {
+            self.ctx.counters.leased_slots.fetch_sub(1, Relaxed);
+        }
+    }
+
+    fn status(&self) -> HostStatus {
+        let c = &self.ctx.counters;
+        HostStatus {
+            pid: self.ctx.host_pid,
+            phase: self.ctx.phase.borrow().clone(),
+            model_loads: Counters::get32(&c.model_loads),
+            connections: Counters::get32(&c.connections),
+            leased_slots: Counters::get32(&c.leased_slots),
+            requests_done: Counters::get64(&c.requests_done),
+            batches_done: Counters::get64(&c.batches_done),
+            device: self.ctx.model.device.clone(),
+            queue_depth: Counters::get64(&c.in_flight),
+            batches_by_size: c.batches_by_size(),
+            copy_seconds_total: Counters::get64(&c.copy_us_total) as f64 / 1e6,
+            inference_seconds_total: Counters::get64(&c.inference_us_total) as f64 / 1e6,
+            refused: c.refused(),
+            graph_batch_sizes: c.graphs(),
+        }
+    }
+}
+
+impl Drop for Session<'_> {
+    /// The gateway is gone: skip its queued requests and give back its slots
+    /// (the lease table and the segment mapping go with this struct).
+    fn drop(&mut self) {
+        for p in self.pending.values() {
+            p.cancelled.store(true, Relaxed);
+        }
+        self.ctx.counters.leased_slots.fetch_sub(self.leases.in_use(), Relaxed);
+        self.ctx.counters.connections.fetch_sub(1, Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicU64;
+
+    use protocol::shm::SlotLayout;
+    use protocol::shm::naming::segment_name;
+    use protocol::{ImageShape, ModelInfo, Output, Phase, Prediction, StartupTimings};
+    use tokio::sync::watch;
+
+    use super::*;
+    use crate::pipeline::jobs::JobQueue;
+
+    /// A context for a 2x2 gray classifier with `kind`, and the job queue's
+    /// receiving end (the model thread's).
+    fn context(kind: ModelKind, ready: bool) -> (HostContext, std::sync::mpsc::Receiver<Job>, watch::Sender<Phase>) {
+        let counters = Arc::new(Counters::new(&[1]));
+        let (jobs, job_rx) = JobQueue::new(4, counters.clone());
+        let phase = if ready { Phase::Ready(StartupTimings::default()) } else { Phase::Warming { done: 0, total: 1 } };
+        let (phase_tx, phase) = watch::channel(phase);
+        let model = ModelInfo { name: "m".into(), version: "1".into(), description: String::new(), kind, max_batch_size: 2, device: "cpu".into() };
+        let ctx = HostContext {
+            model,
+            phase,
+            jobs,
+            counters,
+            slots_per_gateway: 2,
+            shm_mode: 0o600,
+            host_pid: std::process::id(),
+            peers: crate::control::peer_auth::PeerPolicy::new(&[], &[]).expect("own uid"),
+        };
+        (ctx, job_rx, phase_tx)
+    }
+
+    fn classifier() -> ModelKind {
+        ModelKind::Classifier { input: ImageShape { width: 2, height: 2, channels: 1 }, labels: vec!["a".into(), "b".into()] }
+    }
+
+    fn segment() -> Segment {
+        static NEXT: AtomicU64 = AtomicU64::new(5_000_000);
+        Segment::create(&segment_name(std::process::id(), NEXT.fetch_add(1, Relaxed)), SlotLayout::new(2, 4).unwrap(), 0o600).unwrap()
+    }
+
+    fn infer(request_id: u64, slot: SlotRef, ask: Ask) -> GatewayMessage {
+        GatewayMessage::Infer(InferRequest { request_id, slot, ask, budget_us: 5_000_000, tag: "t".into() })
+    }
+
+    fn leased(reply: Option<HostMessage>) -> SlotRef {
+        match reply {
+            Some(HostMessage::Leased { slot, .. }) => slot,
+            other => panic!("expected Leased, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn leases_run_out_and_come_back_with_the_answer() {
+        let (ctx, jobs, _phase) = context(classifier(), true);
+        let (done_tx, _done_rx) = mpsc::unbounded_channel();
+        let mut session = Session::new(&ctx, segment(), done_tx);
+        let a = leased(session.handle(GatewayMessage::Lease { request_id: 1 }).unwrap());
+        let _b = leased(session.handle(GatewayMessage::Lease { request_id: 2 }).unwrap());
+        let refused = session.handle(GatewayMessage::Lease { request_id: 3 }).unwrap();
+        assert_eq!(refused, Some(HostMessage::LeaseRefused { request_id: 3, reason: Refusal::NoFreeSlot }));
+        // An Infer is queued (no reply yet); its answer frees the slot.
+        assert_eq!(session.handle(infer(4, a, Ask::TopK { k: 1 })).unwrap(), None);
+        let job = jobs.try_recv().expect("the Infer reached the job queue");
+        assert_eq!((job.request_id, job.top_k), (4, 1));
+        let answer = Ok(Prediction { output: Output::TopK(vec![(1, 0.9)]), timings: Default::default() });
+        let reply = session.complete(Completion { request_id: 4, slot: a, result: answer.clone() });
+        assert_eq!(reply, HostMessage::InferDone { request_id: 4, result: answer });
+        leased(session.handle(GatewayMessage::Lease { request_id: 5 }).unwrap());
+    }
+
+    #[test]
+    fn an_ask_of_the_other_kind_is_refused_and_frees_the_slot() {
+        let (ctx, jobs, _phase) = context(classifier(), true);
+        let (done_tx, _done_rx) = mpsc::unbounded_channel();
+        let mut session = Session::new(&ctx, segment(), done_tx);
+        let slot = leased(session.handle(GatewayMessage::Lease { request_id: 1 }).unwrap());
+        match session.handle(infer(2, slot, Ask::Tensors)).unwrap() {
+            Some(HostMessage::InferDone { request_id: 2, result: Err(InferError::InvalidRequest(why)) }) => {
+                assert!(why.contains("image classifier"), "{why}");
+            }
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+        assert!(jobs.try_recv().is_err(), "nothing reached the model");
+        // The slot is free again: both slots can be leased.
+        leased(session.handle(GatewayMessage::Lease { request_id: 3 }).unwrap());
+        leased(session.handle(GatewayMessage::Lease { request_id: 4 }).unwrap());
+    }
+
+    #[test]
+    fn not_ready_refuses_leases_and_protocol_breaches_are_violations() {
+        let (ctx, _jobs, phase) = context(classifier(), false);
+        let (done_tx, _done_rx) = mpsc::unbounded_channel();
+        let mut session = Session::new(&ctx, segment(), done_tx);
+        let refused = session.handle(GatewayMessage::Lease { request_id: 1 }).unwrap();
+        assert_eq!(refused, Some(HostMessage::LeaseRefused { request_id: 1, reason: Refusal::NotReady }));
+        phase.send_replace(Phase::Ready(StartupTimings::default()));
+        leased(session.handle(GatewayMessage::Lease { request_id: 2 }).unwrap());
+        assert!(session.handle(GatewayMessage::SegmentMapped).is_err(), "a second SegmentMapped");
+        assert!(session.handle(GatewayMessage::Release { slot: SlotRef { index: 1, generation: 99 } }).is_err(), "Release of a slot never leased");
+    }
+
+    #[test]
+    fn cancel_marks_the_queued_job_and_dropping_the_session_cancels_the_rest() {
+        let (ctx, jobs, _phase) = context(classifier(), true);
+        let (done_tx, _done_rx) = mpsc::unbounded_channel();
+        let mut session = Session::new(&ctx, segment(), done_tx);
+        let a = leased(session.handle(GatewayMessage::Lease { request_id: 1 }).unwrap());
+        let b = leased(session.handle(GatewayMessage::Lease { request_id: 2 }).unwrap());
+        session.handle(infer(3, a, Ask::TopK { k: 1 })).unwrap();
+        session.handle(infer(4, b, Ask::TopK { k: 1 })).unwrap();
+        let (first, second) = (jobs.try_recv().unwrap(), jobs.try_recv().unwrap());
+        session.handle(GatewayMessage::Cancel { request_id: 3 }).unwrap();
+        assert!(first.is_cancelled() && !second.is_cancelled());
+        drop(session);
+        assert!(second.is_cancelled(), "a gone gateway's queued requests are skipped");
+        assert_eq!(Counters::get32(&ctx.counters.leased_slots), 0, "and its slots given back");
+    }
+}
