@@ -15,17 +15,17 @@
 //! This crate never links libtorch or CUDA.
 #![forbid(unsafe_code)]
 
-pub mod compression;
+pub(crate) mod compression;
 pub mod config;
 pub mod decode;
-pub mod error;
-pub mod host_client;
-pub mod metrics;
-pub mod request_id;
-pub mod routes;
-pub mod serve;
-pub mod system_shm;
-pub mod upload;
+pub(crate) mod error;
+pub(crate) mod host_client;
+pub(crate) mod metrics;
+pub(crate) mod request_id;
+pub(crate) mod routes;
+pub(crate) mod serve;
+pub(crate) mod system_shm;
+pub(crate) mod upload;
 
 use std::future::Future;
 use std::time::Duration;

@@ -83,11 +83,6 @@ pub struct InFlight {
 }
 
 impl InFlight {
-    /// The classifier's answer.
-    pub async fn result(self) -> Result<Prediction, HostCallError> {
-        self.result_with_outputs().await.map(|(prediction, _)| prediction)
-    }
-
     /// The answer and the outputs the host left in the slot (a tensor
     /// model's, laid out as its signature's output placements).
     pub async fn result_with_outputs(mut self) -> Result<(Prediction, Vec<u8>), HostCallError> {

@@ -20,7 +20,7 @@ use protocol::{HostStatus, Phase};
 use thiserror::Error;
 use tokio::sync::watch;
 
-pub use lease::{InFlight, SlotLease};
+pub use lease::SlotLease;
 pub use link::Link;
 
 /// Why the host could not take a request. Mapped to HTTP in `crate::error`.
@@ -87,10 +87,9 @@ impl HostClient {
 
     /// The host's phase as a word, or "disconnected".
     pub fn phase_name(&self) -> String {
-        match self.link() {
-            Ok(link) => link.phase().name().to_string(),
-            Err(HostCallError::Unavailable { phase }) => phase,
-            Err(e) => e.to_string(),
+        match &*self.link.borrow() {
+            Some(link) if !link.is_closed() => link.phase().name().to_string(),
+            _ => self.down_reason.borrow().clone(),
         }
     }
 

@@ -8,7 +8,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use protocol::{DataType, ImageShape, ModelInfo};
+use protocol::{DataType, ImageShape};
+#[cfg(test)]
+use protocol::ModelInfo;
 
 use super::answer::{OutputData, OutputTensor};
 use super::request::{Delivery, InputData, InputTensor, OutputRequest, Source, batch_size, check_fits, invalid};
@@ -37,7 +39,9 @@ impl<'m> Classifier<'m> {
         Classifier { width: input.width, height: input.height, channels: input.channels, labels, max_batch_size }
     }
 
-    /// The classifier `model` is; None for a tensor model.
+    /// The classifier `model` is; None for a tensor model (for the tests:
+    /// the infer route matches on the model's kind itself).
+    #[cfg(test)]
     pub fn of(model: &'m ModelInfo) -> Option<Self> {
         let (input, labels) = model.classifier()?;
         Some(Self::new(input, labels, model.max_batch_size))

@@ -15,6 +15,7 @@ use crate::error::{ApiError, invalid};
 pub struct SharedMemory<'a>(pub Option<&'a Registry>);
 
 impl SharedMemory<'_> {
+    #[cfg(test)]
     pub fn disabled() -> Self {
         Self(None)
     }
