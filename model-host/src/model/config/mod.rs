@@ -101,6 +101,7 @@ impl ModelConfig {
         }
     }
 
+    #[cfg(test)]
     pub fn tensors(&self) -> Option<&TensorSignature> {
         match &self.kind {
             ModelKind::Classifier(_) => None,
