@@ -12,13 +12,13 @@ use std::time::Duration;
 use integration_tests::{Gateway, Scratch, root};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use shared_memory::{Shmem, ShmemConf};
+use protocol::shm::mapping::Mapping;
 
 /// A client's shm object of `size` bytes; removed when dropped.
-fn client_object(size: usize) -> (Shmem, String) {
+fn client_object(size: usize) -> (Mapping, String) {
     static NEXT: AtomicU32 = AtomicU32::new(0);
     let key = format!("/split-test-shm.{}.{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
-    (ShmemConf::new().os_id(&key).size(size).create().expect("creating a shm object"), key)
+    (Mapping::create(&key, size).expect("creating a shm object"), key)
 }
 
 async fn start(scratch: &Scratch, extra: &[&str]) -> Gateway {

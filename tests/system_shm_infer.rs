@@ -14,13 +14,13 @@ use std::time::{Duration, Instant};
 use integration_tests::{Gateway, Scratch, encode, root};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use shared_memory::{Shmem, ShmemConf};
+use protocol::shm::mapping::Mapping;
 
 /// A client's shm object of `size` bytes; removed when dropped.
-fn client_object(size: usize) -> (Shmem, String) {
+fn client_object(size: usize) -> (Mapping, String) {
     static NEXT: AtomicU32 = AtomicU32::new(0);
     let key = format!("/split-test-infer.{}.{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
-    (ShmemConf::new().os_id(&key).size(size).create().expect("creating a shm object"), key)
+    (Mapping::create(&key, size).expect("creating a shm object"), key)
 }
 
 /// The dtypes model with every lone request held 1.5 s by the batcher, so
@@ -76,8 +76,7 @@ async fn tensors_travel_through_client_regions_and_in_use_regions_stay() {
     let (output_object, out_key) = client_object(out_size);
     let mut at = 16;
     for (_, _, bytes) in &inputs {
-        // SAFETY (test only): the object is ours and nobody else maps it yet.
-        unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), input_object.as_ptr().add(at), bytes.len()) };
+        input_object.copy_in(at, bytes).expect("inside the object");
         at += bytes.len();
     }
     for (name, key, offset, size) in [("in", &in_key, 16, in_size), ("out", &out_key, 0, out_size)] {
@@ -149,8 +148,8 @@ async fn tensors_travel_through_client_regions_and_in_use_regions_stay() {
         assert_eq!(out["parameters"]["shared_memory_region"], "out", "{out}");
         assert!(out.get("data").is_none(), "{name}: data crossed HTTP too");
         let mut got = vec![0u8; want.len()];
-        // SAFETY (test only): the object is ours; the gateway wrote it before answering.
-        unsafe { std::ptr::copy_nonoverlapping(output_object.as_ptr().add(offset), got.as_mut_ptr(), got.len()) };
+        // The gateway wrote the region before answering.
+        output_object.copy_out(offset, &mut got).expect("inside the object");
         assert_eq!(&got, want, "{name} in the output region differs from the reference");
         offset += want.len();
     }

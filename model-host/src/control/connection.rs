@@ -131,26 +131,10 @@ async fn next_within(channel: &mut Channel, limit: Duration) -> Result<GatewayMe
 mod tests {
     use interprocess::local_socket::traits::tokio::{Listener as _, Stream as _};
     use interprocess::local_socket::{GenericFilePath, ListenerOptions, ToFsName};
-    use protocol::{GatewayCodec, ModelInfo, StartupTimings};
+    use protocol::{GatewayCodec, StartupTimings};
 
     use super::*;
-    use crate::counters::Counters;
-    use crate::pipeline::jobs::JobQueue;
     use std::sync::atomic::Ordering::Relaxed;
-
-    fn model() -> ModelInfo {
-        ModelInfo {
-            name: "m".into(),
-            version: "1".into(),
-            description: String::new(),
-            kind: protocol::ModelKind::Classifier {
-                input: protocol::ImageShape { width: 2, height: 2, channels: 1 },
-                labels: vec!["a".into(), "b".into()],
-            },
-            max_batch_size: 1,
-            device: "cpu".into(),
-        }
-    }
 
     /// A host connection served on a temporary socket, with the phase in
     /// the test's hands, and a gateway's framed end of it.
@@ -159,18 +143,8 @@ mod tests {
         let path = dir.path().join("control.sock");
         let name = path.clone().to_fs_name::<GenericFilePath>().expect("socket name");
         let listener = ListenerOptions::new().name(name.clone()).create_tokio().expect("listening");
-        let counters = Arc::new(Counters::new(&[1]));
-        let (jobs, job_rx) = JobQueue::new(4, counters.clone());
-        let ctx = Arc::new(HostContext {
-            model: model(),
-            phase,
-            jobs,
-            counters,
-            slots_per_gateway: 2,
-            shm_mode: 0o600,
-            host_pid: std::process::id(),
-            peers: crate::control::peer_auth::PeerPolicy::new(&[], &[]).expect("own uid"),
-        });
+        let (ctx, job_rx) = HostContext::for_test(HostContext::test_classifier(), phase);
+        let ctx = Arc::new(ctx);
         // Segment names are `<pid>.<connection id>`: tests running side by
         // side in this process need ids of their own, or one's segment
         // creation fails on the other's name.

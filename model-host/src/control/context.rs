@@ -20,3 +20,34 @@ pub struct HostContext {
     /// Who may connect (SO_PEERCRED check in the accept loop).
     pub peers: crate::control::peer_auth::PeerPolicy,
 }
+
+#[cfg(test)]
+impl HostContext {
+    /// For the control room's unit tests: a context for a model of `kind`
+    /// with 2 slots per gateway and a queue of 4, and the job queue's
+    /// receiving end (the model thread's).
+    pub(crate) fn for_test(kind: protocol::ModelKind, phase: watch::Receiver<Phase>) -> (Self, std::sync::mpsc::Receiver<crate::pipeline::jobs::Job>) {
+        let counters = Arc::new(Counters::new(&[1]));
+        let (jobs, job_rx) = JobQueue::new(4, counters.clone());
+        let model = ModelInfo { name: "m".into(), version: "1".into(), description: String::new(), kind, max_batch_size: 2, device: "cpu".into() };
+        let ctx = HostContext {
+            model,
+            phase,
+            jobs,
+            counters,
+            slots_per_gateway: 2,
+            shm_mode: 0o600,
+            host_pid: std::process::id(),
+            peers: crate::control::peer_auth::PeerPolicy::new(&[], &[]).expect("own uid"),
+        };
+        (ctx, job_rx)
+    }
+
+    /// A 2x2 grayscale classifier with two labels.
+    pub(crate) fn test_classifier() -> protocol::ModelKind {
+        protocol::ModelKind::Classifier {
+            input: protocol::ImageShape { width: 2, height: 2, channels: 1 },
+            labels: vec!["a".into(), "b".into()],
+        }
+    }
+}

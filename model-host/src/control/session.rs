@@ -206,35 +206,20 @@ mod tests {
 
     use protocol::shm::SlotLayout;
     use protocol::shm::naming::segment_name;
-    use protocol::{ImageShape, ModelInfo, Output, Phase, Prediction, StartupTimings};
+    use protocol::{Output, Phase, Prediction, StartupTimings};
     use tokio::sync::watch;
 
     use super::*;
-    use crate::pipeline::jobs::JobQueue;
 
-    /// A context for a 2x2 gray classifier with `kind`, and the job queue's
-    /// receiving end (the model thread's).
     fn context(kind: ModelKind, ready: bool) -> (HostContext, std::sync::mpsc::Receiver<Job>, watch::Sender<Phase>) {
-        let counters = Arc::new(Counters::new(&[1]));
-        let (jobs, job_rx) = JobQueue::new(4, counters.clone());
         let phase = if ready { Phase::Ready(StartupTimings::default()) } else { Phase::Warming { done: 0, total: 1 } };
         let (phase_tx, phase) = watch::channel(phase);
-        let model = ModelInfo { name: "m".into(), version: "1".into(), description: String::new(), kind, max_batch_size: 2, device: "cpu".into() };
-        let ctx = HostContext {
-            model,
-            phase,
-            jobs,
-            counters,
-            slots_per_gateway: 2,
-            shm_mode: 0o600,
-            host_pid: std::process::id(),
-            peers: crate::control::peer_auth::PeerPolicy::new(&[], &[]).expect("own uid"),
-        };
+        let (ctx, job_rx) = HostContext::for_test(kind, phase);
         (ctx, job_rx, phase_tx)
     }
 
     fn classifier() -> ModelKind {
-        ModelKind::Classifier { input: ImageShape { width: 2, height: 2, channels: 1 }, labels: vec!["a".into(), "b".into()] }
+        HostContext::test_classifier()
     }
 
     fn segment() -> Segment {

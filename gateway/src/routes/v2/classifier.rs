@@ -101,7 +101,7 @@ pub async fn run(link: &Arc<Link>, plan: Plan<'_>, deadline: Instant, budget_ms:
     if Instant::now() >= deadline {
         return Err(ApiError::DeadlineExceeded { budget_ms });
     }
-    let host = run::classify_all(link, &elements, deadline, budget_ms, tag).await?;
+    let host = run::classify_all(link, &elements, model.labels.len(), deadline, budget_ms, tag).await?;
     let n = host.each.len() as u64;
     let data = match plan.classification {
         None => OutputData::Typed(DataType::Fp32, host.each.concat().iter().flat_map(|f| f.to_le_bytes()).collect()),

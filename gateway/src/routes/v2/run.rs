@@ -54,8 +54,14 @@ where
 
 /// Every class's score for each element, in label order: the classifier
 /// asks the host for all of them (the protocol's output is the whole vector).
-pub async fn classify_all(link: &Arc<Link>, elements: &[Vec<u8>], deadline: Instant, budget_ms: u64, tag: &str) -> Result<Answers<Vec<f32>>, ApiError> {
-    let classes = link.model().classifier().map_or(0, |(_, labels)| labels.len());
+pub async fn classify_all(
+    link: &Arc<Link>,
+    elements: &[Vec<u8>],
+    classes: usize,
+    deadline: Instant,
+    budget_ms: u64,
+    tag: &str,
+) -> Result<Answers<Vec<f32>>, ApiError> {
     fan_out(elements, tag, |pixels, tag| async move {
         let (top, timings) = host_call::classify(link, pixels, classes as u32, deadline, budget_ms, tag).await?;
         Ok((by_class_index(&top, classes), timings))
