@@ -5,10 +5,19 @@ use std::time::Duration;
 
 use integration_tests::*;
 
+/// The value of `series` (`name` or `name{k="v",...}`): the first line of
+/// that metric carrying every label given, whatever other labels it has
+/// (host metrics also carry model, version and host).
 fn value(metrics: &str, series: &str) -> f64 {
+    let (name, labels) = series.split_once('{').map_or((series, ""), |(n, l)| (n, l.trim_end_matches('}')));
+    let wanted: Vec<&str> = labels.split(',').filter(|l| !l.is_empty()).collect();
     metrics
         .lines()
-        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+        .filter(|l| !l.starts_with('#'))
+        .find(|l| {
+            let metric = l.split(['{', ' ']).next().unwrap_or_default();
+            metric == name && wanted.iter().all(|w| l.contains(w))
+        })
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| panic!("no series {series} in\n{metrics}"))
@@ -53,6 +62,7 @@ async fn metrics_cover_gateway_and_host_and_request_ids_cross_the_socket() {
     assert_eq!(value(&text, "splitserve_host_model_loads_total"), 1.0);
     assert_eq!(value(&text, "splitserve_host_requests_total"), 4.0);
     assert_eq!(value(&text, "splitserve_host_up"), 1.0);
+    assert_eq!(value(&text, "splitserve_host_up{model=\"digits\",version=\"1\"}"), 1.0, "host metrics name their model");
     assert_eq!(value(&text, "splitserve_host_ready"), 1.0);
     assert_eq!(value(&text, "splitserve_host_batches_by_size_total{batch_size=\"1\"}"), 4.0);
     assert_eq!(value(&text, "splitserve_host_refused_total{reason=\"queue_full\"}"), 0.0);

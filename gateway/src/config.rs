@@ -7,6 +7,9 @@ use std::time::Duration;
 use clap::Parser;
 pub use service::LogFormat;
 
+/// Where the packaged model-host.service listens.
+pub const DEFAULT_HOST_SOCKET: &str = "/run/model-host/control.sock";
+
 /// A stateless HTTP front end for the model-host: validates, decodes and
 /// resizes images, and hands the pixels to the host through shared memory.
 ///
@@ -19,9 +22,24 @@ pub struct Config {
     #[arg(long, env = "GATEWAY_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
 
-    /// The model-host's control socket.
-    #[arg(long, env = "GATEWAY_HOST_SOCKET", default_value = "/run/model-host/control.sock")]
-    pub host_socket: PathBuf,
+    /// A model-host's control socket; give it once per host (or a
+    /// comma-separated list in the environment variable). With neither
+    /// this nor --host-dir: /run/model-host/control.sock.
+    #[arg(long, env = "GATEWAY_HOST_SOCKET", value_delimiter = ',')]
+    pub host_socket: Vec<PathBuf>,
+
+    /// A directory of model-host control sockets, watched: every host whose
+    /// socket appears there is served, and dropped when its socket goes,
+    /// with no gateway restart. It must be writable only by its owner, a
+    /// trusted host user or root (the gateway refuses to start otherwise).
+    #[arg(long, env = "GATEWAY_HOST_DIR")]
+    pub host_dir: Option<PathBuf>,
+
+    /// Users (names or uids, comma-separated) a host may run as, checked
+    /// with SO_PEERCRED before the gateway sends it anything: a host gets
+    /// users' images. Default: the gateway's own user and `model-host`.
+    #[arg(long, env = "GATEWAY_ALLOWED_HOST_UIDS", value_delimiter = ',')]
+    pub allowed_host_uids: Vec<service::IdSpec>,
 
     /// Largest request body accepted, in bytes (413 above it, refused from
     /// the Content-Length header before the body is read when it has one).
@@ -112,6 +130,15 @@ impl Config {
 
     pub fn shutdown_grace(&self) -> Duration {
         Duration::from_secs(self.shutdown_grace_secs)
+    }
+
+    /// The sockets to connect to: those given, or the packaged default
+    /// when no host was named at all.
+    pub fn host_sockets(&self) -> Vec<PathBuf> {
+        if self.host_socket.is_empty() && self.host_dir.is_none() {
+            return vec![PathBuf::from(DEFAULT_HOST_SOCKET)];
+        }
+        self.host_socket.clone()
     }
 
     pub fn gateway_name(&self) -> String {

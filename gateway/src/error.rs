@@ -37,7 +37,7 @@ pub enum ApiError {
     BodyTimeout { ms: u64 },
     #[error("model {0:?} is not served here")]
     ModelNotFound(String),
-    #[error("model {model:?} has no version {version:?} here (served: {served:?})")]
+    #[error("model {model:?} has no version {version:?} here (served: {served})")]
     VersionNotFound { model: String, version: String, served: String },
     #[error("the model host is not available ({phase}); retry shortly")]
     HostUnavailable { phase: String },
@@ -105,6 +105,8 @@ impl From<HostCallError> for ApiError {
     fn from(e: HostCallError) -> Self {
         match e {
             HostCallError::Unavailable { phase } => ApiError::HostUnavailable { phase },
+            HostCallError::UnknownModel(name) => ApiError::ModelNotFound(name),
+            HostCallError::UnknownVersion { model, version, served } => ApiError::VersionNotFound { model, version, served },
             HostCallError::Overloaded(reason) => ApiError::Overloaded { reason },
             // The gateway fills in the budget; see routes::predict.
             HostCallError::DeadlineExceeded => ApiError::DeadlineExceeded { budget_ms: 0 },

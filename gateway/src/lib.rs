@@ -4,8 +4,9 @@
 //! - [`routes`]: the axum router; [`routes::predict`] is the main handler.
 //! - [`upload`]: body size and type checks at the edge (413, 415).
 //! - [`decode`]: decode and resize to the model's input on the CPU (400, 413).
-//! - [`host_client`]: lease a slot, write the pixels, send the request,
-//!   await the answer; reconnects to the host on its own.
+//! - [`host_client`]: the hosts this gateway knows (found and kept linked
+//!   on their own) and the route to one for each request; lease a slot,
+//!   write the pixels, send the request, await the answer.
 //! - [`system_shm`]: client shared-memory regions registered by name
 //!   (`--system-shared-memory`), for tensors that travel outside the body.
 //! - [`compression`]: gzip/deflate request bodies in, compressed answers out.
@@ -31,7 +32,7 @@ use std::future::Future;
 use std::time::Duration;
 
 pub use config::Config;
-use host_client::HostClient;
+use host_client::{Fleet, FleetConfig, HostTrust};
 
 /// Per-request limits, from the config.
 #[derive(Debug, Clone)]
@@ -47,20 +48,29 @@ pub struct RequestLimits {
 /// What every handler gets.
 #[derive(Clone)]
 pub struct AppState {
-    pub host: HostClient,
+    /// Every host this gateway knows, by model and version.
+    pub fleet: Fleet,
     pub limits: RequestLimits,
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
     /// The v2 statistics extension's counters, per gateway process.
-    pub v2_stats: std::sync::Arc<routes::v2::stats::ModelStats>,
+    pub v2_stats: std::sync::Arc<routes::v2::stats::StatsByModel>,
     /// The system_shared_memory extension's regions; `None` unless the
     /// operator turned it on (`--system-shared-memory`).
     pub system_shm: Option<std::sync::Arc<system_shm::Registry>>,
 }
 
 impl AppState {
-    pub fn new(config: &Config) -> Self {
-        Self {
-            host: HostClient::start(config.host_socket.clone(), config.gateway_name(), config.max_waiting),
+    /// Fails for a host directory or user list that cannot be used.
+    pub fn new(config: &Config) -> Result<Self, String> {
+        let fleet = Fleet::start(FleetConfig {
+            sockets: config.host_sockets(),
+            dir: config.host_dir.clone(),
+            trust: HostTrust::new(&config.allowed_host_uids).map_err(|e| format!("--allowed-host-uids: {e}"))?,
+            gateway_name: config.gateway_name(),
+            max_waiting: config.max_waiting,
+        })?;
+        Ok(Self {
+            fleet,
             limits: RequestLimits {
                 max_body_bytes: config.max_body_bytes,
                 max_pixels: config.max_pixels,
@@ -71,21 +81,22 @@ impl AppState {
             metrics: metrics::handle(),
             v2_stats: Default::default(),
             system_shm: config.system_shared_memory.then(Default::default),
-        }
+        })
     }
 }
 
 /// Serves HTTP on `listener` until `shutdown` resolves, then lets in-flight
-/// requests finish for at most the configured grace period.
-pub async fn run(config: Config, listener: tokio::net::TcpListener, shutdown: impl Future<Output = ()> + Send + 'static) {
+/// requests finish for at most the configured grace period. Fails at once
+/// for a configuration it cannot serve with (an untrusted --host-dir).
+pub async fn run(config: Config, listener: tokio::net::TcpListener, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), String> {
     let draining = serve::Draining::default();
-    let state = AppState::new(&config);
+    let state = AppState::new(&config)?;
     // Connections wait in the listening socket's queue meanwhile, unrefused.
     let waited = std::time::Instant::now();
     let mut shutdown = std::pin::pin!(shutdown);
     let linked = tokio::select! {
-        linked = state.host.wait_linked(config.link_wait()) => linked,
-        () = &mut shutdown => return,
+        linked = state.fleet.wait_settled(config.link_wait()) => linked,
+        () = &mut shutdown => return Ok(()),
     };
     tracing::info!(linked, waited_ms = waited.elapsed().as_secs_f64() * 1e3, "accepting connections");
     let app = routes::router(state)
@@ -96,4 +107,5 @@ pub async fn run(config: Config, listener: tokio::net::TcpListener, shutdown: im
         lame_duck: Duration::from_millis(config.lame_duck_ms),
     };
     serve::serve(listener, app, draining, limits, shutdown).await;
+    Ok(())
 }

@@ -17,12 +17,13 @@ async fn main() -> anyhow::Result<()> {
     tracing::info!(
         addr = %listener.local_addr()?,
         socket_from = source,
-        host_socket = %config.host_socket.display(),
+        host_sockets = ?config.host_sockets(),
+        host_dir = ?config.host_dir,
         startup_ms = started.elapsed().as_secs_f64() * 1e3,
         "gateway listening"
     );
     raise_fd_limit();
-    gateway::run(config, listener, service::shutdown_signal("finishing in-flight requests")).await;
+    gateway::run(config, listener, service::shutdown_signal("finishing in-flight requests")).await.map_err(anyhow::Error::msg)?;
     tracing::info!("gateway stopped");
     Ok(())
 }

@@ -1,6 +1,8 @@
 //! Prometheus metrics, all named `splitserve_*`: the gateway's own
-//! (`splitserve_gateway_*`, recorded as requests pass) and the host's
-//! (`splitserve_host_*`, fetched over the control channel at each scrape).
+//! (`splitserve_gateway_*`, recorded as requests pass) and each host's
+//! (`splitserve_host_*`, fetched over the control channel at each scrape,
+//! labelled `model`, `version` and `host`: the control socket's path, so
+//! the label set is bounded by the sockets this gateway has known).
 //! Exposition by metrics-exporter-prometheus; durations in seconds.
 
 use std::sync::OnceLock;
@@ -91,41 +93,65 @@ pub fn record_body(bytes: usize) {
     histogram!(BODY_BYTES).record(bytes as f64);
 }
 
-/// `GET /metrics`: refresh the host's figures, then render everything.
+/// `GET /metrics`: refresh every host's figures (asked all at once), then
+/// render everything. A host that is away keeps its last counters, with
+/// `splitserve_host_up` 0.
 pub async fn render(State(app): State<AppState>) -> impl IntoResponse {
-    match app.host.status().await {
-        Ok(status) => export_host(&status),
-        Err(_) => gauge!("splitserve_host_up").set(0.0),
-    }
-    let ready = app.host.ready_link().is_ok();
-    gauge!("splitserve_host_ready").set(if ready { 1.0 } else { 0.0 });
+    let members = app.fleet.members();
+    let scrapes = members.iter().map(|m| async move {
+        let host = m.socket.display().to_string();
+        let Some(link) = m.live_link() else {
+            if let Some((model, version)) = &m.last_model {
+                let labels = [("model", model.clone()), ("version", version.clone()), ("host", host)];
+                gauge!("splitserve_host_up", &labels).set(0.0);
+                gauge!("splitserve_host_ready", &labels).set(0.0);
+            }
+            return;
+        };
+        let labels = [("model", link.model().name.clone()), ("version", link.model().version.clone()), ("host", host)];
+        let up = match link.status().await {
+            Ok(status) => {
+                export_host(&status, &labels);
+                1.0
+            }
+            Err(_) => 0.0,
+        };
+        gauge!("splitserve_host_up", &labels).set(up);
+        gauge!("splitserve_host_ready", &labels).set(if link.phase().is_ready() && !m.retired { 1.0 } else { 0.0 });
+        gauge!("splitserve_gateway_host_outstanding", &labels).set(link.outstanding() as f64);
+    });
+    futures::future::join_all(scrapes).await;
     ([("content-type", "text/plain; version=0.0.4")], app.metrics.render())
 }
 
-/// The host's counters, as of this scrape. Counters are set absolutely:
+/// A host's counters, as of this scrape. Counters are set absolutely:
 /// the host owns them, and they restart from 0 with a new host process.
-fn export_host(s: &HostStatus) {
-    gauge!("splitserve_host_up").set(1.0);
-    gauge!("splitserve_host_pid").set(f64::from(s.pid));
-    gauge!("splitserve_host_connections").set(f64::from(s.connections));
-    gauge!("splitserve_host_leased_slots").set(f64::from(s.leased_slots));
-    gauge!("splitserve_host_queue_depth").set(s.queue_depth as f64);
-    counter!("splitserve_host_model_loads_total").absolute(u64::from(s.model_loads));
-    counter!("splitserve_host_requests_total").absolute(s.requests_done);
-    counter!("splitserve_host_batches_total").absolute(s.batches_done);
-    gauge!("splitserve_host_copy_seconds_total").set(s.copy_seconds_total);
-    gauge!("splitserve_host_inference_seconds_total").set(s.inference_seconds_total);
+fn export_host(s: &HostStatus, host: &[(&'static str, String); 3]) {
+    let with = |extra: (&'static str, String)| {
+        let mut labels = host.to_vec();
+        labels.push(extra);
+        labels
+    };
+    gauge!("splitserve_host_pid", host).set(f64::from(s.pid));
+    gauge!("splitserve_host_connections", host).set(f64::from(s.connections));
+    gauge!("splitserve_host_leased_slots", host).set(f64::from(s.leased_slots));
+    gauge!("splitserve_host_queue_depth", host).set(s.queue_depth as f64);
+    counter!("splitserve_host_model_loads_total", host).absolute(u64::from(s.model_loads));
+    counter!("splitserve_host_requests_total", host).absolute(s.requests_done);
+    counter!("splitserve_host_batches_total", host).absolute(s.batches_done);
+    gauge!("splitserve_host_copy_seconds_total", host).set(s.copy_seconds_total);
+    gauge!("splitserve_host_inference_seconds_total", host).set(s.inference_seconds_total);
     for (shape, n) in &s.batches_by_size {
-        counter!("splitserve_host_batches_by_size_total", "batch_size" => shape.to_string()).absolute(*n);
+        counter!("splitserve_host_batches_by_size_total", &with(("batch_size", shape.to_string()))).absolute(*n);
     }
     for (reason, n) in &s.refused {
-        counter!("splitserve_host_refused_total", "reason" => reason.clone()).absolute(*n);
+        counter!("splitserve_host_refused_total", &with(("reason", reason.clone()))).absolute(*n);
     }
     if let protocol::Phase::Ready(t) = s.phase {
         for (milestone, ms) in
             [("device_ready", t.device_ready_ms), ("weights_loaded", t.weights_loaded_ms), ("warmup_done", t.warmup_done_ms)]
         {
-            gauge!("splitserve_host_startup_seconds", "milestone" => milestone).set(ms / 1e3);
+            gauge!("splitserve_host_startup_seconds", &with(("milestone", milestone.to_string()))).set(ms / 1e3);
         }
     }
 }

@@ -1,10 +1,13 @@
 //! What the two daemons, model-host and gateway, do the same way: install
-//! their logging ([`LogFormat`]) and wait for the signal that stops them
-//! ([`shutdown_signal`]). Kept out of `protocol`, which must stay free of
+//! their logging ([`LogFormat`]), wait for the signal that stops them
+//! ([`shutdown_signal`]), and name users on the command line ([`IdSpec`]). Kept out of `protocol`, which must stay free of
 //! clap and tracing-subscriber.
 #![forbid(unsafe_code)]
 
+mod ids;
+
 use clap::ValueEnum;
+pub use ids::IdSpec;
 
 /// How log lines are written to stderr (journald keeps them either way).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -27,15 +27,14 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
-use interprocess::local_socket::tokio::Stream;
-use interprocess::local_socket::traits::tokio::Stream as _;
-use interprocess::local_socket::{GenericFilePath, ToFsName};
 use protocol::shm::{Segment, SlotLayout};
 use protocol::{Ask, GatewayCodec, GatewayMessage, HostMessage, HostStatus, ModelInfo, PROTOCOL_VERSION, Phase, Welcome};
+use tokio::net::UnixStream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
 use tokio_util::codec::Framed;
 
 use super::HostCallError;
+use super::trust::HostTrust;
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -80,10 +79,20 @@ pub struct Answer {
 pub type Reader = std::pin::Pin<Box<dyn std::future::Future<Output = String> + Send>>;
 
 impl Link {
-    /// Connects and runs the handshake: Hello, Welcome, map, SegmentMapped.
-    pub async fn connect(socket: &Path, gateway_name: &str, max_waiting: u64) -> Result<(Arc<Link>, Reader), String> {
-        let name = socket.to_fs_name::<GenericFilePath>().map_err(|e| e.to_string())?;
-        let stream = Stream::connect(name).await.map_err(|e| format!("connect: {e}"))?;
+    /// Connects, checks that the listener runs as a trusted user (before a
+    /// byte is sent: a host gets users' images), and runs the handshake:
+    /// Hello, Welcome, map, SegmentMapped.
+    pub async fn connect(socket: &Path, gateway_name: &str, max_waiting: u64, trust: &HostTrust) -> Result<(Arc<Link>, Reader), String> {
+        let stream = UnixStream::connect(socket).await.map_err(|e| format!("connect: {e}"))?;
+        let peer = stream.peer_cred().map_err(|e| format!("reading the host's credentials: {e}"))?;
+        if !trust.allows(peer.uid()) {
+            return Err(format!(
+                "the process on this socket (pid {:?}) runs as uid {}, not a trusted host user (--allowed-host-uids: {:?})",
+                peer.pid(),
+                peer.uid(),
+                trust.uids()
+            ));
+        }
         let mut channel = Framed::new(stream, GatewayCodec::default());
         let hello = GatewayMessage::Hello { protocol_version: PROTOCOL_VERSION, gateway: gateway_name.to_string() };
         channel.send(hello).await.map_err(|e| e.to_string())?;
@@ -304,6 +313,14 @@ impl Link {
     /// Requests waiting for a slot now (for tests and metrics).
     pub fn waiting_for_slots(&self) -> u64 {
         self.waiting.load(Relaxed)
+    }
+
+    /// Requests of this gateway the host has or is about to get: slots
+    /// taken plus requests waiting for one. Routing picks the replica
+    /// where this is lowest.
+    pub fn outstanding(&self) -> u64 {
+        let taken = (self.welcome.segment.slot_count as usize).saturating_sub(self.slots.available_permits());
+        taken as u64 + self.waiting_for_slots()
     }
 
     pub async fn status(self: &Arc<Self>) -> Result<HostStatus, HostCallError> {

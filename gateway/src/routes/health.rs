@@ -1,4 +1,5 @@
-//! Liveness (the process answers) and readiness (a ready host is connected).
+//! Liveness (the process answers) and readiness (every model this gateway
+//! knows has a ready host).
 
 use axum::Json;
 use axum::extract::State;
@@ -14,22 +15,13 @@ pub async fn live() -> Json<serde_json::Value> {
     Json(json!({ "status": "live" }))
 }
 
-/// 200 while connected to a ready host; else 503 with the host's phase.
+/// 200 while every model known has a ready host (the models listed);
+/// else 503 saying which have none, or why no model is known.
 pub async fn ready(State(app): State<AppState>) -> Response {
-    match app.host.ready_link() {
-        Ok(link) => {
-            let m = link.model();
-            Json(json!({
-                "status": "ready",
-                "model": m.name,
-                "version": m.version,
-                "device": m.device,
-                "host_pid": link.host_pid(),
-            }))
-            .into_response()
-        }
-        Err(_) => {
-            let body = json!({ "status": "not_ready", "host_phase": app.host.phase_name() });
+    match app.fleet.readiness() {
+        Ok(models) => Json(json!({ "status": "ready", "models": models })).into_response(),
+        Err(why) => {
+            let body = json!({ "status": "not_ready", "host_phase": why });
             let mut response = (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response();
             response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER_SECS));
             response

@@ -3,7 +3,7 @@
 //! | route | file |
 //! |---|---|
 //! | `GET /health/live`, `GET /health/ready` | [`health`] |
-//! | `GET /v1/models`, `GET /v1/models/{name}`, `GET /v1/host/status` | [`models`] |
+//! | `GET /v1/models`, `GET /v1/models/{name}`, `GET /v1/hosts`, `GET /v1/host/status` | [`models`] |
 //! | `POST /v1/models/{name}/predict` | [`predict`] |
 //! | `GET /metrics` | [`crate::metrics`] |
 //! | `/v2/...`: the Open Inference Protocol (KServe v2 REST) | [`v2`] |
@@ -34,6 +34,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/models", get(models::list))
         .route("/v1/models/{name}", get(models::describe))
         .route("/v1/models/{name}/predict", post(predict::predict))
+        .route("/v1/hosts", get(models::hosts))
         .route("/v1/host/status", get(models::host_status))
         .route("/metrics", get(metrics::render))
         .merge(v2::routes())

@@ -60,13 +60,10 @@ pub async fn predict(
     let started = Instant::now();
     let Query(params) = params.map_err(|e| ApiError::InvalidRequest { field: "query string", problem: e.body_text() })?;
     // Admission before work: no body is read for a host that cannot serve.
-    let link = app.host.ready_link()?;
+    let link = app.fleet.route(&name, None)?;
     // Borrowed from the link for the whole request: ModelInfo carries every
     // label (1000 strings for an ImageNet model), too much to copy per request.
     let model = link.model();
-    if model.name != name {
-        return Err(ApiError::ModelNotFound(name));
-    }
     // Images in, classes out: a tensor model's named inputs need v2.
     let Some((input, labels)) = model.classifier() else {
         return Err(ApiError::InvalidRequest {

@@ -6,9 +6,8 @@
 //! so that a process that got into the socket's group by accident, or a
 //! socket made with a looser mode, still cannot drive the model.
 
-use std::str::FromStr;
-
-use nix::unistd::{Gid, Group, Uid, User};
+use nix::unistd::{Gid, Uid};
+pub use service::IdSpec;
 
 /// Allowed users and groups; a peer passes if either matches.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,47 +32,6 @@ impl PeerPolicy {
 
     pub fn allows(&self, uid: Option<u32>, gid: Option<u32>) -> bool {
         uid.is_some_and(|u| self.uids.contains(&u)) || gid.is_some_and(|g| self.gids.contains(&g))
-    }
-}
-
-/// A user or group given by number or by name.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum IdSpec {
-    Id(u32),
-    Name(String),
-}
-
-impl FromStr for IdSpec {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, String> {
-        let s = s.trim();
-        if s.is_empty() {
-            return Err("empty user or group".into());
-        }
-        Ok(s.parse().map(IdSpec::Id).unwrap_or_else(|_| IdSpec::Name(s.to_string())))
-    }
-}
-
-impl IdSpec {
-    fn resolve_user(&self) -> Result<u32, String> {
-        match self {
-            IdSpec::Id(id) => Ok(*id),
-            IdSpec::Name(name) => match User::from_name(name) {
-                Ok(Some(user)) => Ok(user.uid.as_raw()),
-                _ => Err(format!("no user named {name:?}")),
-            },
-        }
-    }
-
-    fn resolve_group(&self) -> Result<u32, String> {
-        match self {
-            IdSpec::Id(id) => Ok(*id),
-            IdSpec::Name(name) => match Group::from_name(name) {
-                Ok(Some(group)) => Ok(group.gid.as_raw()),
-                _ => Err(format!("no group named {name:?}")),
-            },
-        }
     }
 }
 

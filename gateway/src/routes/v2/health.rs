@@ -27,21 +27,18 @@ pub async fn live() -> Json<Value> {
     Json(json!({ "live": true }))
 }
 
-/// 200 while the host link is ready; else 503 naming the host's phase.
+/// 200 while every model this gateway knows has a ready host; else 503
+/// naming those that have none.
 pub async fn ready(State(app): State<AppState>) -> Result<Json<Value>, ApiError> {
-    app.host.ready_link()?;
+    app.fleet.readiness().map_err(|phase| HostCallError::Unavailable { phase })?;
     Ok(Json(json!({ "ready": true })))
 }
 
-/// 200 when the named model is served by a ready host. Which model is served
-/// is only known from a connected host, so without one this is a 503.
+/// 200 when the named model (at the named version, or any) has a ready
+/// host; 503 while its hosts load, warm or restart; 404 for a model no
+/// host has served.
 pub async fn model_ready(State(app): State<AppState>, Path(path): Path<ModelPath>) -> Result<Json<Value>, ApiError> {
-    let link = app.host.link()?;
+    let link = app.fleet.route(&path.name, path.version.as_deref())?;
     let model = link.model();
-    path.check(model)?;
-    let phase = link.phase();
-    if !phase.is_ready() {
-        return Err(HostCallError::Unavailable { phase: phase.name().to_string() }.into());
-    }
     Ok(Json(json!({ "name": model.name, "version": model.version, "ready": true })))
 }

@@ -17,6 +17,7 @@ use super::binary::split_body;
 use super::request::{ValidRequest, binary_error};
 use super::run::Ran;
 use super::shm_io::SharedMemory;
+use super::stats::ModelStats;
 use super::{ModelPath, classifier, tensor_model};
 use protocol::{ModelKind, TensorSignature};
 use crate::error::ApiError;
@@ -28,14 +29,14 @@ use crate::{AppState, request_id};
 pub async fn infer(State(app): State<AppState>, Path(path): Path<ModelPath>, request: Request) -> Result<Response, ApiError> {
     let started = Instant::now();
     // Admission before work: no body is read for a host that cannot serve.
-    let link = app.host.ready_link()?;
-    path.check(link.model())?;
-    // Counted from here: the request named the served model, so its
+    let link = app.fleet.route(&path.name, path.version.as_deref())?;
+    // Counted from here: the request named a served model, so its
     // failures (400s included, as Triton counts them) are this model's.
-    let answer = answer(&app, &link, started, request).await;
+    let stats = app.v2_stats.of(&link.model().name, &link.model().version);
+    let answer = answer(&app, &link, &stats, started, request).await;
     match &answer {
-        Ok((_, elements)) => app.v2_stats.succeeded(*elements, started.elapsed()),
-        Err(_) => app.v2_stats.fail.add(1, started.elapsed()),
+        Ok((_, elements)) => stats.succeeded(*elements, started.elapsed()),
+        Err(_) => stats.fail.add(1, started.elapsed()),
     }
     answer.map(|(response, _)| response)
 }
@@ -48,8 +49,8 @@ enum Plan<'m> {
 }
 
 /// The answer and how many elements it carries; stage times go to the statistics.
-async fn answer(app: &AppState, link: &Arc<Link>, started: Instant, request: Request) -> Result<(Response, usize), ApiError> {
-    let (model, stats) = (link.model(), &app.v2_stats);
+async fn answer(app: &AppState, link: &Arc<Link>, stats: &ModelStats, started: Instant, request: Request) -> Result<(Response, usize), ApiError> {
+    let model = link.model();
     let tag = request_id::of(&request);
     let (parts, body) = request.into_parts();
     let body = read_body(body, &parts.headers, app.limits.max_body_bytes, app.limits.body_timeout).await?;

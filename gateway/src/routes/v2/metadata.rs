@@ -16,11 +16,13 @@ use crate::AppState;
 use crate::error::ApiError;
 
 /// Metadata needs a connected host (it describes the host's model), not a
-/// ready one: a client may look before warm-up ends.
+/// ready one: a client may look before warm-up ends. `versions` lists every
+/// version of the model that has a connected host.
 pub async fn model(State(app): State<AppState>, Path(path): Path<ModelPath>) -> Result<Json<Value>, ApiError> {
-    let link = app.host.link()?;
+    let link = app.fleet.find(&path.name, path.version.as_deref())?;
     let m = link.model();
-    path.check(m)?;
+    let mut versions: Vec<String> = app.fleet.models().into_keys().filter(|(name, _)| *name == m.name).map(|(_, v)| v).collect();
+    versions.sort_by(|a, b| crate::host_client::compare_versions(a, b));
     let (inputs, outputs) = match &m.kind {
         ModelKind::Tensors(signature) => {
             (signature.inputs.iter().map(metadata_tensor).collect(), signature.outputs.iter().map(metadata_tensor).collect())
@@ -36,7 +38,7 @@ pub async fn model(State(app): State<AppState>, Path(path): Path<ModelPath>) -> 
             )
         }
     };
-    Ok(Json(json!({ "name": m.name, "versions": [m.version], "platform": PLATFORM, "inputs": inputs, "outputs": outputs })))
+    Ok(Json(json!({ "name": m.name, "versions": versions, "platform": PLATFORM, "inputs": inputs, "outputs": outputs })))
 }
 
 /// A tensor model's input or output: the batch dimension is -1.
@@ -51,10 +53,8 @@ fn config_tensor(spec: &TensorSpec) -> Value {
 }
 
 pub async fn config(State(app): State<AppState>, Path(path): Path<ModelPath>) -> Result<Json<Value>, ApiError> {
-    let link = app.host.link()?;
-    let m = link.model();
-    path.check(m)?;
-    Ok(Json(triton_config(m)))
+    let link = app.fleet.find(&path.name, path.version.as_deref())?;
+    Ok(Json(triton_config(link.model())))
 }
 
 /// IMAGE is one string per batch element: Triton spells that `dims: [1]`

@@ -9,6 +9,7 @@
 //! | binary tensor data in request bodies | [`binary`] |
 //! | the answer, JSON or with binary output data | [`answer`] |
 //! | `GET /v2/models/{m}[/versions/{v}]/stats` | [`stats`] |
+//! | `POST /v2/repository/index` (read-only) | [`repository`] |
 //! | `/v2/systemsharedmemory/...` (status, register, unregister) | [`system_shm`] |
 //!
 //! The classifier is described as two alternative inputs, [`INPUT_IMAGE`]
@@ -25,6 +26,7 @@ pub mod health;
 pub mod images;
 pub mod infer;
 pub mod metadata;
+pub mod repository;
 pub mod request;
 pub mod run;
 pub mod shm_io;
@@ -35,11 +37,9 @@ pub mod tensor_model;
 
 use axum::Router;
 use axum::routing::{get, post};
-use protocol::ModelInfo;
 use serde::Deserialize;
 
 use crate::AppState;
-use crate::error::ApiError;
 
 /// One encoded PNG, JPEG or WebP per batch element.
 pub const INPUT_IMAGE: &str = "IMAGE";
@@ -70,6 +70,7 @@ pub fn routes() -> Router<AppState> {
         .route("/v2/models/{name}/versions/{version}/stats", get(stats::model))
         .route("/v2/models/{name}/infer", post(infer::infer))
         .route("/v2/models/{name}/versions/{version}/infer", post(infer::infer))
+        .route("/v2/repository/index", post(repository::index))
         .route("/v2/systemsharedmemory/status", get(system_shm::status_all))
         .route("/v2/systemsharedmemory/region/{name}/status", get(system_shm::status))
         .route("/v2/systemsharedmemory/region/{name}/register", post(system_shm::register))
@@ -85,27 +86,10 @@ pub struct ModelPath {
     pub version: Option<String>,
 }
 
-impl ModelPath {
-    /// 404 unless the path names the served model (and its version, if given).
-    pub fn check(&self, model: &ModelInfo) -> Result<(), ApiError> {
-        if self.name != model.name {
-            return Err(ApiError::ModelNotFound(self.name.clone()));
-        }
-        match &self.version {
-            Some(v) if *v != model.version => Err(ApiError::VersionNotFound {
-                model: model.name.clone(),
-                version: v.clone(),
-                served: model.version.clone(),
-            }),
-            _ => Ok(()),
-        }
-    }
-}
-
 /// A 2x2 grayscale model with these labels, for the unit tests of this module.
 #[cfg(test)]
-pub(crate) fn test_model(labels: &[&str]) -> ModelInfo {
-    ModelInfo {
+pub(crate) fn test_model(labels: &[&str]) -> protocol::ModelInfo {
+    protocol::ModelInfo {
         name: "digits".into(),
         version: "1".into(),
         description: String::new(),

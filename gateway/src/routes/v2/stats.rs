@@ -8,7 +8,9 @@
 //! forward pass, as Triton counts it per request), `compute_input` is
 //! parsing and decoding, `compute_output` is writing the answer.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::Json;
@@ -38,7 +40,20 @@ impl Stage {
     }
 }
 
-/// The served model's counters, shared by every handler of this process.
+/// Counters per model and version served through this gateway (bounded
+/// by the hosts it has known).
+#[derive(Debug, Default)]
+pub struct StatsByModel(Mutex<BTreeMap<(String, String), Arc<ModelStats>>>);
+
+impl StatsByModel {
+    /// The counters of `name` at `version`, made on first use.
+    pub fn of(&self, name: &str, version: &str) -> Arc<ModelStats> {
+        let mut table = self.0.lock().expect("stats lock poisoned");
+        table.entry((name.to_string(), version.to_string())).or_default().clone()
+    }
+}
+
+/// One model version's counters, shared by every handler of this process.
 #[derive(Debug, Default)]
 pub struct ModelStats {
     pub success: Stage,
@@ -85,13 +100,12 @@ impl ModelStats {
     }
 }
 
-/// The served model's statistics; 404 for another model or version. Which
-/// model is served is only known from a connected host (else 503).
+/// A model's statistics (at the named version, or the one requests without
+/// a version go to); 404 for a model or version no host serves.
 pub async fn model(State(app): State<AppState>, Path(path): Path<ModelPath>) -> Result<Json<Value>, ApiError> {
-    let link = app.host.link()?;
+    let link = app.fleet.find(&path.name, path.version.as_deref())?;
     let model = link.model();
-    path.check(model)?;
-    Ok(Json(app.v2_stats.json(&model.name, &model.version)))
+    Ok(Json(app.v2_stats.of(&model.name, &model.version).json(&model.name, &model.version)))
 }
 
 #[cfg(test)]
