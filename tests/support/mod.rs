@@ -396,3 +396,24 @@ pub fn encode(datatype: &str, values: &[serde_json::Value]) -> Vec<u8> {
         .collect()
 }
 
+
+impl Scratch {
+    /// A directory for host sockets only (mode 0700, as --host-dir wants
+    /// it), inside the scratch directory.
+    pub fn hosts_dir(&self) -> PathBuf {
+        let dir = self.dir.path().join("hosts");
+        std::fs::create_dir_all(&dir).expect("creating hosts/");
+        dir
+    }
+
+    /// A gateway on a free port with exactly these host flags (no default
+    /// --host-socket): `--host-dir`, several `--host-socket`s, ...
+    pub fn start_gateway_for(&self, host_flags: &[&str]) -> Gateway {
+        let port = free_port();
+        let mut args = vec!["--listen".to_string(), format!("127.0.0.1:{port}")];
+        args.extend(host_flags.iter().map(|s| s.to_string()));
+        let n = std::fs::read_dir(self.dir.path()).map(|d| d.count()).unwrap_or(0);
+        let log = self.dir.path().join(format!("gateway-{port}-{n}.log"));
+        Gateway { process: Process::spawn(&format!("gateway:{port}"), &binary("gateway"), &args, &[], log), port }
+    }
+}

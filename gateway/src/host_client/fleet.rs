@@ -16,6 +16,7 @@ use std::time::Duration;
 use protocol::ModelInfo;
 use tokio::sync::watch;
 
+use super::route::Route;
 use super::routing::{Candidate, choose, compare_versions};
 use super::{HostCallError, Link};
 
@@ -61,26 +62,29 @@ impl Member {
     }
 
     /// Model, version, readiness and load, for routing; None for a member
-    /// that never reached a host.
+    /// that never reached a host, or that left the directory and whose
+    /// link is gone.
     fn candidate(&self) -> Option<Candidate<'_>> {
-        match self.live_link() {
-            Some(link) if !self.retired => {
+        match (self.live_link(), self.retired) {
+            (Some(link), retired) => {
                 let model = link.model();
                 let phase = link.phase();
                 Some(Candidate {
                     model: &model.name,
                     version: &model.version,
-                    ready: phase.is_ready(),
+                    // A retired member only finishes what it has.
+                    ready: phase.is_ready() && !retired,
                     outstanding: link.outstanding(),
-                    phase: phase.name(),
+                    phase: if retired { "draining" } else { phase.name() },
                 })
             }
-            _ => self.last_model.as_ref().map(|(model, version)| Candidate {
+            (None, true) => None,
+            (None, false) => self.last_model.as_ref().map(|(model, version)| Candidate {
                 model,
                 version,
                 ready: false,
                 outstanding: 0,
-                phase: if self.retired { "draining" } else { &self.down_reason },
+                phase: &self.down_reason,
             }),
         }
     }
@@ -102,7 +106,26 @@ impl Default for Fleet {
 impl Fleet {
     /// A ready host for `model` (at `version`, or the newest ready one),
     /// the least loaded among replicas.
-    pub fn route(&self, model: &str, version: Option<&str>) -> Result<Arc<Link>, HostCallError> {
+    pub fn route(&self, model: &str, version: Option<&str>) -> Result<Route, HostCallError> {
+        self.choose(model, version).map(|link| Route::new(link, self.clone()))
+    }
+
+    /// Another ready host serving what `link`'s host serves (same model,
+    /// version and signature), the least loaded; None if there is none.
+    pub fn replica_of(&self, link: &Arc<Link>) -> Option<Arc<Link>> {
+        let members = self.read();
+        let model = link.model();
+        members
+            .values()
+            .filter(|m| !m.retired)
+            .filter_map(Member::live_link)
+            .filter(|other| !Arc::ptr_eq(other, link) && other.phase().is_ready())
+            .filter(|other| other.model().name == model.name && other.model().version == model.version && other.model().kind == model.kind)
+            .min_by_key(|other| other.outstanding())
+            .cloned()
+    }
+
+    fn choose(&self, model: &str, version: Option<&str>) -> Result<Arc<Link>, HostCallError> {
         let members = self.read();
         let (links, candidates): (Vec<Option<&Arc<Link>>>, Vec<Candidate<'_>>) =
             members.values().filter_map(|m| Some((m.live_link(), m.candidate()?))).unzip();
@@ -116,7 +139,7 @@ impl Fleet {
     /// A connected host of `model` in any phase, for metadata: the routed
     /// one when there is one, else the newest version that is connected.
     pub fn find(&self, model: &str, version: Option<&str>) -> Result<Arc<Link>, HostCallError> {
-        let unavailable = match self.route(model, version) {
+        let unavailable = match self.choose(model, version) {
             Err(e @ HostCallError::Unavailable { .. }) => e,
             routed => return routed,
         };

@@ -80,6 +80,9 @@ impl Task {
                         tracing::info!(%socket, model = %m.name, version = %m.version, host_pid = link.host_pid(), phase = link.phase().name(), "connected to model host");
                         let why = self.serve(&link, reader).await;
                         link.close();
+                        if *self.retired.borrow() {
+                            break;
+                        }
                         self.fleet.set_down(self.id, None, true);
                         tracing::warn!(%socket, reason = %why, "lost the model host; reconnecting");
                     }

@@ -6,6 +6,8 @@
 //!   outstanding among replicas), as plain functions.
 //! - [`discovery`]: where hosts come from: `--host-socket`s, and the
 //!   sockets in a watched `--host-dir`.
+//! - [`route`]: a request's chosen host, with one retry on a replica if
+//!   that host stops being ready before it takes the request.
 //! - [`member`]: one socket's task: connect, serve, reconnect with backoff.
 //! - [`trust`]: which users a host may run as; which directories may be watched.
 //! - [`link`]: one live connection: handshake, writer, reader, the table of
@@ -18,6 +20,7 @@ mod fleet;
 mod lease;
 mod link;
 mod member;
+mod route;
 mod routing;
 mod trust;
 
@@ -28,6 +31,7 @@ use thiserror::Error;
 pub use fleet::Fleet;
 pub use lease::SlotLease;
 pub use link::Link;
+pub use route::Route;
 pub use routing::compare_versions;
 pub use trust::HostTrust;
 

@@ -4,19 +4,18 @@
 //! host's refusals into the gateway's errors. `/v1/.../predict` and
 //! `/v2/.../infer` both call it.
 
-use std::sync::Arc;
 use std::time::Instant;
 
 use protocol::{Ask, HostTimings, Output, Prediction};
 
 use crate::error::ApiError;
-use crate::host_client::{HostCallError, Link, SlotLease};
+use crate::host_client::{HostCallError, Route};
 
 /// Classifies `pixels` (the model's input, already prepared), returning the
 /// best `top_k` and where the host spent the time; any deadline passed on
 /// the way is a 504 naming `budget_ms`.
-pub async fn classify(link: &Arc<Link>, pixels: &[u8], top_k: u32, deadline: Instant, budget_ms: u64, tag: String) -> Result<(Vec<(u32, f32)>, HostTimings), ApiError> {
-    let (prediction, _) = call(link, pixels, Ask::TopK { k: top_k }, deadline, budget_ms, tag).await?;
+pub async fn classify(route: &Route, pixels: &[u8], top_k: u32, deadline: Instant, budget_ms: u64, tag: String) -> Result<(Vec<(u32, f32)>, HostTimings), ApiError> {
+    let (prediction, _) = call(route, pixels, Ask::TopK { k: top_k }, deadline, budget_ms, tag).await?;
     match prediction.output {
         Output::TopK(top) => Ok((top, prediction.timings)),
         Output::InSlot => Err(ApiError::Internal("the host answered a classification with outputs in the slot".into())),
@@ -26,8 +25,8 @@ pub async fn classify(link: &Arc<Link>, pixels: &[u8], top_k: u32, deadline: Ins
 /// Runs a tensor model on one batch item: `inputs` is the slot's input
 /// area (each input at its placement); the answer is the slot's output
 /// area.
-pub async fn run_tensors(link: &Arc<Link>, inputs: &[u8], deadline: Instant, budget_ms: u64, tag: String) -> Result<(Vec<u8>, HostTimings), ApiError> {
-    let (prediction, outputs) = call(link, inputs, Ask::Tensors, deadline, budget_ms, tag).await?;
+pub async fn run_tensors(route: &Route, inputs: &[u8], deadline: Instant, budget_ms: u64, tag: String) -> Result<(Vec<u8>, HostTimings), ApiError> {
+    let (prediction, outputs) = call(route, inputs, Ask::Tensors, deadline, budget_ms, tag).await?;
     match prediction.output {
         Output::InSlot => Ok((outputs, prediction.timings)),
         Output::TopK(_) => Err(ApiError::Internal("the host answered a tensor model with classes".into())),
@@ -35,7 +34,7 @@ pub async fn run_tensors(link: &Arc<Link>, inputs: &[u8], deadline: Instant, bud
 }
 
 async fn call(
-    link: &Arc<Link>,
+    route: &Route,
     input: &[u8],
     ask: Ask,
     deadline: Instant,
@@ -43,7 +42,7 @@ async fn call(
     tag: String,
 ) -> Result<(Prediction, Vec<u8>), ApiError> {
     let timeout = || ApiError::DeadlineExceeded { budget_ms };
-    let mut lease = tokio::time::timeout_at(deadline.into(), SlotLease::acquire(link)).await.map_err(|_| timeout())??;
+    let mut lease = tokio::time::timeout_at(deadline.into(), route.lease()).await.map_err(|_| timeout())??;
     lease.write(input)?;
     let remaining = deadline.saturating_duration_since(Instant::now());
     if remaining.is_zero() {

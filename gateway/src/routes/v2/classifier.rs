@@ -4,7 +4,6 @@
 //! resized here as `/v1/.../predict` does), and its one output,
 //! PROBABILITIES (FP32 [n, labels]), optionally as classification strings.
 
-use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -21,7 +20,7 @@ use super::tensor::{Datatype, TensorError, check_count, flatten_typed};
 use super::{INPUT_IMAGE, INPUT_PIXELS, OUTPUT_PROBABILITIES};
 use crate::decode::Target;
 use crate::error::ApiError;
-use crate::host_client::Link;
+use crate::host_client::Route;
 
 /// What a request is checked against: the model's classifier half, as
 /// the handshake described it.
@@ -87,7 +86,7 @@ pub fn validate<'m>(inputs: Vec<InputTensor>, model: Classifier<'m>, data: &mut 
 }
 
 /// Decodes (images), runs every element through the host, and builds the output.
-pub async fn run(link: &Arc<Link>, plan: Plan<'_>, deadline: Instant, budget_ms: u64, tag: &str, max_pixels: u64) -> Result<Ran, ApiError> {
+pub async fn run(link: &Route, plan: Plan<'_>, deadline: Instant, budget_ms: u64, tag: &str, max_pixels: u64) -> Result<Ran, ApiError> {
     let model = plan.model;
     let decode_started = Instant::now();
     let elements = match plan.batch {

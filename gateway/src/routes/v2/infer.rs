@@ -6,7 +6,6 @@
 //! classifier's inputs and output are in [`super::classifier`], a tensor
 //! model's in [`super::tensor_model`].
 
-use std::sync::Arc;
 use std::time::Instant;
 
 use axum::extract::{Path, Request, State};
@@ -21,7 +20,7 @@ use super::stats::ModelStats;
 use super::{ModelPath, classifier, tensor_model};
 use protocol::{ModelKind, TensorSignature};
 use crate::error::ApiError;
-use crate::host_client::Link;
+use crate::host_client::Route;
 use crate::upload::read_body;
 use crate::{AppState, request_id};
 
@@ -49,7 +48,7 @@ enum Plan<'m> {
 }
 
 /// The answer and how many elements it carries; stage times go to the statistics.
-async fn answer(app: &AppState, link: &Arc<Link>, stats: &ModelStats, started: Instant, request: Request) -> Result<(Response, usize), ApiError> {
+async fn answer(app: &AppState, link: &Route, stats: &ModelStats, started: Instant, request: Request) -> Result<(Response, usize), ApiError> {
     let model = link.model();
     let tag = request_id::of(&request);
     let (parts, body) = request.into_parts();

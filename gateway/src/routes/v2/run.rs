@@ -3,7 +3,6 @@
 //! host's batcher can put them in one forward pass.
 
 use std::future::Future;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use protocol::HostTimings;
@@ -11,7 +10,7 @@ use protocol::HostTimings;
 use super::answer::OutputTensor;
 use super::request::Delivery;
 use crate::error::ApiError;
-use crate::host_client::Link;
+use crate::host_client::Route;
 use crate::routes::host_call;
 
 /// A request's answer, ready to write, and where its time went.
@@ -55,7 +54,7 @@ where
 /// Every class's score for each element, in label order: the classifier
 /// asks the host for all of them (the protocol's output is the whole vector).
 pub async fn classify_all(
-    link: &Arc<Link>,
+    link: &Route,
     elements: &[Vec<u8>],
     classes: usize,
     deadline: Instant,

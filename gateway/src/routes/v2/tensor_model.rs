@@ -5,7 +5,6 @@
 //! answered, its outputs. An input that is UINT8 [height, width, channels]
 //! also takes encoded images as BYTES, decoded and resized here.
 
-use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -19,7 +18,7 @@ use super::run::{self, Ran};
 use super::tensor::{Datatype, check_count, flatten_typed, to_f64};
 use crate::decode::Target;
 use crate::error::ApiError;
-use crate::host_client::Link;
+use crate::host_client::Route;
 use crate::routes::host_call;
 
 /// A request that fits the model.
@@ -190,7 +189,7 @@ fn plan_outputs(outputs: Vec<OutputRequest>, signature: &TensorSignature, defaul
 
 /// Runs every element through the host at once and cuts the outputs out
 /// of the answered slots.
-pub async fn run(link: &Arc<Link>, signature: &TensorSignature, mut plan: Plan, deadline: Instant, budget_ms: u64, tag: &str, max_pixels: u64) -> Result<Ran, ApiError> {
+pub async fn run(link: &Route, signature: &TensorSignature, mut plan: Plan, deadline: Instant, budget_ms: u64, tag: &str, max_pixels: u64) -> Result<Ran, ApiError> {
     let decode_started = Instant::now();
     let placements = signature.input_placements();
     for PendingImages { index, images, target } in std::mem::take(&mut plan.images) {
