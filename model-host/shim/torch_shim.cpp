@@ -19,7 +19,9 @@
 #include <torch/csrc/jit/api/module.h>
 
 #ifdef SHIM_WITH_CUDA
+#include <dlfcn.h>
 #include <ATen/cuda/CUDAGraph.h>
+#include <c10/cuda/CUDAFunctions.h>
 #include <c10/cuda/CUDAStream.h>
 #include <torch/cuda.h>
 #endif
@@ -178,6 +180,31 @@ char* shim_graph_replay(void* graph) {
 #else
   (void)graph;
   return error_of("this model-host was built without CUDA graph support");
+#endif
+}
+
+// Free and total memory of CUDA device `device`, in bytes. cudaMemGetInfo
+// is looked up in the CUDA runtime libtorch already loaded (dlsym), so that
+// the shim still links nothing of CUDA's own.
+char* shim_cuda_mem_info(int device, uint64_t* free_bytes, uint64_t* total_bytes) {
+#ifdef SHIM_WITH_CUDA
+  return guarded([&] {
+    using MemGetInfo = int (*)(size_t*, size_t*);
+    auto mem_get_info = reinterpret_cast<MemGetInfo>(dlsym(RTLD_DEFAULT, "cudaMemGetInfo"));
+    if (mem_get_info == nullptr) throw std::runtime_error("cudaMemGetInfo is not in the loaded CUDA runtime");
+    // c10's device switch (in libc10_cuda), not CUDAGuard, whose inline
+    // code would call the CUDA runtime directly.
+    c10::DeviceIndex previous = c10::cuda::ExchangeDevice(static_cast<c10::DeviceIndex>(device));
+    size_t free_now = 0, total = 0;
+    int rc = mem_get_info(&free_now, &total);
+    c10::cuda::ExchangeDevice(previous);
+    if (rc != 0) throw std::runtime_error("cudaMemGetInfo failed with CUDA error " + std::to_string(rc));
+    *free_bytes = free_now;
+    *total_bytes = total;
+  });
+#else
+  (void)device; (void)free_bytes; (void)total_bytes;
+  return error_of("this model-host was built without CUDA support in its shim");
 #endif
 }
 

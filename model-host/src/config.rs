@@ -78,6 +78,13 @@ pub struct Config {
     #[arg(long, env = "MODEL_HOST_CPU_THREADS", default_value_t = 0)]
     pub cpu_threads: u32,
 
+    /// On a GPU, MiB that must be free beyond the weights file's size
+    /// before the model is loaded (CUDA context, cuDNN workspaces,
+    /// activations); with less, the host refuses to start, naming the
+    /// figures. 0 turns the check off.
+    #[arg(long, env = "MODEL_HOST_LOAD_HEADROOM_MB", default_value_t = 1024)]
+    pub load_headroom_mb: u64,
+
     /// Log format on stderr: text (human) or json (one object per line,
     /// for log collectors). Verbosity comes from RUST_LOG (default info).
     #[arg(long, env = "MODEL_HOST_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]

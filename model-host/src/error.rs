@@ -11,6 +11,11 @@ pub enum HostError {
     ModelConfig(#[from] ModelConfigError),
     #[error("--device cuda:{index} asked for, but this machine has {count} CUDA device(s)")]
     NoSuchGpu { index: usize, count: i64 },
+    #[error(
+        "{device} has {free_mib} MiB free of {total_mib} MiB; loading needs about {} MiB ({weights_mib} MiB of weights + {headroom_mb} MiB headroom, --load-headroom-mb). Another model may still be resident: a swap keeps both until the old host drains",
+        weights_mib + headroom_mb
+    )]
+    NoRoomOnGpu { device: String, free_mib: u64, total_mib: u64, weights_mib: u64, headroom_mb: u64 },
     #[error("model {path}: {source}")]
     ModelLoad { path: String, source: crate::model::ModelError },
     #[error("model check: {0}")]

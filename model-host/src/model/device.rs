@@ -20,6 +20,38 @@ pub fn resolve(choice: DeviceChoice) -> Result<tch::Device, HostError> {
     }
 }
 
+/// Refuses to load onto a GPU that has too little free memory for the
+/// model: its weights file (loaded before any cast) plus `headroom_mb`
+/// (CUDA context, cuDNN workspaces, the largest batch's activations). A
+/// swap keeps two models resident until the old host drains; this makes a
+/// GPU that cannot hold both a clear refusal at start, naming the figures,
+/// instead of an out-of-memory error in the middle of the load. Where the
+/// figures cannot be read, the load goes ahead (and says so).
+pub fn check_room(device: tch::Device, model_file: &std::path::Path, headroom_mb: u64) -> Result<(), HostError> {
+    let tch::Device::Cuda(index) = device else { return Ok(()) };
+    let (free, total) = match crate::torch_shim::cuda_memory(index) {
+        Ok(figures) => figures,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the GPU's free memory; loading without the check");
+            return Ok(());
+        }
+    };
+    let weights = std::fs::metadata(model_file).map(|m| m.len()).unwrap_or(0);
+    const MIB: u64 = 1 << 20;
+    let needed = weights + headroom_mb * MIB;
+    tracing::info!(free_mib = free / MIB, total_mib = total / MIB, needed_mib = needed / MIB, "GPU memory before the load");
+    if free < needed {
+        return Err(HostError::NoRoomOnGpu {
+            device: name(device),
+            free_mib: free / MIB,
+            total_mib: total / MIB,
+            weights_mib: weights.div_ceil(MIB),
+            headroom_mb,
+        });
+    }
+    Ok(())
+}
+
 pub fn name(device: tch::Device) -> String {
     match device {
         tch::Device::Cuda(i) => format!("cuda:{i}"),

@@ -29,6 +29,8 @@ pub struct ModelThread {
     pub model: LoadedConfig,
     pub device: DeviceChoice,
     pub cpu_threads: u32,
+    /// GPU memory (MiB) to require free beyond the weights before loading.
+    pub load_headroom_mb: u64,
     pub reporter: PhaseReporter,
     pub counters: Arc<Counters>,
     pub jobs: Receiver<Job>,
@@ -145,6 +147,7 @@ impl ModelThread {
         if device.is_cuda() {
             tch::Cuda::cudnn_set_benchmark(self.model.config.optimization.cudnn_benchmark);
         }
+        device::check_room(device, &self.model.model_file, self.load_headroom_mb)?;
         let name = device::name(device);
         let _ = std::mem::replace(&mut self.device_name, tokio::sync::oneshot::channel().0).send(name.clone());
         self.reporter.device_ready(&name);
@@ -294,6 +297,7 @@ max_batch_size = 4
             model: model_config::load(dir.path()).unwrap(),
             device: DeviceChoice::Cpu,
             cpu_threads: 1,
+            load_headroom_mb: 0,
             reporter,
             counters: Arc::new(Counters::new(&[1, 2, 4])),
             jobs: std::sync::mpsc::sync_channel(1).1,

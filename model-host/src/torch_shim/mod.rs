@@ -46,6 +46,7 @@ unsafe extern "C" {
     ) -> *mut c_char;
     fn shim_graph_replay(graph: *mut c_void) -> *mut c_char;
     fn shim_graph_free(graph: *mut c_void);
+    fn shim_cuda_mem_info(device: c_int, free_bytes: *mut u64, total_bytes: *mut u64) -> *mut c_char;
 }
 
 /// Turns the shim's error return into a Result.
@@ -65,6 +66,15 @@ fn check(error: *mut c_char) -> Result<(), ShimError> {
 pub fn has_cuda_graphs() -> bool {
     // SAFETY: takes nothing, returns a constant.
     unsafe { shim_has_cuda_graphs() != 0 }
+}
+
+/// Free and total memory of CUDA device `index`, in bytes (cudaMemGetInfo).
+pub fn cuda_memory(index: usize) -> Result<(u64, u64), ShimError> {
+    let (mut free, mut total) = (0u64, 0u64);
+    // SAFETY: both out-pointers are valid for the call; the shim writes them
+    // only on success and catches every C++ exception.
+    check(unsafe { shim_cuda_mem_info(index as c_int, &mut free, &mut total) })?;
+    Ok((free, total))
 }
 
 fn device_code(device: Device) -> c_int {
