@@ -325,6 +325,7 @@ async fn what_is_not_a_trusted_host_is_skipped_and_the_good_host_serves_on() {
     std::fs::write(hosts.join("notes.txt"), b"not a socket").unwrap();
     drop(std::os::unix::net::UnixListener::bind(hosts.join("stale.sock")).unwrap());
     let silent = tokio::net::UnixListener::bind(hosts.join("silent.sock")).unwrap();
+    silent_host::start_speaking(&hosts.join("old.sock"), protocol::PROTOCOL_VERSION - 1);
     let _impostor = start_host_on(&scratch, &sock(&hosts, "impostor.sock"), &impostor_model);
 
     let samples = known_samples(&client, &gateway).await;
@@ -348,6 +349,7 @@ async fn what_is_not_a_trusted_host_is_skipped_and_the_good_host_serves_on() {
         ("stale.sock", "Connection refused"),
         ("silent.sock", "no welcome from the host within 5 s"),
         ("impostor.sock", "another signature than the host on"),
+        ("old.sock", "the host speaks protocol version"),
     ] {
         let line = log.lines().find(|l| l.contains(entry) && l.contains(why));
         assert!(line.is_some(), "no log line for {entry} ({why}) in\n{log}");

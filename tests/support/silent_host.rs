@@ -31,12 +31,18 @@ fn model() -> ModelInfo {
 /// Listens on `socket` and serves every gateway that connects, silently.
 /// Runs until the test's runtime ends.
 pub fn start(socket: &Path) {
+    start_speaking(socket, PROTOCOL_VERSION);
+}
+
+/// The same, saying in its Welcome that it speaks `protocol_version`: a
+/// host of another release.
+pub fn start_speaking(socket: &Path, protocol_version: u32) {
     let listener = UnixListener::bind(socket).expect("binding the silent host's socket");
     tokio::spawn(async move {
         let mut connection_id = 0;
         while let Ok((stream, _)) = listener.accept().await {
             connection_id += 1;
-            tokio::spawn(serve(stream, connection_id));
+            tokio::spawn(serve(stream, connection_id, protocol_version));
         }
     });
 }
@@ -49,13 +55,13 @@ async fn read(stream: &mut UnixStream) -> Option<GatewayMessage> {
     decode_body(&body).ok()
 }
 
-async fn serve(mut stream: UnixStream, connection_id: u64) {
+async fn serve(mut stream: UnixStream, connection_id: u64, protocol_version: u32) {
     let Some(GatewayMessage::Hello { .. }) = read(&mut stream).await else { return };
     let layout = SlotLayout::new(4, model().slot_len()).expect("slot layout");
     let name = format!("/silent-host.{}.{connection_id}", std::process::id());
     let mut segment = Segment::create(&name, layout, 0o600).expect("creating the segment");
     let welcome = Welcome {
-        protocol_version: PROTOCOL_VERSION,
+        protocol_version,
         host_pid: std::process::id(),
         model: model(),
         segment: SegmentInfo { os_id: name, slot_count: layout.slot_count(), slot_size: layout.slot_size() },

@@ -104,6 +104,12 @@ impl Link {
             Ok(None) => return Err("host closed during the handshake".into()),
             Err(_) => return Err("no welcome from the host within 5 s".into()),
         };
+        if welcome.protocol_version != PROTOCOL_VERSION {
+            return Err(format!(
+                "the host speaks protocol version {}, this gateway {PROTOCOL_VERSION}: upgrade them together",
+                welcome.protocol_version
+            ));
+        }
         let layout = SlotLayout::new(welcome.segment.slot_count, welcome.segment.slot_size).map_err(|e| e.to_string())?;
         if layout.slot_size() < welcome.model.slot_len() {
             return Err("host's slots are smaller than the model input".into());
