@@ -73,7 +73,8 @@ impl Container {
     /// Unpacks the cached root filesystem, lets `prepare` lay files out in it,
     /// and boots it with `binds` (`host path`, `container path`) read-only.
     pub fn boot(prepare: impl FnOnce(&Path), binds: &[(PathBuf, &str)]) -> Container {
-        let dir = tempfile::Builder::new().prefix("split-nspawn-").tempdir().expect("tempdir");
+        sweep_stale_containers();
+        let dir = tempfile::Builder::new().prefix(&format!("{DIR_PREFIX}{}-", std::process::id())).tempdir().expect("tempdir");
         let rootfs = dir.path().join("root");
         std::fs::create_dir(&rootfs).expect("mkdir root");
         let tarball = rootfs_tarball();
@@ -81,7 +82,7 @@ impl Container {
         prepare(&rootfs);
 
         // Unique per process: other test runs may boot containers meanwhile.
-        let name = format!("split-serve-test-{}", std::process::id());
+        let name = format!("{CGROUP_PREFIX}{}", std::process::id());
         let cgroups: Vec<PathBuf> = cgroup_roots().into_iter().map(|r| r.join(&name)).collect();
         for cg in &cgroups {
             std::fs::create_dir_all(cg).unwrap_or_else(|e| panic!("creating cgroup {}: {e}", cg.display()));
@@ -264,6 +265,34 @@ impl Container {
             }
         }
         let _ = self.nspawn.wait();
+    }
+}
+
+/// This module's cgroups and temporary directories are named with these
+/// prefixes, then the test process's pid.
+const CGROUP_PREFIX: &str = "split-serve-test-";
+const DIR_PREFIX: &str = "split-nspawn-";
+
+/// A test process killed outright (a CI timeout, SIGKILL) never ran its
+/// `Drop`: what its container left, named after a pid that is gone, is
+/// removed here. Killing the cgroup ends nspawn too (it lives there), which
+/// releases the root filesystem's mounts before the directory goes.
+fn sweep_stale_containers() {
+    let dead = |name: &str, prefix: &str| {
+        let pid = name.strip_prefix(prefix).and_then(|rest| rest.split('-').next()).and_then(|p| p.parse::<u32>().ok());
+        pid.is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists())
+    };
+    let stale = |dir: &Path, prefix: &str| -> Vec<PathBuf> {
+        let entries = std::fs::read_dir(dir).map(|d| d.flatten().collect::<Vec<_>>()).unwrap_or_default();
+        entries.into_iter().filter(|e| dead(&e.file_name().to_string_lossy(), prefix)).map(|e| e.path()).collect()
+    };
+    for cgroup in cgroup_roots().iter().flat_map(|base| stale(base, CGROUP_PREFIX)) {
+        eprintln!("removing a stale test container's cgroup {}", cgroup.display());
+        remove_cgroup(&cgroup);
+    }
+    for dir in stale(&std::env::temp_dir(), DIR_PREFIX) {
+        eprintln!("removing a stale test container's root {}", dir.display());
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
 
