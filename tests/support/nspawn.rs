@@ -37,8 +37,16 @@ pub fn why_not() -> Option<String> {
     if Path::new("/run/systemd/system").exists() {
         return Some("the host runs systemd: nspawn would need a delegated scope, which this test does not set up".into());
     }
-    if cgroup_roots().is_empty() {
-        return Some("no writable cgroup file system under /sys/fs/cgroup".into());
+    let roots = cgroup_roots();
+    if roots.is_empty() {
+        return Some("no cgroup file system under /sys/fs/cgroup".into());
+    }
+    for base in roots {
+        let probe = base.join(format!("{CGROUP_PREFIX}{}-probe", std::process::id()));
+        if let Err(e) = std::fs::create_dir(&probe) {
+            return Some(format!("cannot make a cgroup under {}: {e}", base.display()));
+        }
+        let _ = std::fs::remove_dir(&probe);
     }
     None
 }
