@@ -2,8 +2,10 @@
 //! temporary socket and a free port, wait for them, and always clean up.
 //! A process's log is printed when the test that owns it fails.
 //! [`raw_control`] speaks the host's control protocol frame by frame, for
-//! tests that play a broken or hostile gateway.
+//! tests that play a broken or hostile gateway. [`nspawn`] boots a container
+//! with a real systemd, for tests that run the units under it.
 
+pub mod nspawn;
 pub mod raw_control;
 pub mod silent_host;
 
