@@ -174,14 +174,25 @@ async fn replicas_share_the_load_and_survive_a_sigkill() {
         }
         tasks
     };
+    // Idle replicas tie at 0 outstanding: one request at a time alternates
+    // (known_samples sent 60 of them, one by one).
+    let served = |status: Value| status["requests_done"].as_u64().unwrap_or_else(|| panic!("{status}")) as f64;
+    let counts = async || (served(host_status(&client, &gateway, &a).await), served(host_status(&client, &gateway, &b).await));
+    let (idle_a, idle_b) = counts().await;
+    assert!((idle_a - idle_b).abs() <= 1.0, "one at a time, replicas alternate: {idle_a}/{idle_b}");
+
+    // Under load both are used; how many each completes depends on its
+    // speed too (a faster replica drains its share sooner and is given
+    // more), which on a shared CPU is not equal: printed, checked loosely.
+    // The policy itself is checked exactly with stand-in hosts below.
     for task in load(None) {
         assert!(task.await.unwrap().iter().all(|(_, (s, _, _, right))| *s == 200 && *right));
     }
-    let served = |status: Value| status["requests_done"].as_u64().unwrap_or_else(|| panic!("{status}")) as f64;
-    let (on_a, on_b) = (served(host_status(&client, &gateway, &a).await), served(host_status(&client, &gateway, &b).await));
-    let share = on_a / (on_a + on_b);
-    println!("replicas: {on_a} requests on a, {on_b} on b ({share:.2})");
-    assert!((0.4..=0.6).contains(&share), "load spread {on_a}/{on_b} is outside 60/40");
+    let (done_a, done_b) = counts().await;
+    let (done_a, done_b) = (done_a - idle_a, done_b - idle_b);
+    let done_share = done_a / (done_a + done_b);
+    println!("replicas under 8 clients: completed {done_a}/{done_b} ({done_share:.2})");
+    assert!((0.2..=0.8).contains(&done_share), "completed {done_a}/{done_b}: one replica starved");
 
     // SIGKILL one replica under load: only fast 503s with Retry-After,
     // and only within a second of the kill.
@@ -189,10 +200,11 @@ async fn replicas_share_the_load_and_survive_a_sigkill() {
     tokio::time::sleep(Duration::from_millis(1000)).await;
     let killed_at = Instant::now();
     host_a.kill();
-    let mut counts: BTreeMap<u16, usize> = BTreeMap::new();
+    let (mut counts, mut served_after): (BTreeMap<u16, usize>, usize) = (BTreeMap::new(), 0);
     for task in tasks {
         for (at, (status, retry_after, _, right)) in task.await.unwrap() {
             *counts.entry(status).or_default() += 1;
+            served_after += usize::from(status == 200 && at > killed_at + Duration::from_millis(100));
             assert!(right, "an answer belonged to another image");
             match status {
                 200 => {}
@@ -204,8 +216,8 @@ async fn replicas_share_the_load_and_survive_a_sigkill() {
             }
         }
     }
-    println!("SIGKILL of one replica under load: {counts:?}");
-    assert!(counts.get(&200).copied().unwrap_or(0) > 100, "too little load: {counts:?}");
+    println!("SIGKILL of one replica under load: {counts:?}; {served_after} answered by the survivor after the kill");
+    assert!(served_after > 0, "the surviving replica answered nothing after the kill: {counts:?}");
 
     // Back on the same socket: served again, no gateway restart.
     let _host_a = start_host_on(&scratch, &a, &digits_model());
@@ -213,6 +225,35 @@ async fn replicas_share_the_load_and_survive_a_sigkill() {
     assert!(back.await.is_some(), "the restarted replica is used again");
     drop((_host_a, _host_b, gateway));
     assert_eq!(our_segments(), segments_before, "segments left in /dev/shm");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn replicas_get_requests_by_fewest_outstanding() {
+    // Stand-in hosts that take every lease request and never answer: each
+    // request stays outstanding, so where the next one goes is decided by
+    // the counts alone, whatever the CPU is doing.
+    let scratch = Scratch::new();
+    let hosts = scratch.hosts_dir();
+    let (a, b) = (hosts.join("a.sock"), hosts.join("b.sock"));
+    let (leases_a, leases_b) = (silent_host::start(&a), silent_host::start(&b));
+    let gateway = scratch.start_gateway_for(&["--host-dir", &hosts.display().to_string()]);
+    gateway.wait_ready().await;
+    let client = reqwest::Client::new();
+    let sample = testset("gray8").remove(0);
+    let url = format!("{}?timeout_ms=3000", gateway.predict_url());
+    let stuck: Vec<_> = (0..8)
+        .map(|_| {
+            let (client, url, bytes) = (client.clone(), url.clone(), sample.bytes.clone());
+            tokio::spawn(async move { post_image(&client, &url, bytes, "image/png").await.0 })
+        })
+        .collect();
+    let all_in = within(Duration::from_secs(5), async || leases_a.load(std::sync::atomic::Ordering::SeqCst) + leases_b.load(std::sync::atomic::Ordering::SeqCst) == 8);
+    assert!(all_in.await.is_some(), "8 leases asked");
+    let (on_a, on_b) = (leases_a.load(std::sync::atomic::Ordering::SeqCst), leases_b.load(std::sync::atomic::Ordering::SeqCst));
+    assert_eq!((on_a, on_b), (4, 4), "8 stuck requests over two replicas by fewest outstanding");
+    for request in stuck {
+        assert_eq!(request.await.unwrap(), 504, "a request no host answers ends at its deadline");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

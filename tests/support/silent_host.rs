@@ -4,6 +4,8 @@
 //! up. For tests of what a gateway does with requests cut off mid-flight.
 
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use protocol::codec::{decode_body, encode_body};
 use protocol::shm::{Segment, SlotLayout};
@@ -30,21 +32,26 @@ fn model() -> ModelInfo {
 
 /// Listens on `socket` and serves every gateway that connects, silently.
 /// Runs until the test's runtime ends.
-pub fn start(socket: &Path) {
-    start_speaking(socket, PROTOCOL_VERSION);
+/// Returns the count of Lease requests it has received (and left
+/// unanswered), across its connections.
+pub fn start(socket: &Path) -> Arc<AtomicUsize> {
+    start_speaking(socket, PROTOCOL_VERSION)
 }
 
 /// The same, saying in its Welcome that it speaks `protocol_version`: a
 /// host of another release.
-pub fn start_speaking(socket: &Path, protocol_version: u32) {
+pub fn start_speaking(socket: &Path, protocol_version: u32) -> Arc<AtomicUsize> {
     let listener = UnixListener::bind(socket).expect("binding the silent host's socket");
+    let leases = Arc::new(AtomicUsize::new(0));
+    let counted = leases.clone();
     tokio::spawn(async move {
         let mut connection_id = 0;
         while let Ok((stream, _)) = listener.accept().await {
             connection_id += 1;
-            tokio::spawn(serve(stream, connection_id, protocol_version));
+            tokio::spawn(serve(stream, connection_id, protocol_version, counted.clone()));
         }
     });
+    leases
 }
 
 async fn read(stream: &mut UnixStream) -> Option<GatewayMessage> {
@@ -55,7 +62,7 @@ async fn read(stream: &mut UnixStream) -> Option<GatewayMessage> {
     decode_body(&body).ok()
 }
 
-async fn serve(mut stream: UnixStream, connection_id: u64, protocol_version: u32) {
+async fn serve(mut stream: UnixStream, connection_id: u64, protocol_version: u32, leases: Arc<AtomicUsize>) {
     let Some(GatewayMessage::Hello { .. }) = read(&mut stream).await else { return };
     let layout = SlotLayout::new(4, model().slot_len()).expect("slot layout");
     let name = format!("/silent-host.{}.{connection_id}", std::process::id());
@@ -75,6 +82,9 @@ async fn serve(mut stream: UnixStream, connection_id: u64, protocol_version: u32
     }
     // Hear everything; answer only Status.
     while let Some(message) = read(&mut stream).await {
+        if let GatewayMessage::Lease { .. } = message {
+            leases.fetch_add(1, Ordering::SeqCst);
+        }
         if let GatewayMessage::Status { request_id } = message
             && write(&mut stream, &HostMessage::Status { request_id, status: status() }).await.is_err()
         {
