@@ -2,8 +2,10 @@
 //! temporary socket and a free port, wait for them, and always clean up.
 //! A process's log is printed when the test that owns it fails.
 //! [`raw_control`] speaks the host's control protocol frame by frame, for
-//! tests that play a broken or hostile gateway.
+//! tests that play a broken or hostile gateway; [`netns`] makes network
+//! namespaces that stand in for separate machines.
 
+pub mod netns;
 pub mod raw_control;
 pub mod silent_host;
 
@@ -57,7 +59,8 @@ pub struct Process {
 }
 
 impl Process {
-    fn spawn(name: &str, binary: &Path, args: &[String], env: &[(&str, String)], log: PathBuf) -> Process {
+    /// Starts `binary` with `args`, its stdout and stderr to `log`.
+    pub fn spawn(name: &str, binary: &Path, args: &[String], env: &[(&str, String)], log: PathBuf) -> Process {
         let file = std::fs::File::create(&log).expect("creating log file");
         let child = Command::new(binary)
             .args(args)
