@@ -127,7 +127,7 @@ defaults
     timeout connect 500ms
     timeout client 10s
     timeout server 5s
-    timeout check 500ms
+    timeout check 1s
     retries 3
     option redispatch 1
     retry-on conn-failure empty-response junk-response response-timeout 502 503 504
