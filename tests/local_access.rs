@@ -196,6 +196,12 @@ async fn a_squatted_segment_name_is_refused_never_used() {
     use std::os::unix::fs::OpenOptionsExt;
     let scratch = Scratch::new();
     let host = scratch.start_host(&[]);
+    // The start-up sweep removes names carrying the host's own pid (left by
+    // a predecessor that had the same pid, as a restarted container's
+    // pid 1 does); a squatter who learns the pid squats after it.
+    let swept =
+        eventually(Duration::from_secs(60), async || host.log().contains("swept stale shared-memory segments")).await;
+    assert!(swept.is_some(), "no start-up sweep in the host's log:\n{}", host.log());
     // Connection ids start at 1; squat the first few before the host accepts any.
     let squatted: Vec<PathBuf> =
         (1..=8).map(|id| shm_path(&protocol::shm::naming::segment_name(host.pid(), id))).collect();

@@ -3,8 +3,10 @@
 //! A process's log is printed when the test that owns it fails.
 //! [`raw_control`] speaks the host's control protocol frame by frame, for
 //! tests that play a broken or hostile gateway. [`nspawn`] boots a container
-//! with a real systemd, for tests that run the units under it.
+//! with a real systemd, for tests that run the units under it; [`netns`]
+//! makes network namespaces that stand in for separate machines.
 
+pub mod netns;
 pub mod nspawn;
 pub mod raw_control;
 pub mod silent_host;
@@ -59,7 +61,8 @@ pub struct Process {
 }
 
 impl Process {
-    fn spawn(name: &str, binary: &Path, args: &[String], env: &[(&str, String)], log: PathBuf) -> Process {
+    /// Starts `binary` with `args`, its stdout and stderr to `log`.
+    pub fn spawn(name: &str, binary: &Path, args: &[String], env: &[(&str, String)], log: PathBuf) -> Process {
         let file = std::fs::File::create(&log).expect("creating log file");
         let child = Command::new(binary)
             .args(args)
