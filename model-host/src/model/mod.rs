@@ -71,7 +71,10 @@ impl Model {
             ModelKind::Tensors(signature) => Model::Tensors(TensorModel::load(file, signature, device)?),
             // Runs as a tensor model whose input the preprocessor normalised:
             // its outputs are checked against the task's at warm-up.
-            ModelKind::Vision(v) => Model::Tensors(TensorModel::load(file, &v.model.signature, device)?),
+            ModelKind::Vision(v) => {
+                let fields = v.model.signature.outputs.iter().map(|o| config::vision::declared_by(&o.name)).collect();
+                Model::Tensors(TensorModel::load(file, &v.model.signature, device)?.declared_by(fields))
+            }
         })
     }
 

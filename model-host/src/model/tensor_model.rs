@@ -27,6 +27,9 @@ pub struct TensorModel {
     placements: Vec<Placement>,
     /// Bytes of one item's outputs with their padding.
     row_bytes: usize,
+    /// Per output, the model.toml fields that declared it when they are
+    /// not `[[outputs]]` (a vision model's), for the mismatch error.
+    declared_by: Vec<Option<&'static str>>,
 }
 
 /// A batch whose forward pass has been queued on the device; its outputs
@@ -44,7 +47,13 @@ impl TensorModel {
         let mut module = CModule::load_on_device(file, device)?;
         module.f_set_eval()?;
         let (placements, row_bytes) = (signature.output_placements(), signature.output_bytes() as usize);
-        Ok(Self { module, placements, row_bytes, signature: signature.clone() })
+        Ok(Self { module, placements, row_bytes, signature: signature.clone(), declared_by: Vec::new() })
+    }
+
+    /// Names the model.toml fields behind each output (in `[[outputs]]` order).
+    pub fn declared_by(mut self, fields: Vec<Option<&'static str>>) -> Self {
+        self.declared_by = fields;
+        self
     }
 
     /// Queues the forward pass on an uploaded batch and checks what it
@@ -54,8 +63,13 @@ impl TensorModel {
         let args: Vec<IValue> = tensors.into_iter().map(IValue::Tensor).collect();
         let outputs = tch::no_grad(|| self.module.forward_is(&args))?;
         let outputs = by_config(outputs, &self.signature.outputs)?;
-        for (tensor, spec) in outputs.iter().zip(&self.signature.outputs) {
-            check(tensor, spec, batch)?;
+        for (i, (tensor, spec)) in outputs.iter().zip(&self.signature.outputs).enumerate() {
+            check(tensor, spec, batch).map_err(|e| match (e, self.declared_by.get(i).copied().flatten()) {
+                (ModelError::OutputMismatch { name, got, expected }, Some(field)) => {
+                    ModelError::OutputMismatch { name, got, expected: format!("{expected}, from {field}") }
+                }
+                (e, _) => e,
+            })?;
         }
         Ok(Launched { outputs, placements: self.placements.clone(), row_bytes: self.row_bytes })
     }

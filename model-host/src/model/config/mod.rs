@@ -506,4 +506,4 @@ fn validate_batching(b: &BatchingConfig) -> Result<(), Invalid> {
 
 #[cfg(test)]
 mod tests;
-mod vision;
+pub mod vision;

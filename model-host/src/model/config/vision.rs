@@ -94,6 +94,17 @@ enum MaskToml {
     Alpha,
 }
 
+/// The model.toml fields that make a vision output's declared shape.
+pub fn declared_by(output: &str) -> Option<&'static str> {
+    match output {
+        protocol::vision::OUTPUT_BOXES => Some("detection.max_boxes (boxes are FP32 [max_boxes, 4])"),
+        protocol::vision::OUTPUT_SCORES => Some("detection.max_boxes (scores are FP32 [max_boxes])"),
+        protocol::vision::OUTPUT_LABELS => Some("detection.max_boxes (labels are INT64 [max_boxes])"),
+        protocol::vision::OUTPUT_MASK => Some("segmentation.mask, labels, width and height (mask is FP32 [1 or labels, height, width])"),
+        _ => None,
+    }
+}
+
 fn half() -> f32 {
     0.5
 }
@@ -158,4 +169,79 @@ pub(super) fn segmentation(input: &InputConfig, s: SegmentationToml) -> Result<V
     }
     let spec = SegmentationSpec { labels: s.labels, resize: resize(s.resize, s.pad_value), mask, width, height };
     Ok(VisionModel::new(shape(input), VisionTask::Segmentation(spec)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{ModelConfigError, ModelKind, load};
+    use protocol::vision::{BoxFormat, VisionTask};
+
+    const DETECTOR: &str = r#"
+name = "shapes"
+version = "1"
+file = "model.pt"
+[input]
+width = 64
+height = 48
+channels = 3
+mean = [0.5, 0.5, 0.5]
+std = [0.25, 0.25, 0.25]
+[detection]
+labels = ["a", "b"]
+max_boxes = 16
+box_format = "cxcywh"
+box_units = "normalized"
+resize = "letterbox"
+pad_value = 114
+[batching]
+max_batch_size = 4
+"#;
+
+    fn load_text(text: &str) -> Result<super::super::ModelConfig, ModelConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("model.toml"), text).unwrap();
+        load(dir.path()).map(|l| l.config)
+    }
+
+    fn field_of(text: &str) -> &'static str {
+        match load_text(text) {
+            Err(ModelConfigError::Invalid { field, .. }) => field,
+            other => panic!("not refused by field: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_detector_parses_with_defaults_and_its_slot_layout() {
+        let config = load_text(DETECTOR).unwrap();
+        let ModelKind::Vision(v) = &config.kind else { panic!("not a vision model") };
+        let VisionTask::Detection(d) = &v.model.task else { panic!("not a detector") };
+        assert_eq!((d.box_format, d.max_detections, d.score_threshold), (BoxFormat::Cxcywh, 16, 0.5));
+        assert_eq!(config.item_input_bytes(), 64 * 48 * 3);
+        assert_eq!(v.model.signature.outputs[0].dims, [16, 4]);
+    }
+
+    #[test]
+    fn detection_and_segmentation_fields_are_named() {
+        for (from, to, field) in [
+            ("max_boxes = 16", "max_boxes = 0", "detection.max_boxes"),
+            ("pad_value = 114", "pad_value = 114\nmax_detections = 17", "detection.max_detections"),
+            ("pad_value = 114", "pad_value = 114\nscore_threshold = 2.0", "detection.score_threshold"),
+            ("labels = [\"a\", \"b\"]", "labels = []", "detection.labels"),
+            ("channels = 3", "channels = 4", "input.channels"),
+            ("[batching]", "[output]\nkind = \"classification\"\nlabels = [\"x\"]\n[batching]", "detection"),
+        ] {
+            assert_eq!(field_of(&DETECTOR.replace(from, to)), field, "{to}");
+        }
+        let start = DETECTOR.find("[detection]").unwrap();
+        let end = DETECTOR.find("[batching]").unwrap();
+        let segmenter = |body: &str| format!("{}[segmentation]\n{body}\n{}", &DETECTOR[..start], &DETECTOR[end..]);
+        assert_eq!(field_of(&segmenter("mask = \"alpha\"\nlabels = [\"bg\", \"fg\", \"x\"]\nresize = \"stretch\"")), "segmentation.labels");
+        assert_eq!(field_of(&segmenter("mask = \"classes\"\nlabels = [\"bg\"]\nresize = \"stretch\"")), "segmentation.labels");
+        let config = load_text(&segmenter("mask = \"classes\"\nlabels = [\"bg\", \"a\", \"b\"]\nresize = \"stretch\"\nwidth = 32\nheight = 24")).unwrap();
+        let ModelKind::Vision(v) = &config.kind else { panic!("not a vision model") };
+        assert_eq!(v.model.signature.outputs[0].dims, [3, 24, 32]);
+        // An unknown box format is a parse error naming the value.
+        let err = load_text(&DETECTOR.replace("\"cxcywh\"", "\"yxyx\"")).unwrap_err().to_string();
+        assert!(err.contains("yxyx") && err.contains("box_format"), "{err}");
+    }
 }
