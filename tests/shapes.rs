@@ -261,6 +261,19 @@ async fn the_segmenter_over_http_matches_its_python_iou_in_every_format() {
     assert_eq!(status, 400);
     assert!(error.contains("format") && error.contains("cutout"), "{error}");
 
+    // A huge image is refused from its header, before any pixel (or mask) memory.
+    let mut huge = masks[1].clone();
+    huge[16..24].copy_from_slice(&[0, 0, 0xc3, 0x50, 0, 0, 0xc3, 0x50]); // 50000 x 50000
+    let crc = crc32fast::hash(&huge[12..29]);
+    huge[29..33].copy_from_slice(&crc.to_be_bytes());
+    let response = post(&client, url("?format=cutout"), huge, None).await;
+    assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(response.json::<Value>().await.unwrap()["type"], "image_too_large");
+    // Raw pixels of the wrong length are named.
+    let (status, error) = error_of(client.post(url("")).header("content-type", "application/x-pixels").body(vec![0u8; 10]).send().await.unwrap()).await;
+    assert_eq!(status, 400);
+    assert!(error.contains("12288"), "{error}");
+
     // Over v2: the PNG as BYTES (stretched to 64x64 as the model expects), the raw mask back.
     let element = [&(png.len() as u32).to_le_bytes()[..], png].concat();
     let header = json!({"inputs": [{"name": "IMAGE", "datatype": "BYTES", "shape": [1], "parameters": {"binary_data_size": element.len()}}]}).to_string();

@@ -48,8 +48,8 @@ pub fn detections(outputs: &[u8], signature: &TensorSignature, spec: &DetectionS
         .filter(|((_, score), _)| score.is_finite() && *score >= pick.score_threshold)
         .filter_map(|((b, score), label)| {
             let [x0, y0, x1, y1] = corners([b[0], b[1], b[2], b[3]], spec, t.input);
-            let (x0, y0) = t.to_original(x0, y0);
-            let (x1, y1) = t.to_original(x1, y1);
+            let (x0, y0) = t.map_back(x0, y0);
+            let (x1, y1) = t.map_back(x1, y1);
             // A box wholly in the letterbox padding, or not finite, is nothing.
             if !(x1 > x0 && y1 > y0) {
                 return None;

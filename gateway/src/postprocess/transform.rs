@@ -36,7 +36,7 @@ impl Transform {
     }
 
     /// A point in input pixels to the client's image's pixels, clamped to it.
-    pub fn to_original(&self, x: f32, y: f32) -> (f32, f32) {
+    pub fn map_back(&self, x: f32, y: f32) -> (f32, f32) {
         let (left, top, w, h) = self.content;
         let ox = (x - left as f32) * self.original.0 as f32 / w as f32;
         let oy = (y - top as f32) * self.original.1 as f32 / h as f32;
@@ -81,15 +81,15 @@ mod tests {
         // 160x100 into 64x64: scale 0.4, content 64x40 at (0, 12).
         let t = Transform::new(LETTERBOX, (160, 100), (64, 64));
         assert_eq!(t.content, (0, 12, 64, 40));
-        assert_eq!(t.to_original(0.0, 12.0), (0.0, 0.0));
-        assert_eq!(t.to_original(64.0, 52.0), (160.0, 100.0));
-        assert_eq!(t.to_original(32.0, 32.0), (80.0, 50.0));
+        assert_eq!(t.map_back(0.0, 12.0), (0.0, 0.0));
+        assert_eq!(t.map_back(64.0, 52.0), (160.0, 100.0));
+        assert_eq!(t.map_back(32.0, 32.0), (80.0, 50.0));
         // Points in the padding clamp to the image's edge.
-        assert_eq!(t.to_original(10.0, 2.0), (25.0, 0.0));
+        assert_eq!(t.map_back(10.0, 2.0), (25.0, 0.0));
         // A tall one: 78x120, scale 64/120, content 42x64 at (11, 0).
         let t = Transform::new(LETTERBOX, (78, 120), (64, 64));
         assert_eq!(t.content, (11, 0, 42, 64));
-        let (x, y) = t.to_original(11.0 + 21.0, 16.0);
+        let (x, y) = t.map_back(11.0 + 21.0, 16.0);
         assert!((x - 39.0).abs() < 1e-4 && (y - 30.0).abs() < 1e-4, "{x} {y}");
     }
 
@@ -97,7 +97,7 @@ mod tests {
     fn stretch_scales_each_axis_on_its_own() {
         let t = Transform::new(Resize::Stretch, (200, 50), (64, 64));
         assert_eq!(t.content, (0, 0, 64, 64));
-        assert_eq!(t.to_original(32.0, 16.0), (100.0, 12.5));
+        assert_eq!(t.map_back(32.0, 16.0), (100.0, 12.5));
         assert_eq!(t.content_in((32, 32)), (0.0, 0.0, 32.0, 32.0));
     }
 

@@ -77,15 +77,8 @@ pub async fn predict(
         None => app.limits.request_timeout,
     };
     if model.vision().is_some() {
-        let tag = request_id::of(&request);
-        let (parts, body) = request.into_parts();
-        let body = read_body(body, &parts.headers, app.limits.max_body_bytes, app.limits.body_timeout).await?;
-        metrics::record_body(body.len());
-        let upload = extract_image(&parts.headers, body).await?;
         let params = vision::VisionParams { score_threshold: params.score_threshold, max_detections: params.max_detections, format: params.format };
-        let (max_pixels, deadline, budget_ms) = (app.limits.max_pixels, started + budget, budget.as_millis() as u64);
-        let call = vision::Call { link: &link, upload, headers: &parts.headers, params, max_pixels, started, deadline, budget_ms, tag };
-        return vision::predict(call).await;
+        return vision::predict(&app, &link, params, request, started + budget, started).await;
     }
     // Images in, classes out: a tensor model's named inputs need v2.
     let Some((input, labels)) = model.classifier() else {

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::Json;
+use axum::extract::Request;
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use image::ImageFormat;
@@ -26,7 +27,8 @@ use crate::host_client::Link;
 use crate::postprocess::boxes::{Selection, detections};
 use crate::postprocess::{Transform, masks};
 use crate::routes::host_call;
-use crate::upload::{Format, PIXELS_CONTENT_TYPE, Upload};
+use crate::upload::{Format, PIXELS_CONTENT_TYPE, Upload, extract_image, read_body};
+use crate::{AppState, request_id};
 
 /// The query parameters only a vision model reads.
 #[derive(Debug, Default)]
@@ -34,6 +36,15 @@ pub struct VisionParams {
     pub score_threshold: Option<f32>,
     pub max_detections: Option<u32>,
     pub format: Option<String>,
+}
+
+/// What the rest of a request needs to reach the host.
+struct Call<'a> {
+    link: &'a Arc<Link>,
+    started: Instant,
+    deadline: Instant,
+    budget_ms: u64,
+    tag: String,
 }
 
 /// What a request gets back.
@@ -44,31 +55,27 @@ enum Answer {
     Cutout,
 }
 
-/// One request, already admitted and read: everything else the route needs.
-pub struct Call<'a> {
-    pub link: &'a Arc<Link>,
-    pub upload: Upload,
-    pub headers: &'a HeaderMap,
-    pub params: VisionParams,
-    pub max_pixels: u64,
-    pub started: Instant,
-    pub deadline: Instant,
-    pub budget_ms: u64,
-    pub tag: String,
-}
-
-pub async fn predict(call: Call<'_>) -> Result<Response, ApiError> {
-    let model: &ModelInfo = call.link.model();
+/// A request for a vision model, admitted (`link` is ready and serves
+/// the model named): its parameters are checked before the body is read.
+pub async fn predict(app: &AppState, link: &Arc<Link>, params: VisionParams, request: Request, deadline: Instant, started: Instant) -> Result<Response, ApiError> {
+    let model: &ModelInfo = link.model();
     let Some(vision) = model.vision() else { return Err(ApiError::Internal("not a vision model".into())) };
-    let answer = choose_answer(call.params.format.as_deref(), call.headers, &vision.task)?;
+    let answer = choose_answer(params.format.as_deref(), request.headers(), &vision.task)?;
     let pick = match &vision.task {
-        VisionTask::Detection(spec) => Some(selection(&call.params, spec)?),
+        VisionTask::Detection(spec) => Some(selection(&params, spec)?),
         VisionTask::Segmentation(_) => None,
     };
+    let tag = request_id::of(&request);
+    let (parts, body) = request.into_parts();
+    let body = read_body(body, &parts.headers, app.limits.max_body_bytes, app.limits.body_timeout).await?;
+    crate::metrics::record_body(body.len());
+    let upload = extract_image(&parts.headers, body).await?;
+    let budget_ms = deadline.saturating_duration_since(started).as_millis() as u64;
+    let call = Call { link, started, deadline, budget_ms, tag };
+
     let decode_started = Instant::now();
-    let (input, resize, max_pixels) = (vision.input, vision.resize(), call.max_pixels);
+    let (input, resize, max_pixels) = (vision.input, vision.resize(), app.limits.max_pixels);
     let keep_rgb = answer == Answer::Cutout;
-    let upload = call.upload;
     let prepared = tokio::task::spawn_blocking(move || prepare(upload, input, resize, keep_rgb, max_pixels))
         .await
         .map_err(|e| ApiError::Internal(format!("decode task: {e}")))??;
@@ -233,13 +240,18 @@ pub fn describe(v: &VisionModel) -> serde_json::Value {
     match &v.task {
         VisionTask::Detection(d) => json!({
             "kind": "detection", "input": input, "labels": d.labels, "resize": resize_name(d.resize),
-            "max_boxes": d.max_boxes, "score_threshold": d.score_threshold, "max_detections": d.max_detections,
+            "max_boxes": d.max_boxes, "score_threshold": shortest(d.score_threshold), "max_detections": d.max_detections,
         }),
         VisionTask::Segmentation(s) => json!({
             "kind": "segmentation", "input": input, "labels": s.labels, "resize": resize_name(s.resize),
             "mask": { "width": s.width, "height": s.height, "planes": s.planes() },
         }),
     }
+}
+
+/// An f32 as the shortest decimal that reads back as it (0.3, not 0.30000001192092896).
+fn shortest(v: f32) -> f64 {
+    v.to_string().parse().unwrap_or(f64::from(v))
 }
 
 fn resize_name(r: Resize) -> &'static str {

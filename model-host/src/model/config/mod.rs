@@ -350,8 +350,8 @@ fn validate(raw: ModelToml) -> Result<ModelConfig, Invalid> {
         return Err(("name", format!("{:?} must be non-empty ASCII letters, digits, '-', '_' or '.'", raw.name)));
     }
     let kind = match (raw.input, raw.output, raw.inputs, raw.outputs, raw.detection, raw.segmentation) {
-        (Some(input), None, None, None, Some(d), None) => vision_kind(input, |i| vision::detection(i, d))?,
-        (Some(input), None, None, None, None, Some(s)) => vision_kind(input, |i| vision::segmentation(i, s))?,
+        (Some(input), None, None, None, Some(d), None) => vision::kind(input, |i| vision::detection(i, d))?,
+        (Some(input), None, None, None, None, Some(s)) => vision::kind(input, |i| vision::segmentation(i, s))?,
         (_, _, _, _, Some(_), _) | (_, _, _, _, _, Some(_)) => {
             return Err(("detection", "[detection] or [segmentation] (one of them) goes with [input] alone, without [output], [[inputs]] or [[outputs]]".into()));
         }
@@ -367,16 +367,6 @@ fn validate(raw: ModelToml) -> Result<ModelConfig, Invalid> {
         batching: raw.batching,
         optimization: raw.optimization,
     })
-}
-
-/// A vision model: `[input]` checked as a classifier's, then the task.
-fn vision_kind(input: InputConfig, task: impl FnOnce(&InputConfig) -> Result<protocol::VisionModel, Invalid>) -> Result<ModelKind, Invalid> {
-    check_input(&input)?;
-    let model = task(&input)?;
-    if model.signature.slot_bytes() > MAX_SLOT_SIZE {
-        return Err(("input", format!("a batch item needs {} bytes, over the {MAX_SLOT_SIZE}-byte slot limit", model.signature.slot_bytes())));
-    }
-    Ok(ModelKind::Vision(VisionConfig { input, model }))
 }
 
 /// The two original kinds: `[input]` + `[output]`, or `[[inputs]]` + `[[outputs]]`.
@@ -425,7 +415,7 @@ fn validate_classifier(input: InputConfig, output: OutputConfig) -> Result<Class
 }
 
 /// `[input]`, for a classifier or a vision model.
-fn check_input(i: &InputConfig) -> Result<(), Invalid> {
+pub(super) fn check_input(i: &InputConfig) -> Result<(), Invalid> {
     if !(1..=8192).contains(&i.width) || !(1..=8192).contains(&i.height) {
         return Err(("input.width/height", format!("{}x{} is outside 1..=8192", i.width, i.height)));
     }

@@ -27,7 +27,9 @@ use protocol::ImageShape;
 use protocol::vision::{BoxFormat, BoxUnits, DetectionSpec, MaskKind, Resize, SegmentationSpec, VisionModel, VisionTask};
 use serde::Deserialize;
 
-use super::{InputConfig, Invalid};
+use protocol::shm::layout::MAX_SLOT_SIZE;
+
+use super::{InputConfig, Invalid, ModelKind, VisionConfig, check_input};
 
 #[derive(Debug, Clone, Copy, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -118,6 +120,17 @@ fn resize(r: ResizeToml, pad: u8) -> Resize {
 
 fn shape(input: &InputConfig) -> ImageShape {
     ImageShape { width: input.width, height: input.height, channels: input.channels }
+}
+
+/// A vision model: `[input]` checked as a classifier's, then the task.
+pub(super) fn kind(input: InputConfig, task: impl FnOnce(&InputConfig) -> Result<VisionModel, Invalid>) -> Result<ModelKind, Invalid> {
+    check_input(&input)?;
+    let model = task(&input)?;
+    let bytes = model.signature.slot_bytes();
+    if bytes > MAX_SLOT_SIZE {
+        return Err(("input", format!("a batch item needs {bytes} bytes, over the {MAX_SLOT_SIZE}-byte slot limit")));
+    }
+    Ok(ModelKind::Vision(VisionConfig { input, model }))
 }
 
 pub(super) fn detection(input: &InputConfig, d: DetectionToml) -> Result<VisionModel, Invalid> {
