@@ -156,6 +156,15 @@ async fn the_detector_over_http_matches_its_python_map_and_honours_its_parameter
         assert!(error.contains(field), "{query}: {error}");
     }
 
+    // A JPEG of the same scene: decoded at full size, the same objects.
+    let mut jpeg = std::io::Cursor::new(Vec::new());
+    image::load_from_memory(png).unwrap().write_to(&mut jpeg, image::ImageFormat::Jpeg).unwrap();
+    let response = client.post(url("")).header("content-type", "image/jpeg").body(jpeg.into_inner()).send().await.unwrap();
+    let from_jpeg: Value = response.json().await.unwrap();
+    assert_eq!(from_jpeg["image"], default["image"]);
+    let labels = |v: &Value| -> Vec<u64> { v["detections"].as_array().unwrap().iter().map(|d| d["index"].as_u64().unwrap()).collect() };
+    assert_eq!(labels(&from_jpeg).len(), labels(&default).len(), "{from_jpeg} vs {default}");
+
     // v1 raw pixels and v2 tensors: the same 64x64 input, the same scores.
     let pixels = image::load_from_memory(png).unwrap().resize_exact(64, 64, image::imageops::FilterType::Triangle).into_rgb8().into_raw();
     let v1: Value = client

@@ -38,15 +38,6 @@ pub struct VisionParams {
     pub format: Option<String>,
 }
 
-/// What the rest of a request needs to reach the host.
-struct Call<'a> {
-    link: &'a Arc<Link>,
-    started: Instant,
-    deadline: Instant,
-    budget_ms: u64,
-    tag: String,
-}
-
 /// What a request gets back.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Answer {
@@ -71,7 +62,6 @@ pub async fn predict(app: &AppState, link: &Arc<Link>, params: VisionParams, req
     crate::metrics::record_body(body.len());
     let upload = extract_image(&parts.headers, body).await?;
     let budget_ms = deadline.saturating_duration_since(started).as_millis() as u64;
-    let call = Call { link, started, deadline, budget_ms, tag };
 
     let decode_started = Instant::now();
     let (input, resize, max_pixels) = (vision.input, vision.resize(), app.limits.max_pixels);
@@ -80,17 +70,18 @@ pub async fn predict(app: &AppState, link: &Arc<Link>, params: VisionParams, req
         .await
         .map_err(|e| ApiError::Internal(format!("decode task: {e}")))??;
     let decode = decode_started.elapsed();
-    let (outputs, t) = host_call::run_tensors(call.link, &prepared.pixels, call.deadline, call.budget_ms, call.tag).await?;
+    let (outputs, t) = host_call::run_tensors(link, &prepared.pixels, deadline, budget_ms, tag).await?;
     let post_started = Instant::now();
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
     let timings = json!({ "decode": ms(decode), "queue": t.queue_us as f64 / 1e3, "inference": t.inference_us as f64 / 1e3 });
     let transform = prepared.transform;
     let (width, height) = transform.original;
     let head = json!({ "model": model.name, "version": model.version, "batch_size": t.batch_size, "image": { "width": width, "height": height } });
+    let record = || crate::metrics::record_stages(decode, Duration::from_micros(t.queue_us), Duration::from_micros(t.inference_us), started.elapsed());
     let finish = |mut body: serde_json::Value, mut timings: serde_json::Value| {
         timings["postprocess"] = json!(ms(post_started.elapsed()));
-        timings["total"] = json!(ms(call.started.elapsed()));
-        crate::metrics::record_stages(decode, Duration::from_micros(t.queue_us), Duration::from_micros(t.inference_us), call.started.elapsed());
+        timings["total"] = json!(ms(started.elapsed()));
+        record();
         body["timings_ms"] = timings;
         Json(body).into_response()
     };
@@ -116,12 +107,8 @@ pub async fn predict(app: &AppState, link: &Arc<Link>, params: VisionParams, req
                     Ok(finish(body, timings))
                 }
                 Made::Png(png) => {
-                    let mut response = ([(header::CONTENT_TYPE, HeaderValue::from_static("image/png"))], png).into_response();
-                    let total = format!("{:.3}", ms(call.started.elapsed()));
-                    if let Ok(v) = HeaderValue::from_str(&total) {
-                        response.headers_mut().insert("x-total-ms", v);
-                    }
-                    Ok(response)
+                    record();
+                    Ok(([(header::CONTENT_TYPE, HeaderValue::from_static("image/png"))], png).into_response())
                 }
             }
         }
