@@ -215,7 +215,12 @@ class Listed(torch.nn.Module):
     def forward(self, x: torch.Tensor) -> List[torch.Tensor]:
         return [x + 1, x - 1]
 
-for name, module in [("dict", TwoInThreeOut()), ("tuple", Tuple3()), ("single", Single()), ("list", Listed())]:
+class Segment3(torch.nn.Module):
+    # A vision model's mask: [B, 3, H, W] class scores from the first channel.
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([x[:, :1], -x[:, :1], x[:, :1] * 0], 1)
+
+for name, module in [("dict", TwoInThreeOut()), ("tuple", Tuple3()), ("single", Single()), ("list", Listed()), ("segment3", Segment3())]:
     torch.jit.script(module).save(f"{sys.argv[1]}/{name}.pt")
 "#;
 
@@ -353,6 +358,36 @@ for name, module in [("dict", TwoInThreeOut()), ("tuple", Tuple3()), ("single", 
         let (model, pre) = load("list", &signature);
         let rows = byte_rows(model.run(&pre, &staged(&signature, &[&[10, 20]]), 1, 1).unwrap());
         assert_eq!((&rows[0][0..2], &rows[0][64..66]), (&[11, 21][..], &[9, 19][..]));
+    }
+
+    /// A vision model: pixels normalised by the image preprocessor, its
+    /// mask laid out in the slot where the gateway reads it.
+    #[test]
+    fn a_segmenter_gets_normalised_pixels_and_answers_in_the_slot() {
+        let dir = tempfile::tempdir().unwrap();
+        let toml = format!(
+            "name = \"seg\"\nversion = \"1\"\nfile = {:?}\n[input]\nwidth = 2\nheight = 1\nchannels = 3\nmean = [0.5, 0.5, 0.5]\nstd = [0.25, 0.25, 0.25]\n\
+             [segmentation]\nmask = \"classes\"\nlabels = [\"a\", \"b\", \"c\"]\nresize = \"stretch\"\n[batching]\nmax_batch_size = 2\n",
+            scripted("segment3")
+        );
+        std::fs::write(dir.path().join("model.toml"), toml).unwrap();
+        let loaded = crate::model::config::load(dir.path()).unwrap();
+        let pre = Preprocessor::new(&loaded.config, Device::Cpu).unwrap();
+        let model = Model::load(&loaded.model_file, &loaded.config, Device::Cpu).unwrap();
+        // One item: two RGB pixels, red channel 255 then 0.
+        let rows = byte_rows(model.run(&pre, &[255, 9, 9, 0, 9, 9], 1, 0).unwrap());
+        let mask: Vec<f32> = rows[0][..24].chunks(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+        // (255 / 255 - 0.5) / 0.25 = 2 and (0 - 0.5) / 0.25 = -2, per plane.
+        assert_eq!(mask, [2.0, -2.0, -2.0, 2.0, 0.0, -0.0]);
+
+        // Declared with two classes, the model's three planes are refused, naming the fields.
+        let text = std::fs::read_to_string(dir.path().join("model.toml")).unwrap().replace(", \"c\"]", "]");
+        std::fs::write(dir.path().join("model.toml"), text).unwrap();
+        let loaded = crate::model::config::load(dir.path()).unwrap();
+        let pre = Preprocessor::new(&loaded.config, Device::Cpu).unwrap();
+        let model = Model::load(&loaded.model_file, &loaded.config, Device::Cpu).unwrap();
+        let err = model.run(&pre, &[0; 6], 1, 0).err().expect("a mismatch").to_string();
+        assert!(err.contains("\"mask\"") && err.contains("[1, 3, 1, 2]") && err.contains("segmentation.mask"), "{err}");
     }
 
     fn launch_error(file: &str, signature: &TensorSignature) -> ModelError {
