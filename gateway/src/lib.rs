@@ -22,6 +22,7 @@ pub mod decode;
 pub(crate) mod error;
 pub(crate) mod host_client;
 pub(crate) mod metrics;
+pub(crate) mod postprocess;
 pub(crate) mod request_id;
 pub(crate) mod routes;
 pub(crate) mod serve;

@@ -113,6 +113,7 @@ fn model_info(config: &ModelConfig, device: String) -> ModelInfo {
             labels: c.output.labels.clone(),
         },
         ModelKind::Tensors(signature) => protocol::ModelKind::Tensors(signature.clone()),
+        ModelKind::Vision(v) => protocol::ModelKind::Vision(v.model.clone()),
     };
     ModelInfo {
         name: config.name.clone(),

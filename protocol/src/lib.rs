@@ -20,9 +20,11 @@ pub mod message;
 pub mod shm;
 pub mod tag;
 pub mod tensor;
+pub mod vision;
 
 pub use codec::{CodecError, ControlCodec, GatewayCodec, HostCodec, MAX_FRAME_LEN};
 pub use handshake::{HandshakeError, PROTOCOL_VERSION, check_hello};
 pub use message::*;
 pub use tag::{item_tag, request_tag};
 pub use tensor::{DataType, Placement, TensorSignature, TensorSpec};
+pub use vision::{VisionModel, VisionTask};

@@ -57,7 +57,8 @@ pub enum Ask {
     TopK { k: u32 },
     /// A tensor model: the slot holds one batch item's inputs at the
     /// signature's placements; the host writes the outputs over them and
-    /// answers [`Output::InSlot`].
+    /// answers [`Output::InSlot`]. A vision model's requests ask this too
+    /// (its one input is the image).
     Tensors,
 }
 
@@ -108,6 +109,10 @@ pub enum ModelKind {
     Classifier { input: ImageShape, labels: Vec<String> },
     /// Named, typed tensors in and out, laid out in each slot by the signature.
     Tensors(crate::TensorSignature),
+    /// Images in (uint8 pixels, `input`), detection or segmentation
+    /// outputs in the slot at the signature's placements; the gateway maps
+    /// them back onto the client's image (see [`crate::vision`]).
+    Vision(crate::vision::VisionModel),
 }
 
 /// An image input: height x width x channels uint8, row-major.
@@ -137,6 +142,7 @@ impl ModelInfo {
         match &self.kind {
             ModelKind::Classifier { input, .. } => input.len(),
             ModelKind::Tensors(signature) => signature.slot_bytes(),
+            ModelKind::Vision(v) => v.signature.slot_bytes(),
         }
     }
 
@@ -144,15 +150,25 @@ impl ModelInfo {
     pub fn classifier(&self) -> Option<(ImageShape, &[String])> {
         match &self.kind {
             ModelKind::Classifier { input, labels } => Some((*input, labels)),
-            ModelKind::Tensors(_) => None,
+            ModelKind::Tensors(_) | ModelKind::Vision(_) => None,
         }
     }
 
-    /// The tensor model's signature; None for a classifier.
+    /// The slot's tensor layout (a tensor model's, or a vision model's
+    /// image and outputs); None for a classifier.
     pub fn tensors(&self) -> Option<&crate::TensorSignature> {
         match &self.kind {
             ModelKind::Tensors(signature) => Some(signature),
+            ModelKind::Vision(v) => Some(&v.signature),
             ModelKind::Classifier { .. } => None,
+        }
+    }
+
+    /// A detection or segmentation model; None otherwise.
+    pub fn vision(&self) -> Option<&crate::vision::VisionModel> {
+        match &self.kind {
+            ModelKind::Vision(v) => Some(v),
+            _ => None,
         }
     }
 }

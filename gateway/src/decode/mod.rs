@@ -89,6 +89,28 @@ pub fn decode_to_input(bytes: &[u8], format: ImageFormat, target: Target, max_pi
     resize(flat, (width, height), target)
 }
 
+/// Decodes `bytes` at full size, upright, flattened to `channels`: for a
+/// vision model, whose answer is about the client's whole image (the
+/// pixel limit is checked from the header first, as above).
+pub fn decode_upright(bytes: &[u8], format: ImageFormat, channels: u32, max_pixels: u64) -> Result<(Vec<u8>, (u32, u32)), DecodeError> {
+    let corrupt = |e: image::ImageError| DecodeError::Corrupt { format: format_name(format), detail: e.to_string() };
+    let mut decoder = ImageReader::with_format(Cursor::new(bytes), format).into_decoder().map_err(corrupt)?;
+    let (width, height) = decoder.dimensions();
+    if u64::from(width) * u64::from(height) > max_pixels {
+        return Err(DecodeError::TooManyPixels { width, height, limit: max_pixels });
+    }
+    let orientation = decoder.orientation().unwrap_or(Orientation::NoTransforms);
+    let mut limits = Limits::default();
+    limits.max_alloc = Some(max_pixels.saturating_mul(8).saturating_add(64 << 20));
+    decoder.set_limits(limits).map_err(corrupt)?;
+    Ok(upright(DynamicImage::from_decoder(decoder).map_err(corrupt)?, orientation, channels))
+}
+
+/// Resizes height x width x channels uint8 pixels of `size` to `target` (bilinear).
+pub fn resize_pixels(pixels: Vec<u8>, size: (u32, u32), target: Target) -> Result<Vec<u8>, DecodeError> {
+    resize(pixels, size, target)
+}
+
 /// The stored (pre-orientation) size that covers `target` once turned.
 fn stored_size_for(target: Target, orientation: Orientation) -> (u32, u32) {
     let quarter_turn = matches!(

@@ -4,7 +4,7 @@
 //! |---|---|
 //! | `GET /health/live`, `GET /health/ready` | [`health`] |
 //! | `GET /v1/models`, `GET /v1/models/{name}`, `GET /v1/hosts`, `GET /v1/host/status` | [`models`] |
-//! | `POST /v1/models/{name}/predict` | [`predict`] |
+//! | `POST /v1/models/{name}/predict` | [`predict`]; a detection or segmentation model's in [`vision`] |
 //! | `GET /metrics` | [`crate::metrics`] |
 //! | `/v2/...`: the Open Inference Protocol (KServe v2 REST) | [`v2`] |
 //! | one image through the host, for predict and v2 infer | [`host_call`] |
@@ -20,6 +20,7 @@ pub mod host_call;
 pub mod models;
 pub mod predict;
 pub mod v2;
+pub mod vision;
 
 use axum::Router;
 use axum::routing::{get, post};

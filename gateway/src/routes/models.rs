@@ -27,6 +27,11 @@ fn describe_model(m: &ModelInfo) -> Value {
             body["inputs"] = json!(list(&signature.inputs));
             body["outputs"] = json!(list(&signature.outputs));
         }
+        ModelKind::Vision(v) => {
+            for (key, value) in crate::routes::vision::describe(v).as_object().into_iter().flatten() {
+                body[key] = value.clone();
+            }
+        }
         ModelKind::Classifier { input, labels } => {
             body["kind"] = json!("image_classifier");
             body["input"] = json!({ "width": input.width, "height": input.height, "channels": input.channels, "dtype": "uint8" });

@@ -6,6 +6,7 @@
 use std::time::{Duration, Instant};
 
 use axum::Json;
+use axum::response::{IntoResponse, Response};
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, Request, State};
 use serde::{Deserialize, Serialize};
@@ -13,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use crate::{AppState, metrics, request_id};
 use crate::decode::{Target, decode_to_input};
 use crate::error::ApiError;
-use crate::routes::host_call;
+use crate::routes::{host_call, vision};
 use crate::upload::{Format, PIXELS_CONTENT_TYPE, Upload, extract_image, read_body};
 use protocol::ImageShape;
 
@@ -23,6 +24,10 @@ pub struct PredictParams {
     top_k: Option<u32>,
     /// A deadline shorter than the gateway's --request-timeout-ms.
     timeout_ms: Option<u64>,
+    /// Vision models only (see [`vision`]).
+    score_threshold: Option<f32>,
+    max_detections: Option<u32>,
+    format: Option<String>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -56,7 +61,7 @@ pub async fn predict(
     Path(name): Path<String>,
     params: Result<Query<PredictParams>, QueryRejection>,
     request: Request,
-) -> Result<Json<PredictResponse>, ApiError> {
+) -> Result<Response, ApiError> {
     let started = Instant::now();
     let Query(params) = params.map_err(|e| ApiError::InvalidRequest { field: "query string", problem: e.body_text() })?;
     // Admission before work: no body is read for a host that cannot serve.
@@ -64,16 +69,20 @@ pub async fn predict(
     // Borrowed from the link for the whole request: ModelInfo carries every
     // label (1000 strings for an ImageNet model), too much to copy per request.
     let model = link.model();
+    let budget = match params.timeout_ms {
+        Some(ms) => Duration::from_millis(ms).min(app.limits.request_timeout),
+        None => app.limits.request_timeout,
+    };
+    if model.vision().is_some() {
+        let params = vision::VisionParams { score_threshold: params.score_threshold, max_detections: params.max_detections, format: params.format };
+        return vision::predict(&app, &link, params, request, started + budget, started).await;
+    }
     // Images in, classes out: a tensor model's named inputs need v2.
     let Some((input, labels)) = model.classifier() else {
         return Err(ApiError::InvalidRequest {
             field: "model",
             problem: format!("{name} is a tensor model, not an image classifier; send its inputs to POST /v2/models/{name}/infer"),
         });
-    };
-    let budget = match params.timeout_ms {
-        Some(ms) => Duration::from_millis(ms).min(app.limits.request_timeout),
-        None => app.limits.request_timeout,
     };
     let deadline = started + budget;
     let top_k = params.top_k.unwrap_or(app.limits.default_top_k);
@@ -115,7 +124,8 @@ pub async fn predict(
             total: ms(started.elapsed()),
         },
         batch_size: t.batch_size,
-    }))
+    })
+    .into_response())
 }
 
 /// The model's input from an upload: raw pixels checked for length, or an

@@ -103,10 +103,14 @@ impl<'a> Session<'a> {
         };
         let top_k = match (r.ask, &self.ctx.model.kind) {
             (Ask::TopK { k }, ModelKind::Classifier { .. }) => k,
-            (Ask::Tensors, ModelKind::Tensors(_)) => 0,
+            (Ask::Tensors, ModelKind::Tensors(_) | ModelKind::Vision(_)) => 0,
             (ask, _) => {
                 let _ = self.leases.release(r.slot).map(|()| self.ctx.counters.leased_slots.fetch_sub(1, Relaxed));
-                let kind = if self.ctx.model.classifier().is_some() { "an image classifier" } else { "a tensor model" };
+                let kind = match self.ctx.model.kind {
+                    ModelKind::Classifier { .. } => "an image classifier",
+                    ModelKind::Tensors(_) => "a tensor model",
+                    ModelKind::Vision(_) => "a vision model",
+                };
                 return refuse(InferError::InvalidRequest(format!("{ask:?} asked of {kind}")));
             }
         };

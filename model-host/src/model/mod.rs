@@ -1,6 +1,7 @@
 //! The loaded model, whichever kind model.toml declares: an
 //! [`ImageClassifier`] (top-k rows out) or a [`TensorModel`] (output bytes
-//! laid out for each request's slot).
+//! laid out for each request's slot; a vision model, detection or
+//! segmentation, runs as one, on pixels normalised like a classifier's).
 //!
 //! Both run the same way: [`preprocess`] uploads a batch (an [`Input`]),
 //! [`Model::launch`] queues the forward pass, [`Launched::collect`] waits
@@ -68,6 +69,12 @@ impl Model {
         Ok(match &config.kind {
             ModelKind::Classifier(c) => Model::Classifier(ImageClassifier::load(file, c, &config.optimization, device)?),
             ModelKind::Tensors(signature) => Model::Tensors(TensorModel::load(file, signature, device)?),
+            // Runs as a tensor model whose input the preprocessor normalised:
+            // its outputs are checked against the task's at warm-up.
+            ModelKind::Vision(v) => {
+                let fields = v.model.signature.outputs.iter().map(|o| config::vision::declared_by(&o.name)).collect();
+                Model::Tensors(TensorModel::load(file, &v.model.signature, device)?.declared_by(fields))
+            }
         })
     }
 

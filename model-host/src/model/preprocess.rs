@@ -11,7 +11,7 @@
 use protocol::{Placement, TensorSignature};
 use tch::{Device, Kind, Tensor};
 
-use crate::model::config::{ClassifierConfig, ModelConfig, ModelKind, OptimizationConfig};
+use crate::model::config::{InputConfig, ModelConfig, ModelKind, OptimizationConfig};
 use crate::model::Input;
 use crate::model::dtype::kind_of;
 use crate::torch_shim::HostBuffer;
@@ -24,7 +24,9 @@ pub enum Preprocessor {
 impl Preprocessor {
     pub fn new(config: &ModelConfig, device: Device) -> Result<Self, tch::TchError> {
         Ok(match &config.kind {
-            ModelKind::Classifier(c) => Preprocessor::Image(ImagePreprocessor::new(c, &config.optimization, device)?),
+            ModelKind::Classifier(c) => Preprocessor::Image(ImagePreprocessor::new(&c.input, &config.optimization, device)?),
+            // Pixels like a classifier's; the outputs come back like a tensor model's.
+            ModelKind::Vision(v) => Preprocessor::Image(ImagePreprocessor::new(&v.input, &config.optimization, device)?),
             ModelKind::Tensors(signature) => Preprocessor::Tensors(TensorUploader::new(signature, device)),
         })
     }
@@ -91,9 +93,8 @@ pub struct ImagePreprocessor {
 }
 
 impl ImagePreprocessor {
-    pub fn new(config: &ClassifierConfig, optimization: &OptimizationConfig, device: Device) -> Result<Self, tch::TchError> {
+    pub fn new(input: &InputConfig, optimization: &OptimizationConfig, device: Device) -> Result<Self, tch::TchError> {
         let dtype = optimization.precision.kind();
-        let input = &config.input;
         let per_channel = |v: Vec<f64>| -> Result<Tensor, tch::TchError> {
             let v: Vec<f32> = v.iter().map(|&x| x as f32).collect();
             Tensor::f_from_slice(&v)?.f_view([1, v.len() as i64, 1, 1])?.f_to_device(device)?.f_to_kind(dtype)

@@ -27,6 +27,9 @@ pub struct TensorModel {
     placements: Vec<Placement>,
     /// Bytes of one item's outputs with their padding.
     row_bytes: usize,
+    /// Per output, the model.toml fields that declared it when they are
+    /// not `[[outputs]]` (a vision model's), for the mismatch error.
+    declared_by: Vec<Option<&'static str>>,
 }
 
 /// A batch whose forward pass has been queued on the device; its outputs
@@ -44,7 +47,13 @@ impl TensorModel {
         let mut module = CModule::load_on_device(file, device)?;
         module.f_set_eval()?;
         let (placements, row_bytes) = (signature.output_placements(), signature.output_bytes() as usize);
-        Ok(Self { module, placements, row_bytes, signature: signature.clone() })
+        Ok(Self { module, placements, row_bytes, signature: signature.clone(), declared_by: Vec::new() })
+    }
+
+    /// Names the model.toml fields behind each output (in `[[outputs]]` order).
+    pub fn declared_by(mut self, fields: Vec<Option<&'static str>>) -> Self {
+        self.declared_by = fields;
+        self
     }
 
     /// Queues the forward pass on an uploaded batch and checks what it
@@ -54,8 +63,13 @@ impl TensorModel {
         let args: Vec<IValue> = tensors.into_iter().map(IValue::Tensor).collect();
         let outputs = tch::no_grad(|| self.module.forward_is(&args))?;
         let outputs = by_config(outputs, &self.signature.outputs)?;
-        for (tensor, spec) in outputs.iter().zip(&self.signature.outputs) {
-            check(tensor, spec, batch)?;
+        for (i, (tensor, spec)) in outputs.iter().zip(&self.signature.outputs).enumerate() {
+            check(tensor, spec, batch).map_err(|e| match (e, self.declared_by.get(i).copied().flatten()) {
+                (ModelError::OutputMismatch { name, got, expected }, Some(field)) => {
+                    ModelError::OutputMismatch { name, got, expected: format!("{expected}, from {field}") }
+                }
+                (e, _) => e,
+            })?;
         }
         Ok(Launched { outputs, placements: self.placements.clone(), row_bytes: self.row_bytes })
     }
@@ -201,7 +215,12 @@ class Listed(torch.nn.Module):
     def forward(self, x: torch.Tensor) -> List[torch.Tensor]:
         return [x + 1, x - 1]
 
-for name, module in [("dict", TwoInThreeOut()), ("tuple", Tuple3()), ("single", Single()), ("list", Listed())]:
+class Segment3(torch.nn.Module):
+    # A vision model's mask: [B, 3, H, W] class scores from the first channel.
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([x[:, :1], -x[:, :1], x[:, :1] * 0], 1)
+
+for name, module in [("dict", TwoInThreeOut()), ("tuple", Tuple3()), ("single", Single()), ("list", Listed()), ("segment3", Segment3())]:
     torch.jit.script(module).save(f"{sys.argv[1]}/{name}.pt")
 "#;
 
@@ -339,6 +358,36 @@ for name, module in [("dict", TwoInThreeOut()), ("tuple", Tuple3()), ("single", 
         let (model, pre) = load("list", &signature);
         let rows = byte_rows(model.run(&pre, &staged(&signature, &[&[10, 20]]), 1, 1).unwrap());
         assert_eq!((&rows[0][0..2], &rows[0][64..66]), (&[11, 21][..], &[9, 19][..]));
+    }
+
+    /// A vision model: pixels normalised by the image preprocessor, its
+    /// mask laid out in the slot where the gateway reads it.
+    #[test]
+    fn a_segmenter_gets_normalised_pixels_and_answers_in_the_slot() {
+        let dir = tempfile::tempdir().unwrap();
+        let toml = format!(
+            "name = \"seg\"\nversion = \"1\"\nfile = {:?}\n[input]\nwidth = 2\nheight = 1\nchannels = 3\nmean = [0.5, 0.5, 0.5]\nstd = [0.25, 0.25, 0.25]\n\
+             [segmentation]\nmask = \"classes\"\nlabels = [\"a\", \"b\", \"c\"]\nresize = \"stretch\"\n[batching]\nmax_batch_size = 2\n",
+            scripted("segment3")
+        );
+        std::fs::write(dir.path().join("model.toml"), toml).unwrap();
+        let loaded = crate::model::config::load(dir.path()).unwrap();
+        let pre = Preprocessor::new(&loaded.config, Device::Cpu).unwrap();
+        let model = Model::load(&loaded.model_file, &loaded.config, Device::Cpu).unwrap();
+        // One item: two RGB pixels, red channel 255 then 0.
+        let rows = byte_rows(model.run(&pre, &[255, 9, 9, 0, 9, 9], 1, 0).unwrap());
+        let mask: Vec<f32> = rows[0][..24].chunks(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+        // (255 / 255 - 0.5) / 0.25 = 2 and (0 - 0.5) / 0.25 = -2, per plane.
+        assert_eq!(mask, [2.0, -2.0, -2.0, 2.0, 0.0, -0.0]);
+
+        // Declared with two classes, the model's three planes are refused, naming the fields.
+        let text = std::fs::read_to_string(dir.path().join("model.toml")).unwrap().replace(", \"c\"]", "]");
+        std::fs::write(dir.path().join("model.toml"), text).unwrap();
+        let loaded = crate::model::config::load(dir.path()).unwrap();
+        let pre = Preprocessor::new(&loaded.config, Device::Cpu).unwrap();
+        let model = Model::load(&loaded.model_file, &loaded.config, Device::Cpu).unwrap();
+        let err = model.run(&pre, &[0; 6], 1, 0).err().expect("a mismatch").to_string();
+        assert!(err.contains("\"mask\"") && err.contains("[1, 3, 1, 2]") && err.contains("segmentation.mask"), "{err}");
     }
 
     fn launch_error(file: &str, signature: &TensorSignature) -> ModelError {

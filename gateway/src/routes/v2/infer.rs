@@ -63,7 +63,8 @@ async fn answer(app: &AppState, link: &Route, stats: &ModelStats, started: Insta
             let classifier = classifier::Classifier::new(*input, labels, model.max_batch_size);
             Plan::Classifier(classifier::validate(inputs, classifier, &mut data, outputs, default)?)
         }
-        ModelKind::Tensors(signature) => {
+        // A vision model over v2 is its tensors: IMAGE in, the raw outputs back.
+        ModelKind::Tensors(signature) | ModelKind::Vision(protocol::VisionModel { signature, .. }) => {
             Plan::Tensors(signature, tensor_model::validate(inputs, model, signature, &mut data, outputs, default)?)
         }
     };

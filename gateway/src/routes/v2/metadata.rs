@@ -24,7 +24,7 @@ pub async fn model(State(app): State<AppState>, Path(path): Path<ModelPath>) -> 
     let mut versions: Vec<String> = app.fleet.models().into_keys().filter(|(name, _)| *name == m.name).map(|(_, v)| v).collect();
     versions.sort_by(|a, b| crate::host_client::compare_versions(a, b));
     let (inputs, outputs) = match &m.kind {
-        ModelKind::Tensors(signature) => {
+        ModelKind::Tensors(signature) | ModelKind::Vision(protocol::VisionModel { signature, .. }) => {
             (signature.inputs.iter().map(metadata_tensor).collect(), signature.outputs.iter().map(metadata_tensor).collect())
         }
         ModelKind::Classifier { input, labels } => {
@@ -62,7 +62,7 @@ pub async fn config(State(app): State<AppState>, Path(path): Path<ModelPath>) ->
 fn triton_config(m: &ModelInfo) -> Value {
     let (input, labels) = match &m.kind {
         ModelKind::Classifier { input, labels } => (input, labels),
-        ModelKind::Tensors(signature) => return json!({
+        ModelKind::Tensors(signature) | ModelKind::Vision(protocol::VisionModel { signature, .. }) => return json!({
             "name": m.name,
             "platform": PLATFORM,
             "max_batch_size": m.max_batch_size,

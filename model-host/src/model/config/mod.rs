@@ -4,7 +4,10 @@
 //! - an **image classifier** (`[input]` + `[output]`): uint8 pixels in,
 //!   normalised on the device, top-k classes out;
 //! - a **tensor model** (`[[inputs]]` + `[[outputs]]`): named, typed tensors
-//!   in and out, laid out in the slot as `protocol::tensor` says.
+//!   in and out, laid out in the slot as `protocol::tensor` says;
+//! - a **vision model** (`[input]` + `[detection]` or `[segmentation]`):
+//!   pixels in like a classifier, the task's tensors out like a tensor
+//!   model (see [`vision`]).
 //!
 //! An image classifier:
 //!
@@ -84,6 +87,16 @@ pub enum ModelKind {
     Classifier(ClassifierConfig),
     /// Named, typed tensors in and out through the slot.
     Tensors(TensorSignature),
+    /// uint8 pixels in, normalised on the device; detection or
+    /// segmentation tensors out through the slot ([`vision`]).
+    Vision(VisionConfig),
+}
+
+/// A vision model's `[input]` and its task (`[detection]` or `[segmentation]`).
+#[derive(Debug, Clone)]
+pub struct VisionConfig {
+    pub input: InputConfig,
+    pub model: protocol::VisionModel,
 }
 
 /// An image classifier's `[input]` and `[output]` tables.
@@ -97,14 +110,14 @@ impl ModelConfig {
     pub fn classifier(&self) -> Option<&ClassifierConfig> {
         match &self.kind {
             ModelKind::Classifier(c) => Some(c),
-            ModelKind::Tensors(_) => None,
+            ModelKind::Tensors(_) | ModelKind::Vision(_) => None,
         }
     }
 
     #[cfg(test)]
     pub fn tensors(&self) -> Option<&TensorSignature> {
         match &self.kind {
-            ModelKind::Classifier(_) => None,
+            ModelKind::Classifier(_) | ModelKind::Vision(_) => None,
             ModelKind::Tensors(signature) => Some(signature),
         }
     }
@@ -116,6 +129,8 @@ impl ModelConfig {
         match &self.kind {
             ModelKind::Classifier(c) => (c.input.width * c.input.height * c.input.channels) as usize,
             ModelKind::Tensors(signature) => signature.input_bytes() as usize,
+            // The pixels only: IMAGE is the signature's one input, at 0.
+            ModelKind::Vision(v) => v.model.input.len() as usize,
         }
     }
 }
@@ -134,6 +149,8 @@ struct ModelToml {
     /// Options, so that an explicit `inputs = []` is told apart from none.
     inputs: Option<Vec<TensorToml>>,
     outputs: Option<Vec<TensorToml>>,
+    detection: Option<vision::DetectionToml>,
+    segmentation: Option<vision::SegmentationToml>,
     batching: BatchingConfig,
     #[serde(default)]
     optimization: OptimizationConfig,
@@ -332,28 +349,13 @@ fn validate(raw: ModelToml) -> Result<ModelConfig, Invalid> {
     if !is_name(&raw.name) {
         return Err(("name", format!("{:?} must be non-empty ASCII letters, digits, '-', '_' or '.'", raw.name)));
     }
-    let kind = match (raw.input, raw.output, raw.inputs, raw.outputs) {
-        (None, None, None, None) => {
-            return Err(("input", "a model needs [input] and [output] (an image classifier) or [[inputs]] and [[outputs]] (a tensor model)".into()));
+    let kind = match (raw.input, raw.output, raw.inputs, raw.outputs, raw.detection, raw.segmentation) {
+        (Some(input), None, None, None, Some(d), None) => vision::kind(input, |i| vision::detection(i, d))?,
+        (Some(input), None, None, None, None, Some(s)) => vision::kind(input, |i| vision::segmentation(i, s))?,
+        (_, _, _, _, Some(_), _) | (_, _, _, _, _, Some(_)) => {
+            return Err(("detection", "[detection] or [segmentation] (one of them) goes with [input] alone, without [output], [[inputs]] or [[outputs]]".into()));
         }
-        (Some(input), Some(output), None, None) => ModelKind::Classifier(validate_classifier(input, output)?),
-        (None, None, inputs, outputs) => {
-            let (inputs, outputs) = (inputs.unwrap_or_default(), outputs.unwrap_or_default());
-            let signature = TensorSignature { inputs: validate_tensors(inputs, &INPUTS)?, outputs: validate_tensors(outputs, &OUTPUTS)? };
-            if signature.slot_bytes() > MAX_SLOT_SIZE {
-                return Err(("inputs/outputs", format!("a batch item needs {} bytes, over the {MAX_SLOT_SIZE}-byte slot limit", signature.slot_bytes())));
-            }
-            let o = &raw.optimization;
-            if o.precision != Precision::Fp32 || o.channels_last {
-                return Err(("optimization", "a tensor model runs as written: precision must be \"fp32\" and channels_last false (its inputs are typed by [[inputs]])".into()));
-            }
-            ModelKind::Tensors(signature)
-        }
-        (None, Some(_), None, None) => return Err(("input", "an image classifier needs an [input] table beside [output]".into())),
-        (Some(_), None, None, None) => return Err(("output", "an image classifier needs an [output] table beside [input]".into())),
-        _ => {
-            return Err(("inputs", "[input]/[output] (an image classifier) and [[inputs]]/[[outputs]] (a tensor model) cannot be mixed".into()));
-        }
+        (input, output, inputs, outputs, None, None) => classic_kind(input, output, inputs, outputs, &raw.optimization)?,
     };
     validate_batching(&raw.batching)?;
     Ok(ModelConfig {
@@ -367,13 +369,53 @@ fn validate(raw: ModelToml) -> Result<ModelConfig, Invalid> {
     })
 }
 
+/// The two original kinds: `[input]` + `[output]`, or `[[inputs]]` + `[[outputs]]`.
+fn classic_kind(
+    input: Option<InputConfig>,
+    output: Option<OutputConfig>,
+    inputs: Option<Vec<TensorToml>>,
+    outputs: Option<Vec<TensorToml>>,
+    o: &OptimizationConfig,
+) -> Result<ModelKind, Invalid> {
+    Ok(match (input, output, inputs, outputs) {
+        (None, None, None, None) => {
+            return Err(("input", "a model needs [input] and [output] (an image classifier) or [[inputs]] and [[outputs]] (a tensor model)".into()));
+        }
+        (Some(input), Some(output), None, None) => ModelKind::Classifier(validate_classifier(input, output)?),
+        (None, None, inputs, outputs) => {
+            let (inputs, outputs) = (inputs.unwrap_or_default(), outputs.unwrap_or_default());
+            let signature = TensorSignature { inputs: validate_tensors(inputs, &INPUTS)?, outputs: validate_tensors(outputs, &OUTPUTS)? };
+            if signature.slot_bytes() > MAX_SLOT_SIZE {
+                return Err(("inputs/outputs", format!("a batch item needs {} bytes, over the {MAX_SLOT_SIZE}-byte slot limit", signature.slot_bytes())));
+            }
+            if o.precision != Precision::Fp32 || o.channels_last {
+                return Err(("optimization", "a tensor model runs as written: precision must be \"fp32\" and channels_last false (its inputs are typed by [[inputs]])".into()));
+            }
+            ModelKind::Tensors(signature)
+        }
+        (None, Some(_), None, None) => return Err(("input", "an image classifier needs an [input] table beside [output]".into())),
+        (Some(_), None, None, None) => return Err(("output", "an image classifier needs an [output] table beside [input]".into())),
+        _ => {
+            return Err(("inputs", "[input]/[output] (an image classifier) and [[inputs]]/[[outputs]] (a tensor model) cannot be mixed".into()));
+        }
+    })
+}
+
 /// Model and tensor names: they appear in URLs and JSON.
 fn is_name(name: &str) -> bool {
     !name.is_empty() && name.chars().all(|ch| ch.is_ascii_alphanumeric() || "-_.".contains(ch))
 }
 
 fn validate_classifier(input: InputConfig, output: OutputConfig) -> Result<ClassifierConfig, Invalid> {
-    let i = &input;
+    check_input(&input)?;
+    if output.labels.is_empty() {
+        return Err(("output.labels", "at least one label is needed".into()));
+    }
+    Ok(ClassifierConfig { input, output })
+}
+
+/// `[input]`, for a classifier or a vision model.
+pub(super) fn check_input(i: &InputConfig) -> Result<(), Invalid> {
     if !(1..=8192).contains(&i.width) || !(1..=8192).contains(&i.height) {
         return Err(("input.width/height", format!("{}x{} is outside 1..=8192", i.width, i.height)));
     }
@@ -386,10 +428,7 @@ fn validate_classifier(input: InputConfig, output: OutputConfig) -> Result<Class
     if i.std.iter().any(|s| !(s.is_finite() && *s > 0.0)) || i.mean.iter().any(|m| !m.is_finite()) {
         return Err(("input.std", "every std must be finite and > 0, every mean finite".into()));
     }
-    if output.labels.is_empty() {
-        return Err(("output.labels", "at least one label is needed".into()));
-    }
-    Ok(ClassifierConfig { input, output })
+    Ok(())
 }
 
 /// The field names one side's errors carry (they must be `'static`).
@@ -457,3 +496,4 @@ fn validate_batching(b: &BatchingConfig) -> Result<(), Invalid> {
 
 #[cfg(test)]
 mod tests;
+pub mod vision;

@@ -1,0 +1,180 @@
+//! A segmenter's mask (in the slot) back at the client's image size, and
+//! the three answers made from it: a PNG (class index map, or 8-bit
+//! alpha), a cut-out (the image as RGBA with the alpha applied), or
+//! per-class pixel counts and bounding boxes.
+//!
+//! Each plane's content area (the letterbox padding cropped off) is
+//! resized to the original size as float (bilinear, antialiased when it
+//! shrinks), then thresholded (alpha >= 0.5) or argmaxed (class scores).
+//! Memory is planes x width x height x 4 bytes, bounded by `--max-pixels`.
+
+use std::io::Cursor;
+
+use fast_image_resize::images::Image;
+use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
+use image::{ExtendedColorType, ImageEncoder};
+use protocol::TensorSignature;
+use protocol::vision::{MaskKind, SegmentationSpec};
+use serde::Serialize;
+
+use super::Transform;
+
+/// The mask at the original size.
+pub struct Mask {
+    pub width: u32,
+    pub height: u32,
+    /// The class of each pixel, row-major.
+    pub classes: Vec<u8>,
+    /// 0..255 per pixel: the alpha itself, or 255 where the class is not 0.
+    pub alpha: Vec<u8>,
+}
+
+/// One class's share of the image.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ClassArea {
+    pub label: String,
+    pub index: u32,
+    pub pixels: u64,
+    /// x0, y0, x1, y1 (pixel edges) around its pixels; None when it has none.
+    #[serde(rename = "box")]
+    pub bbox: Option<[u32; 4]>,
+}
+
+/// Reads one item's mask from its output area and brings it to the original size.
+pub fn to_original(outputs: &[u8], signature: &TensorSignature, spec: &SegmentationSpec, t: &Transform) -> Result<Mask, String> {
+    let at = signature.output_placements()[0];
+    let bytes = outputs.get(at.range()).ok_or("the mask is outside the slot")?;
+    let plane_len = spec.width as usize * spec.height as usize * 4;
+    let planes: Vec<Vec<f32>> = bytes
+        .chunks_exact(plane_len)
+        .map(|plane| resize_plane(plane, (spec.width, spec.height), t))
+        .collect::<Result<_, _>>()?;
+    let (width, height) = t.original;
+    let n = width as usize * height as usize;
+    let (classes, alpha) = match spec.mask {
+        MaskKind::Alpha => {
+            let a = &planes[0];
+            let alpha: Vec<u8> = a.iter().map(|&v| (v.clamp(0.0, 1.0) * 255.0).round() as u8).collect();
+            (a.iter().map(|&v| u8::from(v >= 0.5)).collect(), alpha)
+        }
+        MaskKind::Classes => {
+            let classes: Vec<u8> = (0..n)
+                .map(|i| planes.iter().enumerate().fold((0, f32::NEG_INFINITY), |best, (c, p)| if p[i] > best.1 { (c, p[i]) } else { best }).0 as u8)
+                .collect();
+            let alpha = classes.iter().map(|&c| if c == 0 { 0 } else { 255 }).collect();
+            (classes, alpha)
+        }
+    };
+    Ok(Mask { width, height, classes, alpha })
+}
+
+/// One plane (little-endian f32, `size`) cropped to the content and resized to the original.
+fn resize_plane(plane: &[u8], size: (u32, u32), t: &Transform) -> Result<Vec<f32>, String> {
+    let src = Image::from_vec_u8(size.0, size.1, plane.to_vec(), PixelType::F32).map_err(|e| e.to_string())?;
+    let mut dst = Image::new(t.original.0, t.original.1, PixelType::F32);
+    let (left, top, w, h) = t.content_in(size);
+    let options = ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::Bilinear)).crop(left, top, w, h);
+    Resizer::new().resize(&src, &mut dst, &options).map_err(|e| e.to_string())?;
+    Ok(dst.buffer().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
+}
+
+impl Mask {
+    /// Pixel counts and bounding boxes, one entry per label.
+    pub fn areas(&self, labels: &[String]) -> Vec<ClassArea> {
+        let mut areas: Vec<ClassArea> =
+            labels.iter().enumerate().map(|(i, l)| ClassArea { label: l.clone(), index: i as u32, pixels: 0, bbox: None }).collect();
+        let w = self.width as usize;
+        for (i, &c) in self.classes.iter().enumerate() {
+            let Some(area) = areas.get_mut(c as usize) else { continue };
+            let (x, y) = ((i % w) as u32, (i / w) as u32);
+            area.pixels += 1;
+            area.bbox = Some(match area.bbox {
+                None => [x, y, x + 1, y + 1],
+                Some([x0, y0, x1, y1]) => [x0.min(x), y0.min(y), x1.max(x + 1), y1.max(y + 1)],
+            });
+        }
+        areas
+    }
+
+    /// The PNG answer: the class index map (class scores) or the alpha (an alpha mask).
+    pub fn png(&self, kind: MaskKind) -> Result<Vec<u8>, String> {
+        let gray = match kind {
+            MaskKind::Classes => &self.classes,
+            MaskKind::Alpha => &self.alpha,
+        };
+        encode(gray, self.width, self.height, ExtendedColorType::L8)
+    }
+
+    /// The client's image (RGB, original size) with the alpha applied, as an RGBA PNG.
+    pub fn cutout(&self, rgb: &[u8]) -> Result<Vec<u8>, String> {
+        let rgba: Vec<u8> = rgb.chunks_exact(3).zip(&self.alpha).flat_map(|(p, &a)| [p[0], p[1], p[2], a]).collect();
+        encode(&rgba, self.width, self.height, ExtendedColorType::Rgba8)
+    }
+}
+
+fn encode(pixels: &[u8], width: u32, height: u32, color: ExtendedColorType) -> Result<Vec<u8>, String> {
+    let mut out = Cursor::new(Vec::new());
+    image::codecs::png::PngEncoder::new(&mut out).write_image(pixels, width, height, color).map_err(|e| e.to_string())?;
+    Ok(out.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use protocol::ImageShape;
+    use protocol::vision::{Resize, VisionModel, VisionTask};
+
+    fn model(mask: MaskKind, labels: usize, size: u32, resize: Resize) -> (SegmentationSpec, TensorSignature) {
+        let spec = SegmentationSpec { labels: (0..labels).map(|i| format!("c{i}")).collect(), resize, mask, width: size, height: size };
+        let input = ImageShape { width: 8, height: 8, channels: 3 };
+        let sig = VisionModel::new(input, VisionTask::Segmentation(spec.clone())).signature;
+        (spec, sig)
+    }
+
+    fn le(values: &[f32]) -> Vec<u8> {
+        values.iter().flat_map(|v| v.to_le_bytes()).collect()
+    }
+
+    #[test]
+    fn an_alpha_mask_is_cropped_out_of_the_letterbox_and_resized() {
+        // 8x8 input, 4x4 mask; a 16x8 image letterboxes to 8x4 at (0, 2),
+        // so the mask's content is rows 1..3: its left half is foreground.
+        // The padding rows (0 and 3) say the opposite, and must not show.
+        let (spec, sig) = model(MaskKind::Alpha, 2, 4, Resize::Letterbox { pad: 0 });
+        let content = [1.0f32, 1.0, 0.0, 0.0];
+        let pad = [0.0f32, 0.0, 1.0, 1.0];
+        let plane = [pad, content, content, pad].concat();
+        let t = Transform::new(spec.resize, (16, 8), (8, 8));
+        let mask = to_original(&le(&plane), &sig, &spec, &t).unwrap();
+        assert_eq!((mask.width, mask.height), (16, 8));
+        // (The bilinear filter's support reaches a little past the crop, so
+        // the two columns at the edge are left out.)
+        for y in 0..8 {
+            let row = &mask.classes[y * 16..(y + 1) * 16];
+            assert_eq!((&row[..7], &row[9..]), (&[1u8; 7][..], &[0u8; 7][..]), "row {y}");
+        }
+        let areas = mask.areas(&spec.labels);
+        assert_eq!(areas[0].pixels + areas[1].pixels, 128);
+        assert_eq!(areas[1].bbox.map(|b| (b[0], b[1], b[3])), Some((0, 0, 8)));
+        assert_eq!(areas[0].bbox.map(|b| (b[1], b[2], b[3])), Some((0, 16, 8)));
+        assert_eq!(mask.alpha[4 * 16], 255);
+    }
+
+    #[test]
+    fn class_scores_take_the_best_plane_after_a_stretch() {
+        let (spec, sig) = model(MaskKind::Classes, 3, 2, Resize::Stretch);
+        // Planes 2x2: class 2 top-left, class 1 bottom-right, class 0 elsewhere.
+        let planes = [[1.0, 1.0, 1.0, 0.0], [0.0, 0.0, 0.0, 5.0], [4.0, 0.0, 0.0, 0.0]].concat();
+        let t = Transform::new(spec.resize, (4, 4), (8, 8));
+        let mask = to_original(&le(&planes), &sig, &spec, &t).unwrap();
+        assert_eq!(mask.classes[0], 2);
+        assert_eq!(mask.classes[15], 1);
+        assert_eq!(mask.classes[3], 0);
+        let png = mask.png(MaskKind::Classes).unwrap();
+        let decoded = image::load_from_memory(&png).unwrap().into_luma8();
+        assert_eq!(decoded.into_raw(), mask.classes);
+        let cut = image::load_from_memory(&mask.cutout(&[9; 48]).unwrap()).unwrap().into_rgba8();
+        assert_eq!(cut.get_pixel(0, 0).0, [9, 9, 9, 255]);
+        assert_eq!(cut.get_pixel(3, 0).0, [9, 9, 9, 0]);
+    }
+}
