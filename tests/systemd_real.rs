@@ -4,7 +4,9 @@
 //! (debug binaries, libtorch bind-mounted read-only where the unit's drop-in
 //! points). One boot, then in order: the host's start (Type=notify), socket
 //! activation, the hardening of the running services, gateway restarts under
-//! load, the watchdog, the template sockets, a clean stop, a failed start.
+//! load, the watchdog, the template sockets, a clean stop, a model swap
+//! between two `model-host@` instances with `scripts/model-swap` under load,
+//! a failed start.
 //! Without root, nspawn or a cgroup file system it prints `SKIPPED: <why>`.
 
 use std::path::PathBuf;
@@ -52,6 +54,7 @@ fn units_run_under_a_real_systemd() {
     watchdog_restarts_a_frozen_host(&c);
     template_sockets_share_the_port(&c);
     host_stops_cleanly(&c);
+    template_swap_under_load_fails_nothing(&c);
     bad_config_fails_and_restarts_on_failure(&c);
     println!("systemd_real: all phases in {:?}", started.elapsed());
 }
@@ -73,6 +76,7 @@ fn boot() -> Container {
                     .arg("--libtorch")
                     .arg(format!("{SITE_PACKAGES}/torch/lib")),
             );
+            lay_out_template_instances(rootfs);
             let drop_in = rootfs.join("etc/systemd/system/model-host.service.d/test.conf");
             std::fs::write(drop_in, HOST_TEST_DROP_IN).expect("test drop-in");
             let probe = rootfs.join("usr/local/libexec/split-serve-probe");
@@ -256,6 +260,9 @@ struct Tally {
     failed: AtomicUsize,
     /// The first few failures, for the assertion's message.
     failures: std::sync::Mutex<Vec<String>>,
+    /// Answers by the model version that gave them, and the latest one's.
+    versions: std::sync::Mutex<std::collections::BTreeMap<String, usize>>,
+    last_version: std::sync::Mutex<String>,
 }
 
 /// Closed-loop keep-alive clients, each with its own connection pool, until `stop`.
@@ -270,7 +277,15 @@ async fn steady_load(clients: usize, stop: Arc<AtomicBool>, tally: Arc<Tally>) {
                     let answer = client.post(&url).header("content-type", "image/png").body(body.clone()).send().await;
                     let failure = match answer {
                         Ok(r) if r.status() != 200 => Some(format!("{}: {}", r.status(), r.text().await.unwrap_or_default())),
-                        Ok(r) => r.bytes().await.err().map(|e| format!("reading the answer: {e}")),
+                        Ok(r) => match r.json::<serde_json::Value>().await {
+                            Ok(answer) => {
+                                let version = answer["version"].as_str().unwrap_or_default().to_string();
+                                *tally.versions.lock().expect("tally").entry(version.clone()).or_default() += 1;
+                                *tally.last_version.lock().expect("tally") = version;
+                                None
+                            }
+                            Err(e) => Some(format!("reading the answer: {e}")),
+                        },
                         Err(e) => Some(format!("{e:?}")),
                     };
                     match failure {
@@ -344,20 +359,25 @@ fn watchdog_restarts_a_frozen_host(c: &Container) {
     assert!(journal.contains("Watchdog timeout"), "{journal}");
     assert!(journal.contains("Failed with result 'watchdog'"), "{journal}");
     let (sample, new_pid) = (sample(), after.main_pid);
-    let (ready, status) = http(c, move |client| async move {
+    let (host, status) = http(c, move |client| async move {
         let deadline = Instant::now() + Duration::from_secs(120);
         // Ready again, and on the new host.
-        let ready = loop {
-            let ready = wait_ready(&client).await;
-            if ready["host_pid"] == new_pid || Instant::now() > deadline {
-                break ready;
+        let host = loop {
+            wait_ready(&client).await;
+            let hosts: serde_json::Value = match client.get(format!("{BASE}/v1/hosts")).send().await {
+                Ok(r) => r.json().await.unwrap_or_default(),
+                Err(_) => serde_json::Value::Null,
+            };
+            let host = hosts["hosts"].as_array().into_iter().flatten().find(|h| h["phase"] == "ready").cloned().unwrap_or_default();
+            if host["host_pid"] == new_pid || Instant::now() > deadline {
+                break host;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         };
         let (status, _, _) = post_image(&client, &format!("{BASE}/v1/models/digits/predict"), sample.bytes, "image/png").await;
-        (ready, status)
+        (host, status)
     });
-    assert_eq!(ready["host_pid"], after.main_pid, "{ready}");
+    assert_eq!(host["host_pid"], after.main_pid, "{host}");
     assert_eq!(status, 200);
 }
 
@@ -402,6 +422,81 @@ fn host_stops_cleanly(c: &Container) {
     let at = |needle: &str| journal.iter().position(|l| l.contains(needle));
     let (draining, exited) = (at("draining"), at("Main process exited, code=exited, status=0/SUCCESS"));
     assert!(draining.is_some() && exited.is_some() && draining < exited, "{}", journal.join("\n"));
+}
+
+/// Two model-host@ instances: digits version 1 and version 2 (the same
+/// weights, told apart by the version answers carry).
+fn lay_out_template_instances(rootfs: &std::path::Path) {
+    let models = rootfs.join("var/lib/model-host/models");
+    let v2 = models.join("digits-2");
+    std::fs::create_dir_all(&v2).expect("digits-2");
+    std::fs::copy(models.join("digits/model.pt"), v2.join("model.pt")).expect("copying model.pt");
+    let toml = std::fs::read_to_string(models.join("digits/model.toml")).expect("model.toml");
+    std::fs::write(v2.join("model.toml"), toml.replace("version = \"1\"", "version = \"2\"")).expect("v2 model.toml");
+    let env = rootfs.join("etc/model-host");
+    std::fs::create_dir_all(&env).expect("etc/model-host");
+    for (instance, dir) in [("digits-1", "digits"), ("digits-2", "digits-2")] {
+        let text = format!("MODEL_HOST_MODEL=/var/lib/model-host/models/{dir}\nMODEL_HOST_DEVICE=cpu\n");
+        std::fs::write(env.join(format!("{instance}.env")), text).expect("instance env file");
+    }
+}
+
+/// model-host@.service and scripts/model-swap: version 1 in one instance,
+/// then the documented swap to version 2 under steady load: no request
+/// fails, answers move from version 1 to 2, the old instance drains and
+/// exits 0. The script runs from outside the container, its systemctl,
+/// journalctl and curl entered into it with nsenter.
+fn template_swap_under_load_fails_nothing(c: &Container) {
+    // The template phase above stopped gateway.socket: the usual gateway
+    // again (it watches /run/model-host/hosts), started by a connection.
+    c.sh_ok("systemctl start gateway.socket model-host@digits-1.service");
+    let routed = http(c, |client| async move {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            if client.get(format!("{BASE}/v2/models/digits/versions/1/ready")).send().await.is_ok_and(|r| r.status() == 200) {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        false
+    });
+    if !routed {
+        let (_, seen) = c.sh("ls -la /run/model-host /run/model-host/hosts; systemctl list-units --no-pager 'gateway*' 'model-host*'; journalctl --no-pager -o cat -u 'gateway@*' | tail -n 30");
+        panic!("the gateway never routed to model-host@digits-1:\n{seen}");
+    }
+    let (stop, tally) = (Arc::new(AtomicBool::new(false)), Arc::new(Tally::default()));
+    let (s, t) = (stop.clone(), tally.clone());
+    let load = c.in_netns(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
+        runtime.block_on(steady_load(4, s, t));
+    });
+    wait_count(&tally.ok, 20, "answers from version 1");
+    let pid = c.init_pid;
+    let swapped = Command::new(root().join("scripts/model-swap"))
+        .args(["digits-1", "digits-2", "--gateway", BASE, "--settle", "1"])
+        .env("MODEL_SWAP_SYSTEMCTL", format!("nsenter -t {pid} -a systemctl"))
+        .env("MODEL_SWAP_JOURNALCTL", format!("nsenter -t {pid} -a journalctl"))
+        .env("MODEL_SWAP_CURL", format!("nsenter -t {pid} -n curl"))
+        .output()
+        .expect("running scripts/model-swap");
+    let said = String::from_utf8_lossy(&swapped.stderr).into_owned();
+    assert!(swapped.status.success(), "scripts/model-swap failed:\n{said}");
+    let served = tally.ok.load(Relaxed);
+    wait_count(&tally.ok, served + 20, "answers after the swap");
+    stop.store(true, Relaxed);
+    load.join().expect("load thread");
+    let versions = tally.versions.lock().expect("tally").clone();
+    let (ok, failed) = (tally.ok.load(Relaxed), tally.failed.load(Relaxed));
+    println!("template swap: {ok} ok, {failed} failed, answers by version {versions:?}");
+    assert_eq!(failed, 0, "requests failed across the swap: {:?}", tally.failures.lock().expect("tally"));
+    assert_eq!(versions.keys().map(String::as_str).collect::<Vec<_>>(), ["1", "2"], "answered by version 1, then 2");
+    assert_eq!(tally.last_version.lock().expect("tally").as_str(), "2", "the last answers come from version 2");
+    let old = (c.property("model-host@digits-1.service", "ActiveState"), c.property("model-host@digits-1.service", "Result"));
+    assert_eq!((old.0.as_str(), old.1.as_str()), ("inactive", "success"), "the old instance drained and exited 0");
+    assert_eq!(c.property("model-host@digits-2.service", "ActiveState"), "active");
+    // As the phase found things: gateway.service's Wants= started
+    // model-host.service again.
+    c.sh_ok("systemctl stop model-host@digits-2.service gateway.socket gateway.service model-host.service");
 }
 
 /// A bad model.toml: exit status 1, the error in the journal, restarted by
