@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
@@ -11,10 +12,12 @@ use tokio::sync::Mutex;
 
 /// Closed-loop load from `clients` tasks per gateway until `stop`; each
 /// answer is (status, retry-after present, label matched, finished at).
+/// `answered` counts them as they come.
 async fn load(
     gateways: Vec<String>,
     clients: usize,
     stop: Arc<tokio::sync::Notify>,
+    answered: Arc<AtomicUsize>,
 ) -> Vec<(u16, bool, bool, Instant)> {
     let samples = Arc::new(testset("gray8"));
     let results = Arc::new(Mutex::new(Vec::new()));
@@ -31,7 +34,7 @@ async fn load(
     let mut tasks = Vec::new();
     for url in gateways {
         for c in 0..clients {
-            let (url, samples, results, stop) = (url.clone(), samples.clone(), results.clone(), stop.clone());
+            let (url, samples, results, stop, answered) = (url.clone(), samples.clone(), results.clone(), stop.clone(), answered.clone());
             let stopped = stopped.clone();
             tasks.push(tokio::spawn(async move {
                 let client = reqwest::Client::new();
@@ -50,6 +53,7 @@ async fn load(
                     let body: serde_json::Value = r.json().await.unwrap_or_default();
                     let right = status != 200 || top_label(&body) == s.label;
                     results.lock().await.push((status, retry, right, Instant::now()));
+                    answered.fetch_add(1, Relaxed);
                     if status != 200 {
                         tokio::time::sleep(Duration::from_millis(20)).await;
                     }
@@ -63,6 +67,18 @@ async fn load(
     Arc::try_unwrap(results).unwrap().into_inner()
 }
 
+/// Waits (at most a minute) until `answered` reaches `target`.
+async fn wait_for_answers(answered: &AtomicUsize, target: usize) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while answered.load(Relaxed) < target {
+        if Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    true
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn host_killed_with_requests_in_flight() {
     let scratch = Scratch::new();
@@ -74,8 +90,11 @@ async fn host_killed_with_requests_in_flight() {
     }
     let stop = Arc::new(tokio::sync::Notify::new());
     let urls = gateways.iter().map(|g| g.predict_url()).collect();
-    let running = tokio::spawn(load(urls, 64, stop.clone()));
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let answered = Arc::new(AtomicUsize::new(0));
+    let running = tokio::spawn(load(urls, 64, stop.clone(), answered.clone()));
+    // Killed once the load has shown itself (a count, not a time: a slow
+    // machine just takes longer to get there).
+    assert!(wait_for_answers(&answered, 150).await, "the load never got going");
     let killed_at = Instant::now();
     host.kill();
 
@@ -138,8 +157,9 @@ async fn gateway_killed_with_requests_in_flight_frees_everything() {
     victim.wait_ready().await;
 
     let stop = Arc::new(tokio::sync::Notify::new());
-    let running = tokio::spawn(load(vec![victim.predict_url()], 96, stop.clone()));
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    let answered = Arc::new(AtomicUsize::new(0));
+    let running = tokio::spawn(load(vec![victim.predict_url()], 96, stop.clone(), answered.clone()));
+    assert!(wait_for_answers(&answered, 100).await, "the load never got going");
     let peak = monitor.host_status().await;
     victim.process.kill();
     let killed = Instant::now();
