@@ -216,3 +216,47 @@ async fn settled_footprint(pid: u32, fds: Option<usize>) -> (u64, usize) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// Kills the child at the end of the test, passed or not.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test]
+async fn held_sockets_are_told_apart_by_their_names() {
+    // As systemd passes gateway.socket and gateway-grpc.socket: two
+    // sockets in LISTEN_FDS, named http and grpc in LISTEN_FDNAMES.
+    let scratch = Scratch::new();
+    let _host = scratch.start_host(&[]);
+    let (http, grpc) = (free_port(), free_port());
+    let child = std::process::Command::new("systemd-socket-activate")
+        .args(["--listen", &format!("127.0.0.1:{http}"), "--listen", &format!("127.0.0.1:{grpc}"), "--fdname=http:grpc"])
+        .arg(integration_tests::binary("gateway"))
+        .arg("--host-socket")
+        .arg(scratch.socket())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("systemd-socket-activate (Debian package systemd) must be installed");
+    let _child = Killed(child);
+    // The held sockets accept at once; the first connection starts the gateway.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let live = loop {
+        let client = GrpcInferenceServiceClient::connect(format!("http://127.0.0.1:{grpc}")).await;
+        if let Ok(mut client) = client
+            && let Ok(live) = client.server_live(gateway::grpc::proto::ServerLiveRequest {}).await
+        {
+            break live.into_inner().live;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no gRPC answer on the held socket");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(live);
+    let body = reqwest::get(format!("http://127.0.0.1:{http}/v2/health/live")).await.expect("HTTP on the other socket").text().await.unwrap();
+    assert!(body.contains("\"live\":true"), "{body}");
+}
