@@ -14,7 +14,8 @@ alone with raw contents (the client's way) and with typed uint_contents
 (through the stub), IMAGE alone as BYTES, classification strings; 100
 requests in flight on one stream, each answer matched to its id and in
 order; system shared memory in and out; the same mistake over gRPC and
-REST giving INVALID_ARGUMENT and 400 with the same text.
+REST giving INVALID_ARGUMENT and 400 with the same text; statistics and
+the repository index.
 Tensor model: every reference item with raw and with typed contents (FP16
 and BF16 raw, as the protocol has no field for them), and through shared
 memory, against the reference outputs.
@@ -197,6 +198,12 @@ def classifier(args, client, stub, http):
     check(diff < TOLERANCE, f"shared-memory answer differs by {diff}")
     print(f"shared memory in and out: max |diff| {diff:.3g}")
     same_mistake_same_text(client, http, model, pixels)
+    stats = client.get_inference_statistics(model, as_json=True)["model_stats"][0]
+    check(int(stats["inference_count"]) >= STREAMED + 4 * BATCH, f"statistics {stats}")
+    check(client.get_inference_statistics(as_json=True)["model_stats"][0]["name"] == model, "statistics of every model")
+    index = client.get_model_repository_index(as_json=True)["models"]
+    check([(m["name"], m["state"]) for m in index] == [(model, "READY")], f"repository index {index}")
+    print(f"statistics: {stats['inference_count']} inferences; repository index {index}")
 
 
 def tensors(args, client, stub):

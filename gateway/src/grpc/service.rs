@@ -86,11 +86,14 @@ impl GrpcInferenceService for Service {
         Ok(Response::new(infer::stream(self.app.clone(), request.into_inner())))
     }
 
-    /// One model (at the named version, or the one routing picks), as REST.
+    /// One model (at the named version, or the one routing picks), as
+    /// REST; with no name, every model and version this gateway knows.
     async fn model_statistics(&self, request: Request<ModelStatisticsRequest>) -> Reply<ModelStatisticsResponse> {
         let r = request.into_inner();
         if r.name.is_empty() {
-            return Err(Status::invalid_argument("invalid name: statistics are kept per model; name one"));
+            let models = self.app.fleet.models().into_keys();
+            let model_stats = models.flat_map(|(name, version)| describe::statistics(&self.app.v2_stats.of(&name, &version).json(&name, &version))).collect();
+            return Ok(Response::new(ModelStatisticsResponse { model_stats }));
         }
         let model_stats = describe::statistics(&stats::of_model(&self.app, &r.name, version(&r.version))?);
         Ok(Response::new(ModelStatisticsResponse { model_stats }))
