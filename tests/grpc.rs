@@ -166,6 +166,11 @@ async fn hostile_calls_get_a_status_naming_the_problem_and_leave_nothing_behind(
     }
     drop((client, health, raw));
 
+    let metrics = reqwest::get(s.gateway.url("/metrics")).await.expect("metrics").text().await.unwrap();
+    for line in [r#"splitserve_gateway_grpc_requests_total{method="ModelInfer",code="3"}"#, r#"splitserve_gateway_grpc_requests_total{method="ModelInfer",code="0"}"#] {
+        assert!(metrics.contains(line), "{line} missing from /metrics");
+    }
+
     thousand_hostile_connections(&s).await;
 }
 

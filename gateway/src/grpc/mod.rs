@@ -78,6 +78,29 @@ fn router(app: AppState, limits: GrpcLimits, health: tonic_health::pb::health_se
         .prepare()
         .into_axum_router()
         .layer(axum::middleware::from_fn_with_state(limits, unary_message_in_time))
+        .layer(axum::middleware::from_fn(track_grpc))
+}
+
+/// The methods counted by name; any other path is `other`, so that a
+/// client cannot grow the label set.
+const METHODS: &[&str] = &[
+    "ServerLive", "ServerReady", "ModelReady", "ServerMetadata", "ModelMetadata", "ModelConfig", "ModelInfer", "ModelStreamInfer",
+    "ModelStatistics", "RepositoryIndex", "SystemSharedMemoryStatus", "SystemSharedMemoryRegister", "SystemSharedMemoryUnregister",
+    "Check", "Watch",
+];
+
+/// Middleware: count and time every call by method and gRPC code. A
+/// unary call's error travels in the headers (trailers-only); a success's
+/// code, 0, in the trailers, which a stream's too: both count as headers say.
+async fn track_grpc(request: Request, next: Next) -> Response {
+    let last = request.uri().path().rsplit('/').next().unwrap_or_default();
+    let method: &'static str = METHODS.iter().copied().find(|m| *m == last).unwrap_or("other");
+    let started = std::time::Instant::now();
+    let response = next.run(request).await;
+    let code = response.headers().get("grpc-status").and_then(|c| c.to_str().ok()).unwrap_or("0").to_string();
+    metrics::counter!(crate::metrics::GRPC_REQUESTS, "method" => method, "code" => code).increment(1);
+    metrics::histogram!(crate::metrics::GRPC_DURATION, "method" => method).record(started.elapsed().as_secs_f64());
+    response
 }
 
 /// A unary call's message must arrive whole within the body timeout and
