@@ -147,7 +147,7 @@ async fn hostile_calls_get_a_status_naming_the_problem_and_leave_nothing_behind(
     let mut raw = h2_client(s.grpc).await;
     let (code, message) = raw_call(&mut raw, call(PATH, None), Some(frame(b"\xff\xff\xff\xff not protobuf"))).await;
     println!("malformed: {code} {message}");
-    assert!(code != 0 && message.to_lowercase().contains("decode"), "{code} {message}");
+    assert!(code == Code::InvalidArgument as i32 && message.contains("failed to decode Protobuf message"), "{code} {message}");
 
     let (code, message) = raw_call(&mut raw, call(PATH, None), None).await;
     assert_eq!(code, Code::DeadlineExceeded as i32, "{message}");
@@ -188,7 +188,7 @@ async fn hostile(port: u16, i: usize) {
     let mut client = h2_client(port).await;
     let body = (i % 2 == 1).then(|| frame(b"\x0a\xff\xff\xff\xff\x0f garbage"));
     let (code, _) = raw_call(&mut client, call(PATH, None), body).await;
-    assert_ne!(code, 0);
+    assert!(code == Code::InvalidArgument as i32 || code == Code::DeadlineExceeded as i32, "{code}");
 }
 
 async fn thousand_hostile_connections(s: &Setup) {

@@ -31,6 +31,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use axum::body::Body;
+use axum::http;
 use axum::extract::{Request, State};
 use axum::middleware::Next;
 use axum::response::Response;
@@ -40,7 +41,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
-use tonic::Status;
+use tonic::{Code, Status};
 use tonic_health::ServingStatus;
 
 use crate::AppState;
@@ -114,7 +115,7 @@ async fn unary_message_in_time(State(limits): State<GrpcLimits>, request: Reques
     // 5 bytes of gRPC framing (compression flag, length) per message.
     let limit = limits.max_message_bytes + 5;
     let error = match tokio::time::timeout(limits.body_timeout, Limited::new(body, limit).collect()).await {
-        Ok(Ok(collected)) => return next.run(Request::from_parts(parts, Body::from(collected.to_bytes()))).await,
+        Ok(Ok(collected)) => return client_mistake(next.run(Request::from_parts(parts, Body::from(collected.to_bytes()))).await),
         Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => {
             Status::from(ApiError::BodyTooLarge { size: format!("more than {}", limits.max_message_bytes), limit: limits.max_message_bytes })
         }
@@ -122,6 +123,18 @@ async fn unary_message_in_time(State(limits): State<GrpcLimits>, request: Reques
         Err(_) => Status::from(ApiError::BodyTimeout { ms: limits.body_timeout.as_millis() as u64 }),
     };
     error.into_http()
+}
+
+/// tonic answers a message that is not protobuf with INTERNAL, gRPC's
+/// 500; it is the client's mistake (house rule: never a 5xx for one), so
+/// INVALID_ARGUMENT, with tonic's message, which names what is wrong.
+fn client_mistake(mut response: Response) -> Response {
+    let undecodable = response.headers().get("grpc-status").is_some_and(|c| c == "13")
+        && response.headers().get("grpc-message").is_some_and(|m| m.as_bytes().starts_with(b"failed%20to%20decode") || m.as_bytes().starts_with(b"failed to decode"));
+    if undecodable {
+        response.headers_mut().insert("grpc-status", http::HeaderValue::from(Code::InvalidArgument as i32));
+    }
+    response
 }
 
 /// Health follows the fleet: SERVING while every model has a ready host
