@@ -4,7 +4,8 @@
 //! against its data, a malformed protobuf, a call that never sends its
 //! message, a zero grpc-timeout, an RPC not offered; each answered with a
 //! status naming the problem. Then 1,000 hostile connections, after which
-//! the gateway's RSS and open descriptors are where they were.
+//! the gateway's RSS and open descriptors are where they were; a call the
+//! client drops is skipped at the host; held sockets told apart by name.
 
 use std::time::Duration;
 
@@ -265,4 +266,38 @@ async fn held_sockets_are_told_apart_by_their_names() {
     assert!(live);
     let body = reqwest::get(format!("http://127.0.0.1:{http}/v2/health/live")).await.expect("HTTP on the other socket").text().await.unwrap();
     assert!(body.contains("\"live\":true"), "{body}");
+}
+
+#[tokio::test]
+async fn a_call_the_client_drops_is_skipped_at_the_host() {
+    // The host holds a lone request for 10 s waiting for a fuller batch;
+    // the client gives up after 2 s (long enough for the request to reach
+    // the host on a loaded machine; its stream is reset), and the gateway
+    // cancels the host call, which the host then skips rather than runs.
+    let scratch = Scratch::new();
+    let original = std::fs::read_to_string(integration_tests::digits_model().join("model.toml")).unwrap();
+    let head = original.split("[batching]").next().unwrap();
+    let model_pt = integration_tests::digits_model().join("model.pt").display().to_string();
+    let toml = scratch.dir.path().join("held.toml");
+    let text = head.replace("file = \"model.pt\"", &format!("file = {model_pt:?}"));
+    std::fs::write(&toml, format!("{text}[batching]\nmax_batch_size = 8\nmax_queue_delay_us = 10000000\n")).unwrap();
+    let _host = scratch.start_host(&["--model", &toml.display().to_string()]);
+    let grpc = free_port();
+    let gateway = scratch.start_gateway(&["--grpc-listen", &format!("127.0.0.1:{grpc}")]);
+    gateway.wait_for("/v2/models/digits/ready", Duration::from_secs(60)).await;
+    let mut client = GrpcInferenceServiceClient::connect(format!("http://127.0.0.1:{grpc}")).await.expect("connecting");
+    let call = client.model_infer(pixels("UINT8", &[1, 32, 32, 1], vec![0; 1024]));
+    assert!(tokio::time::timeout(Duration::from_secs(2), call).await.is_err(), "answered before the batch delay");
+    let cancelled = |metrics: &str| {
+        metrics.lines().any(|l| l.starts_with("splitserve_host_refused_total{") && l.contains("reason=\"cancelled\"") && l.ends_with(" 1"))
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(6);
+    loop {
+        let metrics = reqwest::get(gateway.url("/metrics")).await.expect("metrics").text().await.unwrap();
+        if cancelled(&metrics) {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the host never skipped the dropped call:\n{metrics}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
