@@ -7,6 +7,10 @@ Modes:
   raw           the model in-process through tch (model-host's raw_bench)
   split-jpeg    encoded JPEGs at the model's input size, through N gateways
   split-pixels  the same images as raw uint8 (Content-Type: application/x-pixels)
+  split-v2      the raw uint8 pixels over the Open Inference Protocol's REST
+                infer, as binary tensor data (PIXELS in, PROBABILITIES out)
+  split-grpc    the same over gRPC (ModelInfer, raw_input_contents), to the
+                same gateways' gRPC ports
   baseline      bench/baseline/server.py, batch 1 per request
 """
 
@@ -111,22 +115,25 @@ def free_port():
         return s.getsockname()[1]
 
 
-def loadgen(args, urls, images, content_type, label, jsonl):
+def loadgen(args, urls, images, content_type, label, jsonl, protocol="body", status_urls=None):
     """One loadgen run per concurrency level, so that each row also gets
     where its time went: the host's batches (count, mean size, gather and
     device time per batch), the gateways' mean stage times, and how busy
-    the machine's CPUs were."""
+    the machine's CPUs were. `status_urls`: the gateways' /v1 URLs, for
+    those counters, when `urls` are not (v2, gRPC)."""
+    status_urls = status_urls or urls
     for level in args.concurrency.split(","):
         level_json = args.out / "level.jsonl"
         level_json.unlink(missing_ok=True)
         argv = [str(args.bin / "loadgen"), "--images", str(images), "--content-type", content_type,
                 "--concurrency", level, "--seconds", str(args.seconds),
-                "--warmup-seconds", str(args.warmup), "--label", label, "--json", str(level_json)]
+                "--warmup-seconds", str(args.warmup), "--label", label, "--json", str(level_json),
+                "--protocol", protocol, "--model", args.model_name, "--shape", args.pixels_shape]
         for u in urls:
             argv += ["--url", u]
-        before = snapshot(urls)
+        before = snapshot(status_urls)
         subprocess.run(argv, check=True)
-        after = snapshot(urls)
+        after = snapshot(status_urls)
         row = json.loads(level_json.read_text().splitlines()[-1])
         row.update(breakdown(before, after))
         log("  where the time went: " + ", ".join(f"{k} {v}" for k, v in row.items() if k not in
@@ -185,12 +192,14 @@ def run_split(args, name, jpeg, pixels, servers, jsonl, startup):
     host = servers.start("host", [str(args.bin / "model-host"), "--socket", str(sock), "--model", str(args.model),
                                   "--device", args.device, "--slots-per-gateway", str(args.slots)]
                          + (["--cpu-threads", str(args.host_cpu_threads)] if args.host_cpu_threads is not None else []))
-    urls = []
+    urls, v2_urls, grpc_urls = [], [], []
     for i in range(args.gateways):
-        port = free_port()
+        port, grpc_port = free_port(), free_port()
         g0 = time.monotonic()
         gw = servers.start(f"gateway-{i}", [str(args.bin / "gateway"), "--host-socket", str(sock),
-                                             "--listen", f"127.0.0.1:{port}"])
+                                             "--listen", f"127.0.0.1:{port}", "--grpc-listen", f"127.0.0.1:{grpc_port}"])
+        v2_urls.append(f"http://127.0.0.1:{port}/v2/models/{name}/infer")
+        grpc_urls.append(f"http://127.0.0.1:{grpc_port}")
         url = f"http://127.0.0.1:{port}/v1/models/{name}/predict"
         if i == 0:
             first = first_answer(url, one_jpeg, "image/jpeg", host, args.startup_limit)
@@ -203,6 +212,10 @@ def run_split(args, name, jpeg, pixels, servers, jsonl, startup):
         loadgen(args, urls, jpeg, "image/jpeg", f"split-jpeg{args.suffix}", jsonl)
     if "split-pixels" in args.modes:
         loadgen(args, urls, pixels, "application/x-pixels", f"split-pixels{args.suffix}", jsonl)
+    if "split-v2" in args.modes:
+        loadgen(args, v2_urls, pixels, "", f"split-v2-binary{args.suffix}", jsonl, "v2-binary", urls)
+    if "split-grpc" in args.modes:
+        loadgen(args, grpc_urls, pixels, "", f"split-grpc{args.suffix}", jsonl, "grpc", urls)
     servers.stop_all()
 
 
@@ -303,7 +316,10 @@ def main():
     if not args.append:
         jsonl.unlink(missing_ok=True)
         (args.out / "startup.jsonl").unlink(missing_ok=True)
-    name = load_config(args.model)["name"]
+    config = load_config(args.model)
+    name = args.model_name = config["name"]
+    # PIXELS of one image, for the v2 and gRPC modes: [1, height, width, channels].
+    args.pixels_shape = ",".join(str(d) for d in (1, config["input"]["height"], config["input"]["width"], config["input"]["channels"]))
     jpeg, pixels = make_images(args.model, args.out / "images", args.images, args.image_size)
     servers, startup = Servers(args.out / "logs"), []
     try:
@@ -312,7 +328,7 @@ def main():
                             "--concurrency", args.concurrency, "--seconds", str(args.seconds),
                             "--warmup-seconds", str(args.warmup), "--label", f"raw{args.suffix}",
                             "--json", str(jsonl)], check=True)
-        if args.modes & {"split-jpeg", "split-pixels"}:
+        if args.modes & {"split-jpeg", "split-pixels", "split-v2", "split-grpc"}:
             run_split(args, name, jpeg, pixels, servers, jsonl, startup)
         if "baseline" in args.modes:
             run_baseline(args, name, jpeg, servers, jsonl, startup)

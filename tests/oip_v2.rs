@@ -107,8 +107,9 @@ async fn health_metadata_and_config_follow_the_host() {
 
     let expected = json!({
         "name": "digits", "versions": ["1"], "platform": "pytorch_libtorch",
-        "inputs": [{"name": "IMAGE", "datatype": "BYTES", "shape": [-1]},
-                   {"name": "PIXELS", "datatype": "UINT8", "shape": [-1, 32, 32, 1]}],
+        // Alternatives, each optional (Triton's mark, for generic clients).
+        "inputs": [{"name": "IMAGE", "datatype": "BYTES", "shape": [-1], "parameters": {"optional": true}},
+                   {"name": "PIXELS", "datatype": "UINT8", "shape": [-1, 32, 32, 1], "parameters": {"optional": true}}],
         "outputs": [{"name": "PROBABILITIES", "datatype": "FP32", "shape": [-1, 10]}],
     });
     for path in ["/v2/models/digits", "/v2/models/digits/versions/1"] {
@@ -124,7 +125,8 @@ async fn health_metadata_and_config_follow_the_host() {
     assert_eq!(config["max_batch_size"], 32);
     assert_eq!(config["input"][0]["name"], "IMAGE");
     assert_eq!(config["input"][0]["data_type"], "TYPE_STRING");
-    assert_eq!(config["input"][1], json!({"name": "PIXELS", "data_type": "TYPE_UINT8", "format": "FORMAT_NHWC", "dims": [32, 32, 1]}));
+    assert_eq!(config["input"][0]["optional"], true);
+    assert_eq!(config["input"][1], json!({"name": "PIXELS", "data_type": "TYPE_UINT8", "format": "FORMAT_NHWC", "dims": [32, 32, 1], "optional": true}));
     assert_eq!(config["output"][0], json!({"name": "PROBABILITIES", "data_type": "TYPE_FP32", "dims": [10]}));
 
     // Unknown models and versions: 404 with a message naming them.

@@ -1,6 +1,12 @@
 //! A closed-loop load generator: N clients, each sending its next request
 //! as soon as the previous one is answered, for a fixed time per level.
 //! Prints one row per concurrency level: throughput and latency quantiles.
+//!
+//! Three protocols: the file as the body (`/v1/.../predict`), the Open
+//! Inference Protocol's REST infer with the pixels as binary tensor data
+//! (`v2-binary`), and its gRPC ModelInfer with the pixels as
+//! raw_input_contents (`grpc`). Requests are built once per file, so the
+//! client's formatting is not what is measured.
 #![forbid(unsafe_code)]
 
 use std::path::PathBuf;
@@ -9,9 +15,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::Parser;
+use gateway::grpc::proto::grpc_inference_service_client::GrpcInferenceServiceClient;
+use gateway::grpc::proto::model_infer_request::InferInputTensor;
+use gateway::grpc::proto::ModelInferRequest;
 use serde::Serialize;
 
-/// Closed-loop HTTP load: images per second and p50/p90/p99 latency.
+/// Closed-loop HTTP or gRPC load: images per second and p50/p90/p99 latency.
 #[derive(Debug, Parser)]
 struct Args {
     /// URL to POST each image to; given several times (one per gateway),
@@ -39,6 +48,92 @@ struct Args {
     /// Append the rows as JSON lines to this file.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// How each file is sent: body (POST the file), v2-binary (POST
+    /// .../infer, PIXELS as binary data; --url is the infer URL) or grpc
+    /// (ModelInfer, PIXELS as raw contents; --url is http://host:port).
+    #[arg(long, value_enum, default_value_t = Protocol::Body)]
+    protocol: Protocol,
+    /// The model, for --protocol grpc.
+    #[arg(long, default_value = "digits")]
+    model: String,
+    /// PIXELS' shape for v2-binary and grpc (the files are raw uint8 pixels).
+    #[arg(long, value_delimiter = ',', default_value = "1,32,32,1")]
+    shape: Vec<i64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Protocol {
+    Body,
+    V2Binary,
+    Grpc,
+}
+
+type GrpcClient = GrpcInferenceServiceClient<tonic::transport::Channel>;
+
+/// One client's connection and its prepared requests, one per file.
+enum Sender {
+    Http { client: reqwest::Client, url: String, headers: reqwest::header::HeaderMap, bodies: Vec<bytes::Bytes> },
+    Grpc { client: GrpcClient, requests: Vec<ModelInferRequest> },
+}
+
+impl Sender {
+    async fn new(args: &Args, http: &reqwest::Client, url: &str, files: &[Arc<Vec<u8>>]) -> anyhow::Result<Self> {
+        let pixels_input = |size: usize| {
+            serde_json::json!({"name": "PIXELS", "datatype": "UINT8", "shape": args.shape, "parameters": {"binary_data_size": size}})
+        };
+        Ok(match args.protocol {
+            Protocol::Body => {
+                let mut headers = reqwest::header::HeaderMap::new();
+                headers.insert("content-type", args.content_type.parse()?);
+                let bodies = files.iter().map(|f| bytes::Bytes::from(f.as_ref().clone())).collect();
+                Sender::Http { client: http.clone(), url: url.to_string(), headers, bodies }
+            }
+            Protocol::V2Binary => {
+                let mut headers = reqwest::header::HeaderMap::new();
+                let mut bodies = Vec::new();
+                for f in files {
+                    let header = serde_json::json!({"inputs": [pixels_input(f.len())],
+                        "outputs": [{"name": "PROBABILITIES", "parameters": {"binary_data": true}}]})
+                    .to_string();
+                    headers.insert("inference-header-content-length", header.len().into());
+                    bodies.push(bytes::Bytes::from([header.as_bytes(), f.as_slice()].concat()));
+                }
+                headers.insert("content-type", "application/octet-stream".parse()?);
+                Sender::Http { client: http.clone(), url: url.to_string(), headers, bodies }
+            }
+            Protocol::Grpc => {
+                let channel = tonic::transport::Channel::from_shared(url.to_string())?.connect().await.with_context(|| format!("connecting to {url}"))?;
+                let requests = files
+                    .iter()
+                    .map(|f| ModelInferRequest {
+                        model_name: args.model.clone(),
+                        inputs: vec![InferInputTensor { name: "PIXELS".into(), datatype: "UINT8".into(), shape: args.shape.clone(), ..Default::default() }],
+                        raw_input_contents: vec![bytes::Bytes::from(f.as_ref().clone())],
+                        ..Default::default()
+                    })
+                    .collect();
+                Sender::Grpc { client: GrpcInferenceServiceClient::new(channel), requests }
+            }
+        })
+    }
+
+    /// Sends request `i` (mod the files); whether it was answered in full.
+    async fn send(&mut self, i: usize) -> bool {
+        match self {
+            Sender::Http { client, url, headers, bodies } => {
+                // Bytes: a clone is a reference count, not a copy of the image.
+                let body = bodies[i % bodies.len()].clone();
+                match client.post(url.as_str()).headers(headers.clone()).body(body).send().await {
+                    Ok(r) => r.status().is_success() && r.bytes().await.is_ok(),
+                    Err(_) => false,
+                }
+            }
+            Sender::Grpc { client, requests } => {
+                let request = requests[i % requests.len()].clone();
+                client.model_infer(request).await.is_ok()
+            }
+        }
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -82,21 +177,17 @@ async fn run_level(
 ) -> (Vec<Duration>, usize) {
     let mut tasks = Vec::new();
     for worker in 0..concurrency {
-        let client = client.clone();
-        let url = args.url[worker % args.url.len()].clone();
-        let content_type = args.content_type.clone();
-        let images: Vec<bytes::Bytes> = images.iter().map(|b| bytes::Bytes::from(b.as_ref().clone())).collect();
+        // One connection per client, as each REST client keeps its own.
+        let mut sender = match Sender::new(args, client, &args.url[worker % args.url.len()], images).await {
+            Ok(sender) => sender,
+            Err(e) => panic!("client {worker}: {e:#}"),
+        };
         tasks.push(tokio::spawn(async move {
             let (mut latencies, mut errors, mut i) = (Vec::new(), 0usize, worker);
             while Instant::now() < until {
-                // Bytes: a clone is a reference count, not a copy of the image.
-                let body = images[i % images.len()].clone();
-                i += 1;
                 let started = Instant::now();
-                let ok = match client.post(&url).header("content-type", &content_type).body(body).send().await {
-                    Ok(r) => r.status().is_success() && r.bytes().await.is_ok(),
-                    Err(_) => false,
-                };
+                let ok = sender.send(i).await;
+                i += 1;
                 if started >= measure_from {
                     if ok { latencies.push(started.elapsed()) } else { errors += 1 }
                 }

@@ -109,6 +109,36 @@ pub struct Config {
     #[arg(long, env = "GATEWAY_NAME")]
     pub name: Option<String>,
 
+    /// Address to serve gRPC on (KServe v2 / Triton's
+    /// inference.GRPCInferenceService and grpc.health.v1), unless a socket
+    /// named `grpc` is passed in LISTEN_FDS. Given, it must be bound; left
+    /// out, 127.0.0.1:8001 (Triton's port) is tried, and gRPC is not served
+    /// (one warning) when another process holds it.
+    #[arg(long, env = "GATEWAY_GRPC_LISTEN")]
+    pub grpc_listen: Option<SocketAddr>,
+
+    /// Serve no gRPC at all.
+    #[arg(long, env = "GATEWAY_NO_GRPC", conflicts_with = "grpc_listen")]
+    pub no_grpc: bool,
+
+    /// Largest gRPC message accepted or sent, in bytes (RESOURCE_EXHAUSTED
+    /// above it).
+    #[arg(long, env = "GATEWAY_GRPC_MAX_MESSAGE_BYTES", default_value_t = 16 * 1024 * 1024)]
+    pub grpc_max_message_bytes: usize,
+
+    /// Milliseconds between HTTP/2 keep-alive pings on each gRPC connection.
+    #[arg(long, env = "GATEWAY_GRPC_KEEPALIVE_MS", default_value_t = 30_000)]
+    pub grpc_keepalive_ms: u64,
+
+    /// A gRPC peer that does not answer a keep-alive ping within this many
+    /// milliseconds is disconnected.
+    #[arg(long, env = "GATEWAY_GRPC_KEEPALIVE_TIMEOUT_MS", default_value_t = 10_000)]
+    pub grpc_keepalive_timeout_ms: u64,
+
+    /// Calls (HTTP/2 streams) one gRPC connection may have open at once.
+    #[arg(long, env = "GATEWAY_GRPC_MAX_STREAMS", default_value_t = 1024)]
+    pub grpc_max_streams: u32,
+
     /// Log format on stderr: text (human) or json (one object per line,
     /// for log collectors). Verbosity comes from RUST_LOG (default info).
     #[arg(long, env = "GATEWAY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
@@ -145,11 +175,29 @@ impl Config {
         self.name.clone().unwrap_or_else(|| format!("gateway-{}", std::process::id()))
     }
 
+    /// Triton's gRPC port, tried when --grpc-listen is not given.
+    pub const DEFAULT_GRPC_LISTEN: &str = "127.0.0.1:8001";
+
+    pub fn grpc_limits(&self) -> crate::grpc::GrpcLimits {
+        crate::grpc::GrpcLimits {
+            max_message_bytes: self.grpc_max_message_bytes,
+            body_timeout: Duration::from_millis(self.body_timeout_ms),
+            keepalive_interval: Duration::from_millis(self.grpc_keepalive_ms),
+            keepalive_timeout: Duration::from_millis(self.grpc_keepalive_timeout_ms),
+            max_concurrent_streams: self.grpc_max_streams,
+            grace: self.shutdown_grace(),
+        }
+    }
+
     /// Checks what clap's types cannot.
     pub fn validate(&self) -> Result<(), String> {
         let positive = [self.max_body_bytes as u64, self.max_pixels, self.request_timeout_ms, u64::from(self.default_top_k), self.header_timeout_ms, self.body_timeout_ms];
         if positive.contains(&0) {
             return Err("--max-body-bytes, --max-pixels, --request-timeout-ms, --default-top-k, --header-timeout-ms and --body-timeout-ms must be > 0".into());
+        }
+        let grpc = [self.grpc_max_message_bytes as u64, self.grpc_keepalive_ms, self.grpc_keepalive_timeout_ms, u64::from(self.grpc_max_streams)];
+        if grpc.contains(&0) {
+            return Err("--grpc-max-message-bytes, --grpc-keepalive-ms, --grpc-keepalive-timeout-ms and --grpc-max-streams must be > 0".into());
         }
         Ok(())
     }

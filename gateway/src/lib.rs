@@ -12,6 +12,8 @@
 //! - [`compression`]: gzip/deflate request bodies in, compressed answers out.
 //! - [`error`]: every client-visible error and its HTTP status, in one place.
 //! - [`metrics`]: `GET /metrics`; [`request_id`]: X-Request-Id on every log line.
+//! - [`grpc`]: the same v2 protocol over gRPC (tonic), on its own port,
+//!   sharing the state and the inference path below the transport.
 //!
 //! This crate never links libtorch or CUDA.
 #![forbid(unsafe_code)]
@@ -20,6 +22,7 @@ pub(crate) mod compression;
 pub mod config;
 pub mod decode;
 pub(crate) mod error;
+pub mod grpc;
 pub(crate) mod host_client;
 pub(crate) mod metrics;
 pub(crate) mod postprocess;
@@ -86,10 +89,17 @@ impl AppState {
     }
 }
 
-/// Serves HTTP on `listener` until `shutdown` resolves, then lets in-flight
-/// requests finish for at most the configured grace period. Fails at once
-/// for a configuration it cannot serve with (an untrusted --host-dir).
-pub async fn run(config: Config, listener: tokio::net::TcpListener, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), String> {
+/// The sockets a gateway serves: HTTP always, gRPC unless turned off.
+pub struct Listeners {
+    pub http: tokio::net::TcpListener,
+    pub grpc: Option<tokio::net::TcpListener>,
+}
+
+/// Serves HTTP (and gRPC) on `listeners` until `shutdown` resolves, then
+/// lets in-flight requests finish for at most the configured grace period.
+/// Fails at once for a configuration it cannot serve with (an untrusted
+/// --host-dir).
+pub async fn run(config: Config, listeners: Listeners, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), String> {
     let draining = serve::Draining::default();
     let state = AppState::new(&config)?;
     // Connections wait in the listening socket's queue meanwhile, unrefused.
@@ -100,6 +110,15 @@ pub async fn run(config: Config, listener: tokio::net::TcpListener, shutdown: im
         () = &mut shutdown => return Ok(()),
     };
     tracing::info!(linked, waited_ms = waited.elapsed().as_secs_f64() * 1e3, "accepting connections");
+    // One signal, seen by both servers.
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let until_stopped = move || {
+        let mut stopped = stopped.clone();
+        async move {
+            let _ = stopped.wait_for(|s| *s).await;
+        }
+    };
+    let grpc = listeners.grpc.map(|listener| tokio::spawn(grpc::serve(listener, state.clone(), config.grpc_limits(), until_stopped())));
     let app = routes::router(state)
         .layer(axum::middleware::from_fn_with_state(draining.clone(), serve::close_when_draining));
     let limits = serve::ServeLimits {
@@ -107,6 +126,14 @@ pub async fn run(config: Config, listener: tokio::net::TcpListener, shutdown: im
         grace: config.shutdown_grace(),
         lame_duck: Duration::from_millis(config.lame_duck_ms),
     };
-    serve::serve(listener, app, draining, limits, shutdown).await;
+    let http = serve::serve(listeners.http, app, draining, limits, until_stopped());
+    let signal = async move {
+        shutdown.await;
+        let _ = stop.send(true);
+    };
+    tokio::join!(http, signal);
+    if let Some(grpc) = grpc {
+        let _ = grpc.await;
+    }
     Ok(())
 }

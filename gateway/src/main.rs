@@ -13,9 +13,12 @@ async fn main() -> anyhow::Result<()> {
     let config = Config::parse();
     config.validate().map_err(anyhow::Error::msg)?;
     config.log_format.init();
-    let (listener, source) = listener(&config).await?;
+    let held = held_sockets().context("LISTEN_FDS sockets")?;
+    let (listener, source) = http_listener(&config, held.http).await?;
+    let grpc = grpc_listener(&config, held.grpc).await?;
     tracing::info!(
         addr = %listener.local_addr()?,
+        grpc_addr = ?grpc.as_ref().and_then(|g| g.local_addr().ok()),
         socket_from = source,
         host_sockets = ?config.host_sockets(),
         host_dir = ?config.host_dir,
@@ -23,21 +26,64 @@ async fn main() -> anyhow::Result<()> {
         "gateway listening"
     );
     raise_fd_limit();
-    gateway::run(config, listener, service::shutdown_signal("finishing in-flight requests")).await.map_err(anyhow::Error::msg)?;
+    let listeners = gateway::Listeners { http: listener, grpc };
+    gateway::run(config, listeners, service::shutdown_signal("finishing in-flight requests")).await.map_err(anyhow::Error::msg)?;
     tracing::info!("gateway stopped");
     Ok(())
 }
 
-/// The listening socket: the one systemd (or scripts/dev, or a test) holds
-/// and passes as LISTEN_FDS, so that restarts never refuse a connection;
-/// else a socket of our own on --listen.
-async fn listener(config: &Config) -> anyhow::Result<(tokio::net::TcpListener, &'static str)> {
-    if let Some(held) = listenfd::ListenFd::from_env().take_tcp_listener(0).context("LISTEN_FDS socket")? {
-        held.set_nonblocking(true)?;
+/// Sockets systemd (or scripts/dev, or a test) holds and passes as
+/// LISTEN_FDS, so that restarts never refuse a connection. LISTEN_FDNAMES
+/// tells them apart: `grpc` is the gRPC socket (gateway-grpc.socket's
+/// FileDescriptorName); any other name, or none, is HTTP's.
+struct Held {
+    http: Option<std::net::TcpListener>,
+    grpc: Option<std::net::TcpListener>,
+}
+
+fn held_sockets() -> anyhow::Result<Held> {
+    let names: Vec<String> = std::env::var("LISTEN_FDNAMES").map(|n| n.split(':').map(String::from).collect()).unwrap_or_default();
+    let mut fds = listenfd::ListenFd::from_env();
+    let mut held = Held { http: None, grpc: None };
+    for index in 0..fds.len() {
+        let Some(socket) = fds.take_tcp_listener(index)? else { continue };
+        socket.set_nonblocking(true)?;
+        let slot = if names.get(index).map(String::as_str) == Some("grpc") { &mut held.grpc } else { &mut held.http };
+        if slot.is_none() {
+            *slot = Some(socket);
+        }
+    }
+    Ok(held)
+}
+
+/// The held HTTP socket, else a socket of our own on --listen.
+async fn http_listener(config: &Config, held: Option<std::net::TcpListener>) -> anyhow::Result<(tokio::net::TcpListener, &'static str)> {
+    if let Some(held) = held {
         return Ok((tokio::net::TcpListener::from_std(held)?, "LISTEN_FDS"));
     }
     let own = tokio::net::TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
     Ok((own, "--listen"))
+}
+
+/// The held gRPC socket, else --grpc-listen (which must bind), else
+/// Triton's port when it is free; none with --no-grpc.
+async fn grpc_listener(config: &Config, held: Option<std::net::TcpListener>) -> anyhow::Result<Option<tokio::net::TcpListener>> {
+    if config.no_grpc {
+        return Ok(None);
+    }
+    if let Some(held) = held {
+        return Ok(Some(tokio::net::TcpListener::from_std(held)?));
+    }
+    if let Some(addr) = config.grpc_listen {
+        return Ok(Some(tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding --grpc-listen {addr}"))?));
+    }
+    match tokio::net::TcpListener::bind(Config::DEFAULT_GRPC_LISTEN).await {
+        Ok(own) => Ok(Some(own)),
+        Err(e) => {
+            tracing::warn!(addr = Config::DEFAULT_GRPC_LISTEN, error = %e, "gRPC not served: the default port is taken (set --grpc-listen)");
+            Ok(None)
+        }
+    }
 }
 
 /// Idle and slow clients each hold a descriptor; the usual soft limit of

@@ -22,6 +22,10 @@ pub const HTTP_DURATION: &str = "splitserve_gateway_http_request_duration_second
 pub const HTTP_IN_FLIGHT: &str = "splitserve_gateway_http_requests_in_flight";
 pub const BODY_BYTES: &str = "splitserve_gateway_http_request_body_bytes";
 pub const STAGE_SECONDS: &str = "splitserve_gateway_stage_seconds";
+/// gRPC calls by method and status code (the code a unary call ends with,
+/// or a stream's at its start), and their durations.
+pub const GRPC_REQUESTS: &str = "splitserve_gateway_grpc_requests_total";
+pub const GRPC_DURATION: &str = "splitserve_gateway_grpc_request_duration_seconds";
 
 /// Latency buckets from 100 us to 30 s.
 const SECONDS_BUCKETS: &[f64] =

@@ -15,6 +15,7 @@ use serde_json::{Value, json};
 
 use super::binary::HEADER_LENGTH;
 use super::request::{Delivery, invalid};
+use super::shm_io::RegionUse;
 use super::tensor::to_json;
 use crate::error::ApiError;
 
@@ -36,7 +37,7 @@ pub enum OutputData {
 }
 
 impl OutputData {
-    fn datatype(&self) -> &'static str {
+    pub fn datatype(&self) -> &'static str {
         match self {
             OutputData::Typed(d, _) => d.name(),
             OutputData::Strings(_) => "BYTES",
@@ -52,7 +53,7 @@ impl OutputData {
 
     /// The binary form: the bytes as they are; BYTES elements as a u32
     /// little-endian length, then the bytes.
-    fn raw(self) -> Vec<u8> {
+    pub fn raw(self) -> Vec<u8> {
         match self {
             OutputData::Typed(_, raw) => raw,
             OutputData::Strings(v) => v.iter().flat_map(|s| [&(s.len() as u32).to_le_bytes()[..], s.as_bytes()].concat()).collect(),
@@ -78,11 +79,10 @@ pub fn respond(id: Option<String>, model: &ModelInfo, outputs: Vec<(OutputTensor
                 has_binary = true;
             }
             Delivery::SharedMemory(region) => {
-                let raw = tensor.data.raw();
-                region.write(&raw).map_err(|e| invalid("outputs", format!("{}: {e}", tensor.name)))?;
+                let written = write_region(&region, &tensor.name, tensor.data)?;
                 output["parameters"] = json!({
                     "shared_memory_region": region.region_name(),
-                    "shared_memory_byte_size": raw.len(),
+                    "shared_memory_byte_size": written,
                 });
             }
         }
@@ -99,6 +99,14 @@ pub fn respond(id: Option<String>, model: &ModelInfo, outputs: Vec<(OutputTensor
     let length = header.len().to_string();
     let headers = [(CONTENT_TYPE, "application/octet-stream".to_string()), (HeaderName::from_static(HEADER_LENGTH), length)];
     Ok((headers, [header, binary].concat()).into_response())
+}
+
+/// An output written into the client's region (both transports answer
+/// this way); the bytes written.
+pub fn write_region(region: &RegionUse, name: &str, data: OutputData) -> Result<usize, ApiError> {
+    let raw = data.raw();
+    region.write(&raw).map_err(|e| invalid("outputs", format!("{name}: {e}")))?;
+    Ok(raw.len())
 }
 
 #[cfg(test)]

@@ -51,6 +51,11 @@ pub struct BinaryData {
 }
 
 impl BinaryData {
+    /// Data that came apart from a JSON header (gRPC's raw contents, joined).
+    pub fn new(rest: Bytes) -> Self {
+        Self { rest }
+    }
+
     /// The next `size` bytes, for the input named `input`.
     pub fn take(&mut self, input: &str, size: u64) -> Result<Bytes, BinaryError> {
         let left = self.rest.len();

@@ -15,11 +15,19 @@ use crate::host_client::HostCallError;
 /// The server's name, this gateway's version and the implemented
 /// extensions (system shared memory only when the operator turned it on).
 pub async fn server_metadata(State(app): State<AppState>) -> Json<Value> {
+    Json(json!({ "name": SERVER_NAME, "version": env!("CARGO_PKG_VERSION"), "extensions": extensions(&app) }))
+}
+
+/// What `GET /v2` and gRPC's ServerMetadata call the server.
+pub const SERVER_NAME: &str = "split-serve";
+
+/// The extensions this gateway offers, as both transports list them.
+pub fn extensions(app: &AppState) -> Vec<&'static str> {
     let mut extensions = EXTENSIONS.to_vec();
     if app.system_shm.is_some() {
         extensions.push(system_shm::EXTENSION);
     }
-    Json(json!({ "name": "split-serve", "version": env!("CARGO_PKG_VERSION"), "extensions": extensions }))
+    extensions
 }
 
 /// 200 as soon as the gateway listens, like `/health/live`.

@@ -2,23 +2,25 @@
 //! JSON header followed by binary data), validate it against the served
 //! model, run it, answer.
 //!
-//! What is common to every model is in [`super::request`]; the image
+//! [`execute`] is the part gRPC shares ([`crate::grpc`]): everything
+//! below the transport. What is common to every model is in [`super::request`]; the image
 //! classifier's inputs and output are in [`super::classifier`], a tensor
 //! model's in [`super::tensor_model`].
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use axum::extract::{Path, Request, State};
 use axum::response::Response;
 
-use super::answer::respond;
+use super::answer::{OutputTensor, respond};
 use super::binary::split_body;
-use super::request::{ValidRequest, binary_error};
+use super::request::{Delivery, ValidRequest, binary_error};
 use super::run::Ran;
 use super::shm_io::SharedMemory;
 use super::stats::ModelStats;
 use super::{ModelPath, classifier, tensor_model};
-use protocol::{ModelKind, TensorSignature};
+use protocol::{ModelInfo, ModelKind, TensorSignature};
 use crate::error::ApiError;
 use crate::host_client::Route;
 use crate::upload::read_body;
@@ -29,10 +31,20 @@ pub async fn infer(State(app): State<AppState>, Path(path): Path<ModelPath>, req
     let started = Instant::now();
     // Admission before work: no body is read for a host that cannot serve.
     let link = app.fleet.route(&path.name, path.version.as_deref())?;
-    // Counted from here: the request named a served model, so its
-    // failures (400s included, as Triton counts them) are this model's.
-    let stats = app.v2_stats.of(&link.model().name, &link.model().version);
+    let stats = stats_of(&app, &link);
     let answer = answer(&app, &link, &stats, started, request).await;
+    counted(&stats, started, answer)
+}
+
+/// The statistics of the model `link` serves. Counted from routing on: the
+/// request named a served model, so its failures (400s included, as Triton
+/// counts them) are this model's.
+pub fn stats_of(app: &AppState, link: &Route) -> Arc<ModelStats> {
+    app.v2_stats.of(&link.model().name, &link.model().version)
+}
+
+/// A request's outcome, counted; the answer without its element count.
+pub fn counted<R>(stats: &ModelStats, started: Instant, answer: Result<(R, usize), ApiError>) -> Result<R, ApiError> {
     match &answer {
         Ok((_, elements)) => stats.succeeded(*elements, started.elapsed()),
         Err(_) => stats.fail.add(1, started.elapsed()),
@@ -47,17 +59,45 @@ enum Plan<'m> {
     Tensors(&'m TensorSignature, tensor_model::Plan),
 }
 
-/// The answer and how many elements it carries; stage times go to the statistics.
+/// REST's answer: the body read and parsed as JSON (+ binary data), then
+/// the shared path, then written as JSON (+ binary data).
 async fn answer(app: &AppState, link: &Route, stats: &ModelStats, started: Instant, request: Request) -> Result<(Response, usize), ApiError> {
-    let model = link.model();
     let tag = request_id::of(&request);
     let (parts, body) = request.into_parts();
     let body = read_body(body, &parts.headers, app.limits.max_body_bytes, app.limits.body_timeout).await?;
     let input_started = Instant::now();
     let (json, binary) = split_body(&parts.headers, body).map_err(binary_error)?;
     let shm = SharedMemory(app.system_shm.as_deref());
-    let ValidRequest { id, timeout, inputs, outputs, default, mut data } =
-        ValidRequest::read(&json, binary, shm, app.limits.max_body_bytes as u64)?;
+    let request = ValidRequest::read(&json, binary, shm, app.limits.max_body_bytes as u64)?;
+    let stage = Stage { app, link, stats, started, input_started, tag: &tag };
+    execute(stage, request, respond).await
+}
+
+/// Where a request is, for [`execute`]: its host, its counters, and when
+/// it arrived and when its parsing began.
+pub struct Stage<'a> {
+    pub app: &'a AppState,
+    pub link: &'a Route,
+    pub stats: &'a ModelStats,
+    pub started: Instant,
+    pub input_started: Instant,
+    /// The request id, `<id>.<i>` per element at the host.
+    pub tag: &'a str,
+}
+
+/// The transport-neutral part of an inference, shared by REST and gRPC: a
+/// request already parsed by its transport is validated against the model,
+/// run, and handed to `format` (the transport's answer) while the regions
+/// its inputs came from are still held. The answer and its element count;
+/// stage times go to the statistics.
+pub async fn execute<R>(
+    stage: Stage<'_>,
+    request: ValidRequest<'_>,
+    format: impl FnOnce(Option<String>, &ModelInfo, Vec<(OutputTensor, Delivery)>) -> Result<R, ApiError>,
+) -> Result<(R, usize), ApiError> {
+    let Stage { app, link, stats, started, input_started, tag } = stage;
+    let model = link.model();
+    let ValidRequest { id, timeout, inputs, outputs, default, mut data } = request;
     let plan = match &model.kind {
         ModelKind::Classifier { input, labels } => {
             let classifier = classifier::Classifier::new(*input, labels, model.max_batch_size);
@@ -81,11 +121,11 @@ async fn answer(app: &AppState, link: &Route, stats: &ModelStats, started: Insta
         return Err(ApiError::DeadlineExceeded { budget_ms });
     }
     let ran: Ran = match plan {
-        Plan::Classifier(plan) => classifier::run(link, plan, deadline, budget_ms, &tag, app.limits.max_pixels).await?,
-        Plan::Tensors(signature, plan) => tensor_model::run(link, signature, plan, deadline, budget_ms, &tag, app.limits.max_pixels).await?,
+        Plan::Classifier(plan) => classifier::run(link, plan, deadline, budget_ms, tag, app.limits.max_pixels).await?,
+        Plan::Tensors(signature, plan) => tensor_model::run(link, signature, plan, deadline, budget_ms, tag, app.limits.max_pixels).await?,
     };
     let output_started = Instant::now();
-    let response = respond(id, model, ran.outputs)?;
+    let response = format(id, model, ran.outputs)?;
     let n = ran.elements as u64;
     stats.compute_input.add(1, parsed + ran.decode);
     stats.queue.add(n, ran.queue);

@@ -19,7 +19,12 @@ use crate::error::ApiError;
 /// ready one: a client may look before warm-up ends. `versions` lists every
 /// version of the model that has a connected host.
 pub async fn model(State(app): State<AppState>, Path(path): Path<ModelPath>) -> Result<Json<Value>, ApiError> {
-    let link = app.fleet.find(&path.name, path.version.as_deref())?;
+    describe(&app, &path.name, path.version.as_deref()).map(Json)
+}
+
+/// The metadata, as both transports answer it (gRPC converts this JSON).
+pub fn describe(app: &AppState, name: &str, version: Option<&str>) -> Result<Value, ApiError> {
+    let link = app.fleet.find(name, version)?;
     let m = link.model();
     let mut versions: Vec<String> = app.fleet.models().into_keys().filter(|(name, _)| *name == m.name).map(|(_, v)| v).collect();
     versions.sort_by(|a, b| crate::host_client::compare_versions(a, b));
@@ -30,15 +35,17 @@ pub async fn model(State(app): State<AppState>, Path(path): Path<ModelPath>) -> 
         ModelKind::Classifier { input, labels } => {
             let (h, w, c) = (i64::from(input.height), i64::from(input.width), i64::from(input.channels));
             (
+                // Alternatives: each one optional (JSON allows the
+                // parameter; gRPC's TensorMetadata has no field for it).
                 vec![
-                    json!({ "name": INPUT_IMAGE, "datatype": "BYTES", "shape": [-1] }),
-                    json!({ "name": INPUT_PIXELS, "datatype": "UINT8", "shape": [-1, h, w, c] }),
+                    json!({ "name": INPUT_IMAGE, "datatype": "BYTES", "shape": [-1], "parameters": { "optional": true } }),
+                    json!({ "name": INPUT_PIXELS, "datatype": "UINT8", "shape": [-1, h, w, c], "parameters": { "optional": true } }),
                 ],
                 vec![json!({ "name": OUTPUT_PROBABILITIES, "datatype": "FP32", "shape": [-1, labels.len()] })],
             )
         }
     };
-    Ok(Json(json!({ "name": m.name, "versions": versions, "platform": PLATFORM, "inputs": inputs, "outputs": outputs })))
+    Ok(json!({ "name": m.name, "versions": versions, "platform": PLATFORM, "inputs": inputs, "outputs": outputs }))
 }
 
 /// A tensor model's input or output: the batch dimension is -1.
@@ -53,12 +60,18 @@ fn config_tensor(spec: &TensorSpec) -> Value {
 }
 
 pub async fn config(State(app): State<AppState>, Path(path): Path<ModelPath>) -> Result<Json<Value>, ApiError> {
-    let link = app.fleet.find(&path.name, path.version.as_deref())?;
-    Ok(Json(triton_config(link.model())))
+    configuration(&app, &path.name, path.version.as_deref()).map(Json)
+}
+
+/// Triton's model config, as both transports answer it.
+pub fn configuration(app: &AppState, name: &str, version: Option<&str>) -> Result<Value, ApiError> {
+    Ok(triton_config(app.fleet.find(name, version)?.model()))
 }
 
 /// IMAGE is one string per batch element: Triton spells that `dims: [1]`
-/// reshaped to `[]`, which matches the metadata's shape `[-1]`.
+/// reshaped to `[]`, which matches the metadata's shape `[-1]`. IMAGE and
+/// PIXELS are alternatives: `optional`, as Triton marks inputs a request
+/// may leave out, so that generic clients do not send both.
 fn triton_config(m: &ModelInfo) -> Value {
     let (input, labels) = match &m.kind {
         ModelKind::Classifier { input, labels } => (input, labels),
@@ -76,8 +89,8 @@ fn triton_config(m: &ModelInfo) -> Value {
         "platform": PLATFORM,
         "max_batch_size": m.max_batch_size,
         "input": [
-            { "name": INPUT_IMAGE, "data_type": "TYPE_STRING", "dims": [1], "reshape": { "shape": [] } },
-            { "name": INPUT_PIXELS, "data_type": "TYPE_UINT8", "format": "FORMAT_NHWC", "dims": [input.height, input.width, input.channels] },
+            { "name": INPUT_IMAGE, "data_type": "TYPE_STRING", "dims": [1], "reshape": { "shape": [] }, "optional": true },
+            { "name": INPUT_PIXELS, "data_type": "TYPE_UINT8", "format": "FORMAT_NHWC", "dims": [input.height, input.width, input.channels], "optional": true },
         ],
         "output": [
             { "name": OUTPUT_PROBABILITIES, "data_type": "TYPE_FP32", "dims": [labels.len()] },

@@ -14,6 +14,11 @@ use serde_json::{Value, json};
 use crate::AppState;
 
 pub async fn index(State(app): State<AppState>) -> Json<Value> {
+    Json(json!(entries(&app)))
+}
+
+/// The index, as both transports answer it.
+pub fn entries(app: &AppState) -> Vec<Value> {
     let mut entries = Vec::new();
     for member in app.fleet.members() {
         let entry = match (member.live_link(), &member.last_model) {
@@ -33,5 +38,5 @@ pub async fn index(State(app): State<AppState>) -> Json<Value> {
         };
         entries.push(entry);
     }
-    Json(json!(entries))
+    entries
 }

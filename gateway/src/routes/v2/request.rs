@@ -82,6 +82,13 @@ impl<'a> ValidRequest<'a> {
     pub fn read(json: &[u8], binary: BinaryData, shm: SharedMemory<'a>, max_unsized_region: u64) -> Result<Self, ApiError> {
         let request: InferRequest =
             serde_json::from_slice(json).map_err(|e| invalid("body", format!("not an inference request: {e}")))?;
+        Self::check(request, binary, shm, max_unsized_region)
+    }
+
+    /// Checks a request already parsed by its transport: REST's JSON
+    /// (above), or gRPC's protobuf ([`crate::grpc::convert`]), which puts
+    /// raw contents in `binary` and names them with `binary_data_size`.
+    pub fn check(request: InferRequest, binary: BinaryData, shm: SharedMemory<'a>, max_unsized_region: u64) -> Result<Self, ApiError> {
         let timeout = client_timeout(&request.parameters)?;
         let default_binary = flag(&request.parameters, "parameters", "binary_data_output")?.unwrap_or(false);
         let outputs = output_requests(&request.outputs, default_binary, &shm)?;

@@ -81,7 +81,7 @@ impl ModelStats {
         self.last_inference_ms.store(now.as_millis() as u64, Ordering::Relaxed);
     }
 
-    fn json(&self, name: &str, version: &str) -> Value {
+    pub fn json(&self, name: &str, version: &str) -> Value {
         json!({ "model_stats": [{
             "name": name,
             "version": version,
@@ -103,9 +103,14 @@ impl ModelStats {
 /// A model's statistics (at the named version, or the one requests without
 /// a version go to); 404 for a model or version no host serves.
 pub async fn model(State(app): State<AppState>, Path(path): Path<ModelPath>) -> Result<Json<Value>, ApiError> {
-    let link = app.fleet.find(&path.name, path.version.as_deref())?;
+    of_model(&app, &path.name, path.version.as_deref()).map(Json)
+}
+
+/// A model's statistics, as both transports answer them.
+pub fn of_model(app: &AppState, name: &str, version: Option<&str>) -> Result<Value, ApiError> {
+    let link = app.fleet.find(name, version)?;
     let model = link.model();
-    Ok(Json(app.v2_stats.of(&model.name, &model.version).json(&model.name, &model.version)))
+    Ok(app.v2_stats.of(&model.name, &model.version).json(&model.name, &model.version))
 }
 
 #[cfg(test)]

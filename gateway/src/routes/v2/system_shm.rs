@@ -37,7 +37,7 @@ struct RegisterRequest {
     byte_size: u64,
 }
 
-fn registry(app: &AppState) -> Result<&Arc<Registry>, ApiError> {
+pub fn registry(app: &AppState) -> Result<&Arc<Registry>, ApiError> {
     app.system_shm.as_ref().ok_or(ApiError::SharedMemoryDisabled)
 }
 
