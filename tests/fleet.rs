@@ -248,7 +248,14 @@ async fn replicas_get_requests_by_fewest_outstanding() {
         })
         .collect();
     let all_in = within(Duration::from_secs(5), async || leases_a.load(std::sync::atomic::Ordering::SeqCst) + leases_b.load(std::sync::atomic::Ordering::SeqCst) == 8);
-    assert!(all_in.await.is_some(), "8 leases asked");
+    if all_in.await.is_none() {
+        let (_, listed) = get_json(&client, gateway.url("/v1/hosts")).await;
+        let mut statuses = Vec::new();
+        for request in stuck {
+            statuses.push(request.await.unwrap());
+        }
+        panic!("8 leases asked: {} and {}; {listed}; statuses {statuses:?}; log {}", leases_a.load(std::sync::atomic::Ordering::SeqCst), leases_b.load(std::sync::atomic::Ordering::SeqCst), gateway.process.log());
+    }
     let (on_a, on_b) = (leases_a.load(std::sync::atomic::Ordering::SeqCst), leases_b.load(std::sync::atomic::Ordering::SeqCst));
     assert_eq!((on_a, on_b), (4, 4), "8 stuck requests over two replicas by fewest outstanding");
     for request in stuck {

@@ -32,6 +32,9 @@ fn model() -> ModelInfo {
 
 /// Listens on `socket` and serves every gateway that connects, silently.
 /// Runs until the test's runtime ends.
+/// Segment names' sequence, for every stand-in host in this process.
+static NEXT_CONNECTION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
 /// Returns the count of Lease requests it has received (and left
 /// unanswered), across its connections.
 pub fn start(socket: &Path) -> Arc<AtomicUsize> {
@@ -45,9 +48,11 @@ pub fn start_speaking(socket: &Path, protocol_version: u32) -> Arc<AtomicUsize> 
     let leases = Arc::new(AtomicUsize::new(0));
     let counted = leases.clone();
     tokio::spawn(async move {
-        let mut connection_id = 0;
         while let Ok((stream, _)) = listener.accept().await {
-            connection_id += 1;
+            // Numbered across every stand-in host of this test process: two
+            // of them (replicas) set up their first connections at the same
+            // time, and a per-listener count named both segments alike.
+            let connection_id = NEXT_CONNECTION.fetch_add(1, Ordering::SeqCst);
             tokio::spawn(serve(stream, connection_id, protocol_version, counted.clone()));
         }
     });

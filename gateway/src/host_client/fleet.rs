@@ -31,6 +31,10 @@ struct Shared {
     next_id: AtomicU64,
     /// Tie-breaker among equally loaded replicas.
     turn: AtomicUsize,
+    /// Held while a request is routed: choosing the least loaded replica
+    /// and counting the request there are one step, so that requests
+    /// arriving together see each other.
+    routing: std::sync::Mutex<()>,
     /// Bumped on every change of the table, for [`Fleet::wait_settled`].
     changed: watch::Sender<u64>,
 }
@@ -97,6 +101,7 @@ impl Default for Fleet {
                 members: RwLock::new(BTreeMap::new()),
                 next_id: AtomicU64::new(1),
                 turn: AtomicUsize::new(0),
+                routing: std::sync::Mutex::new(()),
                 changed: watch::channel(0).0,
             }),
         }
@@ -107,6 +112,7 @@ impl Fleet {
     /// A ready host for `model` (at `version`, or the newest ready one),
     /// the least loaded among replicas.
     pub fn route(&self, model: &str, version: Option<&str>) -> Result<Route, HostCallError> {
+        let _one_at_a_time = self.shared.routing.lock().expect("routing lock poisoned");
         self.choose(model, version).map(|link| Route::new(link, self.clone()))
     }
 

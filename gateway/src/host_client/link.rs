@@ -54,6 +54,11 @@ pub struct Link {
     /// Requests waiting for a permit now, and the most that may.
     waiting: AtomicU64,
     max_waiting: u64,
+    /// Requests routed here and not finished (see [`super::Route`]): they
+    /// count from the routing decision on, before their body is read and
+    /// their slot taken, so that a burst is spread, not sent to whichever
+    /// host looked idle when it arrived.
+    routed: AtomicU64,
 }
 
 /// One request waiting for its answer.
@@ -166,6 +171,7 @@ impl Link {
             slots,
             waiting: AtomicU64::new(0),
             max_waiting,
+            routed: AtomicU64::new(0),
         });
         (link, outbox_rx)
     }
@@ -321,12 +327,23 @@ impl Link {
         self.waiting.load(Relaxed)
     }
 
-    /// Requests of this gateway the host has or is about to get: slots
-    /// taken plus requests waiting for one. Routing picks the replica
-    /// where this is lowest.
+    /// Requests of this gateway the host has or is about to get: those
+    /// routed here and not finished, or, if more, the slots taken (a
+    /// request whose caller left keeps its slot until the host answers)
+    /// plus the requests waiting for one. Routing picks the replica where
+    /// this is lowest.
     pub fn outstanding(&self) -> u64 {
         let taken = (self.welcome.segment.slot_count as usize).saturating_sub(self.slots.available_permits());
-        taken as u64 + self.waiting_for_slots()
+        self.routed.load(Relaxed).max(taken as u64 + self.waiting_for_slots())
+    }
+
+    /// A request routed here starts (`true`) or ends (`false`).
+    pub(super) fn count_routed(&self, starts: bool) {
+        if starts {
+            self.routed.fetch_add(1, Relaxed);
+        } else {
+            self.routed.fetch_sub(1, Relaxed);
+        }
     }
 
     pub async fn status(self: &Arc<Self>) -> Result<HostStatus, HostCallError> {

@@ -20,7 +20,9 @@ pub struct Route {
 }
 
 impl Route {
+    /// Counts the request as outstanding at `link` until it is dropped.
     pub(super) fn new(link: Arc<Link>, fleet: Fleet) -> Self {
+        link.count_routed(true);
         Self { link, fleet }
     }
 
@@ -34,6 +36,12 @@ impl Route {
             },
             result => result,
         }
+    }
+}
+
+impl Drop for Route {
+    fn drop(&mut self) {
+        self.link.count_routed(false);
     }
 }
 
