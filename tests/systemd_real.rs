@@ -384,7 +384,9 @@ fn watchdog_restarts_a_frozen_host(c: &Container) {
 /// gateway@1.socket and gateway@2.socket listen on one port (SO_REUSEPORT);
 /// connections start both instances.
 fn template_sockets_share_the_port(c: &Container) {
-    c.sh_ok("systemctl stop gateway.socket gateway.service");
+    // gateway.service's two sockets (HTTP and gRPC) hold the ports without
+    // SO_REUSEPORT: the instances take over from it, not beside it.
+    c.sh_ok("systemctl stop gateway.socket gateway-grpc.socket gateway.service");
     c.sh_ok("systemctl start gateway@1.socket gateway@2.socket");
     let listeners = c.sh_ok("grep -c ': 0100007F:1F90 00000000:0000 0A ' /proc/net/tcp");
     assert_eq!(listeners.trim(), "2", "listeners on 127.0.0.1:8080");
@@ -406,7 +408,7 @@ fn template_sockets_share_the_port(c: &Container) {
         requests += statuses.len();
     }
     println!("template sockets: both instances started after {requests} connections");
-    c.sh_ok("systemctl stop gateway@1.socket gateway@2.socket gateway@1.service gateway@2.service");
+    c.sh_ok("systemctl stop gateway@1.socket gateway@2.socket gateway-grpc@1.socket gateway-grpc@2.socket gateway@1.service gateway@2.service");
 }
 
 /// SIGTERM from `systemctl stop`: the host drains and exits 0 (systemd logs
@@ -496,7 +498,7 @@ fn template_swap_under_load_fails_nothing(c: &Container) {
     assert_eq!(c.property("model-host@digits-2.service", "ActiveState"), "active");
     // As the phase found things: gateway.service's Wants= started
     // model-host.service again.
-    c.sh_ok("systemctl stop model-host@digits-2.service gateway.socket gateway.service model-host.service");
+    c.sh_ok("systemctl stop model-host@digits-2.service gateway.socket gateway-grpc.socket gateway.service model-host.service");
 }
 
 /// A bad model.toml: exit status 1, the error in the journal, restarted by
