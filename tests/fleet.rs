@@ -65,8 +65,10 @@ async fn known_samples(client: &reqwest::Client, gateway: &Gateway) -> Arc<Vec<S
     Arc::new(known)
 }
 
-/// One predict: (status, has Retry-After, answered version, right label).
-async fn predict(client: &reqwest::Client, url: &str, sample: &Sample) -> (u16, bool, String, bool) {
+/// One predict's outcome: (status, has Retry-After, answered version, right label).
+type Outcome = (u16, bool, String, bool);
+
+async fn predict(client: &reqwest::Client, url: &str, sample: &Sample) -> Outcome {
     let (status, headers, body) = post_image(client, url, sample.bytes.clone(), "image/png").await;
     let right = status != 200 || top_label(&body) == sample.label;
     let version = body["version"].as_str().unwrap_or_default().to_string();
@@ -132,6 +134,27 @@ async fn two_models_behind_one_gateway_answer_concurrently() {
     for task in tasks {
         task.await.expect("a worker failed");
     }
+}
+
+/// Answers around a replica's SIGKILL: each one right, a 200 or a 503 with
+/// Retry-After within a second of the kill, and the survivor answering after it.
+fn assert_only_fast_503s_after(killed_at: Instant, answers: &[(Instant, Outcome)]) {
+    let (mut counts, mut served_after): (BTreeMap<u16, usize>, usize) = (BTreeMap::new(), 0);
+    for (at, (status, retry_after, _, right)) in answers {
+        *counts.entry(*status).or_default() += 1;
+        served_after += usize::from(*status == 200 && *at > killed_at + Duration::from_millis(100));
+        assert!(right, "an answer belonged to another image");
+        match status {
+            200 => {}
+            503 => {
+                assert!(retry_after, "503 without Retry-After");
+                assert!(*at < killed_at + Duration::from_secs(1), "503 {:?} after the kill", *at - killed_at);
+            }
+            other => panic!("status {other}"),
+        }
+    }
+    println!("SIGKILL of one replica under load: {counts:?}; {served_after} answered by the survivor after the kill");
+    assert!(served_after > 0, "the surviving replica answered nothing after the kill: {counts:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -200,24 +223,11 @@ async fn replicas_share_the_load_and_survive_a_sigkill() {
     tokio::time::sleep(Duration::from_millis(1000)).await;
     let killed_at = Instant::now();
     host_a.kill();
-    let (mut counts, mut served_after): (BTreeMap<u16, usize>, usize) = (BTreeMap::new(), 0);
+    let mut answers = Vec::new();
     for task in tasks {
-        for (at, (status, retry_after, _, right)) in task.await.unwrap() {
-            *counts.entry(status).or_default() += 1;
-            served_after += usize::from(status == 200 && at > killed_at + Duration::from_millis(100));
-            assert!(right, "an answer belonged to another image");
-            match status {
-                200 => {}
-                503 => {
-                    assert!(retry_after, "503 without Retry-After");
-                    assert!(at < killed_at + Duration::from_secs(1), "503 {:?} after the kill", at - killed_at);
-                }
-                other => panic!("status {other}"),
-            }
-        }
+        answers.extend(task.await.unwrap());
     }
-    println!("SIGKILL of one replica under load: {counts:?}; {served_after} answered by the survivor after the kill");
-    assert!(served_after > 0, "the surviving replica answered nothing after the kill: {counts:?}");
+    assert_only_fast_503s_after(killed_at, &answers);
 
     // Back on the same socket: served again, no gateway restart.
     let _host_a = start_host_on(&scratch, &a, &digits_model());
