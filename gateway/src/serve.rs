@@ -16,7 +16,7 @@ use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 
 #[derive(Debug, Clone, Copy)]
 pub struct ServeLimits {
@@ -56,6 +56,39 @@ pub async fn close_when_draining(
     response
 }
 
+/// Accepts on `listener` until `shutdown` resolves, handing each connection
+/// (Nagle off) to `serve`. An accept error (out of descriptors and the
+/// like) is logged and retried shortly, keeping the connections there are.
+/// `protocol` names the listener in logs. Shared by HTTP and gRPC.
+pub async fn accept_until(listener: &TcpListener, protocol: &'static str, shutdown: impl Future<Output = ()>, mut serve: impl FnMut(TcpStream)) {
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    let _ = stream.set_nodelay(true);
+                    serve(stream);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, protocol, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            },
+            () = &mut shutdown => return,
+        }
+    }
+}
+
+/// Runs one connection to its end on its own task; its error, if any, is
+/// the client's business (reset, timeout), so only logged at debug level.
+pub fn spawn_connection<E: std::fmt::Display>(protocol: &'static str, connection: impl Future<Output = Result<(), E>> + Send + 'static) {
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::debug!(error = %e, protocol, "connection ended with an error");
+        }
+    });
+}
+
 /// Serves `app` until `shutdown` resolves, then shuts down in three steps:
 /// 1. stop accepting (our listening fd is closed; a held socket stays open
 ///    in its holder, and the next gateway accepts from it);
@@ -76,29 +109,11 @@ pub async fn serve(
     let mut http = http1::Builder::new();
     http.timer(TokioTimer::new()).header_read_timeout(limits.header_timeout).keep_alive(true);
     let graceful = GracefulShutdown::new();
-    tokio::pin!(shutdown);
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => {
-                    let _ = stream.set_nodelay(true);
-                    let service = TowerToHyperService::new(app.clone());
-                    let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
-                    tokio::spawn(async move {
-                        if let Err(e) = connection.await {
-                            tracing::debug!(error = %e, "connection ended with an error");
-                        }
-                    });
-                }
-                // Out of descriptors and the like: keep the connections we have.
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-            },
-            () = &mut shutdown => break,
-        }
-    }
+    accept_until(&listener, "HTTP", shutdown, |stream| {
+        let service = TowerToHyperService::new(app.clone());
+        spawn_connection("HTTP", graceful.watch(http.serve_connection(TokioIo::new(stream), service)));
+    })
+    .await;
     drop(listener);
     draining.set();
     let started = tokio::time::Instant::now();

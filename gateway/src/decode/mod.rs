@@ -56,13 +56,7 @@ pub fn format_name(format: ImageFormat) -> &'static str {
 /// resizes to `target`.
 pub fn decode_to_input(bytes: &[u8], format: ImageFormat, target: Target, max_pixels: u64) -> Result<Vec<u8>, DecodeError> {
     let corrupt = |e: image::ImageError| DecodeError::Corrupt { format: format_name(format), detail: e.to_string() };
-    let mut decoder = ImageReader::with_format(Cursor::new(bytes), format).into_decoder().map_err(corrupt)?;
-    let (width, height) = decoder.dimensions();
-    if u64::from(width) * u64::from(height) > max_pixels {
-        return Err(DecodeError::TooManyPixels { width, height, limit: max_pixels });
-    }
-    // A missing or unreadable orientation is the common case: as stored.
-    let orientation = decoder.orientation().unwrap_or(Orientation::NoTransforms);
+    let (decoder, orientation) = open_checked(bytes, format, max_pixels)?;
     let scaled = match format {
         ImageFormat::Jpeg => jpeg::decode_scaled(bytes, stored_size_for(target, orientation), target.channels)
             .map_err(|detail| DecodeError::Corrupt { format: "JPEG", detail })?,
@@ -77,22 +71,16 @@ pub fn decode_to_input(bytes: &[u8], format: ImageFormat, target: Target, max_pi
             let image = image.ok_or_else(|| DecodeError::Corrupt { format: "JPEG", detail: "decoded buffer size".into() })?;
             upright(image, orientation, target.channels)
         }
-        None => {
-            let mut limits = Limits::default();
-            // RGBA16 is the widest a PNG decodes to: 8 bytes per pixel, plus
-            // slack for the decoder's own buffers.
-            limits.max_alloc = Some(max_pixels.saturating_mul(8).saturating_add(64 << 20));
-            decoder.set_limits(limits).map_err(corrupt)?;
-            upright(DynamicImage::from_decoder(decoder).map_err(corrupt)?, orientation, target.channels)
-        }
+        None => upright(DynamicImage::from_decoder(decoder).map_err(corrupt)?, orientation, target.channels),
     };
     resize(flat, (width, height), target)
 }
 
-/// Decodes `bytes` at full size, upright, flattened to `channels`: for a
-/// vision model, whose answer is about the client's whole image (the
-/// pixel limit is checked from the header first, as above).
-pub fn decode_upright(bytes: &[u8], format: ImageFormat, channels: u32, max_pixels: u64) -> Result<(Vec<u8>, (u32, u32)), DecodeError> {
+/// Opens `bytes` as `format`: refuses an image over `max_pixels` from its
+/// header, before any pixel memory is allocated, and bounds the decoder's
+/// allocations; the decoder and the orientation to apply (none when the
+/// EXIF tag is missing or unreadable, the common case).
+fn open_checked(bytes: &[u8], format: ImageFormat, max_pixels: u64) -> Result<(impl ImageDecoder + '_, Orientation), DecodeError> {
     let corrupt = |e: image::ImageError| DecodeError::Corrupt { format: format_name(format), detail: e.to_string() };
     let mut decoder = ImageReader::with_format(Cursor::new(bytes), format).into_decoder().map_err(corrupt)?;
     let (width, height) = decoder.dimensions();
@@ -101,8 +89,19 @@ pub fn decode_upright(bytes: &[u8], format: ImageFormat, channels: u32, max_pixe
     }
     let orientation = decoder.orientation().unwrap_or(Orientation::NoTransforms);
     let mut limits = Limits::default();
+    // RGBA16 is the widest a PNG decodes to: 8 bytes per pixel, plus slack
+    // for the decoder's own buffers.
     limits.max_alloc = Some(max_pixels.saturating_mul(8).saturating_add(64 << 20));
     decoder.set_limits(limits).map_err(corrupt)?;
+    Ok((decoder, orientation))
+}
+
+/// Decodes `bytes` at full size, upright, flattened to `channels`: for a
+/// vision model, whose answer is about the client's whole image (the
+/// pixel limit is checked from the header first, as above).
+pub fn decode_upright(bytes: &[u8], format: ImageFormat, channels: u32, max_pixels: u64) -> Result<(Vec<u8>, (u32, u32)), DecodeError> {
+    let corrupt = |e: image::ImageError| DecodeError::Corrupt { format: format_name(format), detail: e.to_string() };
+    let (decoder, orientation) = open_checked(bytes, format, max_pixels)?;
     Ok(upright(DynamicImage::from_decoder(decoder).map_err(corrupt)?, orientation, channels))
 }
 

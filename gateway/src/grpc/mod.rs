@@ -166,27 +166,11 @@ pub async fn serve(listener: TcpListener, app: AppState, limits: GrpcLimits, shu
         .keep_alive_timeout(limits.keepalive_timeout)
         .max_concurrent_streams(limits.max_concurrent_streams);
     let graceful = GracefulShutdown::new();
-    tokio::pin!(shutdown);
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => {
-                    let _ = stream.set_nodelay(true);
-                    let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), TowerToHyperService::new(router.clone())));
-                    tokio::spawn(async move {
-                        if let Err(e) = connection.await {
-                            tracing::debug!(error = %e, "gRPC connection ended with an error");
-                        }
-                    });
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "gRPC accept failed");
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-            },
-            () = &mut shutdown => break,
-        }
-    }
+    crate::serve::accept_until(&listener, "gRPC", shutdown, |stream| {
+        let service = TowerToHyperService::new(router.clone());
+        crate::serve::spawn_connection("gRPC", graceful.watch(http.serve_connection(TokioIo::new(stream), service)));
+    })
+    .await;
     drop(listener);
     readiness.abort();
     tracing::info!("gRPC: stopped accepting; GOAWAY sent to open connections");
