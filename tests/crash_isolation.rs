@@ -67,18 +67,6 @@ async fn load(
     Arc::try_unwrap(results).unwrap().into_inner()
 }
 
-/// Waits (at most a minute) until `answered` reaches `target`.
-async fn wait_for_answers(answered: &AtomicUsize, target: usize) -> bool {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while answered.load(Relaxed) < target {
-        if Instant::now() > deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    true
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn host_killed_with_requests_in_flight() {
     let scratch = Scratch::new();
@@ -94,7 +82,7 @@ async fn host_killed_with_requests_in_flight() {
     let running = tokio::spawn(load(urls, 64, stop.clone(), answered.clone()));
     // Killed once the load has shown itself (a count, not a time: a slow
     // machine just takes longer to get there).
-    assert!(wait_for_answers(&answered, 150).await, "the load never got going");
+    assert!(eventually(Duration::from_secs(60), async || answered.load(Relaxed) >= 150).await.is_some(), "the load never got going");
     let killed_at = Instant::now();
     host.kill();
 
@@ -159,7 +147,7 @@ async fn gateway_killed_with_requests_in_flight_frees_everything() {
     let stop = Arc::new(tokio::sync::Notify::new());
     let answered = Arc::new(AtomicUsize::new(0));
     let running = tokio::spawn(load(vec![victim.predict_url()], 96, stop.clone(), answered.clone()));
-    assert!(wait_for_answers(&answered, 100).await, "the load never got going");
+    assert!(eventually(Duration::from_secs(60), async || answered.load(Relaxed) >= 100).await.is_some(), "the load never got going");
     let peak = monitor.host_status().await;
     victim.process.kill();
     let killed = Instant::now();

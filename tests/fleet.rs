@@ -39,32 +39,6 @@ async fn get_json(client: &reqwest::Client, url: String) -> (u16, Value) {
     }
 }
 
-/// Polls until `check` holds, for at most `limit`; how long it took.
-async fn within(limit: Duration, mut check: impl AsyncFnMut() -> bool) -> Option<Duration> {
-    let started = Instant::now();
-    while started.elapsed() < limit {
-        if check().await {
-            return Some(started.elapsed());
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    None
-}
-
-/// Held-out images the digits model gets right (it is 99.7% accurate, so
-/// "right" below means the label it gives when nothing else is going on).
-async fn known_samples(client: &reqwest::Client, gateway: &Gateway) -> Arc<Vec<Sample>> {
-    let mut known = Vec::new();
-    for sample in testset("gray8").into_iter().take(60) {
-        let (status, _, body) = post_image(client, &gateway.predict_url(), sample.bytes.clone(), "image/png").await;
-        assert_eq!(status, 200, "{body}");
-        if top_label(&body) == sample.label {
-            known.push(sample);
-        }
-    }
-    Arc::new(known)
-}
-
 /// One predict's outcome: (status, has Retry-After, answered version, right label).
 type Outcome = (u16, bool, String, bool);
 
@@ -102,7 +76,7 @@ async fn two_models_behind_one_gateway_answer_concurrently() {
     let _detector = start_host_on(&scratch, &sock(&hosts, "detector.sock"), &root().join("models/detector"));
     let gateway = scratch.start_gateway_for(&["--host-dir", &hosts.display().to_string()]);
     let client = reqwest::Client::new();
-    let both = within(Duration::from_secs(120), async || get_json(&client, gateway.url("/health/ready")).await.1["models"] == json!(["detector", "digits"])).await;
+    let both = eventually(Duration::from_secs(120), async || get_json(&client, gateway.url("/health/ready")).await.1["models"] == json!(["detector", "digits"])).await;
     assert!(both.is_some(), "both models ready: {}", get_json(&client, gateway.url("/health/ready")).await.1);
     let (_, index) = get_json(&client, gateway.url("/v1/models")).await;
     assert_eq!(index["models"].as_array().unwrap().len(), 2, "{index}");
@@ -111,7 +85,7 @@ async fn two_models_behind_one_gateway_answer_concurrently() {
     assert!(states.contains(&("digits", "READY")) && states.contains(&("detector", "READY")), "{repository}");
 
     let reference: Arc<Value> = Arc::new(serde_json::from_str(&std::fs::read_to_string(root().join("models/detector/reference.json")).unwrap()).unwrap());
-    let samples = known_samples(&client, &gateway).await;
+    let samples = Arc::new(rightly_classified(&gateway, "gray8", 60).await);
     let mut tasks = Vec::new();
     for worker in 0..4 {
         let (digits_client, url, samples) = (client.clone(), gateway.predict_url(), samples.clone());
@@ -167,12 +141,12 @@ async fn replicas_share_the_load_and_survive_a_sigkill() {
     let _host_b = start_host_on(&scratch, &b, &digits_model());
     let gateway = scratch.start_gateway_for(&["--host-socket", &a, "--host-socket", &b]);
     let client = reqwest::Client::new();
-    let both_ready = within(Duration::from_secs(120), async || {
+    let both_ready = eventually(Duration::from_secs(120), async || {
         let (_, hosts) = get_json(&client, gateway.url("/v1/hosts")).await;
         hosts["hosts"].as_array().is_some_and(|h| h.iter().filter(|h| h["phase"] == "ready").count() == 2)
     });
     assert!(both_ready.await.is_some(), "two ready hosts");
-    let samples = known_samples(&client, &gateway).await;
+    let samples = Arc::new(rightly_classified(&gateway, "gray8", 60).await);
 
     // 8 clients at once: 40 requests each, or for `seconds`.
     let load = |seconds: Option<f64>| {
@@ -198,7 +172,7 @@ async fn replicas_share_the_load_and_survive_a_sigkill() {
         tasks
     };
     // Idle replicas tie at 0 outstanding: one request at a time alternates
-    // (known_samples sent 60 of them, one by one).
+    // (rightly_classified sent 60 of them, one by one).
     let served = |status: Value| status["requests_done"].as_u64().unwrap_or_else(|| panic!("{status}")) as f64;
     let counts = async || (served(host_status(&client, &gateway, &a).await), served(host_status(&client, &gateway, &b).await));
     let (idle_a, idle_b) = counts().await;
@@ -231,7 +205,7 @@ async fn replicas_share_the_load_and_survive_a_sigkill() {
 
     // Back on the same socket: served again, no gateway restart.
     let _host_a = start_host_on(&scratch, &a, &digits_model());
-    let back = within(Duration::from_secs(60), async || host_status(&client, &gateway, &a).await["phase"].get("Ready").is_some());
+    let back = eventually(Duration::from_secs(60), async || host_status(&client, &gateway, &a).await["phase"].get("Ready").is_some());
     assert!(back.await.is_some(), "the restarted replica is used again");
     drop((_host_a, _host_b, gateway));
     assert_eq!(our_segments(), segments_before, "segments left in /dev/shm");
@@ -257,7 +231,7 @@ async fn replicas_get_requests_by_fewest_outstanding() {
             tokio::spawn(async move { post_image(&client, &url, bytes, "image/png").await.0 })
         })
         .collect();
-    let all_in = within(Duration::from_secs(5), async || leases_a.load(std::sync::atomic::Ordering::SeqCst) + leases_b.load(std::sync::atomic::Ordering::SeqCst) == 8);
+    let all_in = eventually(Duration::from_secs(5), async || leases_a.load(std::sync::atomic::Ordering::SeqCst) + leases_b.load(std::sync::atomic::Ordering::SeqCst) == 8);
     if all_in.await.is_none() {
         let (_, listed) = get_json(&client, gateway.url("/v1/hosts")).await;
         let mut statuses = Vec::new();
@@ -283,7 +257,7 @@ async fn a_version_swap_under_steady_load_fails_nothing() {
     let gateway = scratch.start_gateway_for(&["--host-dir", &hosts.display().to_string()]);
     gateway.wait_ready().await;
     let client = reqwest::Client::new();
-    let samples = known_samples(&client, &gateway).await;
+    let samples = Arc::new(rightly_classified(&gateway, "gray8", 60).await);
 
     // 200 requests a second for 20 s: 20 clients, each one every 100 ms.
     let started = Instant::now();
@@ -303,7 +277,7 @@ async fn a_version_swap_under_steady_load_fails_nothing() {
     }
     tokio::time::sleep(Duration::from_secs(3)).await;
     let _v2 = start_host_on(&scratch, &v2_socket, &v2_model);
-    let ready = within(Duration::from_secs(60), async || get_json(&client, gateway.url("/v2/models/digits/versions/2/ready")).await.0 == 200).await;
+    let ready = eventually(Duration::from_secs(60), async || get_json(&client, gateway.url("/v2/models/digits/versions/2/ready")).await.0 == 200).await;
     assert!(ready.is_some(), "version 2 became ready");
     let v2_ready_at = Instant::now();
     println!("version 2 ready {:?} into the load", v2_ready_at - started);
@@ -350,7 +324,7 @@ async fn hosts_appear_and_leave_through_the_directory_within_a_second() {
     let inside = hosts.join("digits.sock");
     std::fs::rename(&outside, &inside).unwrap();
     let sample = &testset("gray8")[0];
-    let took = within(Duration::from_secs(1), async || predict(&client, &gateway.predict_url(), sample).await.0 == 200).await;
+    let took = eventually(Duration::from_secs(1), async || predict(&client, &gateway.predict_url(), sample).await.0 == 200).await;
     println!("host socket added: served after {took:?}");
     assert!(took.is_some(), "a host added to the directory was not served within 1 s");
 
@@ -359,7 +333,7 @@ async fn hosts_appear_and_leave_through_the_directory_within_a_second() {
     // Dropped once its last request is answered: no host known, so 503
     // "no model host found" (the gateway cannot tell an unknown model
     // from one whose host has not appeared yet).
-    let took = within(Duration::from_secs(1), async || {
+    let took = eventually(Duration::from_secs(1), async || {
         get_json(&client, gateway.url("/v1/hosts")).await.1["hosts"] == json!([])
             && predict(&client, &gateway.predict_url(), sample).await.0 == 503
     });
@@ -386,7 +360,7 @@ async fn what_is_not_a_trusted_host_is_skipped_and_the_good_host_serves_on() {
     silent_host::start_speaking(&hosts.join("old.sock"), protocol::PROTOCOL_VERSION - 1);
     let _impostor = start_host_on(&scratch, &sock(&hosts, "impostor.sock"), &impostor_model);
 
-    let samples = known_samples(&client, &gateway).await;
+    let samples = Arc::new(rightly_classified(&gateway, "gray8", 60).await);
     let started = Instant::now();
     let mut slowest = Duration::ZERO;
     let mut i = 0;
@@ -428,7 +402,7 @@ async fn untrusted_hosts_and_directories_are_refused() {
     let gateway = scratch.start_gateway_for(&["--host-socket", &socket, "--allowed-host-uids", "4242"]);
     gateway.wait_for("/health/live", Duration::from_secs(10)).await;
     let client = reqwest::Client::new();
-    let refused = within(Duration::from_secs(60), async || {
+    let refused = eventually(Duration::from_secs(60), async || {
         let (_, hosts) = get_json(&client, gateway.url("/v1/hosts")).await;
         hosts["hosts"][0]["error"].as_str().is_some_and(|e| e.contains("not a trusted host user"))
     });

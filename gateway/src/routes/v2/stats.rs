@@ -8,9 +8,9 @@
 //! forward pass, as Triton counts it per request), `compute_input` is
 //! parsing and decoding, `compute_output` is writing the answer.
 
-use std::collections::BTreeMap;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::Json;
@@ -43,13 +43,17 @@ impl Stage {
 /// Counters per model and version served through this gateway (bounded
 /// by the hosts it has known).
 #[derive(Debug, Default)]
-pub struct StatsByModel(Mutex<BTreeMap<(String, String), Arc<ModelStats>>>);
+pub struct StatsByModel(RwLock<HashMap<String, HashMap<String, Arc<ModelStats>>>>);
 
 impl StatsByModel {
-    /// The counters of `name` at `version`, made on first use.
+    /// The counters of `name` at `version`, made on first use. Every v2
+    /// request asks: the usual case is a shared lock and borrowed keys.
     pub fn of(&self, name: &str, version: &str) -> Arc<ModelStats> {
-        let mut table = self.0.lock().expect("stats lock poisoned");
-        table.entry((name.to_string(), version.to_string())).or_default().clone()
+        let known = self.0.read().expect("stats lock poisoned").get(name).and_then(|v| v.get(version)).cloned();
+        known.unwrap_or_else(|| {
+            let mut table = self.0.write().expect("stats lock poisoned");
+            table.entry(name.to_string()).or_default().entry(version.to_string()).or_default().clone()
+        })
     }
 }
 
