@@ -15,16 +15,22 @@
 //!   (a CPU-only libtorch) the shim is built without graphs and says so at
 //!   run time. The shim calls only libtorch, never the CUDA runtime itself,
 //!   so it runs against any libtorch of the same version.
+//! - The JPEG part (shim/jpeg_shim.cpp) takes nvJPEG's types from the
+//!   nvidia-nvjpeg wheel's nvjpeg.h in the same place, and opens
+//!   libnvjpeg at run time (dlopen): nothing links it.
 use std::path::{Path, PathBuf};
 
 fn main() {
     println!("cargo:rerun-if-env-changed=DEP_TCH_LIBTORCH_LIB");
     println!("cargo:rerun-if-changed=shim/torch_shim.cpp");
+    println!("cargo:rerun-if-changed=shim/jpeg_shim.cpp");
     let Ok(lib) = std::env::var("DEP_TCH_LIBTORCH_LIB") else {
         panic!("torch-sys did not say where libtorch is (DEP_TCH_LIBTORCH_LIB)");
     };
     let lib = PathBuf::from(lib);
     println!("cargo:rustc-link-arg=-Wl,-rpath,{}", lib.display());
+    // For run-time lookups beside libtorch (the nvJPEG wheel's library).
+    println!("cargo:rustc-env=MODEL_HOST_LIBTORCH_LIB={}", lib.display());
     let cuda = lib.join("libtorch_cuda.so").exists();
     if cuda {
         println!("cargo:rustc-link-arg=-Wl,--no-as-needed");
@@ -42,6 +48,7 @@ fn build_shim(lib: &Path, cuda: bool) {
     build
         .cpp(true)
         .file("shim/torch_shim.cpp")
+        .file("shim/jpeg_shim.cpp")
         .include(root.join("include"))
         .include(root.join("include/torch/csrc/api/include"))
         .flag("-std=c++17")
@@ -54,6 +61,13 @@ fn build_shim(lib: &Path, cuda: bool) {
     match &cuda_headers {
         Some(dir) => {
             build.include(dir).define("SHIM_WITH_CUDA", None);
+            // nvJPEG's types for the host-side decode (jpeg_shim.cpp); the
+            // library itself is opened at run time, never linked.
+            if dir.join("nvjpeg.h").exists() {
+                build.define("SHIM_WITH_NVJPEG", None);
+            } else {
+                println!("cargo:warning=torch shim built without nvJPEG (no nvjpeg.h beside libtorch: scripts/setup installs it)");
+            }
             println!("cargo:rustc-link-lib=dylib=c10_cuda");
         }
         None => println!("cargo:warning=torch shim built without CUDA graphs (no CUDA runtime headers beside libtorch)"),

@@ -28,6 +28,8 @@ def main():
                     help="model.toml: time cuDNN's kernels per batch shape at warm-up (slow start)")
     ap.add_argument("--no-cuda-graphs", action="store_true", help="model.toml: run every batch eagerly")
     ap.add_argument("--no-freeze", action="store_true", help="model.toml: run the module as saved")
+    ap.add_argument("--decode", choices=["gateway", "host", "auto"], default="gateway",
+                    help="model.toml: where JPEGs are decoded (host/auto: nvJPEG on the host's GPU)")
     args = ap.parse_args()
 
     torch.manual_seed(0)
@@ -45,6 +47,7 @@ name = "resnet50"
 version = "1"
 file = "model.pt"
 description = "torchvision ResNet-50, TorchScript, random weights (timing only)"
+decode = "{args.decode}"
 
 [input]
 width = 224

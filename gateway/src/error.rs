@@ -111,6 +111,7 @@ impl From<HostCallError> for ApiError {
             // The gateway fills in the budget; see routes::predict.
             HostCallError::DeadlineExceeded => ApiError::DeadlineExceeded { budget_ms: 0 },
             HostCallError::Rejected(m) | HostCallError::Model(m) => ApiError::Internal(m),
+            HostCallError::BadImage(detail) => ApiError::from(DecodeError::Corrupt { format: "JPEG", detail }),
         }
     }
 }

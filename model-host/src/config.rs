@@ -85,6 +85,12 @@ pub struct Config {
     #[arg(long, env = "MODEL_HOST_LOAD_HEADROOM_MB", default_value_t = 1024)]
     pub load_headroom_mb: u64,
 
+    /// libnvjpeg for model.toml's `decode = "host"` or `"auto"`: a path, or
+    /// unset to look for libnvjpeg.so.13 through the loader and then in the
+    /// nvidia-nvjpeg wheel beside libtorch.
+    #[arg(long, env = "MODEL_HOST_NVJPEG")]
+    pub nvjpeg: Option<std::path::PathBuf>,
+
     /// Log format on stderr: text (human) or json (one object per line,
     /// for log collectors). Verbosity comes from RUST_LOG (default info).
     #[arg(long, env = "MODEL_HOST_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]

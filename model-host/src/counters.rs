@@ -50,6 +50,8 @@ pub struct Counters {
     pub batches_done: AtomicU64,
     pub copy_us_total: AtomicU64,
     pub inference_us_total: AtomicU64,
+    /// JPEGs decoded on the device (sent encoded by gateways).
+    pub jpegs_decoded: AtomicU64,
     /// Connections dropped by the peer-credential check.
     pub peers_refused: AtomicU64,
     /// (batch shape, batches run at it); shapes fixed at startup.

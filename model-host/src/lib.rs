@@ -72,14 +72,15 @@ pub async fn run(
         counters: counters.clone(),
         jobs: job_rx,
         notifier: notifier.clone(),
-        device_name: device_tx,
+        nvjpeg: config.nvjpeg.clone(),
+        device_ready: device_tx,
     }
     .spawn();
 
     // The device is known within milliseconds (before the weights load);
     // gateways need its name in the handshake.
     let device = match device_rx.await {
-        Ok(name) => name,
+        Ok(ready) => ready,
         Err(_) => return Err(startup_failure(&phase)),
     };
     let model = model_info(&model_config, device);
@@ -106,7 +107,7 @@ pub async fn run(
 }
 
 /// What gateways are told about the model in the handshake.
-fn model_info(config: &ModelConfig, device: String) -> ModelInfo {
+fn model_info(config: &ModelConfig, device: pipeline::model_thread::DeviceReady) -> ModelInfo {
     let kind = match &config.kind {
         ModelKind::Classifier(c) => protocol::ModelKind::Classifier {
             input: ImageShape { width: c.input.width, height: c.input.height, channels: c.input.channels },
@@ -121,7 +122,8 @@ fn model_info(config: &ModelConfig, device: String) -> ModelInfo {
         description: config.description.clone(),
         kind,
         max_batch_size: config.batching.max_batch_size,
-        device,
+        device: device.name,
+        host_decode: device.host_decode,
     }
 }
 

@@ -47,6 +47,20 @@ pub struct InferRequest {
     /// The HTTP request's id (X-Request-Id), for the host's log lines about
     /// this request. At most [`MAX_REQUEST_TAG`] bytes.
     pub tag: String,
+    /// What the slot holds: the model's input, or an image for the host to
+    /// decode (only to a host whose [`ModelInfo::host_decode`] says so).
+    pub payload: Payload,
+}
+
+/// The form of a request's input in its slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Payload {
+    /// The model's input, as [`Ask`] says (pixels or tensors).
+    Input,
+    /// The first `len` bytes of the slot are a JPEG file; the host decodes
+    /// it, turns it upright by its EXIF `orientation` (1-8, which the
+    /// gateway read from the header) and resizes it to the model's input.
+    Jpeg { len: u32, orientation: u8 },
 }
 
 /// What a request asks of the host, one variant per [`ModelKind`].
@@ -100,6 +114,30 @@ pub struct ModelInfo {
     pub max_batch_size: u32,
     /// Where the model runs, e.g. "cpu" or "cuda:0".
     pub device: String,
+    /// Set when the host decodes JPEGs itself (on its GPU) for an image
+    /// classifier: which images the gateway should send it encoded.
+    pub host_decode: Option<HostDecode>,
+}
+
+/// The host's offer to decode JPEGs (model.toml's `decode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostDecode {
+    /// Which JPEGs go to the host.
+    pub policy: DecodePolicy,
+    /// The largest JPEG file a slot takes; a larger one is decoded by the
+    /// gateway.
+    pub max_bytes: u64,
+    /// The most pixels (from the JPEG's header) the host decodes.
+    pub max_pixels: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DecodePolicy {
+    /// Every JPEG (`decode = "host"`).
+    Always,
+    /// A JPEG of at least `min_pixels`, or any JPEG while the gateway's own
+    /// decoders are all busy (`decode = "auto"`).
+    Auto { min_pixels: u64 },
 }
 
 /// The kinds of model a host serves, each with what its requests carry.
@@ -136,14 +174,16 @@ impl ImageShape {
 }
 
 impl ModelInfo {
-    /// Bytes a slot must hold: one image, or a tensor model's inputs or
-    /// outputs for one batch item, whichever is larger.
+    /// Bytes a slot must hold: one image (or one JPEG file, when the host
+    /// decodes), or a tensor model's inputs or outputs for one batch item,
+    /// whichever is larger.
     pub fn slot_len(&self) -> u64 {
-        match &self.kind {
+        let input = match &self.kind {
             ModelKind::Classifier { input, .. } => input.len(),
             ModelKind::Tensors(signature) => signature.slot_bytes(),
             ModelKind::Vision(v) => v.signature.slot_bytes(),
-        }
+        };
+        input.max(self.host_decode.map_or(0, |d| d.max_bytes))
     }
 
     /// The classifier's input and labels; None for a tensor model.
@@ -266,6 +306,9 @@ pub enum InferError {
     NotReady,
     /// The gateway cancelled it (its client went away) before it ran.
     Cancelled,
+    /// The JPEG the host was sent to decode ([`Payload::Jpeg`]) is not one
+    /// it can decode: the client's file, so the client's error.
+    BadImage(String),
     /// The model failed on this batch; the message is for the host's log.
     Model(String),
 }
@@ -287,8 +330,11 @@ pub struct HostStatus {
     pub queue_depth: u64,
     /// (batch shape, batches run at it), for the batch size histogram.
     pub batches_by_size: Vec<(u32, u64)>,
-    /// Time spent copying slots out of shared memory, over all batches.
+    /// Time spent copying slots out of shared memory (and decoding the
+    /// JPEGs sent encoded), over all batches.
     pub copy_seconds_total: f64,
+    /// JPEGs the host decoded (requests sent with [`Payload::Jpeg`]).
+    pub jpegs_decoded: u64,
     /// Time spent in the model (upload, pre-processing, forward, readback).
     pub inference_seconds_total: f64,
     /// (reason, count) of requests refused or skipped without GPU work.

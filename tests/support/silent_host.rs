@@ -27,6 +27,7 @@ fn model() -> ModelInfo {
         },
         max_batch_size: 1,
         device: "cpu".into(),
+        host_decode: None,
     }
 }
 
@@ -120,6 +121,7 @@ fn status() -> HostStatus {
         copy_seconds_total: 0.0,
         inference_seconds_total: 0.0,
         refused: vec![],
+        jpegs_decoded: 0,
         graph_batch_sizes: vec![],
     }
 }

@@ -12,10 +12,14 @@
 //! EXIF orientation is applied before the resize, so a phone photo taken
 //! sideways reaches the model upright.
 //!
+//! A host that decodes JPEGs on its GPU may be sent the file instead
+//! ([`host_side`]); only its header is read here then.
+//!
 //! Alpha: a transparent background is filled with whatever contrasts with
 //! the opaque pixels (white under dark ink, black under light ink), so
 //! "black digit on transparent" and "white digit on transparent" both work.
 
+pub mod host_side;
 pub mod jpeg;
 
 use std::io::Cursor;
@@ -94,6 +98,20 @@ fn open_checked(bytes: &[u8], format: ImageFormat, max_pixels: u64) -> Result<(i
     limits.max_alloc = Some(max_pixels.saturating_mul(8).saturating_add(64 << 20));
     decoder.set_limits(limits).map_err(corrupt)?;
     Ok((decoder, orientation))
+}
+
+/// A JPEG's size and EXIF orientation (1-8), from its header, refused
+/// over `max_pixels` as a decode would be.
+pub struct JpegHeader {
+    pub width: u32,
+    pub height: u32,
+    pub orientation: u8,
+}
+
+pub fn jpeg_header(bytes: &[u8], max_pixels: u64) -> Result<JpegHeader, DecodeError> {
+    let (decoder, orientation) = open_checked(bytes, ImageFormat::Jpeg, max_pixels)?;
+    let (width, height) = decoder.dimensions();
+    Ok(JpegHeader { width, height, orientation: orientation.to_exif() })
 }
 
 /// Decodes `bytes` at full size, upright, flattened to `channels`: for a

@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 
-use protocol::{Ask, GatewayMessage, HostMessage, InferError, InferRequest, Prediction, Refusal, SlotRef};
+use protocol::{Ask, GatewayMessage, HostMessage, InferError, InferRequest, Payload, Prediction, Refusal, SlotRef};
 use tokio::sync::OwnedSemaphorePermit;
 
 use super::HostCallError;
@@ -59,9 +59,9 @@ impl SlotLease {
     }
 
     /// Sends the request; the slot now belongs to the host until it answers.
-    pub fn infer(mut self, ask: Ask, budget_us: u64, tag: String) -> Result<InFlight, HostCallError> {
+    pub fn infer(mut self, ask: Ask, payload: Payload, budget_us: u64, tag: String) -> Result<InFlight, HostCallError> {
         let request_id = self.link.next_request_id();
-        let request = InferRequest { request_id, slot: self.slot, ask, budget_us, tag };
+        let request = InferRequest { request_id, slot: self.slot, ask, budget_us, tag, payload };
         let answer = self.link.request(request_id, GatewayMessage::Infer(request), self.permit.take())?;
         self.owned = false;
         Ok(InFlight { link: self.link.clone(), request_id, answer: Some(answer) })
@@ -99,6 +99,7 @@ impl InFlight {
                 InferError::NotReady => HostCallError::Unavailable { phase: self.link.phase().name().to_string() },
                 InferError::Cancelled => HostCallError::Rejected("cancelled".into()),
                 InferError::InvalidRequest(m) => HostCallError::Rejected(m),
+                InferError::BadImage(m) => HostCallError::BadImage(m),
                 InferError::Model(m) => HostCallError::Model(m),
             }),
             other => Err(HostCallError::Rejected(format!("unexpected answer to Infer: {other:?}"))),

@@ -413,7 +413,7 @@ mod tests {
         let layout = SlotLayout::new(2, 4).unwrap();
         let segment = Segment::create(&os_id, layout, 0o600).unwrap();
         let kind = ModelKind::Classifier { input: ImageShape { width: 2, height: 2, channels: 1 }, labels: vec!["a".into()] };
-        let model = ModelInfo { name: "m".into(), version: "1".into(), description: String::new(), kind, max_batch_size: 2, device: "cpu".into() };
+        let model = ModelInfo { name: "m".into(), version: "1".into(), description: String::new(), kind, max_batch_size: 2, device: "cpu".into(), host_decode: None };
         let welcome = Welcome {
             protocol_version: PROTOCOL_VERSION,
             host_pid: 1,
@@ -468,7 +468,7 @@ mod tests {
         let (link, mut outbox) = link(4);
         let permit = link.slot_permit().await.unwrap();
         let lease = SlotLease::new_for_test(link.clone(), SlotRef { index: 0, generation: 1 }, permit);
-        let in_flight = lease.infer(Ask::TopK { k: 1 }, 1_000_000, "t".into()).unwrap();
+        let in_flight = lease.infer(Ask::TopK { k: 1 }, protocol::Payload::Input, 1_000_000, "t".into()).unwrap();
         let GatewayMessage::Infer(request) = sent(&mut outbox).await else { panic!("expected an Infer") };
         drop(in_flight);
         assert_eq!(sent(&mut outbox).await, GatewayMessage::Cancel { request_id: request.request_id });

@@ -50,6 +50,10 @@ pub enum HostCallError {
     DeadlineExceeded,
     #[error("host refused the request: {0}")]
     Rejected(String),
+    /// The JPEG the host decoded for us is corrupt or one it cannot read:
+    /// the client's file.
+    #[error("the host could not decode the JPEG: {0}")]
+    BadImage(String),
     #[error("model failed: {0}")]
     Model(String),
 }

@@ -6,16 +6,25 @@
 
 use std::time::Instant;
 
-use protocol::{Ask, HostTimings, Output, Prediction};
+use protocol::{Ask, HostTimings, Output, Payload, Prediction};
 
 use crate::error::ApiError;
 use crate::host_client::{HostCallError, Route};
 
-/// Classifies `pixels` (the model's input, already prepared), returning the
-/// best `top_k` and where the host spent the time; any deadline passed on
-/// the way is a 504 naming `budget_ms`.
-pub async fn classify(route: &Route, pixels: &[u8], top_k: u32, deadline: Instant, budget_ms: u64, tag: String) -> Result<(Vec<(u32, f32)>, HostTimings), ApiError> {
-    let (prediction, _) = call(route, pixels, Ask::TopK { k: top_k }, deadline, budget_ms, tag).await?;
+/// Classifies `input` (the model's input, already prepared, or a JPEG the
+/// host decodes, as `payload` says), returning the best `top_k` and where
+/// the host spent the time; any deadline passed on the way is a 504
+/// naming `budget_ms`.
+pub async fn classify(
+    route: &Route,
+    input: &[u8],
+    payload: Payload,
+    top_k: u32,
+    deadline: Instant,
+    budget_ms: u64,
+    tag: String,
+) -> Result<(Vec<(u32, f32)>, HostTimings), ApiError> {
+    let (prediction, _) = call(route, input, payload, Ask::TopK { k: top_k }, deadline, budget_ms, tag).await?;
     match prediction.output {
         Output::TopK(top) => Ok((top, prediction.timings)),
         Output::InSlot => Err(ApiError::Internal("the host answered a classification with outputs in the slot".into())),
@@ -26,7 +35,7 @@ pub async fn classify(route: &Route, pixels: &[u8], top_k: u32, deadline: Instan
 /// area (each input at its placement); the answer is the slot's output
 /// area.
 pub async fn run_tensors(route: &Route, inputs: &[u8], deadline: Instant, budget_ms: u64, tag: String) -> Result<(Vec<u8>, HostTimings), ApiError> {
-    let (prediction, outputs) = call(route, inputs, Ask::Tensors, deadline, budget_ms, tag).await?;
+    let (prediction, outputs) = call(route, inputs, Payload::Input, Ask::Tensors, deadline, budget_ms, tag).await?;
     match prediction.output {
         Output::InSlot => Ok((outputs, prediction.timings)),
         Output::TopK(_) => Err(ApiError::Internal("the host answered a tensor model with classes".into())),
@@ -36,6 +45,7 @@ pub async fn run_tensors(route: &Route, inputs: &[u8], deadline: Instant, budget
 async fn call(
     route: &Route,
     input: &[u8],
+    payload: Payload,
     ask: Ask,
     deadline: Instant,
     budget_ms: u64,
@@ -48,7 +58,7 @@ async fn call(
     if remaining.is_zero() {
         return Err(timeout());
     }
-    let in_flight = lease.infer(ask, remaining.as_micros() as u64, tag)?;
+    let in_flight = lease.infer(ask, payload, remaining.as_micros() as u64, tag)?;
     let answer = tokio::time::timeout(remaining, in_flight.result_with_outputs()).await.map_err(|_| timeout())?;
     answer.map_err(|e| match e {
         HostCallError::DeadlineExceeded => timeout(),

@@ -12,11 +12,12 @@ use axum::extract::{Path, Query, Request, State};
 use serde::{Deserialize, Serialize};
 
 use crate::{AppState, metrics, request_id};
+use crate::decode::host_side::{Decoding, decoders_busy, send_to_host};
 use crate::decode::{Target, decode_to_input};
 use crate::error::ApiError;
 use crate::routes::{host_call, vision};
 use crate::upload::{Format, PIXELS_CONTENT_TYPE, Upload, extract_image, read_body};
-use protocol::ImageShape;
+use protocol::{HostDecode, ImageShape, Payload};
 
 #[derive(Debug, Deserialize)]
 pub struct PredictParams {
@@ -97,10 +98,10 @@ pub async fn predict(
     metrics::record_body(body.len());
     let upload = extract_image(&parts.headers, body).await?;
     let decode_started = Instant::now();
-    let pixels = model_input(upload, input, app.limits.max_pixels).await?;
+    let (bytes, payload) = model_input(upload, input, app.limits.max_pixels, model.host_decode.as_ref()).await?;
     let decode = decode_started.elapsed();
 
-    let (top, t) = host_call::classify(&link, &pixels, top_k, deadline, budget.as_millis() as u64, tag).await?;
+    let (top, t) = host_call::classify(&link, &bytes, payload, top_k, deadline, budget.as_millis() as u64, tag).await?;
 
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
     let (queue, inference) = (Duration::from_micros(t.queue_us), Duration::from_micros(t.inference_us));
@@ -128,10 +129,17 @@ pub async fn predict(
     .into_response())
 }
 
-/// The model's input from an upload: raw pixels checked for length, or an
-/// encoded image decoded and resized (on the blocking pool).
-async fn model_input(upload: Upload, input: ImageShape, max_pixels: u64) -> Result<bytes::Bytes, ApiError> {
-    match upload.format {
+/// What goes into the slot for an upload: raw pixels checked for length,
+/// an encoded image decoded and resized (on the blocking pool), or a JPEG
+/// as it is, for a host that decodes it (`offer`; see [`send_to_host`]).
+async fn model_input(upload: Upload, input: ImageShape, max_pixels: u64, offer: Option<&HostDecode>) -> Result<(bytes::Bytes, Payload), ApiError> {
+    if let (Format::Encoded(image::ImageFormat::Jpeg), Some(offer)) = (upload.format, offer)
+        && let Some(to_host) = send_to_host(&upload.bytes, offer, max_pixels, decoders_busy())?
+    {
+        let len = upload.bytes.len() as u32;
+        return Ok((upload.bytes, Payload::Jpeg { len, orientation: to_host.orientation }));
+    }
+    let pixels = match upload.format {
         Format::Pixels => {
             let want = input.len();
             if upload.bytes.len() as u64 != want {
@@ -143,14 +151,17 @@ async fn model_input(upload: Upload, input: ImageShape, max_pixels: u64) -> Resu
                     ),
                 });
             }
-            Ok(upload.bytes)
+            upload.bytes
         }
         Format::Encoded(format) => {
             let target = Target { width: input.width, height: input.height, channels: input.channels };
+            let decoding = Decoding::start();
             let pixels = tokio::task::spawn_blocking(move || decode_to_input(&upload.bytes, format, target, max_pixels))
                 .await
                 .map_err(|e| ApiError::Internal(format!("decode task: {e}")))??;
-            Ok(pixels.into())
+            drop(decoding);
+            pixels.into()
         }
-    }
+    };
+    Ok((pixels, Payload::Input))
 }

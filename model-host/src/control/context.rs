@@ -29,7 +29,7 @@ impl HostContext {
     pub(crate) fn for_test(kind: protocol::ModelKind, phase: watch::Receiver<Phase>) -> (Self, std::sync::mpsc::Receiver<crate::pipeline::jobs::Job>) {
         let counters = Arc::new(Counters::new(&[1]));
         let (jobs, job_rx) = JobQueue::new(4, counters.clone());
-        let model = ModelInfo { name: "m".into(), version: "1".into(), description: String::new(), kind, max_batch_size: 2, device: "cpu".into() };
+        let model = ModelInfo { name: "m".into(), version: "1".into(), description: String::new(), kind, max_batch_size: 2, device: "cpu".into(), host_decode: None };
         let ctx = HostContext {
             model,
             phase,

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use protocol::shm::Segment;
 use protocol::{
-    Ask, GatewayMessage, HostMessage, HostStatus, InferError, InferRequest, MAX_REQUEST_TAG, ModelKind, Refusal, SlotRef,
+    Ask, GatewayMessage, HostMessage, HostStatus, InferError, InferRequest, MAX_REQUEST_TAG, ModelKind, Payload, Refusal, SlotRef,
 };
 use thiserror::Error;
 use tokio::sync::mpsc;
@@ -105,7 +105,7 @@ impl<'a> Session<'a> {
             (Ask::TopK { k }, ModelKind::Classifier { .. }) => k,
             (Ask::Tensors, ModelKind::Tensors(_) | ModelKind::Vision(_)) => 0,
             (ask, _) => {
-                let _ = self.leases.release(r.slot).map(|()| self.ctx.counters.leased_slots.fetch_sub(1, Relaxed));
+                self.release_unsent(r.slot);
                 let kind = match self.ctx.model.kind {
                     ModelKind::Classifier { .. } => "an image classifier",
                     ModelKind::Tensors(_) => "a tensor model",
@@ -115,11 +115,15 @@ impl<'a> Session<'a> {
             }
         };
         if r.tag.len() > MAX_REQUEST_TAG {
-            let _ = self.leases.release(r.slot).map(|()| self.ctx.counters.leased_slots.fetch_sub(1, Relaxed));
+            self.release_unsent(r.slot);
             return refuse(InferError::InvalidRequest(format!(
                 "request tag of {} bytes is longer than the {MAX_REQUEST_TAG} allowed",
                 r.tag.len()
             )));
+        }
+        if let Err(problem) = self.check_payload(r.payload) {
+            self.release_unsent(r.slot);
+            return refuse(InferError::InvalidRequest(problem));
         }
         if self.pending.contains_key(&r.request_id) {
             return refuse(InferError::InvalidRequest(format!("request id {} is already in flight", r.request_id)));
@@ -136,6 +140,7 @@ impl<'a> Session<'a> {
             slot,
             segment: self.segment.clone(),
             top_k,
+            payload: r.payload,
             tag: r.tag,
             arrived,
             deadline: arrived + Duration::from_micros(r.budget_us),
@@ -155,6 +160,31 @@ impl<'a> Session<'a> {
                 Some(HostMessage::InferDone { request_id, result: Err(error) })
             }
         }
+    }
+
+    /// Gives back the slot of a request refused before it was queued.
+    fn release_unsent(&mut self, slot: SlotRef) {
+        let _ = self.leases.release(slot).map(|()| self.ctx.counters.leased_slots.fetch_sub(1, Relaxed));
+    }
+
+    /// A JPEG in the slot only to a host that offered to decode (an image
+    /// classifier's, so the ask is already TopK), within the slot and the
+    /// offer's size, with an EXIF orientation that exists.
+    fn check_payload(&self, payload: Payload) -> Result<(), String> {
+        let Payload::Jpeg { len, orientation } = payload else {
+            return Ok(());
+        };
+        let Some(offer) = self.ctx.model.host_decode else {
+            return Err("a JPEG in the slot, but this host does not decode JPEGs (decode = \"gateway\" or no GPU decoder)".into());
+        };
+        let most = offer.max_bytes.min(self.segment.layout().slot_size());
+        if len == 0 || u64::from(len) > most {
+            return Err(format!("a JPEG of {len} bytes in the slot; 1..={most} allowed"));
+        }
+        if !(1..=8).contains(&orientation) {
+            return Err(format!("EXIF orientation {orientation} is not 1-8"));
+        }
+        Ok(())
     }
 
     pub fn complete(&mut self, done: Completion) -> HostMessage {
@@ -187,6 +217,7 @@ impl<'a> Session<'a> {
             copy_seconds_total: Counters::get64(&c.copy_us_total) as f64 / 1e6,
             inference_seconds_total: Counters::get64(&c.inference_us_total) as f64 / 1e6,
             refused: c.refused(),
+            jpegs_decoded: Counters::get64(&c.jpegs_decoded),
             graph_batch_sizes: c.graphs(),
         }
     }
@@ -232,7 +263,7 @@ mod tests {
     }
 
     fn infer(request_id: u64, slot: SlotRef, ask: Ask) -> GatewayMessage {
-        GatewayMessage::Infer(InferRequest { request_id, slot, ask, budget_us: 5_000_000, tag: "t".into() })
+        GatewayMessage::Infer(InferRequest { request_id, slot, ask, budget_us: 5_000_000, tag: "t".into(), payload: Payload::Input })
     }
 
     fn leased(reply: Option<HostMessage>) -> SlotRef {
@@ -277,6 +308,33 @@ mod tests {
         // The slot is free again: both slots can be leased.
         leased(session.handle(GatewayMessage::Lease { request_id: 3 }).unwrap());
         leased(session.handle(GatewayMessage::Lease { request_id: 4 }).unwrap());
+    }
+
+    #[test]
+    fn a_jpeg_payload_needs_the_offer_the_slot_and_an_orientation() {
+        let (mut ctx, jobs, _phase) = context(classifier(), true);
+        let jpeg = |len, orientation| Payload::Jpeg { len, orientation };
+        let refusal = |ctx: &HostContext, payload: Payload| {
+            let (done_tx, _done_rx) = mpsc::unbounded_channel();
+            let mut session = Session::new(ctx, segment(), done_tx);
+            let slot = leased(session.handle(GatewayMessage::Lease { request_id: 1 }).unwrap());
+            let request = InferRequest { request_id: 2, slot, ask: Ask::TopK { k: 1 }, budget_us: 5_000_000, tag: "t".into(), payload };
+            match session.handle(GatewayMessage::Infer(request)).unwrap() {
+                Some(HostMessage::InferDone { result: Err(InferError::InvalidRequest(why)), .. }) => Some(why),
+                None => None,
+                other => panic!("{other:?}"),
+            }
+        };
+        let why = refusal(&ctx, jpeg(3, 1)).expect("no offer");
+        assert!(why.contains("does not decode JPEGs"), "{why}");
+        ctx.model.host_decode = Some(protocol::HostDecode { policy: protocol::DecodePolicy::Always, max_bytes: 3, max_pixels: 100 });
+        // The test segment's slots are 4 bytes; the offer allows 3.
+        assert!(refusal(&ctx, jpeg(4, 1)).expect("over the offer").contains("1..=3"));
+        assert!(refusal(&ctx, jpeg(0, 1)).expect("empty").contains("0 bytes"));
+        assert!(refusal(&ctx, jpeg(3, 9)).expect("no such orientation").contains("orientation 9"));
+        assert!(jobs.try_recv().is_err(), "nothing reached the model");
+        assert_eq!(refusal(&ctx, jpeg(3, 6)), None, "queued");
+        assert_eq!(jobs.try_recv().expect("queued").payload, jpeg(3, 6));
     }
 
     #[test]

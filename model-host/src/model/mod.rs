@@ -8,7 +8,8 @@
 //! for it and reads the answers back.
 //!
 //! The room's files: [`config`] (model.toml), [`device`] (`--device`),
-//! [`preprocess`] (slot bytes to the device), [`classifier`] and
+//! [`preprocess`] (slot bytes to the device), [`jpeg_input`] (JPEGs
+//! decoded on the GPU into a classifier's input), [`classifier`] and
 //! [`tensor_model`] (the kinds), [`dtype`] (protocol datatypes as libtorch
 //! kinds); [`Input`] and [`ModelError`] are shared by all of them.
 
@@ -22,6 +23,7 @@ pub mod device;
 pub mod dtype;
 mod error;
 mod input;
+pub mod jpeg_input;
 pub mod preprocess;
 pub mod tensor_model;
 

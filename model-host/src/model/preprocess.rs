@@ -50,9 +50,13 @@ impl Preprocessor {
 
     /// Queues the copy of `batch` items, back to back at the start of
     /// `staging`, to the device, and their conversion to the model's inputs.
-    pub fn upload(&self, staging: HostBuffer, batch: usize) -> Result<Input, tch::TchError> {
+    /// `decoded` are rows already on the device (JPEGs the host decoded, as
+    /// [height, width, channels] uint8), which replace those rows of
+    /// `staging`; an image classifier's only.
+    pub fn upload(&self, staging: HostBuffer, batch: usize, decoded: &[(usize, Tensor)]) -> Result<Input, tch::TchError> {
         tch::no_grad(|| match self {
-            Preprocessor::Image(pre) => pre.upload(staging.into_tensor(), batch),
+            Preprocessor::Image(pre) => pre.upload(staging.into_tensor(), batch, decoded),
+            Preprocessor::Tensors(_) if !decoded.is_empty() => Err(tch::TchError::Torch("decoded images given to a tensor model".into())),
             Preprocessor::Tensors(pre) => pre.upload(staging.into_tensor(), batch),
         })
     }
@@ -61,7 +65,7 @@ impl Preprocessor {
     pub fn upload_bytes(&self, bytes: &[u8], batch: usize) -> Result<Input, tch::TchError> {
         let mut staging = self.staging(bytes.len())?;
         staging.as_mut_slice().copy_from_slice(bytes);
-        self.upload(staging, batch)
+        self.upload(staging, batch, &[])
     }
 }
 
@@ -113,10 +117,14 @@ impl ImagePreprocessor {
         })
     }
 
-    fn upload(&self, staging: Tensor, batch: usize) -> Result<Input, tch::TchError> {
+    fn upload(&self, staging: Tensor, batch: usize, decoded: &[(usize, Tensor)]) -> Result<Input, tch::TchError> {
         let b = batch as i64;
         let on_device = to_device(staging, b * self.height * self.width * self.channels, self.device)?
             .f_view([b, self.height, self.width, self.channels])?;
+        // In stream order after the copy above, so these rows win.
+        for (row, image) in decoded {
+            on_device.f_narrow(0, *row as i64, 1)?.f_copy_(&image.f_unsqueeze(0)?)?;
+        }
         // NHWC uint8 -> NCHW view; its strides are already channels-last.
         let x = on_device.f_permute([0, 3, 1, 2])?.f_to_kind(self.dtype)?;
         let x = if self.channels_last { x } else { x.f_contiguous()? };

@@ -10,13 +10,16 @@
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Instant;
 
-use protocol::{HostTimings, InferError, Output, Prediction};
+use protocol::{HostTimings, InferError, Output, Payload, Prediction};
+use tch::Tensor;
 
 use crate::counters::{Counters, Refused};
 use crate::pipeline::jobs::Job;
 use crate::model::{Launched, Model, ModelError, Outputs};
 use crate::model::config::padded_batch;
 use crate::model::Input;
+use crate::model::jpeg_input::{Encoded, JpegInput};
+use crate::torch_shim::jpeg::DecodeFailure;
 use crate::model::preprocess::Preprocessor;
 use crate::torch_shim::HostBuffer;
 
@@ -30,6 +33,9 @@ pub struct Gathered {
     k: usize,
     /// The inputs, back to back, then the padding rows (pinned on a GPU).
     staging: HostBuffer,
+    /// Rows whose input the host decoded from a JPEG, already on the
+    /// device; their rows of `staging` are left as they are.
+    decoded: Vec<(usize, Tensor)>,
 }
 
 /// A batch queued on the device.
@@ -43,11 +49,21 @@ pub struct Running {
 
 /// Copies the first `slot_len` bytes of each job's slot (its input) into a
 /// staging buffer from `pre` (page-locked on a GPU, so this is the only
-/// copy the CPU makes), back to back. A job whose slot cannot be read (a
-/// bug or a hostile gateway: the lease checks make it rare) is answered at
-/// once and left out. None if no job is left.
-pub fn gather(batch: Vec<Job>, slot_len: usize, shapes: &[u32], pre: &Preprocessor, counters: &Counters) -> Option<Gathered> {
+/// copy the CPU makes), back to back; a job with a JPEG in its slot is
+/// decoded on the device by `jpeg` instead. A job whose slot cannot be
+/// read (a bug or a hostile gateway: the lease checks make it rare) or
+/// whose JPEG cannot be decoded is answered at once and left out. None if
+/// no job is left.
+pub fn gather(
+    batch: Vec<Job>,
+    slot_len: usize,
+    shapes: &[u32],
+    pre: &Preprocessor,
+    jpeg: Option<&mut JpegInput>,
+    counters: &Counters,
+) -> Option<Gathered> {
     let started = Instant::now();
+    let (batch, mut decoded_inputs) = decode_jpegs(batch, jpeg, counters);
     let most = padded_batch(shapes, batch.len());
     let mut staging = match pre.staging(most * slot_len) {
         Ok(staging) => staging,
@@ -61,7 +77,13 @@ pub fn gather(batch: Vec<Job>, slot_len: usize, shapes: &[u32], pre: &Preprocess
     };
     let bytes = staging.as_mut_slice();
     let mut jobs = Vec::with_capacity(batch.len());
-    for job in batch {
+    let mut decoded = Vec::new();
+    for (job, input) in batch.into_iter().zip(decoded_inputs.drain(..)) {
+        if let Some(input) = input {
+            decoded.push((jobs.len(), input));
+            jobs.push(job);
+            continue;
+        }
         let at = jobs.len() * slot_len;
         match job.segment.read_slot(job.slot.index, &mut bytes[at..at + slot_len]) {
             Ok(()) => jobs.push(job),
@@ -79,7 +101,60 @@ pub fn gather(batch: Vec<Job>, slot_len: usize, shapes: &[u32], pre: &Preprocess
     bytes[jobs.len() * slot_len..padded * slot_len].fill(0);
     counters.copy_us_total.fetch_add(started.elapsed().as_micros() as u64, Relaxed);
     let k = jobs.iter().map(|j| j.top_k as usize).max().unwrap_or(1);
-    Some(Gathered { jobs, padded, k, staging })
+    Some(Gathered { jobs, padded, k, staging, decoded })
+}
+
+/// Decodes the JPEGs among `batch` on the device, all in one call. A job
+/// whose file cannot be read or decoded is answered (a 400 for its client)
+/// and left out; the others come back in order, each with its decoded
+/// input if it had a JPEG.
+fn decode_jpegs(batch: Vec<Job>, jpeg: Option<&mut JpegInput>, counters: &Counters) -> (Vec<Job>, Vec<Option<Tensor>>) {
+    let mut results: Vec<Option<Result<Tensor, InferError>>> = batch.iter().map(|_| None).collect();
+    let (mut files, mut at) = (Vec::new(), Vec::new());
+    for (i, job) in batch.iter().enumerate() {
+        let Payload::Jpeg { len, orientation } = job.payload else { continue };
+        let mut file = vec![0u8; len as usize];
+        match job.segment.read_slot(job.slot.index, &mut file) {
+            Ok(()) => {
+                files.push((file, orientation));
+                at.push(i);
+            }
+            Err(e) => results[i] = Some(Err(InferError::InvalidRequest(format!("slot unreadable: {e}")))),
+        }
+    }
+    if !files.is_empty() {
+        let images: Vec<Encoded> = files.iter().map(|(bytes, orientation)| Encoded { bytes, orientation: *orientation }).collect();
+        // The session lets JPEGs in only when the host offered to decode,
+        // so a missing decoder is a bug: still one 400 per job, no panic.
+        let outcomes = match jpeg {
+            Some(jpeg) => jpeg.decode(&images),
+            None => images.iter().map(|_| Err(DecodeFailure::Decoder("this host does not decode JPEGs".into()))).collect(),
+        };
+        for (i, outcome) in at.into_iter().zip(outcomes) {
+            results[i] = Some(outcome.map_err(|failure| match failure {
+                DecodeFailure::BadFile(why) => InferError::BadImage(why),
+                DecodeFailure::Decoder(why) => InferError::Model(why),
+            }));
+        }
+    }
+    let (mut jobs, mut inputs) = (Vec::with_capacity(batch.len()), Vec::with_capacity(batch.len()));
+    for (job, result) in batch.into_iter().zip(results) {
+        match result.transpose() {
+            Ok(input) => {
+                counters.jpegs_decoded.fetch_add(u64::from(input.is_some()), Relaxed);
+                jobs.push(job);
+                inputs.push(input);
+            }
+            Err(e) => {
+                if !matches!(e, InferError::Model(_)) {
+                    counters.refuse(Refused::InvalidRequest);
+                }
+                tracing::debug!(request_id = %job.tag, error = ?e, "JPEG not decoded");
+                answer(job, Err(e), counters);
+            }
+        }
+    }
+    (jobs, inputs)
 }
 
 /// A batch whose inputs are on their way to the device.
@@ -100,7 +175,7 @@ impl Uploaded {
 /// Starts the gathered batch's copy to the device. On a GPU this only
 /// queues the copy and the pre-processing behind the batch still running.
 pub fn upload(pre: &Preprocessor, batch: Gathered) -> Uploaded {
-    let input = pre.upload(batch.staging, batch.padded).map_err(ModelError::from);
+    let input = pre.upload(batch.staging, batch.padded, &batch.decoded).map_err(ModelError::from);
     Uploaded { jobs: batch.jobs, padded: batch.padded, k: batch.k, input }
 }
 
@@ -205,6 +280,7 @@ mod tests {
             slot: SlotRef { index, generation: 1 },
             segment: segment.clone(),
             top_k: 1,
+            payload: protocol::Payload::Input,
             tag: format!("r{index}"),
             arrived: Instant::now(),
             deadline: Instant::now() + Duration::from_secs(60),
@@ -218,7 +294,7 @@ mod tests {
         let pre = Preprocessor::Tensors(crate::model::preprocess::TensorUploader::new(&signature, Device::Cpu));
 
         // Slot 9 does not exist: answered at once, left out of the batch.
-        let gathered = gather(vec![job(1), job(9), job(3)], signature.input_bytes() as usize, &shapes, &pre, &counters).unwrap();
+        let gathered = gather(vec![job(1), job(9), job(3)], signature.input_bytes() as usize, &shapes, &pre, None, &counters).unwrap();
         assert_eq!(gathered.padded, 2);
         finish(launch(&model, upload(&pre, gathered)), &counters);
 

@@ -12,7 +12,7 @@ use std::time::Instant;
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 
 use protocol::shm::Segment;
-use protocol::{InferError, Prediction, SlotRef};
+use protocol::{InferError, Payload, Prediction, SlotRef};
 use tokio::sync::mpsc;
 
 use crate::counters::Counters;
@@ -24,6 +24,9 @@ pub struct Job {
     /// even if the gateway disconnects meanwhile.
     pub segment: Arc<Segment>,
     pub top_k: u32,
+    /// What the slot holds: the input, or a JPEG for the host to decode
+    /// (checked against the slot and the host's offer on arrival).
+    pub payload: Payload,
     /// The HTTP request id, for log lines about this request.
     pub tag: String,
     pub arrived: Instant,

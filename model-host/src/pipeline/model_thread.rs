@@ -21,6 +21,7 @@ use crate::error::HostError;
 use crate::pipeline::jobs::Job;
 use crate::notify::Notifier;
 use crate::model::Model;
+use crate::model::jpeg_input::JpegInput;
 use crate::model::preprocess::Preprocessor;
 use crate::model::config::LoadedConfig;
 use crate::startup::PhaseReporter;
@@ -35,8 +36,26 @@ pub struct ModelThread {
     pub counters: Arc<Counters>,
     pub jobs: Receiver<Job>,
     pub notifier: Notifier,
-    /// Told the resolved device name once known (for the handshake).
-    pub device_name: tokio::sync::oneshot::Sender<String>,
+    /// libnvjpeg's path, if given (`--nvjpeg`).
+    pub nvjpeg: Option<std::path::PathBuf>,
+    /// Told the resolved device once known (for the handshake).
+    pub device_ready: tokio::sync::oneshot::Sender<DeviceReady>,
+}
+
+/// What the handshake needs from the model thread, before the weights load.
+pub struct DeviceReady {
+    /// e.g. "cpu" or "cuda:0".
+    pub name: String,
+    /// Set when the host decodes JPEGs (nvJPEG opened on the device).
+    pub host_decode: Option<protocol::HostDecode>,
+}
+
+/// The model thread's side of a started host.
+struct Started {
+    model: Model,
+    pre: Preprocessor,
+    device: tch::Device,
+    jpeg: Option<JpegInput>,
 }
 
 impl ModelThread {
@@ -48,7 +67,7 @@ impl ModelThread {
     }
 
     fn run(mut self) {
-        let (model, pre, device) = match self.start() {
+        let Started { model, pre, device, jpeg } = match self.start() {
             Ok(loaded) => loaded,
             Err(e) => return self.reporter.failed(e.to_string()),
         };
@@ -62,6 +81,7 @@ impl ModelThread {
             batcher: Batcher::new(batching.policy()),
             jobs,
             pre,
+            jpeg,
             slot_len: self.model.config.item_input_bytes(),
             shapes: batching.shapes(),
             counters: self.counters.clone(),
@@ -123,10 +143,15 @@ impl ModelThread {
             }
         }
         tracing::info!("job queue closed; model thread exits");
+        // Not dropped: the queue closes as the process exits, and freeing
+        // device memory then races the CUDA allocator's own teardown in
+        // exit() (on an H200 it aborted the host after a clean drain with
+        // "invalid device pointer"). The driver takes it all back anyway.
+        std::mem::forget(model);
     }
 
     /// Device, weights, warm-up: each a reported phase with its timing.
-    fn start(&mut self) -> Result<(Model, Preprocessor, tch::Device), HostError> {
+    fn start(&mut self) -> Result<Started, HostError> {
         let device = device::resolve(self.device)?;
         // On a GPU the CPU side of a batch is two copies and kernel
         // launches: more intra-op threads only spin-wait between them, and
@@ -149,7 +174,13 @@ impl ModelThread {
         }
         device::check_room(device, &self.model.model_file, self.load_headroom_mb)?;
         let name = device::name(device);
-        let _ = std::mem::replace(&mut self.device_name, tokio::sync::oneshot::channel().0).send(name.clone());
+        // nvJPEG takes ~0.8 s to open and warm on an H200: beside the
+        // weights' load, not before it. Gateways learn of the decoder in
+        // the handshake, so that waits for it; without one it goes at once.
+        let opening = self.open_jpeg(device);
+        if opening.is_none() {
+            self.send_device_ready(&name, false);
+        }
         self.reporter.device_ready(&name);
 
         let primed = device::prime_libraries(device, self.model.config.optimization.precision.kind());
@@ -160,6 +191,11 @@ impl ModelThread {
         let loads = self.counters.model_loads.fetch_add(1, Relaxed) + 1;
         tracing::info!(model = %path.display(), loads, "model loaded");
         self.reporter.weights_loaded();
+        let mut jpeg = None;
+        if let Some(opening) = opening {
+            jpeg = opening.join().ok().flatten();
+            self.send_device_ready(&name, jpeg.is_some());
+        }
 
         if let Some(primed) = primed {
             let _ = primed.join();
@@ -167,7 +203,41 @@ impl ModelThread {
         self.warm_up(&mut model, &pre, device)?;
         self.capture_graphs(&mut model, &pre);
         self.reporter.ready();
-        Ok((model, pre, device))
+        Ok(Started { model, pre, device, jpeg })
+    }
+
+    /// Tells the handshake the device, and whether the host decodes JPEGs
+    /// (`decoding`: nvJPEG is open); once.
+    fn send_device_ready(&mut self, name: &str, decoding: bool) {
+        let host_decode = if decoding { self.model.config.decode.offer() } else { None };
+        let ready = DeviceReady { name: name.to_string(), host_decode };
+        let _ = std::mem::replace(&mut self.device_ready, tokio::sync::oneshot::channel().0).send(ready);
+    }
+
+    /// Starts opening nvJPEG on a thread of its own when model.toml asks
+    /// the host to decode; where it cannot (no GPU, no library), a log
+    /// line says why and gateways decode.
+    fn open_jpeg(&self, device: tch::Device) -> Option<std::thread::JoinHandle<Option<JpegInput>>> {
+        let config = self.model.config.clone();
+        let input = config.classifier()?.input.clone();
+        config.decode.offer()?;
+        if !device.is_cuda() {
+            tracing::warn!(decode = ?config.decode.place, why = "the model runs on the CPU; nvJPEG needs a CUDA device", "host-side JPEG decode off; gateways decode every image");
+            return None;
+        }
+        let library = self.nvjpeg.clone();
+        let started = Instant::now();
+        let open = move || match JpegInput::open(&input, config.decode.host.max_pixels, device, library.as_deref()) {
+            Ok(jpeg) => {
+                tracing::info!(decode = ?config.decode.place, ms = started.elapsed().as_secs_f64() * 1e3, "gateways may send JPEGs to decode here");
+                Some(jpeg)
+            }
+            Err(why) => {
+                tracing::warn!(decode = ?config.decode.place, %why, "host-side JPEG decode off; gateways decode every image");
+                None
+            }
+        };
+        std::thread::Builder::new().name("nvjpeg-open".into()).spawn(open).ok()
     }
 
     /// On a GPU, one CUDA graph per batch shape (after warm-up, so the
@@ -302,7 +372,8 @@ max_batch_size = 4
             counters: Arc::new(Counters::new(&[1, 2, 4])),
             jobs: std::sync::mpsc::sync_channel(1).1,
             notifier,
-            device_name: tokio::sync::oneshot::channel().0,
+            nvjpeg: None,
+            device_ready: tokio::sync::oneshot::channel().0,
         };
         (thread.start().map(|_| ()), phase)
     }

@@ -1,6 +1,7 @@
 //! What tch does not expose, through the C++ shim in `shim/torch_shim.cpp`:
 //! a module loaded, frozen and `optimize_for_inference`d, its forward pass
-//! under `c10::InferenceMode`, and CUDA graphs captured from it.
+//! under `c10::InferenceMode`, and CUDA graphs captured from it; and, in
+//! [`jpeg`] (`shim/jpeg_shim.cpp`), JPEG decode on the GPU with nvJPEG.
 //!
 //! The crate's one other home of `unsafe` besides `protocol::shm`: every
 //! call into the shim is here, each with its `// SAFETY:`. The shim turns
@@ -261,6 +262,8 @@ impl Drop for CudaGraph {
         unsafe { shim_graph_free(self.raw) }
     }
 }
+
+pub mod jpeg;
 
 #[cfg(test)]
 mod tests;

@@ -99,5 +99,6 @@ pub(crate) fn test_model(labels: &[&str]) -> protocol::ModelInfo {
         },
         max_batch_size: 4,
         device: "cpu".into(),
+        host_decode: None,
     }
 }

@@ -62,7 +62,7 @@ pub async fn classify_all(
     tag: &str,
 ) -> Result<Answers<Vec<f32>>, ApiError> {
     fan_out(elements, tag, |pixels, tag| async move {
-        let (top, timings) = host_call::classify(link, pixels, classes as u32, deadline, budget_ms, tag).await?;
+        let (top, timings) = host_call::classify(link, pixels, protocol::Payload::Input, classes as u32, deadline, budget_ms, tag).await?;
         Ok((by_class_index(&top, classes), timings))
     })
     .await

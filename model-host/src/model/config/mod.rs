@@ -38,6 +38,8 @@
 //! cudnn_benchmark = false      # time cuDNN's kernels per shape at warm-up (slow start)
 //! ```
 //!
+//! and, for JPEGs decoded on the host's GPU, `decode` ([`decode`]).
+//!
 //! A tensor model (same `[batching]`; `[optimization]` must stay fp32 and
 //! not channels-last, since the config types its inputs):
 //!
@@ -78,6 +80,8 @@ pub struct ModelConfig {
     pub kind: ModelKind,
     pub batching: BatchingConfig,
     pub optimization: OptimizationConfig,
+    /// Where an image classifier's JPEGs are decoded.
+    pub decode: decode::DecodeConfig,
 }
 
 /// The two kinds of model the host runs.
@@ -154,6 +158,9 @@ struct ModelToml {
     batching: BatchingConfig,
     #[serde(default)]
     optimization: OptimizationConfig,
+    #[serde(default)]
+    decode: decode::DecodePlace,
+    host_decode: Option<decode::HostDecodeConfig>,
 }
 
 /// One `[[inputs]]` or `[[outputs]]` entry as written.
@@ -292,9 +299,7 @@ impl BatchingConfig {
         shapes.dedup();
         shapes
     }
-}
 
-impl BatchingConfig {
     pub fn policy(&self) -> crate::pipeline::batch_policy::BatchPolicy {
         let preferred: Vec<usize> = self.preferred_batch_sizes.iter().map(|&n| n as usize).collect();
         crate::pipeline::batch_policy::BatchPolicy::new(
@@ -358,6 +363,7 @@ fn validate(raw: ModelToml) -> Result<ModelConfig, Invalid> {
         (input, output, inputs, outputs, None, None) => classic_kind(input, output, inputs, outputs, &raw.optimization)?,
     };
     validate_batching(&raw.batching)?;
+    let decode = decode::validate(raw.decode, raw.host_decode, matches!(kind, ModelKind::Classifier(_)))?;
     Ok(ModelConfig {
         name: raw.name,
         version: raw.version,
@@ -366,6 +372,7 @@ fn validate(raw: ModelToml) -> Result<ModelConfig, Invalid> {
         kind,
         batching: raw.batching,
         optimization: raw.optimization,
+        decode,
     })
 }
 
@@ -494,6 +501,7 @@ fn validate_batching(b: &BatchingConfig) -> Result<(), Invalid> {
     Ok(())
 }
 
+pub mod decode;
 #[cfg(test)]
 mod tests;
 pub mod vision;

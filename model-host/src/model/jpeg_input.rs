@@ -1,0 +1,183 @@
+//! JPEGs decoded on the host's GPU into an image classifier's input, for
+//! requests whose slot holds the encoded file (`Payload::Jpeg`).
+//!
+//! nvJPEG decodes each file at full size on the device (the hardware
+//! engines where they take it); then, still on the device and per image:
+//! EXIF orientation (read by the gateway from the header), grayscale if the
+//! model wants one channel (BT.601 luma, as the gateway's JPEG path), and
+//! an antialiased bilinear resize to the model's size (the filter the
+//! gateway's resize uses), rounded back to uint8 HWC: the same bytes the
+//! gateway would have written, give or take rounding.
+
+use tch::{Device, Kind, Tensor};
+
+use crate::model::config::InputConfig;
+use crate::torch_shim::jpeg::{DecodeFailure, JpegDecoder, library_candidates};
+
+/// A 64x48 JPEG decoded at start, two at a time, so that nvJPEG's lazy
+/// set-up (its buffers, the hardware engines' first batch) is paid before
+/// READY and a decoder that cannot decode is found then, not by a client.
+const WARM_UP_JPEG: &[u8] = include_bytes!("../../assets/warm_up.jpg");
+
+pub struct JpegInput {
+    decoder: JpegDecoder,
+    height: i64,
+    width: i64,
+    channels: i64,
+    max_pixels: u64,
+}
+
+/// One request's file and its EXIF orientation (1-8).
+pub struct Encoded<'a> {
+    pub bytes: &'a [u8],
+    pub orientation: u8,
+}
+
+impl JpegInput {
+    /// Opens nvJPEG for `device`; the error says why the host cannot
+    /// decode (no GPU, no library).
+    pub fn open(input: &InputConfig, max_pixels: u64, device: Device, library: Option<&std::path::Path>) -> Result<Self, String> {
+        let Device::Cuda(index) = device else {
+            return Err("the model runs on the CPU; nvJPEG needs a CUDA device".into());
+        };
+        let decoder = JpegDecoder::open(&library_candidates(library), index).map_err(|e| e.0)?;
+        let mut jpeg = Self {
+            decoder,
+            height: i64::from(input.height),
+            width: i64::from(input.width),
+            channels: i64::from(input.channels),
+            max_pixels,
+        };
+        jpeg.warm_up()?;
+        tracing::info!(library = %jpeg.decoder.library.display(), hardware_engines = jpeg.decoder.hardware, "host-side JPEG decode on");
+        Ok(jpeg)
+    }
+
+    /// Decodes [`WARM_UP_JPEG`] twice in one batch; a first failure is
+    /// logged and tried once more (nvJPEG sets itself up on first use).
+    fn warm_up(&mut self) -> Result<(), String> {
+        let image = || Encoded { bytes: WARM_UP_JPEG, orientation: 1 };
+        let mut last = String::new();
+        for attempt in 1..=2 {
+            let failures: Vec<String> = self.decode(&[image(), image()]).into_iter().filter_map(|r| r.err()).map(|f| format!("{f:?}")).collect();
+            if failures.is_empty() {
+                return Ok(());
+            }
+            last = failures.join("; ");
+            tracing::warn!(attempt, failures = %last, "nvJPEG warm-up decode failed");
+        }
+        Err(format!("nvJPEG could not decode a test JPEG: {last}"))
+    }
+
+    /// Each file as the model's input ([height, width, channels] uint8 on
+    /// the device), or why that one could not be. An error of the whole
+    /// call fails every image in it, as the decoder's fault.
+    pub fn decode(&mut self, images: &[Encoded]) -> Vec<Result<Tensor, DecodeFailure>> {
+        let files: Vec<&[u8]> = images.iter().map(|i| i.bytes).collect();
+        let decoded = match self.decoder.decode(&files, self.max_pixels) {
+            Ok(decoded) => decoded,
+            Err(e) => return images.iter().map(|_| Err(DecodeFailure::Decoder(format!("JPEG decode on the device failed: {e}")))).collect(),
+        };
+        decoded
+            .into_iter()
+            .zip(images)
+            .map(|(rgb, image)| {
+                let rgb = rgb?;
+                to_input(&upright(&rgb, image.orientation), self.height, self.width, self.channels)
+                    .map_err(|e| DecodeFailure::Decoder(format!("resizing the decoded JPEG: {e}")))
+            })
+            .collect()
+    }
+}
+
+/// `image` ([h, w, c]) turned upright by EXIF `orientation` (1-8; other
+/// values leave it as it is).
+pub fn upright(image: &Tensor, orientation: u8) -> Tensor {
+    let transpose = |t: &Tensor| t.permute([1, 0, 2]);
+    match orientation {
+        2 => image.flip([1]),
+        3 => image.flip([0, 1]),
+        4 => image.flip([0]),
+        5 => transpose(image),
+        6 => transpose(&image.flip([0])),
+        7 => transpose(&image.flip([0, 1])),
+        8 => transpose(image).flip([0]),
+        _ => image.shallow_clone(),
+    }
+}
+
+/// An upright RGB image ([h, w, 3] uint8) as the model's input:
+/// [height, width, channels] uint8, contiguous.
+pub fn to_input(rgb: &Tensor, height: i64, width: i64, channels: i64) -> Result<Tensor, tch::TchError> {
+    let device = rgb.device();
+    // [1, 3, h, w] float: what the resize takes.
+    let mut x = rgb.f_permute([2, 0, 1])?.f_unsqueeze(0)?.f_to_kind(Kind::Float)?;
+    if channels == 1 {
+        let luma = Tensor::f_from_slice(&[0.299f32, 0.587, 0.114])?.f_view([1, 3, 1, 1])?.f_to_device(device)?;
+        x = x.f_mul(&luma)?.f_sum_dim_intlist(1, true, Kind::Float)?;
+    }
+    let resized = if x.size()[2..] == [height, width] {
+        x
+    } else {
+        x.f_internal_upsample_bilinear2d_aa([height, width], false, None, None)?
+    };
+    resized.f_round()?.f_clamp(0.0, 255.0)?.f_to_kind(Kind::Uint8)?.f_squeeze_dim(0)?.f_permute([1, 2, 0])?.f_contiguous()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A 2x3 single-channel image numbered 1..6, row by row.
+    fn numbered() -> Tensor {
+        Tensor::from_slice(&[1u8, 2, 3, 4, 5, 6]).view([2, 3, 1])
+    }
+
+    fn rows(t: &Tensor) -> Vec<Vec<u8>> {
+        let (h, w) = (t.size()[0], t.size()[1]);
+        (0..h).map(|r| (0..w).map(|c| t.int64_value(&[r, c, 0]) as u8).collect()).collect()
+    }
+
+    #[test]
+    fn each_exif_orientation_turns_the_image_upright() {
+        // The stored pixels of a photo whose upright view is `numbered`,
+        // for each orientation, undone by `upright`.
+        let upright_view = vec![vec![1, 2, 3], vec![4, 5, 6]];
+        let stored: [(u8, Vec<u8>, [i64; 2]); 8] = [
+            (1, vec![1, 2, 3, 4, 5, 6], [2, 3]),
+            (2, vec![3, 2, 1, 6, 5, 4], [2, 3]),
+            (3, vec![6, 5, 4, 3, 2, 1], [2, 3]),
+            (4, vec![4, 5, 6, 1, 2, 3], [2, 3]),
+            (5, vec![1, 4, 2, 5, 3, 6], [3, 2]),
+            (6, vec![3, 6, 2, 5, 1, 4], [3, 2]),
+            (7, vec![6, 3, 5, 2, 4, 1], [3, 2]),
+            (8, vec![4, 1, 5, 2, 6, 3], [3, 2]),
+        ];
+        for (orientation, pixels, [h, w]) in stored {
+            let image = Tensor::from_slice(&pixels).view([h, w, 1]);
+            assert_eq!(rows(&upright(&image, orientation)), upright_view, "orientation {orientation}");
+        }
+        assert_eq!(rows(&upright(&numbered(), 0)), upright_view, "an unknown orientation changes nothing");
+    }
+
+    #[test]
+    fn the_input_is_resized_and_converted_as_the_model_wants() {
+        // A flat colour stays that colour through the antialiased resize.
+        let rgb = Tensor::from_slice(&[200u8, 100, 50]).view([1, 1, 3]).expand([40, 60, 3], false).contiguous();
+        let input = to_input(&rgb, 7, 5, 3).unwrap();
+        assert_eq!(input.size(), [7, 5, 3]);
+        assert_eq!(input.kind(), Kind::Uint8);
+        assert_eq!(Vec::<u8>::try_from(input.flatten(0, -1)).unwrap()[..3], [200, 100, 50]);
+        // Grayscale: BT.601 luma of (200, 100, 50) = 124.2 -> 124.
+        let gray = to_input(&rgb, 4, 4, 1).unwrap();
+        assert_eq!(gray.size(), [4, 4, 1]);
+        assert!(Vec::<u8>::try_from(gray.flatten(0, -1)).unwrap().iter().all(|&v| v == 124));
+    }
+
+    #[test]
+    fn a_cpu_host_says_why_it_does_not_decode() {
+        let input = InputConfig { width: 4, height: 4, channels: 3, mean: vec![0.0; 3], std: vec![1.0; 3] };
+        let e = JpegInput::open(&input, 1 << 20, Device::Cpu, None).err().expect("no GPU");
+        assert!(e.contains("CUDA device"), "{e}");
+    }
+}

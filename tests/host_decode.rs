@@ -1,0 +1,69 @@
+//! model.toml's `decode = "host"` (JPEGs decoded on the host's GPU with
+//! nvJPEG) on a host without a GPU: the host says why it does not decode,
+//! offers nothing in the handshake, and the gateway decodes every JPEG as
+//! with `decode = "gateway"`. The GPU side is checked on a GPU by
+//! scripts/gpu_host_decode (bench/host_decode_check.py).
+
+use std::io::Cursor;
+use std::path::Path;
+
+use integration_tests::{Scratch, digits_model, post_image, testset, top_label};
+
+/// The digits model with `decode = <place>` in its model.toml.
+fn digits_with_decode(dir: &Path, place: &str) -> String {
+    let original = std::fs::read_to_string(digits_model().join("model.toml")).unwrap();
+    let model_pt = digits_model().join("model.pt");
+    let text = original
+        .replace("file = \"model.pt\"", &format!("file = {:?}\ndecode = {place:?}", model_pt.display().to_string()));
+    let path = dir.join("decode.toml");
+    std::fs::write(&path, text).unwrap();
+    path.display().to_string()
+}
+
+fn as_jpeg(png: &[u8]) -> Vec<u8> {
+    let image = image::load_from_memory(png).expect("a test PNG").to_luma8();
+    let mut out = Cursor::new(Vec::new());
+    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 95).encode_image(&image).expect("JPEG encoding");
+    out.into_inner()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_without_a_gpu_says_why_and_the_gateway_decodes() {
+    let scratch = Scratch::new();
+    let model = digits_with_decode(scratch.dir.path(), "host");
+    let host = scratch.start_host(&["--model", &model]);
+    let gateway = scratch.start_gateway(&[]);
+    gateway.wait_ready().await;
+    let log = host.log();
+    assert!(log.contains("host-side JPEG decode off") && log.contains("nvJPEG needs a CUDA device"), "{log}");
+
+    let client = reqwest::Client::new();
+    let samples: Vec<_> = testset("gray8").into_iter().take(40).collect();
+    let mut right = 0;
+    for sample in &samples {
+        let (status, _, body) = post_image(&client, &gateway.predict_url(), as_jpeg(&sample.bytes), "image/jpeg").await;
+        assert_eq!(status, 200, "{body}");
+        right += usize::from(top_label(&body) == sample.label);
+    }
+    // The digits model is 99.7% right on its test set; JPEG at quality 95
+    // changes a few pixels by a few levels.
+    assert!(right >= 36, "{right}/40 JPEGs rightly classified");
+    let status = gateway.host_status().await;
+    assert_eq!(status["jpegs_decoded"], 0, "the host decoded nothing: {status}");
+}
+
+#[test]
+fn a_vision_model_cannot_ask_the_host_to_decode() {
+    // Refused at startup, naming the field: the host decodes for image
+    // classifiers only (a vision model's answer maps back onto the full image).
+    let scratch = Scratch::new();
+    let toml = scratch.dir.path().join("model.toml");
+    let original = std::fs::read_to_string(integration_tests::root().join("models/shapes-detector/model.toml")).unwrap();
+    let model_pt = integration_tests::root().join("models/shapes-detector/model.pt");
+    let text = original.replace("file = \"model.pt\"", &format!("file = {:?}\ndecode = \"auto\"", model_pt.display().to_string()));
+    std::fs::write(&toml, text).unwrap();
+    let mut host = scratch.start_host(&["--model", &toml.display().to_string()]);
+    let code = host.wait_exit(std::time::Duration::from_secs(60));
+    assert!(matches!(code, Some(c) if c != 0), "exit {code:?}");
+    assert!(host.log().contains("decode: auto decoding is for image classifiers"), "{}", host.log());
+}
