@@ -30,6 +30,8 @@ def main():
     ap.add_argument("--no-freeze", action="store_true", help="model.toml: run the module as saved")
     ap.add_argument("--decode", choices=["gateway", "host", "auto"], default="gateway",
                     help="model.toml: where JPEGs are decoded (host/auto: nvJPEG on the host's GPU)")
+    ap.add_argument("--decode-threads", type=int, default=None,
+                    help="model.toml [host_decode] threads: nvJPEG decoders a batch is split over")
     args = ap.parse_args()
 
     torch.manual_seed(0)
@@ -73,7 +75,10 @@ channels_last = {str(args.channels_last).lower()}
 cudnn_benchmark = {str(args.cudnn_benchmark).lower()}
 cuda_graphs = {str(not args.no_cuda_graphs).lower()}
 freeze = {str(not args.no_freeze).lower()}
-""")
+""" + (f"""
+[host_decode]
+threads = {args.decode_threads}
+""" if args.decode_threads else ""))
     print(f"wrote {args.out}/model.pt and model.toml")
 
 

@@ -138,6 +138,10 @@ struct ShimJpeg {
   nvjpegJpegState_t hw_state = nullptr;
   nvjpegJpegStream_t hw_stream = nullptr;
   int hw_batch = 0;
+  // Images decoded so far by the hardware engines and by the default
+  // backend (for benchmarks and the log).
+  int64_t on_hardware = 0;
+  int64_t on_default = 0;
   // Decodes run on a stream of their own, so that they overlap the
   // forward pass running on the model thread's stream.
   std::optional<c10::cuda::CUDAStream> stream;
@@ -299,6 +303,7 @@ char* shim_jpeg_decode(ShimJpeg* j, int count, const uint8_t* const* data, const
         nvjpegStatus_t s = decode_on_hardware(j, hardware, data, lens, decoded);
         if (s == NVJPEG_STATUS_SUCCESS) {
           for (int i : hardware) done[i] = true;
+          j->on_hardware += static_cast<int64_t>(hardware.size());
         } else {
           hw_failed = std::string("; the hardware batch failed first: ") + status_name(s);
         }
@@ -311,6 +316,8 @@ char* shim_jpeg_decode(ShimJpeg* j, int count, const uint8_t* const* data, const
         if (s != NVJPEG_STATUS_SUCCESS) {
           failed[i] = std::string("nvJPEG could not decode it (") + status_name(s) + ")" + hw_failed;
           fault[i] = file_at_fault(s) ? 1 : 2;
+        } else {
+          j->on_default += 1;
         }
       }
       int rc = j->api.stream_synchronize(stream);
@@ -331,6 +338,11 @@ char* shim_jpeg_decode(ShimJpeg* j, int count, const uint8_t* const* data, const
 }
 
 void shim_jpeg_free(ShimJpeg* j) { delete j; }
+
+void shim_jpeg_counts(ShimJpeg* j, int64_t* on_hardware, int64_t* on_default) {
+  *on_hardware = j->on_hardware;
+  *on_default = j->on_default;
+}
 
 }  // extern "C"
 
@@ -354,6 +366,12 @@ char* shim_jpeg_decode(ShimJpeg* j, int count, const uint8_t* const* data, const
 }
 
 void shim_jpeg_free(ShimJpeg* j) { (void)j; }
+
+void shim_jpeg_counts(ShimJpeg* j, int64_t* on_hardware, int64_t* on_default) {
+  (void)j;
+  *on_hardware = 0;
+  *on_default = 0;
+}
 
 }  // extern "C"
 

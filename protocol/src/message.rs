@@ -135,8 +135,7 @@ pub struct HostDecode {
 pub enum DecodePolicy {
     /// Every JPEG (`decode = "host"`).
     Always,
-    /// A JPEG of at least `min_pixels`, or any JPEG while the gateway's own
-    /// decoders are all busy (`decode = "auto"`).
+    /// A JPEG of at least `min_pixels` (`decode = "auto"`).
     Auto { min_pixels: u64 },
 }
 

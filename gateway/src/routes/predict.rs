@@ -12,7 +12,7 @@ use axum::extract::{Path, Query, Request, State};
 use serde::{Deserialize, Serialize};
 
 use crate::{AppState, metrics, request_id};
-use crate::decode::host_side::{Decoding, decoders_busy, send_to_host};
+use crate::decode::host_side::send_to_host;
 use crate::decode::{Target, decode_to_input};
 use crate::error::ApiError;
 use crate::routes::{host_call, vision};
@@ -134,7 +134,7 @@ pub async fn predict(
 /// as it is, for a host that decodes it (`offer`; see [`send_to_host`]).
 async fn model_input(upload: Upload, input: ImageShape, max_pixels: u64, offer: Option<&HostDecode>) -> Result<(bytes::Bytes, Payload), ApiError> {
     if let (Format::Encoded(image::ImageFormat::Jpeg), Some(offer)) = (upload.format, offer)
-        && let Some(to_host) = send_to_host(&upload.bytes, offer, max_pixels, decoders_busy())?
+        && let Some(to_host) = send_to_host(&upload.bytes, offer, max_pixels)?
     {
         let len = upload.bytes.len() as u32;
         return Ok((upload.bytes, Payload::Jpeg { len, orientation: to_host.orientation }));
@@ -155,11 +155,9 @@ async fn model_input(upload: Upload, input: ImageShape, max_pixels: u64, offer: 
         }
         Format::Encoded(format) => {
             let target = Target { width: input.width, height: input.height, channels: input.channels };
-            let decoding = Decoding::start();
             let pixels = tokio::task::spawn_blocking(move || decode_to_input(&upload.bytes, format, target, max_pixels))
                 .await
                 .map_err(|e| ApiError::Internal(format!("decode task: {e}")))??;
-            drop(decoding);
             pixels.into()
         }
     };

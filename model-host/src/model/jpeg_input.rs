@@ -2,16 +2,22 @@
 //! requests whose slot holds the encoded file (`Payload::Jpeg`).
 //!
 //! nvJPEG decodes each file at full size on the device (the hardware
-//! engines where they take it); then, still on the device and per image:
-//! EXIF orientation (read by the gateway from the header), grayscale if the
-//! model wants one channel (BT.601 luma, as the gateway's JPEG path), and
-//! an antialiased bilinear resize to the model's size (the filter the
-//! gateway's resize uses), rounded back to uint8 HWC: the same bytes the
-//! gateway would have written, give or take rounding.
+//! engines where they take it), the batch split over `threads` decoders of
+//! their own (nvJPEG state, stream) so that more of the GPU's engines work
+//! at once; then, still on the device, images of one size and orientation
+//! together: EXIF orientation (read by the gateway from the header),
+//! grayscale if the model wants one channel (BT.601 luma, as the gateway's
+//! JPEG path), and an antialiased bilinear resize to the model's size (the
+//! filter the gateway's resize uses), rounded back to uint8 HWC: the same
+//! bytes the gateway would have written, give or take rounding.
+
+use std::collections::HashMap;
 
 use tch::{Device, Kind, Tensor};
 
 use crate::model::config::InputConfig;
+use crate::model::config::decode::HostDecodeConfig;
+use crate::torch_shim::ShimError;
 use crate::torch_shim::jpeg::{DecodeFailure, JpegDecoder, library_candidates};
 
 /// A 64x48 JPEG decoded at start, two at a time, so that nvJPEG's lazy
@@ -20,7 +26,8 @@ use crate::torch_shim::jpeg::{DecodeFailure, JpegDecoder, library_candidates};
 const WARM_UP_JPEG: &[u8] = include_bytes!("../../assets/warm_up.jpg");
 
 pub struct JpegInput {
-    decoder: JpegDecoder,
+    /// One per thread a batch is split over; at least one.
+    decoders: Vec<JpegDecoder>,
     height: i64,
     width: i64,
     channels: i64,
@@ -36,30 +43,37 @@ pub struct Encoded<'a> {
 impl JpegInput {
     /// Opens nvJPEG for `device`; the error says why the host cannot
     /// decode (no GPU, no library).
-    pub fn open(input: &InputConfig, max_pixels: u64, device: Device, library: Option<&std::path::Path>) -> Result<Self, String> {
+    pub fn open(input: &InputConfig, limits: &HostDecodeConfig, device: Device, library: Option<&std::path::Path>) -> Result<Self, String> {
         let Device::Cuda(index) = device else {
             return Err("the model runs on the CPU; nvJPEG needs a CUDA device".into());
         };
-        let decoder = JpegDecoder::open(&library_candidates(library), index).map_err(|e| e.0)?;
+        let candidates = library_candidates(library);
+        let decoders = (0..limits.threads.max(1)).map(|_| JpegDecoder::open(&candidates, index).map_err(|e| e.0)).collect::<Result<_, _>>()?;
         let mut jpeg = Self {
-            decoder,
+            decoders,
             height: i64::from(input.height),
             width: i64::from(input.width),
             channels: i64::from(input.channels),
-            max_pixels,
+            max_pixels: limits.max_pixels,
         };
         jpeg.warm_up()?;
-        tracing::info!(library = %jpeg.decoder.library.display(), hardware_engines = jpeg.decoder.hardware, "host-side JPEG decode on");
+        let first = &jpeg.decoders[0];
+        tracing::info!(library = %first.library.display(), hardware_engines = first.hardware, threads = jpeg.decoders.len(), "host-side JPEG decode on");
         Ok(jpeg)
     }
 
-    /// Decodes [`WARM_UP_JPEG`] twice in one batch; a first failure is
-    /// logged and tried once more (nvJPEG sets itself up on first use).
+    /// Images decoded so far: (by the hardware engines, by nvJPEG's default backend).
+    pub fn counts(&self) -> (u64, u64) {
+        self.decoders.iter().map(JpegDecoder::counts).fold((0, 0), |(h, d), (h2, d2)| (h + h2, d + d2))
+    }
+
+    /// Decodes [`WARM_UP_JPEG`] twice on every decoder; a first failure
+    /// is logged and tried once more (nvJPEG sets itself up on first use).
     fn warm_up(&mut self) -> Result<(), String> {
-        let image = || Encoded { bytes: WARM_UP_JPEG, orientation: 1 };
+        let images: Vec<Encoded> = (0..2 * self.decoders.len()).map(|_| Encoded { bytes: WARM_UP_JPEG, orientation: 1 }).collect();
         let mut last = String::new();
         for attempt in 1..=2 {
-            let failures: Vec<String> = self.decode(&[image(), image()]).into_iter().filter_map(|r| r.err()).map(|f| format!("{f:?}")).collect();
+            let failures: Vec<String> = self.decode(&images).into_iter().filter_map(|r| r.err()).map(|f| format!("{f:?}")).collect();
             if failures.is_empty() {
                 return Ok(());
             }
@@ -73,45 +87,78 @@ impl JpegInput {
     /// the device), or why that one could not be. An error of the whole
     /// call fails every image in it, as the decoder's fault.
     pub fn decode(&mut self, images: &[Encoded]) -> Vec<Result<Tensor, DecodeFailure>> {
+        let decoded = self.decode_full(images);
+        // Same stored size and orientation: one resize for all of them.
+        let mut groups: HashMap<(Vec<i64>, u8), Vec<usize>> = HashMap::new();
+        for (i, rgb) in decoded.iter().enumerate() {
+            if let Ok(rgb) = rgb {
+                groups.entry((rgb.size(), images[i].orientation)).or_default().push(i);
+            }
+        }
+        let mut out: Vec<Option<Result<Tensor, DecodeFailure>>> = decoded.iter().map(|r| r.as_ref().err().cloned().map(Err)).collect();
+        for ((_, orientation), members) in groups {
+            let stacked: Vec<&Tensor> = members.iter().filter_map(|&i| decoded[i].as_ref().ok()).collect();
+            let resized = Tensor::f_stack(&stacked, 0)
+                .and_then(|batch| to_input(&upright(&batch, orientation), self.height, self.width, self.channels));
+            for (row, &i) in members.iter().enumerate() {
+                out[i] = Some(match &resized {
+                    Ok(batch) => Ok(batch.get(row as i64)),
+                    Err(e) => Err(DecodeFailure::Decoder(format!("resizing the decoded JPEG: {e}"))),
+                });
+            }
+        }
+        out.into_iter().map(|r| r.unwrap_or_else(|| Err(DecodeFailure::Decoder("lost in resizing".into())))).collect()
+    }
+
+    /// Each file at full size ([h, w, 3] RGB on the device), the files
+    /// split into contiguous runs, one per decoder, each run on a thread.
+    fn decode_full(&mut self, images: &[Encoded]) -> Vec<Result<Tensor, DecodeFailure>> {
         let files: Vec<&[u8]> = images.iter().map(|i| i.bytes).collect();
-        let decoded = match self.decoder.decode(&files, self.max_pixels) {
-            Ok(decoded) => decoded,
-            Err(e) => return images.iter().map(|_| Err(DecodeFailure::Decoder(format!("JPEG decode on the device failed: {e}")))).collect(),
-        };
-        decoded
-            .into_iter()
-            .zip(images)
-            .map(|(rgb, image)| {
-                let rgb = rgb?;
-                to_input(&upright(&rgb, image.orientation), self.height, self.width, self.channels)
-                    .map_err(|e| DecodeFailure::Decoder(format!("resizing the decoded JPEG: {e}")))
-            })
-            .collect()
+        let per = files.len().div_ceil(self.decoders.len()).max(1);
+        let max_pixels = self.max_pixels;
+        let runs: Vec<_> = std::thread::scope(|scope| {
+            let running: Vec<_> = self
+                .decoders
+                .iter_mut()
+                .zip(files.chunks(per))
+                .map(|(decoder, run)| scope.spawn(move || (run.len(), decoder.decode(run, max_pixels))))
+                .collect();
+            running.into_iter().map(|t| t.join().unwrap_or((0, Err(ShimError("a decode thread panicked".into()))))).collect()
+        });
+        let mut out = Vec::with_capacity(files.len());
+        for (len, run) in runs {
+            match run {
+                Ok(decoded) => out.extend(decoded),
+                Err(e) => out.extend((0..len).map(|_| Err(DecodeFailure::Decoder(format!("JPEG decode on the device failed: {e}"))))),
+            }
+        }
+        out.resize_with(files.len(), || Err(DecodeFailure::Decoder("a decode thread panicked".into())));
+        out
     }
 }
 
-/// `image` ([h, w, c]) turned upright by EXIF `orientation` (1-8; other
-/// values leave it as it is).
-pub fn upright(image: &Tensor, orientation: u8) -> Tensor {
-    let transpose = |t: &Tensor| t.permute([1, 0, 2]);
+/// `images` ([n, h, w, c]) turned upright by EXIF `orientation` (1-8;
+/// other values leave them as they are).
+pub fn upright(images: &Tensor, orientation: u8) -> Tensor {
+    let transpose = |t: &Tensor| t.permute([0, 2, 1, 3]);
     match orientation {
-        2 => image.flip([1]),
-        3 => image.flip([0, 1]),
-        4 => image.flip([0]),
-        5 => transpose(image),
-        6 => transpose(&image.flip([0])),
-        7 => transpose(&image.flip([0, 1])),
-        8 => transpose(image).flip([0]),
-        _ => image.shallow_clone(),
+        2 => images.flip([2]),
+        3 => images.flip([1, 2]),
+        4 => images.flip([1]),
+        5 => transpose(images),
+        6 => transpose(&images.flip([1])),
+        7 => transpose(&images.flip([1, 2])),
+        8 => transpose(images).flip([1]),
+        _ => images.shallow_clone(),
     }
 }
 
-/// An upright RGB image ([h, w, 3] uint8) as the model's input:
-/// [height, width, channels] uint8, contiguous.
+/// Upright RGB images ([n, h, w, 3] uint8) as the model's input:
+/// [n, height, width, channels] uint8, contiguous.
 pub fn to_input(rgb: &Tensor, height: i64, width: i64, channels: i64) -> Result<Tensor, tch::TchError> {
     let device = rgb.device();
-    // [1, 3, h, w] float: what the resize takes.
-    let mut x = rgb.f_permute([2, 0, 1])?.f_unsqueeze(0)?.f_to_kind(Kind::Float)?;
+    // [n, 3, h, w] float: what the resize takes.
+    let mut x = rgb.f_permute([0, 3, 1, 2])?.f_to_kind(Kind::Float)?;
     if channels == 1 {
         let luma = Tensor::f_from_slice(&[0.299f32, 0.587, 0.114])?.f_view([1, 3, 1, 1])?.f_to_device(device)?;
         x = x.f_mul(&luma)?.f_sum_dim_intlist(1, true, Kind::Float)?;
@@ -121,21 +168,21 @@ pub fn to_input(rgb: &Tensor, height: i64, width: i64, channels: i64) -> Result<
     } else {
         x.f_internal_upsample_bilinear2d_aa([height, width], false, None, None)?
     };
-    resized.f_round()?.f_clamp(0.0, 255.0)?.f_to_kind(Kind::Uint8)?.f_squeeze_dim(0)?.f_permute([1, 2, 0])?.f_contiguous()
+    resized.f_round()?.f_clamp(0.0, 255.0)?.f_to_kind(Kind::Uint8)?.f_permute([0, 2, 3, 1])?.f_contiguous()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// A 2x3 single-channel image numbered 1..6, row by row.
+    /// A batch of one 2x3 single-channel image numbered 1..6, row by row.
     fn numbered() -> Tensor {
-        Tensor::from_slice(&[1u8, 2, 3, 4, 5, 6]).view([2, 3, 1])
+        Tensor::from_slice(&[1u8, 2, 3, 4, 5, 6]).view([1, 2, 3, 1])
     }
 
     fn rows(t: &Tensor) -> Vec<Vec<u8>> {
-        let (h, w) = (t.size()[0], t.size()[1]);
-        (0..h).map(|r| (0..w).map(|c| t.int64_value(&[r, c, 0]) as u8).collect()).collect()
+        let (h, w) = (t.size()[1], t.size()[2]);
+        (0..h).map(|r| (0..w).map(|c| t.int64_value(&[0, r, c, 0]) as u8).collect()).collect()
     }
 
     #[test]
@@ -154,7 +201,7 @@ mod tests {
             (8, vec![4, 1, 5, 2, 6, 3], [3, 2]),
         ];
         for (orientation, pixels, [h, w]) in stored {
-            let image = Tensor::from_slice(&pixels).view([h, w, 1]);
+            let image = Tensor::from_slice(&pixels).view([1, h, w, 1]);
             assert_eq!(rows(&upright(&image, orientation)), upright_view, "orientation {orientation}");
         }
         assert_eq!(rows(&upright(&numbered(), 0)), upright_view, "an unknown orientation changes nothing");
@@ -163,21 +210,21 @@ mod tests {
     #[test]
     fn the_input_is_resized_and_converted_as_the_model_wants() {
         // A flat colour stays that colour through the antialiased resize.
-        let rgb = Tensor::from_slice(&[200u8, 100, 50]).view([1, 1, 3]).expand([40, 60, 3], false).contiguous();
+        let rgb = Tensor::from_slice(&[200u8, 100, 50]).view([1, 1, 1, 3]).expand([2, 40, 60, 3], false).contiguous();
         let input = to_input(&rgb, 7, 5, 3).unwrap();
-        assert_eq!(input.size(), [7, 5, 3]);
+        assert_eq!(input.size(), [2, 7, 5, 3]);
         assert_eq!(input.kind(), Kind::Uint8);
         assert_eq!(Vec::<u8>::try_from(input.flatten(0, -1)).unwrap()[..3], [200, 100, 50]);
         // Grayscale: BT.601 luma of (200, 100, 50) = 124.2 -> 124.
         let gray = to_input(&rgb, 4, 4, 1).unwrap();
-        assert_eq!(gray.size(), [4, 4, 1]);
+        assert_eq!(gray.size(), [2, 4, 4, 1]);
         assert!(Vec::<u8>::try_from(gray.flatten(0, -1)).unwrap().iter().all(|&v| v == 124));
     }
 
     #[test]
     fn a_cpu_host_says_why_it_does_not_decode() {
         let input = InputConfig { width: 4, height: 4, channels: 3, mean: vec![0.0; 3], std: vec![1.0; 3] };
-        let e = JpegInput::open(&input, 1 << 20, Device::Cpu, None).err().expect("no GPU");
+        let e = JpegInput::open(&input, &HostDecodeConfig::default(), Device::Cpu, None).err().expect("no GPU");
         assert!(e.contains("CUDA device"), "{e}");
     }
 }

@@ -227,7 +227,7 @@ impl ModelThread {
         }
         let library = self.nvjpeg.clone();
         let started = Instant::now();
-        let open = move || match JpegInput::open(&input, config.decode.host.max_pixels, device, library.as_deref()) {
+        let open = move || match JpegInput::open(&input, &config.decode.host, device, library.as_deref()) {
             Ok(jpeg) => {
                 tracing::info!(decode = ?config.decode.place, ms = started.elapsed().as_secs_f64() * 1e3, "gateways may send JPEGs to decode here");
                 Some(jpeg)

@@ -34,6 +34,7 @@ unsafe extern "C" {
         kinds: *mut c_int,
     ) -> *mut c_char;
     fn shim_jpeg_free(decoder: *mut ShimJpeg);
+    fn shim_jpeg_counts(decoder: *mut ShimJpeg, on_hardware: *mut i64, on_default: *mut i64);
 }
 
 /// Whether this build of the shim has nvJPEG's types (it may still not
@@ -156,6 +157,17 @@ impl JpegDecoder {
                 Ok(unsafe { Tensor::from_ptr(out) })
             })
             .collect())
+    }
+}
+
+impl JpegDecoder {
+    /// Images decoded so far: (by the hardware engines, by the default backend).
+    pub fn counts(&self) -> (u64, u64) {
+        let (mut hardware, mut default) = (0i64, 0i64);
+        // SAFETY: the decoder is live; the shim only reads its counters
+        // and writes the two out-pointers, valid for the call.
+        unsafe { shim_jpeg_counts(self.raw, &mut hardware, &mut default) };
+        (hardware as u64, default as u64)
     }
 }
 
