@@ -24,6 +24,7 @@ fn main() {
     println!("cargo:rerun-if-env-changed=DEP_TCH_LIBTORCH_LIB");
     println!("cargo:rerun-if-changed=shim/torch_shim.cpp");
     println!("cargo:rerun-if-changed=shim/jpeg_shim.cpp");
+    println!("cargo:rerun-if-changed=shim/shim_errors.h");
     let Ok(lib) = std::env::var("DEP_TCH_LIBTORCH_LIB") else {
         panic!("torch-sys did not say where libtorch is (DEP_TCH_LIBTORCH_LIB)");
     };

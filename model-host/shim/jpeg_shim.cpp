@@ -32,27 +32,13 @@
 #include <nvjpeg.h>
 #endif
 
+#include "shim_errors.h"
+
 namespace {
 
-char* jpeg_error_of(const std::string& what) {
-  char* copy = static_cast<char*>(std::malloc(what.size() + 1));
-  if (copy != nullptr) std::memcpy(copy, what.c_str(), what.size() + 1);
-  return copy;
-}
+char* jpeg_error_of(const std::string& what) { return shim::error_of(what.c_str()); }
 
-template <typename F>
-char* jpeg_guarded(F&& body) {
-  try {
-    body();
-    return nullptr;
-  } catch (const c10::Error& e) {
-    return jpeg_error_of(e.what_without_backtrace());
-  } catch (const std::exception& e) {
-    return jpeg_error_of(e.what());
-  } catch (...) {
-    return jpeg_error_of("unknown C++ exception");
-  }
-}
+using shim::guarded;
 
 }  // namespace
 
@@ -240,7 +226,7 @@ int shim_has_nvjpeg() { return 1; }
 // for CUDA device `device`. `*hardware` says whether the hardware
 // engines are in use.
 char* shim_jpeg_open(const char* library, int device, ShimJpeg** out, int* hardware) {
-  return jpeg_guarded([&] {
+  return guarded([&] {
     void* lib = dlopen(library, RTLD_NOW | RTLD_LOCAL);
     if (lib == nullptr) {
       const char* why = dlerror();
@@ -290,7 +276,7 @@ char* shim_jpeg_open(const char* library, int device, ShimJpeg** out, int* hardw
 // call (nothing then is set).
 char* shim_jpeg_decode(ShimJpeg* j, int count, const uint8_t* const* data, const size_t* lens, int64_t max_pixels,
                        at::Tensor** outs, char** errors, int* kinds) {
-  return jpeg_guarded([&] {
+  return guarded([&] {
     std::vector<at::Tensor> decoded(count);
     std::vector<std::string> failed(count);
     std::vector<int> fault(count, 0);

@@ -26,27 +26,12 @@
 #include <torch/cuda.h>
 #endif
 
+#include "shim_errors.h"
+
 namespace {
 
-char* error_of(const char* what) {
-  char* copy = static_cast<char*>(std::malloc(std::strlen(what) + 1));
-  if (copy != nullptr) std::strcpy(copy, what);
-  return copy;
-}
-
-template <typename F>
-char* guarded(F&& body) {
-  try {
-    body();
-    return nullptr;
-  } catch (const c10::Error& e) {
-    return error_of(e.what_without_backtrace());
-  } catch (const std::exception& e) {
-    return error_of(e.what());
-  } catch (...) {
-    return error_of("unknown C++ exception");
-  }
-}
+using shim::error_of;
+using shim::guarded;
 
 std::vector<c10::IValue> ivalues(const at::Tensor* const* inputs, int count) {
   std::vector<c10::IValue> values;
