@@ -143,10 +143,8 @@ impl ModelThread {
             }
         }
         tracing::info!("job queue closed; model thread exits");
-        // Not dropped: the queue closes as the process exits, and freeing
-        // device memory then races the CUDA allocator's own teardown in
-        // exit() (on an H200 it aborted the host after a clean drain with
-        // "invalid device pointer"). The driver takes it all back anyway.
+        // Not dropped: freeing device memory as the process exits races the
+        // CUDA allocator's teardown ("invalid device pointer" on an H200).
         std::mem::forget(model);
     }
 

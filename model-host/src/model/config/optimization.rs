@@ -1,0 +1,63 @@
+//! model.toml's `[optimization]`: how the model runs on its device.
+
+use serde::Deserialize;
+
+/// How the model runs on its device; measured in docs/BENCHMARKS.md.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OptimizationConfig {
+    /// The dtype the weights are cast to and the input normalised into.
+    #[serde(default)]
+    pub precision: Precision,
+    /// Keep the input NHWC-strided (channels last) instead of making it
+    /// contiguous NCHW: the layout tensor cores want for fp16/bf16
+    /// convolutions, and free, because the pixels arrive as HWC.
+    #[serde(default)]
+    pub channels_last: bool,
+    /// An image classifier's module is frozen (weights become constants,
+    /// conv + batch norm folded) and `optimize_for_inference`d at load, as
+    /// in-process PyTorch serving does; false runs the file as saved. A
+    /// module that cannot be frozen runs as saved, with a log line saying why.
+    #[serde(default = "enabled")]
+    pub freeze: bool,
+    /// On a GPU, each batch shape's forward pass is captured as a CUDA graph
+    /// at warm-up and replayed (one launch instead of hundreds of kernels);
+    /// a shape that cannot be captured runs eagerly, with a log line.
+    #[serde(default = "enabled")]
+    pub cuda_graphs: bool,
+    /// cuDNN times every candidate kernel on each new shape at warm-up.
+    /// Off by default: on an H200 it cost ResNet-50 fp16 1.45 s per batch
+    /// shape at start for no measurable speed (within 2% at batch 32 and
+    /// 128, docs/BENCHMARKS.md); cuDNN's heuristic choice is taken at once.
+    #[serde(default)]
+    pub cudnn_benchmark: bool,
+}
+
+fn enabled() -> bool {
+    true
+}
+
+impl Default for OptimizationConfig {
+    fn default() -> Self {
+        Self { precision: Precision::default(), channels_last: false, freeze: true, cuda_graphs: true, cudnn_benchmark: false }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Precision {
+    #[default]
+    Fp32,
+    Fp16,
+    Bf16,
+}
+
+impl Precision {
+    pub fn kind(self) -> tch::Kind {
+        match self {
+            Precision::Fp32 => tch::Kind::Float,
+            Precision::Fp16 => tch::Kind::Half,
+            Precision::Bf16 => tch::Kind::BFloat16,
+        }
+    }
+}
