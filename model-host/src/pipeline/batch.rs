@@ -105,8 +105,8 @@ pub fn gather(
 }
 
 /// Decodes the JPEGs among `batch` on the device, all in one call. A job
-/// whose file cannot be read or decoded is answered (a 400 for its client)
-/// and left out; the others come back in order, each with its decoded
+/// whose file cannot be read or decoded is answered (a bad file is a 400
+/// for its client, the decoder's failure a 500) and left out; the others come back in order, each with its decoded
 /// input if it had a JPEG.
 fn decode_jpegs(batch: Vec<Job>, jpeg: Option<&mut JpegInput>, counters: &Counters) -> (Vec<Job>, Vec<Option<Tensor>>) {
     let mut results: Vec<Option<Result<Tensor, InferError>>> = batch.iter().map(|_| None).collect();
@@ -125,7 +125,7 @@ fn decode_jpegs(batch: Vec<Job>, jpeg: Option<&mut JpegInput>, counters: &Counte
     if !files.is_empty() {
         let images: Vec<Encoded> = files.iter().map(|(bytes, orientation)| Encoded { bytes, orientation: *orientation }).collect();
         // The session lets JPEGs in only when the host offered to decode,
-        // so a missing decoder is a bug: still one 400 per job, no panic.
+        // so a missing decoder is a bug: one failed answer per job, no panic.
         let outcomes = match jpeg {
             Some(jpeg) => jpeg.decode(&images),
             None => images.iter().map(|_| Err(DecodeFailure::Decoder("this host does not decode JPEGs".into()))).collect(),

@@ -172,7 +172,8 @@ impl ModelThread {
         }
         device::check_room(device, &self.model.model_file, self.load_headroom_mb)?;
         let name = device::name(device);
-        // nvJPEG takes ~0.8 s to open and warm on an H200: beside the
+        // nvJPEG takes 0.8-1.8 s to open and warm on an H200 (1-4
+        // decoders): beside the
         // weights' load, not before it. Gateways learn of the decoder in
         // the handshake, so that waits for it; without one it goes at once.
         let opening = self.open_jpeg(device);
