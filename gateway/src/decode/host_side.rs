@@ -107,6 +107,29 @@ mod tests {
         assert_eq!(host_readable_pixels(&cmyk), None);
     }
 
+    proptest::proptest! {
+        /// Hostile input to the decision: any bytes, and a real JPEG with
+        /// bytes changed anywhere (markers and lengths too). The walk never
+        /// panics or reads past the file, and a file it passes starts and
+        /// ends as a JPEG; the whole decision never panics either.
+        #[test]
+        fn the_marker_walk_takes_any_bytes(
+            noise in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..512),
+            changes in proptest::collection::vec((proptest::prelude::any::<usize>(), proptest::prelude::any::<u8>()), 1..16),
+        ) {
+            let _ = host_readable_pixels(&noise);
+            let mut mutant = jpeg(32, 24);
+            for (at, value) in changes {
+                let at = at % mutant.len();
+                mutant[at] = value;
+            }
+            if host_readable_pixels(&mutant).is_some() {
+                proptest::prop_assert!(mutant.starts_with(&[0xFF, 0xD8]) && mutant.ends_with(&[0xFF, 0xD9]));
+            }
+            let _ = send_to_host(&mutant, &ALWAYS, 1 << 20);
+        }
+    }
+
     #[test]
     fn the_offer_decides_by_size_and_policy() {
         let small = jpeg(64, 48);
