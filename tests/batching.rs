@@ -7,17 +7,11 @@
 use std::path::Path;
 use std::time::Duration;
 
-use integration_tests::{Scratch, digits_model, post_image, testset, top_label};
+use integration_tests::{Scratch, digits_model, model_toml_copy, post_image, testset, top_label, with_batching};
 
 /// The digits model with a batching policy of the test's own.
 fn model_with(dir: &Path, batching: &str) -> String {
-    let original = std::fs::read_to_string(digits_model().join("model.toml")).unwrap();
-    let head = original.split("[batching]").next().unwrap();
-    let model_pt = digits_model().join("model.pt");
-    let text = head.replace("file = \"model.pt\"", &format!("file = {:?}", model_pt.display().to_string()));
-    let path = dir.join("batched.toml");
-    std::fs::write(&path, format!("{text}[batching]\n{batching}\n")).unwrap();
-    path.display().to_string()
+    model_toml_copy(&digits_model(), dir, "batched.toml", |text| with_batching(text, batching))
 }
 
 /// Sends `n` requests at once, spread over `gateways`; their batch sizes, sorted.

@@ -275,13 +275,10 @@ async fn a_call_the_client_drops_is_skipped_at_the_host() {
     // the host on a loaded machine; its stream is reset), and the gateway
     // cancels the host call, which the host then skips rather than runs.
     let scratch = Scratch::new();
-    let original = std::fs::read_to_string(integration_tests::digits_model().join("model.toml")).unwrap();
-    let head = original.split("[batching]").next().unwrap();
-    let model_pt = integration_tests::digits_model().join("model.pt").display().to_string();
-    let toml = scratch.dir.path().join("held.toml");
-    let text = head.replace("file = \"model.pt\"", &format!("file = {model_pt:?}"));
-    std::fs::write(&toml, format!("{text}[batching]\nmax_batch_size = 8\nmax_queue_delay_us = 10000000\n")).unwrap();
-    let _host = scratch.start_host(&["--model", &toml.display().to_string()]);
+    let toml = integration_tests::model_toml_copy(&integration_tests::digits_model(), scratch.dir.path(), "held.toml", |text| {
+        integration_tests::with_batching(text, "max_batch_size = 8\nmax_queue_delay_us = 10000000")
+    });
+    let _host = scratch.start_host(&["--model", &toml]);
     let grpc = free_port();
     let gateway = scratch.start_gateway(&["--grpc-listen", &format!("127.0.0.1:{grpc}")]);
     gateway.wait_for("/v2/models/digits/ready", Duration::from_secs(60)).await;

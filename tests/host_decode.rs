@@ -7,17 +7,12 @@
 use std::io::Cursor;
 use std::path::Path;
 
-use integration_tests::{Scratch, digits_model, post_image, testset, top_label};
+use integration_tests::{Scratch, digits_model, model_toml_copy, post_image, testset, top_label};
 
-/// The digits model with `decode = <place>` in its model.toml.
-fn digits_with_decode(dir: &Path, place: &str) -> String {
-    let original = std::fs::read_to_string(digits_model().join("model.toml")).unwrap();
-    let model_pt = digits_model().join("model.pt");
-    let text = original
-        .replace("file = \"model.pt\"", &format!("file = {:?}\ndecode = {place:?}", model_pt.display().to_string()));
-    let path = dir.join("decode.toml");
-    std::fs::write(&path, text).unwrap();
-    path.display().to_string()
+/// `model` with `decode = <place>` in its model.toml (a top-level key: it
+/// goes right after `file`, before the first table).
+fn with_decode(model: &Path, dir: &Path, place: &str) -> String {
+    model_toml_copy(model, dir, "decode.toml", |text| text.replacen("\n[", &format!("\ndecode = {place:?}\n["), 1))
 }
 
 fn as_jpeg(png: &[u8]) -> Vec<u8> {
@@ -30,7 +25,7 @@ fn as_jpeg(png: &[u8]) -> Vec<u8> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_host_without_a_gpu_says_why_and_the_gateway_decodes() {
     let scratch = Scratch::new();
-    let model = digits_with_decode(scratch.dir.path(), "host");
+    let model = with_decode(&digits_model(), scratch.dir.path(), "host");
     let host = scratch.start_host(&["--model", &model]);
     let gateway = scratch.start_gateway(&[]);
     gateway.wait_ready().await;
@@ -57,12 +52,8 @@ fn a_vision_model_cannot_ask_the_host_to_decode() {
     // Refused at startup, naming the field: the host decodes for image
     // classifiers only (a vision model's answer maps back onto the full image).
     let scratch = Scratch::new();
-    let toml = scratch.dir.path().join("model.toml");
-    let original = std::fs::read_to_string(integration_tests::root().join("models/shapes-detector/model.toml")).unwrap();
-    let model_pt = integration_tests::root().join("models/shapes-detector/model.pt");
-    let text = original.replace("file = \"model.pt\"", &format!("file = {:?}\ndecode = \"auto\"", model_pt.display().to_string()));
-    std::fs::write(&toml, text).unwrap();
-    let mut host = scratch.start_host(&["--model", &toml.display().to_string()]);
+    let toml = with_decode(&integration_tests::root().join("models/shapes-detector"), scratch.dir.path(), "auto");
+    let mut host = scratch.start_host(&["--model", &toml]);
     let code = host.wait_exit(std::time::Duration::from_secs(60));
     assert!(matches!(code, Some(c) if c != 0), "exit {code:?}");
     assert!(host.log().contains("decode: auto decoding is for image classifiers"), "{}", host.log());

@@ -137,18 +137,15 @@ async fn excess_is_refused_at_once_and_admitted_latency_stays_bounded() {
     let factor: f64 = env_or("OVERLOAD_FACTOR", 2.0);
     let run_for = Duration::from_secs(env_or("OVERLOAD_SECS", 6));
     let scratch = Scratch::new();
-    let config = scratch.dir.path().join("model.toml");
-    let text = std::fs::read_to_string(digits_model().join("model.toml")).unwrap();
-    let model_file = digits_model().join("model.pt").display().to_string();
-    let text = text
-        .replace("file = \"model.pt\"", &format!("file = {model_file:?}"))
-        .replace("[batching]\n", &format!("[batching]\nmax_queue_delay_us = {}\n", BATCH_DELAY.as_micros()));
-    assert!(text.contains("max_queue_delay_us"), "model.toml has no [batching] section");
-    std::fs::write(&config, text).unwrap();
+    let config = integration_tests::model_toml_copy(&digits_model(), scratch.dir.path(), "model.toml", |text| {
+        let text = text.replace("[batching]\n", &format!("[batching]\nmax_queue_delay_us = {}\n", BATCH_DELAY.as_micros()));
+        assert!(text.contains("max_queue_delay_us"), "model.toml has no [batching] section");
+        text
+    });
     let (slots, queue) = (SLOTS_PER_GATEWAY.to_string(), QUEUE_CAPACITY.to_string());
     let host = scratch.start_host(&[
         "--model",
-        config.to_str().unwrap(),
+        &config,
         "--slots-per-gateway",
         &slots,
         "--queue-capacity",

@@ -12,21 +12,15 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use integration_tests::{Scratch, digits_model, post_image, testset, top_label};
+use integration_tests::{Scratch, digits_model, model_toml_copy, post_image, testset, top_label, with_batching};
 
 const BATCH_DELAY: Duration = Duration::from_millis(1500);
 const REQUESTS: usize = 6;
 
 /// The digits model, whose batches wait BATCH_DELAY to fill 4.
 fn slow_model(dir: &Path) -> String {
-    let original = std::fs::read_to_string(digits_model().join("model.toml")).unwrap();
-    let head = original.split("[batching]").next().unwrap();
-    let model_pt = digits_model().join("model.pt");
-    let text = head.replace("file = \"model.pt\"", &format!("file = {:?}", model_pt.display().to_string()));
-    let path = dir.join("slow.toml");
-    let batching = format!("[batching]\nmax_batch_size = 4\nmax_queue_delay_us = {}\n", BATCH_DELAY.as_micros());
-    std::fs::write(&path, format!("{text}{batching}")).unwrap();
-    path.display().to_string()
+    let batching = format!("max_batch_size = 4\nmax_queue_delay_us = {}", BATCH_DELAY.as_micros());
+    model_toml_copy(&digits_model(), dir, "slow.toml", |text| with_batching(text, &batching))
 }
 
 /// Sends REQUESTS at once; (status, error type, whether the label is right, time taken) of each.

@@ -11,7 +11,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use integration_tests::{Gateway, Scratch, encode, root};
+use integration_tests::{Gateway, Scratch, encode, model_toml_copy, root, with_batching};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use protocol::shm::mapping::Mapping;
@@ -28,12 +28,7 @@ fn client_object(size: usize) -> (Mapping, String) {
 fn slow_dtypes(dir: &Path) -> String {
     let model = root().join("models/dtypes");
     assert!(model.join("model.pt").exists(), "models/dtypes is missing: run scripts/setup first");
-    let original = std::fs::read_to_string(model.join("model.toml")).unwrap();
-    let head = original.split("[batching]").next().unwrap();
-    let text = head.replace("file = \"model.pt\"", &format!("file = {:?}", model.join("model.pt").display().to_string()));
-    let path = dir.join("slow-dtypes.toml");
-    std::fs::write(&path, format!("{text}[batching]\nmax_batch_size = 4\nmax_queue_delay_us = 1500000\n")).unwrap();
-    path.display().to_string()
+    model_toml_copy(&model, dir, "slow-dtypes.toml", |text| with_batching(text, "max_batch_size = 4\nmax_queue_delay_us = 1500000"))
 }
 
 async fn post(client: &reqwest::Client, gateway: &Gateway, path: &str, body: &Value) -> (StatusCode, Value) {

@@ -32,6 +32,25 @@ pub fn digits_model() -> PathBuf {
     dir
 }
 
+/// `model`'s model.toml, edited, written into `dir` as `name`: its `file`
+/// made absolute (the copy loads the same weights), then `edit` applied to
+/// the text. The path, for `--model`.
+pub fn model_toml_copy(model: &Path, dir: &Path, name: &str, edit: impl FnOnce(String) -> String) -> String {
+    let original = std::fs::read_to_string(model.join("model.toml")).expect("reading model.toml");
+    let weights = model.join("model.pt").display().to_string();
+    let text = edit(original.replace("file = \"model.pt\"", &format!("file = {weights:?}")));
+    let path = dir.join(name);
+    std::fs::write(&path, text).expect("writing the model.toml copy");
+    path.display().to_string()
+}
+
+/// A model.toml's text with its `[batching]` table (the last one in the
+/// projects' files) replaced by `batching`: a policy of the test's own.
+pub fn with_batching(text: String, batching: &str) -> String {
+    let head = text.split("[batching]").next().expect("split yields one piece at least");
+    format!("{head}[batching]\n{batching}\n")
+}
+
 /// Path of a workspace binary, built once per test process so that tests
 /// never run a stale one.
 pub fn binary(name: &str) -> PathBuf {

@@ -116,6 +116,12 @@ impl JpegInput {
         let files: Vec<&[u8]> = images.iter().map(|i| i.bytes).collect();
         let per = files.len().div_ceil(self.decoders.len()).max(1);
         let max_pixels = self.max_pixels;
+        if files.len() <= per {
+            // One run (a lone request's file): no thread to start.
+            return self.decoders[0].decode(&files, max_pixels).unwrap_or_else(|e| {
+                files.iter().map(|_| Err(DecodeFailure::Decoder(format!("JPEG decode on the device failed: {e}")))).collect()
+            });
+        }
         let runs: Vec<_> = std::thread::scope(|scope| {
             let running: Vec<_> = self
                 .decoders

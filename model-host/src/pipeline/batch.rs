@@ -109,6 +109,10 @@ pub fn gather(
 /// for its client, the decoder's failure a 500) and left out; the others come back in order, each with its decoded
 /// input if it had a JPEG.
 fn decode_jpegs(batch: Vec<Job>, jpeg: Option<&mut JpegInput>, counters: &Counters) -> (Vec<Job>, Vec<Option<Tensor>>) {
+    if batch.iter().all(|job| job.payload == Payload::Input) {
+        let inputs = batch.iter().map(|_| None).collect();
+        return (batch, inputs);
+    }
     let mut results: Vec<Option<Result<Tensor, InferError>>> = batch.iter().map(|_| None).collect();
     let (mut files, mut at) = (Vec::new(), Vec::new());
     for (i, job) in batch.iter().enumerate() {
@@ -141,7 +145,6 @@ fn decode_jpegs(batch: Vec<Job>, jpeg: Option<&mut JpegInput>, counters: &Counte
     for (job, result) in batch.into_iter().zip(results) {
         match result.transpose() {
             Ok(input) => {
-                counters.jpegs_decoded.fetch_add(u64::from(input.is_some()), Relaxed);
                 jobs.push(job);
                 inputs.push(input);
             }
@@ -154,6 +157,7 @@ fn decode_jpegs(batch: Vec<Job>, jpeg: Option<&mut JpegInput>, counters: &Counte
             }
         }
     }
+    counters.jpegs_decoded.fetch_add(inputs.iter().filter(|i| i.is_some()).count() as u64, Relaxed);
     (jobs, inputs)
 }
 

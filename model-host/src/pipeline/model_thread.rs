@@ -217,22 +217,22 @@ impl ModelThread {
     /// the host to decode; where it cannot (no GPU, no library), a log
     /// line says why and gateways decode.
     fn open_jpeg(&self, device: tch::Device) -> Option<std::thread::JoinHandle<Option<JpegInput>>> {
-        let config = self.model.config.clone();
-        let input = config.classifier()?.input.clone();
-        config.decode.offer()?;
+        let config = &self.model.config;
+        let (input, decode) = (config.classifier()?.input.clone(), config.decode);
+        decode.offer()?;
         if !device.is_cuda() {
-            tracing::warn!(decode = ?config.decode.place, why = "the model runs on the CPU; nvJPEG needs a CUDA device", "host-side JPEG decode off; gateways decode every image");
+            tracing::warn!(decode = ?decode.place, why = "the model runs on the CPU; nvJPEG needs a CUDA device", "host-side JPEG decode off; gateways decode every image");
             return None;
         }
         let library = self.nvjpeg.clone();
         let started = Instant::now();
-        let open = move || match JpegInput::open(&input, &config.decode.host, device, library.as_deref()) {
+        let open = move || match JpegInput::open(&input, &decode.host, device, library.as_deref()) {
             Ok(jpeg) => {
-                tracing::info!(decode = ?config.decode.place, ms = started.elapsed().as_secs_f64() * 1e3, "gateways may send JPEGs to decode here");
+                tracing::info!(decode = ?decode.place, ms = started.elapsed().as_secs_f64() * 1e3, "gateways may send JPEGs to decode here");
                 Some(jpeg)
             }
             Err(why) => {
-                tracing::warn!(decode = ?config.decode.place, %why, "host-side JPEG decode off; gateways decode every image");
+                tracing::warn!(decode = ?decode.place, %why, "host-side JPEG decode off; gateways decode every image");
                 None
             }
         };
