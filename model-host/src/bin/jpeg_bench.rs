@@ -37,6 +37,9 @@ struct Args {
     /// libnvjpeg (default: as the host looks for it).
     #[arg(long)]
     nvjpeg: Option<PathBuf>,
+    /// Time nvJPEG's decode alone, without the orientation and resize.
+    #[arg(long)]
+    decode_only: bool,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -60,7 +63,7 @@ fn main() -> anyhow::Result<()> {
             let (started, mut done, mut batches) = (Instant::now(), 0usize, 0usize);
             while started.elapsed() < Duration::from_secs_f64(args.seconds) {
                 let images: Vec<Encoded> = (0..batch).map(|i| Encoded { bytes: &files[(done + i) % files.len()], orientation: 1 }).collect();
-                let decoded = jpeg.decode(&images);
+                let decoded = if args.decode_only { jpeg.decode_full(&images) } else { jpeg.decode(&images) };
                 tch::Cuda::synchronize(args.cuda as i64);
                 anyhow::ensure!(decoded.iter().all(Result::is_ok), "a decode failed: {:?}", decoded.iter().find_map(|r| r.as_ref().err()));
                 done += batch;

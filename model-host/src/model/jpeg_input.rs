@@ -112,7 +112,7 @@ impl JpegInput {
 
     /// Each file at full size ([h, w, 3] RGB on the device), the files
     /// split into contiguous runs, one per decoder, each run on a thread.
-    fn decode_full(&mut self, images: &[Encoded]) -> Vec<Result<Tensor, DecodeFailure>> {
+    pub fn decode_full(&mut self, images: &[Encoded]) -> Vec<Result<Tensor, DecodeFailure>> {
         let files: Vec<&[u8]> = images.iter().map(|i| i.bytes).collect();
         let per = files.len().div_ceil(self.decoders.len()).max(1);
         let max_pixels = self.max_pixels;
