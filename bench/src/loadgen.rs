@@ -10,7 +10,6 @@
 #![forbid(unsafe_code)]
 
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -77,7 +76,7 @@ enum Sender {
 }
 
 impl Sender {
-    async fn new(args: &Args, http: &reqwest::Client, url: &str, files: &[Arc<Vec<u8>>]) -> anyhow::Result<Self> {
+    async fn new(args: &Args, http: &reqwest::Client, url: &str, files: &[bytes::Bytes]) -> anyhow::Result<Self> {
         let pixels_input = |size: usize| {
             serde_json::json!({"name": "PIXELS", "datatype": "UINT8", "shape": args.shape, "parameters": {"binary_data_size": size}})
         };
@@ -85,7 +84,8 @@ impl Sender {
             Protocol::Body => {
                 let mut headers = reqwest::header::HeaderMap::new();
                 headers.insert("content-type", args.content_type.parse()?);
-                let bodies = files.iter().map(|f| bytes::Bytes::from(f.as_ref().clone())).collect();
+                // Bytes: each client's copy of the list shares the files.
+                let bodies = files.to_vec();
                 Sender::Http { client: http.clone(), url: url.to_string(), headers, bodies }
             }
             Protocol::V2Binary => {
@@ -96,7 +96,7 @@ impl Sender {
                         "outputs": [{"name": "PROBABILITIES", "parameters": {"binary_data": true}}]})
                     .to_string();
                     headers.insert("inference-header-content-length", header.len().into());
-                    bodies.push(bytes::Bytes::from([header.as_bytes(), f.as_slice()].concat()));
+                    bodies.push(bytes::Bytes::from([header.as_bytes(), f.as_ref()].concat()));
                 }
                 headers.insert("content-type", "application/octet-stream".parse()?);
                 Sender::Http { client: http.clone(), url: url.to_string(), headers, bodies }
@@ -108,7 +108,7 @@ impl Sender {
                     .map(|f| ModelInferRequest {
                         model_name: args.model.clone(),
                         inputs: vec![InferInputTensor { name: "PIXELS".into(), datatype: "UINT8".into(), shape: args.shape.clone(), ..Default::default() }],
-                        raw_input_contents: vec![bytes::Bytes::from(f.as_ref().clone())],
+                        raw_input_contents: vec![f.clone()],
                         ..Default::default()
                     })
                     .collect();
@@ -148,7 +148,7 @@ struct Row {
     p99_ms: f64,
 }
 
-fn load_images(paths: &[PathBuf]) -> anyhow::Result<Vec<Arc<Vec<u8>>>> {
+fn load_images(paths: &[PathBuf]) -> anyhow::Result<Vec<bytes::Bytes>> {
     let mut files = Vec::new();
     for p in paths {
         if p.is_dir() {
@@ -162,26 +162,28 @@ fn load_images(paths: &[PathBuf]) -> anyhow::Result<Vec<Arc<Vec<u8>>>> {
     if files.is_empty() {
         bail!("no images found in {paths:?}");
     }
-    files.iter().map(|f| Ok(Arc::new(std::fs::read(f).with_context(|| f.display().to_string())?))).collect()
+    files.iter().map(|f| Ok(std::fs::read(f).with_context(|| f.display().to_string())?.into())).collect()
 }
 
-/// Runs `concurrency` clients until `until`; latencies of the answers that
-/// started after `measure_from`, and the error count.
-async fn run_level(
-    client: &reqwest::Client,
-    args: &Args,
-    images: &[Arc<Vec<u8>>],
-    concurrency: usize,
-    measure_from: Instant,
-    until: Instant,
-) -> (Vec<Duration>, usize) {
-    let mut tasks = Vec::new();
+/// Runs `concurrency` clients for the warm-up and then the measured
+/// seconds; latencies of the answers that started in the measured part,
+/// and the error count. The clock starts once every client is made: made
+/// inside it, with each client copying every file (as this did until
+/// 2026-12-02), the last of 256 clients with 1080p photos started seconds
+/// late and the level measured far fewer clients than it named.
+async fn run_level(client: &reqwest::Client, args: &Args, images: &[bytes::Bytes], concurrency: usize) -> (Vec<Duration>, usize) {
+    let mut senders = Vec::with_capacity(concurrency);
     for worker in 0..concurrency {
         // One connection per client, as each REST client keeps its own.
-        let mut sender = match Sender::new(args, client, &args.url[worker % args.url.len()], images).await {
-            Ok(sender) => sender,
+        match Sender::new(args, client, &args.url[worker % args.url.len()], images).await {
+            Ok(sender) => senders.push(sender),
             Err(e) => panic!("client {worker}: {e:#}"),
-        };
+        }
+    }
+    let measure_from = Instant::now() + Duration::from_secs_f64(args.warmup_seconds);
+    let until = measure_from + Duration::from_secs_f64(args.seconds);
+    let mut tasks = Vec::new();
+    for (worker, mut sender) in senders.into_iter().enumerate() {
         tasks.push(tokio::spawn(async move {
             let (mut latencies, mut errors, mut i) = (Vec::new(), 0usize, worker);
             while Instant::now() < until {
@@ -220,10 +222,7 @@ async fn main() -> anyhow::Result<()> {
     let client = reqwest::Client::builder().pool_max_idle_per_host(1024).build()?;
     println!("{:<16} {:>5} {:>9} {:>7} {:>10} {:>9} {:>9} {:>9}", "label", "conc", "requests", "errors", "img/s", "p50 ms", "p90 ms", "p99 ms");
     for &concurrency in &args.concurrency {
-        let start = Instant::now();
-        let measure_from = start + Duration::from_secs_f64(args.warmup_seconds);
-        let until = measure_from + Duration::from_secs_f64(args.seconds);
-        let (mut latencies, errors) = run_level(&client, &args, &images, concurrency, measure_from, until).await;
+        let (mut latencies, errors) = run_level(&client, &args, &images, concurrency).await;
         latencies.sort();
         let row = Row {
             label: args.label.clone(),

@@ -131,6 +131,9 @@ struct ShimJpeg {
   // Decodes run on a stream of their own, so that they overlap the
   // forward pass running on the model thread's stream.
   std::optional<c10::cuda::CUDAStream> stream;
+  // The calling thread's current stream, while `stream` stands in for it
+  // (between shim_jpeg_stream_enter and shim_jpeg_stream_leave).
+  std::optional<c10::cuda::CUDAStream> previous;
 
   ~ShimJpeg() {
     if (hw_stream != nullptr) api.stream_destroy(hw_stream);
@@ -269,7 +272,9 @@ char* shim_jpeg_open(const char* library, int device, ShimJpeg** out, int* hardw
 }
 
 // Decodes `count` JPEGs (host memory) into new [height, width, 3] uint8
-// CUDA tensors, complete when this returns. Per image: outs[i] is set, or
+// CUDA tensors, queued on the decoder's stream: call it between
+// shim_jpeg_stream_enter and shim_jpeg_stream_leave (after which they are
+// complete), with `data` alive until the leave. Per image: outs[i] is set, or
 // errors[i] is a message (malloc'd, freed with shim_free_error) saying why
 // that image could not be decoded, and kinds[i] whose fault: 1 the
 // file's, 2 the decoder's. The return value is an error for the whole
@@ -295,8 +300,10 @@ char* shim_jpeg_decode(ShimJpeg* j, int count, const uint8_t* const* data, const
         }
       }
       cudaStream_t stream = j->stream->stream();
+      bool on_default = false;
       for (int i = 0; i < count; ++i) {
         if (done[i] || !failed[i].empty()) continue;
+        on_default = true;
         nvjpegImage_t image = destination(decoded[i]);
         nvjpegStatus_t s = j->api.decode(j->handle, j->state, data[i], lens[i], NVJPEG_OUTPUT_RGBI, &image, stream);
         if (s != NVJPEG_STATUS_SUCCESS) {
@@ -306,8 +313,12 @@ char* shim_jpeg_decode(ShimJpeg* j, int count, const uint8_t* const* data, const
           j->on_default += 1;
         }
       }
-      int rc = j->api.stream_synchronize(stream);
-      if (rc != 0) throw std::runtime_error("the decode stream failed with CUDA error " + std::to_string(rc));
+      // The default backend reuses its state's buffers image after image;
+      // the hardware batch needs no wait here (the caller's leave waits).
+      if (on_default) {
+        int rc = j->api.stream_synchronize(stream);
+        if (rc != 0) throw std::runtime_error("the decode stream failed with CUDA error " + std::to_string(rc));
+      }
     }
     for (int i = 0; i < count; ++i) {
       outs[i] = nullptr;
@@ -320,6 +331,31 @@ char* shim_jpeg_decode(ShimJpeg* j, int count, const uint8_t* const* data, const
         outs[i] = new at::Tensor(std::move(decoded[i]));
       }
     }
+  });
+}
+
+// Makes the decoder's stream the calling thread's current CUDA stream, so
+// that the decode's outputs are allocated there and the libtorch work on
+// them that follows (orientation, resize) runs there too, beside the
+// model's stream.
+char* shim_jpeg_stream_enter(ShimJpeg* j) {
+  return guarded([&] {
+    make_current(j->api, j->device);
+    j->previous = c10::cuda::getCurrentCUDAStream(static_cast<c10::DeviceIndex>(j->device));
+    c10::cuda::setCurrentCUDAStream(*j->stream);
+  });
+}
+
+// Gives the calling thread its stream back, then waits for everything
+// queued on the decoder's: the decoded tensors are complete after this.
+char* shim_jpeg_stream_leave(ShimJpeg* j) {
+  return guarded([&] {
+    if (j->previous) {
+      c10::cuda::setCurrentCUDAStream(*j->previous);
+      j->previous.reset();
+    }
+    int rc = j->api.stream_synchronize(j->stream->stream());
+    if (rc != 0) throw std::runtime_error("the decode stream failed with CUDA error " + std::to_string(rc));
   });
 }
 
@@ -348,6 +384,16 @@ char* shim_jpeg_open(const char* library, int device, ShimJpeg** out, int* hardw
 char* shim_jpeg_decode(ShimJpeg* j, int count, const uint8_t* const* data, const size_t* lens, int64_t max_pixels,
                        at::Tensor** outs, char** errors, int* kinds) {
   (void)j; (void)count; (void)data; (void)lens; (void)max_pixels; (void)outs; (void)errors; (void)kinds;
+  return jpeg_error_of("this model-host was built without nvJPEG");
+}
+
+char* shim_jpeg_stream_enter(ShimJpeg* j) {
+  (void)j;
+  return jpeg_error_of("this model-host was built without nvJPEG");
+}
+
+char* shim_jpeg_stream_leave(ShimJpeg* j) {
+  (void)j;
   return jpeg_error_of("this model-host was built without nvJPEG");
 }
 

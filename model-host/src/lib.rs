@@ -60,7 +60,7 @@ pub async fn run(
     let (reporter, phase) = PhaseReporter::new(process_start, notifier.clone());
     let phase_tx = reporter.sender();
     let counters = Arc::new(Counters::new(&loaded.config.batching.shapes()));
-    let (jobs, job_rx) = JobQueue::new(config.queue_capacity as usize, counters.clone());
+    let (jobs, queues) = JobQueue::new(config.queue_capacity as usize, counters.clone());
     let (device_tx, device_rx) = tokio::sync::oneshot::channel();
     let model_config = loaded.config.clone();
     ModelThread {
@@ -70,7 +70,7 @@ pub async fn run(
         load_headroom_mb: config.load_headroom_mb,
         reporter,
         counters: counters.clone(),
-        jobs: job_rx,
+        queues: Some(queues),
         notifier: notifier.clone(),
         nvjpeg: config.nvjpeg.clone(),
         device_ready: device_tx,

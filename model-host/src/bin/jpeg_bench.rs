@@ -1,8 +1,9 @@
 //! How fast the host decodes JPEGs on its GPU (model.toml `decode`), alone:
 //! the JPEGs in a folder, decoded and resized to a model's input by the
-//! same [`JpegInput`] the feeder uses, a batch at a time, for each number
-//! of decoder threads and batch size asked. Prints img/s, ms per batch and
-//! how many images the hardware engines took.
+//! same decoders the decode stage uses, each decoder on a thread of its
+//! own decoding a batch at a time, for each number of decoders and batch
+//! size asked. Prints img/s, ms per batch and how many images the hardware
+//! engines took.
 //!
 //!     jpeg_bench --images photos/ --threads 1,2,4 --batches 1,8,32,64
 #![forbid(unsafe_code)]
@@ -14,7 +15,7 @@ use anyhow::Context;
 use clap::Parser;
 use model_host::model::config::InputConfig;
 use model_host::model::config::decode::HostDecodeConfig;
-use model_host::model::jpeg_input::{Encoded, JpegInput};
+use model_host::model::jpeg_input::{Encoded, JpegInput, open_decoders};
 use tch::Device;
 
 #[derive(Debug, Parser)]
@@ -57,28 +58,52 @@ fn main() -> anyhow::Result<()> {
     println!("|---|---|---|---|---|---|");
     for &threads in &args.threads {
         let limits = HostDecodeConfig { threads, ..HostDecodeConfig::default() };
-        let mut jpeg = JpegInput::open(&input, &limits, Device::Cuda(args.cuda), args.nvjpeg.as_deref()).map_err(anyhow::Error::msg)?;
+        let mut decoders = open_decoders(&input, &limits, Device::Cuda(args.cuda), args.nvjpeg.as_deref()).map_err(anyhow::Error::msg)?;
         for &batch in &args.batches {
-            let (engines_before, default_before) = jpeg.counts();
-            let (started, mut done, mut batches) = (Instant::now(), 0usize, 0usize);
-            while started.elapsed() < Duration::from_secs_f64(args.seconds) {
-                let images: Vec<Encoded> = (0..batch).map(|i| Encoded { bytes: &files[(done + i) % files.len()], orientation: 1 }).collect();
-                let decoded = if args.decode_only { jpeg.decode_full(&images) } else { jpeg.decode(&images) };
-                tch::Cuda::synchronize(args.cuda as i64);
-                anyhow::ensure!(decoded.iter().all(Result::is_ok), "a decode failed: {:?}", decoded.iter().find_map(|r| r.as_ref().err()));
-                done += batch;
-                batches += 1;
-            }
+            let counts = |decoders: &[JpegInput]| decoders.iter().map(JpegInput::counts).fold((0, 0), |(h, d), (h2, d2)| (h + h2, d + d2));
+            let (engines_before, default_before) = counts(&decoders);
+            let started = Instant::now();
+            let runs: Vec<anyhow::Result<(usize, usize)>> = std::thread::scope(|scope| {
+                let running: Vec<_> = decoders
+                    .iter_mut()
+                    .enumerate()
+                    .map(|(t, decoder)| {
+                        let (files, args) = (&files, &args);
+                        scope.spawn(move || run(decoder, files, t * batch, batch, args))
+                    })
+                    .collect();
+                running.into_iter().map(|r| r.join().unwrap_or_else(|_| Err(anyhow::anyhow!("a decode thread panicked")))).collect()
+            });
             let seconds = started.elapsed().as_secs_f64();
-            let (engines, default) = jpeg.counts();
+            let (mut done, mut batches) = (0, 0);
+            for r in runs {
+                let (d, b) = r?;
+                done += d;
+                batches += b;
+            }
+            let (engines, default) = counts(&decoders);
             println!(
                 "| {threads} | {batch} | {:.0} | {:.2} | {} | {} |",
                 done as f64 / seconds,
-                seconds * 1e3 / batches as f64,
+                seconds * 1e3 * threads as f64 / batches as f64,
                 engines - engines_before,
                 default - default_before
             );
         }
     }
     Ok(())
+}
+
+/// One decoder's loop: batches of `batch` files from `first` on, for the
+/// time asked; (images, batches) done.
+fn run(decoder: &mut JpegInput, files: &[Vec<u8>], first: usize, batch: usize, args: &Args) -> anyhow::Result<(usize, usize)> {
+    let (started, mut done, mut batches) = (Instant::now(), 0usize, 0usize);
+    while started.elapsed() < Duration::from_secs_f64(args.seconds) {
+        let images: Vec<Encoded> = (0..batch).map(|i| Encoded { bytes: &files[(first + done + i) % files.len()], orientation: 1 }).collect();
+        let decoded = if args.decode_only { decoder.decode_full(&images) } else { decoder.decode(&images) };
+        anyhow::ensure!(decoded.iter().all(Result::is_ok), "a decode failed: {:?}", decoded.iter().find_map(|r| r.as_ref().err()));
+        done += batch;
+        batches += 1;
+    }
+    Ok((done, batches))
 }

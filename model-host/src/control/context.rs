@@ -25,8 +25,8 @@ pub struct HostContext {
 impl HostContext {
     /// For the control room's unit tests: a context for a model of `kind`
     /// with 2 slots per gateway and a queue of 4, and the job queue's
-    /// receiving end (the model thread's).
-    pub(crate) fn for_test(kind: protocol::ModelKind, phase: watch::Receiver<Phase>) -> (Self, std::sync::mpsc::Receiver<crate::pipeline::jobs::Job>) {
+    /// receiving ends (the model thread's).
+    pub(crate) fn for_test(kind: protocol::ModelKind, phase: watch::Receiver<Phase>) -> (Self, crate::pipeline::jobs::Queues) {
         let counters = Arc::new(Counters::new(&[1]));
         let (jobs, job_rx) = JobQueue::new(4, counters.clone());
         let model = ModelInfo { name: "m".into(), version: "1".into(), description: String::new(), kind, max_batch_size: 2, device: "cpu".into(), host_decode: None };

@@ -141,6 +141,7 @@ impl<'a> Session<'a> {
             segment: self.segment.clone(),
             top_k,
             payload: r.payload,
+            decoded: None,
             tag: r.tag,
             arrived,
             deadline: arrived + Duration::from_micros(r.budget_us),
@@ -246,7 +247,7 @@ mod tests {
 
     use super::*;
 
-    fn context(kind: ModelKind, ready: bool) -> (HostContext, std::sync::mpsc::Receiver<Job>, watch::Sender<Phase>) {
+    fn context(kind: ModelKind, ready: bool) -> (HostContext, crate::pipeline::jobs::Queues, watch::Sender<Phase>) {
         let phase = if ready { Phase::Ready(StartupTimings::default()) } else { Phase::Warming { done: 0, total: 1 } };
         let (phase_tx, phase) = watch::channel(phase);
         let (ctx, job_rx) = HostContext::for_test(kind, phase);
@@ -284,7 +285,7 @@ mod tests {
         assert_eq!(refused, Some(HostMessage::LeaseRefused { request_id: 3, reason: Refusal::NoFreeSlot }));
         // An Infer is queued (no reply yet); its answer frees the slot.
         assert_eq!(session.handle(infer(4, a, Ask::TopK { k: 1 })).unwrap(), None);
-        let job = jobs.try_recv().expect("the Infer reached the job queue");
+        let job = jobs.ready.try_recv().expect("the Infer reached the job queue");
         assert_eq!((job.request_id, job.top_k), (4, 1));
         let answer = Ok(Prediction { output: Output::TopK(vec![(1, 0.9)]), timings: Default::default() });
         let reply = session.complete(Completion { request_id: 4, slot: a, result: answer.clone() });
@@ -304,7 +305,7 @@ mod tests {
             }
             other => panic!("expected a refusal, got {other:?}"),
         }
-        assert!(jobs.try_recv().is_err(), "nothing reached the model");
+        assert!(jobs.ready.try_recv().is_err(), "nothing reached the model");
         // The slot is free again: both slots can be leased.
         leased(session.handle(GatewayMessage::Lease { request_id: 3 }).unwrap());
         leased(session.handle(GatewayMessage::Lease { request_id: 4 }).unwrap());
@@ -332,9 +333,10 @@ mod tests {
         assert!(refusal(&ctx, jpeg(4, 1)).expect("over the offer").contains("1..=3"));
         assert!(refusal(&ctx, jpeg(0, 1)).expect("empty").contains("0 bytes"));
         assert!(refusal(&ctx, jpeg(3, 9)).expect("no such orientation").contains("orientation 9"));
-        assert!(jobs.try_recv().is_err(), "nothing reached the model");
+        assert!(jobs.ready.try_recv().is_err() && jobs.jpegs.try_recv().is_err(), "nothing reached the model");
         assert_eq!(refusal(&ctx, jpeg(3, 6)), None, "queued");
-        assert_eq!(jobs.try_recv().expect("queued").payload, jpeg(3, 6));
+        assert_eq!(jobs.jpegs.try_recv().expect("queued for the decode stage").payload, jpeg(3, 6));
+        assert!(jobs.ready.try_recv().is_err(), "not for the batcher before its decode");
     }
 
     #[test]
@@ -359,7 +361,7 @@ mod tests {
         let b = leased(session.handle(GatewayMessage::Lease { request_id: 2 }).unwrap());
         session.handle(infer(3, a, Ask::TopK { k: 1 })).unwrap();
         session.handle(infer(4, b, Ask::TopK { k: 1 })).unwrap();
-        let (first, second) = (jobs.try_recv().unwrap(), jobs.try_recv().unwrap());
+        let (first, second) = (jobs.ready.try_recv().unwrap(), jobs.ready.try_recv().unwrap());
         session.handle(GatewayMessage::Cancel { request_id: 3 }).unwrap();
         assert!(first.is_cancelled() && !second.is_cancelled());
         drop(session);

@@ -2,32 +2,33 @@
 //! requests whose slot holds the encoded file (`Payload::Jpeg`).
 //!
 //! nvJPEG decodes each file at full size on the device (the hardware
-//! engines where they take it), the batch split over `threads` decoders of
-//! their own (nvJPEG state, stream) so that more of the GPU's engines work
-//! at once; then, still on the device, images of one size and orientation
-//! together: EXIF orientation (read by the gateway from the header),
-//! grayscale if the model wants one channel (BT.601 luma, as the gateway's
-//! JPEG path), and an antialiased bilinear resize to the model's size (the
-//! filter the gateway's resize uses), rounded back to uint8 HWC: the same
-//! bytes the gateway would have written, give or take rounding.
+//! engines where they take it); then, still on the device and on the
+//! decoder's own stream, images of one size and orientation together: EXIF
+//! orientation (read by the gateway from the header), grayscale if the
+//! model wants one channel (BT.601 luma, as the gateway's JPEG path), and
+//! an antialiased bilinear resize to the model's size (the filter the
+//! gateway's resize uses), rounded back to uint8 HWC: the same bytes the
+//! gateway would have written, give or take rounding.
+//!
+//! One [`JpegInput`] is one decoder (nvJPEG state and stream), used by one
+//! thread of the decode stage; [`open_decoders`] opens them all at once.
 
 use std::collections::HashMap;
+use std::path::Path;
 
 use tch::{Device, Kind, Tensor};
 
 use crate::model::config::InputConfig;
 use crate::model::config::decode::HostDecodeConfig;
-use crate::torch_shim::ShimError;
 use crate::torch_shim::jpeg::{DecodeFailure, JpegDecoder, library_candidates};
 
-/// A 64x48 JPEG decoded at start, two at a time, so that nvJPEG's lazy
-/// set-up (its buffers, the hardware engines' first batch) is paid before
-/// READY and a decoder that cannot decode is found then, not by a client.
+/// A 64x48 JPEG decoded at start, twice, so that nvJPEG's lazy set-up
+/// (its buffers, the hardware engines' first batch) is paid before READY
+/// and a decoder that cannot decode is found then, not by a client.
 const WARM_UP_JPEG: &[u8] = include_bytes!("../../assets/warm_up.jpg");
 
 pub struct JpegInput {
-    /// One per thread a batch is split over; at least one.
-    decoders: Vec<JpegDecoder>,
+    decoder: JpegDecoder,
     height: i64,
     width: i64,
     channels: i64,
@@ -40,37 +41,48 @@ pub struct Encoded<'a> {
     pub orientation: u8,
 }
 
+/// Opens `limits.threads` decoders for `device`, each on a thread of its
+/// own (opening and warming one takes 0.4-0.5 s on an H200, nearly all of
+/// it waiting on the driver); the error says why the host cannot decode
+/// (no GPU, no library).
+pub fn open_decoders(input: &InputConfig, limits: &HostDecodeConfig, device: Device, library: Option<&Path>) -> Result<Vec<JpegInput>, String> {
+    let opened: Vec<Result<JpegInput, String>> = std::thread::scope(|scope| {
+        let opening: Vec<_> = (0..limits.threads.max(1)).map(|_| scope.spawn(|| JpegInput::open(input, limits, device, library))).collect();
+        opening.into_iter().map(|t| t.join().unwrap_or_else(|_| Err("opening a decoder panicked".into()))).collect()
+    });
+    let decoders = opened.into_iter().collect::<Result<Vec<_>, _>>()?;
+    let first = &decoders[0].decoder;
+    tracing::info!(library = %first.library.display(), hardware_engines = first.hardware, threads = decoders.len(), "host-side JPEG decode on");
+    Ok(decoders)
+}
+
 impl JpegInput {
-    /// Opens nvJPEG for `device`; the error says why the host cannot
-    /// decode (no GPU, no library).
-    pub fn open(input: &InputConfig, limits: &HostDecodeConfig, device: Device, library: Option<&std::path::Path>) -> Result<Self, String> {
+    /// Opens one nvJPEG decoder for `device` and warms it.
+    pub fn open(input: &InputConfig, limits: &HostDecodeConfig, device: Device, library: Option<&Path>) -> Result<Self, String> {
         let Device::Cuda(index) = device else {
             return Err("the model runs on the CPU; nvJPEG needs a CUDA device".into());
         };
-        let candidates = library_candidates(library);
-        let decoders = (0..limits.threads.max(1)).map(|_| JpegDecoder::open(&candidates, index).map_err(|e| e.0)).collect::<Result<_, _>>()?;
+        let decoder = JpegDecoder::open(&library_candidates(library), index).map_err(|e| e.0)?;
         let mut jpeg = Self {
-            decoders,
+            decoder,
             height: i64::from(input.height),
             width: i64::from(input.width),
             channels: i64::from(input.channels),
             max_pixels: limits.max_pixels,
         };
         jpeg.warm_up()?;
-        let first = &jpeg.decoders[0];
-        tracing::info!(library = %first.library.display(), hardware_engines = first.hardware, threads = jpeg.decoders.len(), "host-side JPEG decode on");
         Ok(jpeg)
     }
 
     /// Images decoded so far: (by the hardware engines, by nvJPEG's default backend).
     pub fn counts(&self) -> (u64, u64) {
-        self.decoders.iter().map(JpegDecoder::counts).fold((0, 0), |(h, d), (h2, d2)| (h + h2, d + d2))
+        self.decoder.counts()
     }
 
-    /// Decodes [`WARM_UP_JPEG`] twice on every decoder; a first failure
-    /// is logged and tried once more (nvJPEG sets itself up on first use).
+    /// Decodes [`WARM_UP_JPEG`] twice; a first failure is logged and tried
+    /// once more (nvJPEG sets itself up on first use).
     fn warm_up(&mut self) -> Result<(), String> {
-        let images: Vec<Encoded> = (0..2 * self.decoders.len()).map(|_| Encoded { bytes: WARM_UP_JPEG, orientation: 1 }).collect();
+        let images = [Encoded { bytes: WARM_UP_JPEG, orientation: 1 }, Encoded { bytes: WARM_UP_JPEG, orientation: 1 }];
         let mut last = String::new();
         for attempt in 1..=2 {
             let failures: Vec<String> = self.decode(&images).into_iter().filter_map(|r| r.err()).map(|f| format!("{f:?}")).collect();
@@ -84,63 +96,54 @@ impl JpegInput {
     }
 
     /// Each file as the model's input ([height, width, channels] uint8 on
-    /// the device), or why that one could not be. An error of the whole
-    /// call fails every image in it, as the decoder's fault.
+    /// the device, complete), or why that one could not be. An error of
+    /// the whole call fails every image in it, as the decoder's fault.
     pub fn decode(&mut self, images: &[Encoded]) -> Vec<Result<Tensor, DecodeFailure>> {
-        let decoded = self.decode_full(images);
-        // Same stored size and orientation: one resize for all of them.
-        let mut groups: HashMap<(Vec<i64>, u8), Vec<usize>> = HashMap::new();
-        for (i, rgb) in decoded.iter().enumerate() {
-            if let Ok(rgb) = rgb {
-                groups.entry((rgb.size(), images[i].orientation)).or_default().push(i);
-            }
+        let (height, width, channels, max_pixels) = (self.height, self.width, self.channels, self.max_pixels);
+        let files: Vec<&[u8]> = images.iter().map(|i| i.bytes).collect();
+        let done = self.decoder.on_own_stream(|stream| {
+            let decoded = stream.decode(&files, max_pixels)?;
+            Ok(resize_all(&decoded, images, height, width, channels))
+        });
+        match done.and_then(|r| r) {
+            Ok(inputs) => inputs,
+            Err(e) => images.iter().map(|_| Err(DecodeFailure::Decoder(format!("JPEG decode on the device failed: {e}")))).collect(),
         }
-        let mut out: Vec<Option<Result<Tensor, DecodeFailure>>> = decoded.iter().map(|r| r.as_ref().err().cloned().map(Err)).collect();
-        for ((_, orientation), members) in groups {
-            let stacked: Vec<&Tensor> = members.iter().filter_map(|&i| decoded[i].as_ref().ok()).collect();
-            let resized = Tensor::f_stack(&stacked, 0)
-                .and_then(|batch| to_input(&upright(&batch, orientation), self.height, self.width, self.channels));
-            for (row, &i) in members.iter().enumerate() {
-                out[i] = Some(match &resized {
-                    Ok(batch) => Ok(batch.get(row as i64)),
-                    Err(e) => Err(DecodeFailure::Decoder(format!("resizing the decoded JPEG: {e}"))),
-                });
-            }
-        }
-        out.into_iter().map(|r| r.unwrap_or_else(|| Err(DecodeFailure::Decoder("lost in resizing".into())))).collect()
     }
 
-    /// Each file at full size ([h, w, 3] RGB on the device), the files
-    /// split into contiguous runs, one per decoder, each run on a thread.
+    /// Each file at full size ([h, w, 3] RGB on the device, complete): what
+    /// [`Self::decode`] does before the resize, for benchmarks.
     pub fn decode_full(&mut self, images: &[Encoded]) -> Vec<Result<Tensor, DecodeFailure>> {
         let files: Vec<&[u8]> = images.iter().map(|i| i.bytes).collect();
-        let per = files.len().div_ceil(self.decoders.len()).max(1);
         let max_pixels = self.max_pixels;
-        if files.len() <= per {
-            // One run (a lone request's file): no thread to start.
-            return self.decoders[0].decode(&files, max_pixels).unwrap_or_else(|e| {
-                files.iter().map(|_| Err(DecodeFailure::Decoder(format!("JPEG decode on the device failed: {e}")))).collect()
+        match self.decoder.on_own_stream(|stream| stream.decode(&files, max_pixels)).and_then(|r| r) {
+            Ok(decoded) => decoded,
+            Err(e) => images.iter().map(|_| Err(DecodeFailure::Decoder(format!("JPEG decode on the device failed: {e}")))).collect(),
+        }
+    }
+}
+
+/// The decoded images (full size) as the model's inputs: those of one
+/// stored size and orientation stacked and resized together.
+fn resize_all(decoded: &[Result<Tensor, DecodeFailure>], images: &[Encoded], height: i64, width: i64, channels: i64) -> Vec<Result<Tensor, DecodeFailure>> {
+    let mut groups: HashMap<(Vec<i64>, u8), Vec<usize>> = HashMap::new();
+    for (i, rgb) in decoded.iter().enumerate() {
+        if let Ok(rgb) = rgb {
+            groups.entry((rgb.size(), images[i].orientation)).or_default().push(i);
+        }
+    }
+    let mut out: Vec<Option<Result<Tensor, DecodeFailure>>> = decoded.iter().map(|r| r.as_ref().err().cloned().map(Err)).collect();
+    for ((_, orientation), members) in groups {
+        let stacked: Vec<&Tensor> = members.iter().filter_map(|&i| decoded[i].as_ref().ok()).collect();
+        let resized = Tensor::f_stack(&stacked, 0).and_then(|batch| to_input(&upright(&batch, orientation), height, width, channels));
+        for (row, &i) in members.iter().enumerate() {
+            out[i] = Some(match &resized {
+                Ok(batch) => Ok(batch.get(row as i64)),
+                Err(e) => Err(DecodeFailure::Decoder(format!("resizing the decoded JPEG: {e}"))),
             });
         }
-        let runs: Vec<_> = std::thread::scope(|scope| {
-            let running: Vec<_> = self
-                .decoders
-                .iter_mut()
-                .zip(files.chunks(per))
-                .map(|(decoder, run)| scope.spawn(move || (run.len(), decoder.decode(run, max_pixels))))
-                .collect();
-            running.into_iter().map(|t| t.join().unwrap_or((0, Err(ShimError("a decode thread panicked".into()))))).collect()
-        });
-        let mut out = Vec::with_capacity(files.len());
-        for (len, run) in runs {
-            match run {
-                Ok(decoded) => out.extend(decoded),
-                Err(e) => out.extend((0..len).map(|_| Err(DecodeFailure::Decoder(format!("JPEG decode on the device failed: {e}"))))),
-            }
-        }
-        out.resize_with(files.len(), || Err(DecodeFailure::Decoder("a decode thread panicked".into())));
-        out
     }
+    out.into_iter().map(|r| r.unwrap_or_else(|| Err(DecodeFailure::Decoder("lost in resizing".into())))).collect()
 }
 
 /// `images` ([n, h, w, c]) turned upright by EXIF `orientation` (1-8;

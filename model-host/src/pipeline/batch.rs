@@ -18,8 +18,6 @@ use crate::pipeline::jobs::Job;
 use crate::model::{Launched, Model, ModelError, Outputs};
 use crate::model::config::padded_batch;
 use crate::model::Input;
-use crate::model::jpeg_input::{Encoded, JpegInput};
-use crate::torch_shim::jpeg::DecodeFailure;
 use crate::model::preprocess::Preprocessor;
 use crate::torch_shim::HostBuffer;
 
@@ -33,10 +31,16 @@ pub struct Gathered {
     k: usize,
     /// The inputs, back to back, then the padding rows (pinned on a GPU).
     staging: HostBuffer,
-    /// Rows whose input the host decoded from a JPEG, already on the
+    /// Rows whose input the decode stage made from a JPEG, already on the
     /// device; their rows of `staging` are left as they are.
     decoded: Vec<(usize, Tensor)>,
 }
+
+/// Device memory a batch reads and does not own: the decode stage's
+/// tensors, made on its own stream. Kept until the batch is finished, so
+/// that the caching allocator cannot hand their blocks to the next decode
+/// before the batch's copy out of them has run.
+type Borrowed = Vec<Tensor>;
 
 /// A batch queued on the device.
 pub struct Running {
@@ -45,25 +49,17 @@ pub struct Running {
     launched: Result<Launched, ModelError>,
     /// When the batch was handed to the device.
     launched_at: Instant,
+    borrowed: Borrowed,
 }
 
 /// Copies the first `slot_len` bytes of each job's slot (its input) into a
 /// staging buffer from `pre` (page-locked on a GPU, so this is the only
-/// copy the CPU makes), back to back; a job with a JPEG in its slot is
-/// decoded on the device by `jpeg` instead. A job whose slot cannot be
-/// read (a bug or a hostile gateway: the lease checks make it rare) or
-/// whose JPEG cannot be decoded is answered at once and left out. None if
-/// no job is left.
-pub fn gather(
-    batch: Vec<Job>,
-    slot_len: usize,
-    shapes: &[u32],
-    pre: &Preprocessor,
-    jpeg: Option<&mut JpegInput>,
-    counters: &Counters,
-) -> Option<Gathered> {
+/// copy the CPU makes), back to back; a job the decode stage has decoded
+/// brings its input on the device instead. A job whose slot cannot be read
+/// (a bug or a hostile gateway: the lease checks make it rare) is answered
+/// at once and left out. None if no job is left.
+pub fn gather(batch: Vec<Job>, slot_len: usize, shapes: &[u32], pre: &Preprocessor, counters: &Counters) -> Option<Gathered> {
     let started = Instant::now();
-    let (batch, mut decoded_inputs) = decode_jpegs(batch, jpeg, counters);
     let most = padded_batch(shapes, batch.len());
     let mut staging = match pre.staging(most * slot_len) {
         Ok(staging) => staging,
@@ -78,10 +74,15 @@ pub fn gather(
     let bytes = staging.as_mut_slice();
     let mut jobs = Vec::with_capacity(batch.len());
     let mut decoded = Vec::new();
-    for (job, input) in batch.into_iter().zip(decoded_inputs.drain(..)) {
-        if let Some(input) = input {
+    for mut job in batch {
+        if let Some(input) = job.decoded.take() {
             decoded.push((jobs.len(), input));
             jobs.push(job);
+            continue;
+        }
+        if job.payload != Payload::Input {
+            // Only the decode stage passes JPEG jobs on, decoded: a bug.
+            answer(job, Err(InferError::Model("a JPEG reached the batcher undecoded".into())), counters);
             continue;
         }
         let at = jobs.len() * slot_len;
@@ -104,69 +105,13 @@ pub fn gather(
     Some(Gathered { jobs, padded, k, staging, decoded })
 }
 
-/// Decodes the JPEGs among `batch` on the device, all in one call. A job
-/// whose file cannot be read or decoded is answered (a bad file is a 400
-/// for its client, the decoder's failure a 500) and left out; the others come back in order, each with its decoded
-/// input if it had a JPEG.
-fn decode_jpegs(batch: Vec<Job>, jpeg: Option<&mut JpegInput>, counters: &Counters) -> (Vec<Job>, Vec<Option<Tensor>>) {
-    if batch.iter().all(|job| job.payload == Payload::Input) {
-        let inputs = batch.iter().map(|_| None).collect();
-        return (batch, inputs);
-    }
-    let mut results: Vec<Option<Result<Tensor, InferError>>> = batch.iter().map(|_| None).collect();
-    let (mut files, mut at) = (Vec::new(), Vec::new());
-    for (i, job) in batch.iter().enumerate() {
-        let Payload::Jpeg { len, orientation } = job.payload else { continue };
-        let mut file = vec![0u8; len as usize];
-        match job.segment.read_slot(job.slot.index, &mut file) {
-            Ok(()) => {
-                files.push((file, orientation));
-                at.push(i);
-            }
-            Err(e) => results[i] = Some(Err(InferError::InvalidRequest(format!("slot unreadable: {e}")))),
-        }
-    }
-    if !files.is_empty() {
-        let images: Vec<Encoded> = files.iter().map(|(bytes, orientation)| Encoded { bytes, orientation: *orientation }).collect();
-        // The session lets JPEGs in only when the host offered to decode,
-        // so a missing decoder is a bug: one failed answer per job, no panic.
-        let outcomes = match jpeg {
-            Some(jpeg) => jpeg.decode(&images),
-            None => images.iter().map(|_| Err(DecodeFailure::Decoder("this host does not decode JPEGs".into()))).collect(),
-        };
-        for (i, outcome) in at.into_iter().zip(outcomes) {
-            results[i] = Some(outcome.map_err(|failure| match failure {
-                DecodeFailure::BadFile(why) => InferError::BadImage(why),
-                DecodeFailure::Decoder(why) => InferError::Model(why),
-            }));
-        }
-    }
-    let (mut jobs, mut inputs) = (Vec::with_capacity(batch.len()), Vec::with_capacity(batch.len()));
-    for (job, result) in batch.into_iter().zip(results) {
-        match result.transpose() {
-            Ok(input) => {
-                jobs.push(job);
-                inputs.push(input);
-            }
-            Err(e) => {
-                if !matches!(e, InferError::Model(_)) {
-                    counters.refuse(Refused::InvalidRequest);
-                }
-                tracing::debug!(request_id = %job.tag, error = ?e, "JPEG not decoded");
-                answer(job, Err(e), counters);
-            }
-        }
-    }
-    counters.jpegs_decoded.fetch_add(inputs.iter().filter(|i| i.is_some()).count() as u64, Relaxed);
-    (jobs, inputs)
-}
-
 /// A batch whose inputs are on their way to the device.
 pub struct Uploaded {
     jobs: Vec<Job>,
     padded: usize,
     k: usize,
     input: Result<Input, ModelError>,
+    borrowed: Borrowed,
 }
 
 impl Uploaded {
@@ -180,21 +125,28 @@ impl Uploaded {
 /// queues the copy and the pre-processing behind the batch still running.
 pub fn upload(pre: &Preprocessor, batch: Gathered) -> Uploaded {
     let input = pre.upload(batch.staging, batch.padded, &batch.decoded).map_err(ModelError::from);
-    Uploaded { jobs: batch.jobs, padded: batch.padded, k: batch.k, input }
+    let borrowed = batch.decoded.into_iter().map(|(_, t)| t).collect();
+    Uploaded { jobs: batch.jobs, padded: batch.padded, k: batch.k, input, borrowed }
 }
 
 /// Queues the forward pass of an uploaded batch.
 pub fn launch(model: &Model, batch: Uploaded) -> Running {
     let launched_at = Instant::now();
     let launched = batch.input.and_then(|input| model.launch(input, batch.k));
-    Running { jobs: batch.jobs, padded: batch.padded, launched, launched_at }
+    Running { jobs: batch.jobs, padded: batch.padded, launched, launched_at, borrowed: batch.borrowed }
 }
 
 /// Waits for a running batch and answers each of its jobs: a classifier's
 /// with its top-k, a tensor model's once its outputs are in its slot.
 pub fn finish(batch: Running, counters: &Counters) {
-    let Running { jobs, padded, launched, launched_at } = batch;
+    let Running { jobs, padded, launched, launched_at, borrowed } = batch;
     let result = launched.and_then(|l| l.collect(jobs.len()));
+    // With the outputs back, the batch's copies out of these have run; a
+    // batch that failed first waits for its device here.
+    if let (Err(_), Some(tch::Device::Cuda(index))) = (&result, borrowed.first().map(Tensor::device)) {
+        tch::Cuda::synchronize(index as i64);
+    }
+    drop(borrowed);
     let inference_us = launched_at.elapsed().as_micros() as u64;
     let batch_size = jobs.len() as u32;
     counters.inference_us_total.fetch_add(inference_us, Relaxed);
@@ -255,10 +207,7 @@ pub fn answer(job: Job, result: Result<Prediction, InferError>, counters: &Count
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
-    use std::sync::atomic::AtomicBool;
-    use std::time::Duration;
 
-    use protocol::SlotRef;
     use protocol::shm::naming::segment_name;
     use protocol::shm::{Segment, SlotLayout};
     use tch::Device;
@@ -279,18 +228,7 @@ mod tests {
         segment.write_slot(3, &dict_item(&signature, 5)).unwrap();
 
         let (reply, mut replies) = tokio::sync::mpsc::unbounded_channel();
-        let job = |index: u32| Job {
-            request_id: u64::from(index),
-            slot: SlotRef { index, generation: 1 },
-            segment: segment.clone(),
-            top_k: 1,
-            payload: protocol::Payload::Input,
-            tag: format!("r{index}"),
-            arrived: Instant::now(),
-            deadline: Instant::now() + Duration::from_secs(60),
-            cancelled: Arc::new(AtomicBool::new(false)),
-            reply: reply.clone(),
-        };
+        let job = |index: u32| Job::for_test(&segment, index, Payload::Input, &reply);
         let shapes = [1, 2, 4];
         let counters = Counters::new(&shapes);
         counters.in_flight.store(3, Relaxed);
@@ -298,7 +236,7 @@ mod tests {
         let pre = Preprocessor::Tensors(crate::model::preprocess::TensorUploader::new(&signature, Device::Cpu));
 
         // Slot 9 does not exist: answered at once, left out of the batch.
-        let gathered = gather(vec![job(1), job(9), job(3)], signature.input_bytes() as usize, &shapes, &pre, None, &counters).unwrap();
+        let gathered = gather(vec![job(1), job(9), job(3)], signature.input_bytes() as usize, &shapes, &pre, &counters).unwrap();
         assert_eq!(gathered.padded, 2);
         finish(launch(&model, upload(&pre, gathered)), &counters);
 

@@ -21,7 +21,6 @@ use crate::pipeline::batch::{self, Uploaded};
 use crate::pipeline::batcher::{Batcher, Next};
 use crate::counters::Counters;
 use crate::pipeline::jobs::Job;
-use crate::model::jpeg_input::JpegInput;
 use crate::model::preprocess::Preprocessor;
 
 /// The feeder's answer to one ask.
@@ -35,8 +34,6 @@ pub struct Feeder {
     pub batcher: Batcher,
     pub jobs: Receiver<Job>,
     pub pre: Preprocessor,
-    /// Decodes the JPEGs gateways send encoded (model.toml's `decode`).
-    pub jpeg: Option<JpegInput>,
     pub slot_len: usize,
     pub shapes: Vec<u32>,
     pub counters: Arc<Counters>,
@@ -60,13 +57,13 @@ impl Feeder {
                 }
                 for wait in asks {
                     let fed = match self.batcher.next(&self.jobs, wait, &self.counters) {
-                        Next::Batch(jobs) => match batch::gather(jobs, self.slot_len, &self.shapes, &self.pre, self.jpeg.as_mut(), &self.counters) {
+                        Next::Batch(jobs) => match batch::gather(jobs, self.slot_len, &self.shapes, &self.pre, &self.counters) {
                             Some(gathered) => Fed::Batch(batch::upload(&self.pre, gathered)),
                             None => Fed::Idle,
                         },
                         Next::Idle => Fed::Idle,
                         // Not dropped, for the model thread's reason (its
-                        // decoder and device tensors would race exit()).
+                        // device tensors would race exit()).
                         Next::Closed => return std::mem::forget(self),
                     };
                     if answers.send(fed).is_err() {

@@ -1,6 +1,7 @@
 //! From the job queue to the answers: batching and the model's thread.
 //!
 //! - [`jobs`]: the bounded queue the connections submit to.
+//! - [`jpeg_stage`]: JPEGs decoded on the device as they arrive.
 //! - [`batcher`] + [`batch_policy`]: when to close a batch (the policy is
 //!   a plain struct, unit-tested apart from the task).
 //! - [`feeder`]: forms and uploads the next batch while the current runs.
@@ -12,4 +13,5 @@ pub mod batch_policy;
 pub mod batcher;
 pub mod feeder;
 pub mod jobs;
+pub mod jpeg_stage;
 pub mod model_thread;

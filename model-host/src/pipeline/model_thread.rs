@@ -8,7 +8,6 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Instant;
 
-use std::sync::mpsc::Receiver;
 use std::time::Duration;
 
 use crate::config::DeviceChoice;
@@ -18,10 +17,11 @@ use crate::pipeline::feeder::{Fed, Feeder};
 use crate::counters::Counters;
 use crate::model::device;
 use crate::error::HostError;
-use crate::pipeline::jobs::Job;
+use crate::pipeline::jobs::Queues;
+use crate::pipeline::jpeg_stage;
 use crate::notify::Notifier;
 use crate::model::Model;
-use crate::model::jpeg_input::JpegInput;
+use crate::model::jpeg_input::{JpegInput, open_decoders};
 use crate::model::preprocess::Preprocessor;
 use crate::model::config::LoadedConfig;
 use crate::startup::PhaseReporter;
@@ -34,7 +34,8 @@ pub struct ModelThread {
     pub load_headroom_mb: u64,
     pub reporter: PhaseReporter,
     pub counters: Arc<Counters>,
-    pub jobs: Receiver<Job>,
+    /// Taken by the feeder and the decode stage once the model is ready.
+    pub queues: Option<Queues>,
     pub notifier: Notifier,
     /// libnvjpeg's path, if given (`--nvjpeg`).
     pub nvjpeg: Option<std::path::PathBuf>,
@@ -55,7 +56,8 @@ struct Started {
     model: Model,
     pre: Preprocessor,
     device: tch::Device,
-    jpeg: Option<JpegInput>,
+    /// The decode stage's decoders, when the host decodes JPEGs.
+    jpeg: Option<Vec<JpegInput>>,
 }
 
 impl ModelThread {
@@ -73,15 +75,23 @@ impl ModelThread {
         };
         let batching = &self.model.config.batching;
         let max_batch = u64::from(batching.max_batch_size);
-        // The feeder owns the job queue from here on.
-        let jobs = std::mem::replace(&mut self.jobs, std::sync::mpsc::sync_channel(0).1);
+        // The feeder and the decode stage own the job queue from here on.
+        let Some(Queues { ready, jpegs, decoded }) = self.queues.take() else {
+            return self.reporter.failed("the model thread was started without its job queue".into());
+        };
+        match jpeg {
+            Some(decoders) => jpeg_stage::spawn(decoders, jpegs, decoded, self.counters.clone()),
+            // Else no JPEG comes (none was offered), and `decoded` must
+            // go now: it would hold the batcher's queue open past the
+            // last connection, and the thread would never see it close.
+            None => drop((jpegs, decoded)),
+        }
         let (ask, asks) = std::sync::mpsc::sync_channel(1);
         let (answer, answers) = std::sync::mpsc::sync_channel(1);
         Feeder {
             batcher: Batcher::new(batching.policy()),
-            jobs,
+            jobs: ready,
             pre,
-            jpeg,
             slot_len: self.model.config.item_input_bytes(),
             shapes: batching.shapes(),
             counters: self.counters.clone(),
@@ -173,9 +183,9 @@ impl ModelThread {
         device::check_room(device, &self.model.model_file, self.load_headroom_mb)?;
         let name = device::name(device);
         // nvJPEG takes 0.8-1.8 s to open and warm on an H200 (1-4
-        // decoders): beside the
-        // weights' load, not before it. Gateways learn of the decoder in
-        // the handshake, so that waits for it; without one it goes at once.
+        // decoders): beside the weights' load, not before it. Gateways
+        // learn of the decoder in the handshake, so that waits for it;
+        // without one it goes at once.
         let opening = self.open_jpeg(device);
         if opening.is_none() {
             self.send_device_ready(&name, false);
@@ -190,6 +200,9 @@ impl ModelThread {
         let loads = self.counters.model_loads.fetch_add(1, Relaxed) + 1;
         tracing::info!(model = %path.display(), loads, "model loaded");
         self.reporter.weights_loaded();
+        // Joined before the warm-up, which captures CUDA graphs: a capture
+        // fails (and may poison the context) if another thread calls
+        // cudaMalloc meanwhile, as nvJPEG's opening does.
         let mut jpeg = None;
         if let Some(opening) = opening {
             jpeg = opening.join().ok().flatten();
@@ -216,7 +229,7 @@ impl ModelThread {
     /// Starts opening nvJPEG on a thread of its own when model.toml asks
     /// the host to decode; where it cannot (no GPU, no library), a log
     /// line says why and gateways decode.
-    fn open_jpeg(&self, device: tch::Device) -> Option<std::thread::JoinHandle<Option<JpegInput>>> {
+    fn open_jpeg(&self, device: tch::Device) -> Option<std::thread::JoinHandle<Option<Vec<JpegInput>>>> {
         let config = &self.model.config;
         let (input, decode) = (config.classifier()?.input.clone(), config.decode);
         decode.offer()?;
@@ -226,7 +239,7 @@ impl ModelThread {
         }
         let library = self.nvjpeg.clone();
         let started = Instant::now();
-        let open = move || match JpegInput::open(&input, &decode.host, device, library.as_deref()) {
+        let open = move || match open_decoders(&input, &decode.host, device, library.as_deref()) {
             Ok(jpeg) => {
                 tracing::info!(decode = ?decode.place, ms = started.elapsed().as_secs_f64() * 1e3, "gateways may send JPEGs to decode here");
                 Some(jpeg)
@@ -369,7 +382,7 @@ max_batch_size = 4
             load_headroom_mb: 0,
             reporter,
             counters: Arc::new(Counters::new(&[1, 2, 4])),
-            jobs: std::sync::mpsc::sync_channel(1).1,
+            queues: None,
             notifier,
             nvjpeg: None,
             device_ready: tokio::sync::oneshot::channel().0,

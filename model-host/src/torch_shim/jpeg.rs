@@ -7,6 +7,7 @@
 //! bad JPEG gets its own message and the others in the batch decode.
 
 use std::ffi::{CString, c_char, c_int};
+use std::marker::PhantomData;
 use std::path::{Path, PathBuf};
 
 use tch::Tensor;
@@ -33,6 +34,8 @@ unsafe extern "C" {
         errors: *mut *mut c_char,
         kinds: *mut c_int,
     ) -> *mut c_char;
+    fn shim_jpeg_stream_enter(decoder: *mut ShimJpeg) -> *mut c_char;
+    fn shim_jpeg_stream_leave(decoder: *mut ShimJpeg) -> *mut c_char;
     fn shim_jpeg_free(decoder: *mut ShimJpeg);
     fn shim_jpeg_counts(decoder: *mut ShimJpeg, on_hardware: *mut i64, on_default: *mut i64);
 }
@@ -82,9 +85,9 @@ pub struct JpegDecoder {
     pub library: PathBuf,
 }
 
-// SAFETY: the decoder is used from one thread at a time (the feeder owns
-// it); nvJPEG's handle may move between threads, and its per-decode state
-// is only touched inside `decode`, which takes `&mut self`.
+// SAFETY: the decoder is used from one thread at a time (a decode-stage
+// thread owns it); nvJPEG's handle may move between threads, and its
+// per-decode state is only touched through `&mut self`.
 unsafe impl Send for JpegDecoder {}
 
 impl JpegDecoder {
@@ -111,10 +114,36 @@ impl JpegDecoder {
         Err(ShimError(why.join("; ")))
     }
 
-    /// Decodes each of `images` into a [height, width, 3] uint8 RGB tensor
-    /// on the decoder's device, complete when this returns. An image over
-    /// `max_pixels`, or one nvJPEG cannot read, gets its own error.
-    pub fn decode(&mut self, images: &[&[u8]], max_pixels: u64) -> Result<Vec<Result<Tensor, DecodeFailure>>, ShimError> {
+    /// Runs `work` with this decoder's CUDA stream as the calling thread's
+    /// current one, so that decodes and the libtorch work on their outputs
+    /// (orientation, resize) queue there, beside the model's stream; then
+    /// gives the thread its stream back and waits for what was queued.
+    /// Tensors made in `work` are complete when this returns Ok. The files
+    /// decoded live for `'data`, longer than this call: nvJPEG may read
+    /// them until the wait.
+    pub fn on_own_stream<'data, T>(&mut self, work: impl FnOnce(&mut OnStream<'_, 'data>) -> T) -> Result<T, ShimError> {
+        // SAFETY: the decoder is live and used only here (`&mut self`).
+        check(unsafe { shim_jpeg_stream_enter(self.raw) })?;
+        let done = work(&mut OnStream { decoder: self, _data: PhantomData });
+        // SAFETY: as above; the enter succeeded, so this restores the
+        // thread's stream.
+        check(unsafe { shim_jpeg_stream_leave(self.raw) })?;
+        Ok(done)
+    }
+}
+
+/// A decoder while its stream stands in for the thread's
+/// ([`JpegDecoder::on_own_stream`]); files decoded live for `'data`.
+pub struct OnStream<'d, 'data> {
+    decoder: &'d mut JpegDecoder,
+    _data: PhantomData<&'data [u8]>,
+}
+
+impl<'data> OnStream<'_, 'data> {
+    /// Queues each of `images`' decode into a [height, width, 3] uint8 RGB
+    /// tensor on the decoder's device. An image over `max_pixels`, or one
+    /// nvJPEG cannot read, gets its own error.
+    pub fn decode(&mut self, images: &[&'data [u8]], max_pixels: u64) -> Result<Vec<Result<Tensor, DecodeFailure>>, ShimError> {
         let n = images.len();
         if n == 0 {
             return Ok(Vec::new());
@@ -125,14 +154,14 @@ impl JpegDecoder {
         let mut errors: Vec<*mut c_char> = vec![std::ptr::null_mut(); n];
         let mut kinds: Vec<c_int> = vec![0; n];
         let max_pixels = i64::try_from(max_pixels).unwrap_or(i64::MAX);
-        // SAFETY: the decoder is live and used only here (`&mut self`);
-        // `data`/`lens` describe `n` slices that outlive the call (the
-        // decode is complete when it returns); `outs` and `errors` have
-        // room for `n` entries (so have `kinds`), which the shim sets only
-        // on success.
+        // SAFETY: the decoder is live and used only here (`&mut`), inside
+        // on_own_stream as the shim asks; `data`/`lens` describe `n`
+        // slices that live for 'data, past the stream's wait; `outs` and
+        // `errors` have room for `n` entries (so have `kinds`), which the
+        // shim sets only on success.
         check(unsafe {
             shim_jpeg_decode(
-                self.raw,
+                self.decoder.raw,
                 n as c_int,
                 data.as_ptr(),
                 lens.as_ptr(),
