@@ -54,6 +54,25 @@ def post(url, body, content_type):
         return e.code, json.loads(e.read() or b"{}")
 
 
+def post_v2_images(url, images):
+    """A v2 request with the images as one BYTES input (binary data, each
+    element length-prefixed); every class's probability per image, or the
+    error text."""
+    data = b"".join(len(i).to_bytes(4, "little") + i for i in images)
+    header = json.dumps({"inputs": [{"name": "IMAGE", "datatype": "BYTES", "shape": [len(images)],
+                                     "parameters": {"binary_data_size": len(data)}}],
+                         "outputs": [{"name": "PROBABILITIES", "parameters": {"binary_data": False}}]}).encode()
+    request = urllib.request.Request(url, data=header + data, headers={
+        "Content-Type": "application/octet-stream", "Inference-Header-Content-Length": str(len(header))})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            out = json.loads(response.read())["outputs"][0]
+            n, k = out["shape"]
+            return response.status, np.asarray(out["data"], dtype=np.float64).reshape(n, k)
+    except urllib.error.HTTPError as e:
+        return e.code, (e.read() or b"").decode(errors="replace")
+
+
 def scores(answer):
     out = np.zeros(1000)
     for p in answer["predictions"]:
@@ -109,6 +128,16 @@ def main():
     print(f"photos: top-1 agreed {agree}/{len(sizes)}, worst probability difference {worst:.4f} "
           f"(tolerance {args.tolerance}); host decoded {decoded} of them")
     ok &= agree == len(sizes) and worst <= args.tolerance and decoded == len(sizes)
+
+    # v2 (the path gRPC shares): IMAGE as BYTES, binary data, two photos in one request.
+    pair = [photo(1920, 1080, 50), photo(1080, 1920, 51, 6)]
+    before = jpegs_decoded(args.url, args.model)
+    status, v2 = post_v2_images(f"{args.url}/v2/models/{args.model}/infer", pair)
+    expected = [int(scores(post(url, reference_pixels(p), "application/x-pixels")[1]).argmax()) for p in pair]
+    decoded = jpegs_decoded(args.url, args.model) - before
+    got = [int(np.argmax(row)) for row in v2] if status == 200 else v2
+    print(f"v2 IMAGE (BYTES), 2 photos in one request: status {status}, top-1 {got} vs {expected}, host decoded {decoded}")
+    ok &= status == 200 and got == expected and decoded == 2
 
     good = [photo(1920, 1080, 100 + i) for i in range(8)]
     expected = [int(scores(post(url, reference_pixels(g), "application/x-pixels")[1]).argmax()) for g in good]

@@ -1,19 +1,20 @@
 //! The image classifier over v2: its two alternative inputs, PIXELS
 //! (UINT8 [n, height, width, channels], the model's input as it is) and
 //! IMAGE (BYTES [n], encoded PNG/JPEG/WebP, binary data only, decoded and
-//! resized here as `/v1/.../predict` does), and its one output,
+//! resized here as `/v1/.../predict` does, or sent to a host that decodes
+//! JPEGs on its GPU as there), and its one output,
 //! PROBABILITIES (FP32 [n, labels]), optionally as classification strings.
 
 use std::time::Instant;
 
 use bytes::Bytes;
-use protocol::{DataType, ImageShape};
+use protocol::{DataType, ImageShape, Payload};
 #[cfg(test)]
 use protocol::ModelInfo;
 
 use super::answer::{OutputData, OutputTensor};
 use super::request::{Delivery, InputData, InputTensor, OutputRequest, Source, batch_size, check_fits, invalid};
-use super::images;
+use super::images::{self, Prepared};
 use super::classification;
 use super::run::{self, Ran};
 use super::tensor::{Datatype, TensorError, check_count, flatten_typed};
@@ -90,10 +91,10 @@ pub async fn run(link: &Route, plan: Plan<'_>, deadline: Instant, budget_ms: u64
     let model = plan.model;
     let decode_started = Instant::now();
     let elements = match plan.batch {
-        Batch::Pixels(pixels) => pixels,
+        Batch::Pixels(pixels) => pixels.into_iter().map(|p| Prepared { bytes: p.into(), payload: Payload::Input }).collect(),
         Batch::Images(images) => {
             let target = Target { width: model.width, height: model.height, channels: model.channels };
-            images::decode_all(images, target, max_pixels, INPUT_IMAGE).await?
+            images::prepare_all(images, target, max_pixels, link.model().host_decode, INPUT_IMAGE).await?
         }
     };
     let decode = decode_started.elapsed();

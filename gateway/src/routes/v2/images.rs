@@ -2,13 +2,16 @@
 //! element, raw bytes only (binary data or a region: JSON strings cannot
 //! carry them faithfully), decoded and resized by the gateway into a
 //! model's pixel input: the classifier's `IMAGE`, or a tensor model's
-//! UINT8 [height, width, channels] input.
+//! UINT8 [height, width, channels] input. A classifier's host that decodes
+//! JPEGs on its GPU gets those it takes as they are, as `/v1/.../predict`
+//! sends them ([`prepare_all`]).
 
 use bytes::Bytes;
-use protocol::{DataType, TensorSpec};
+use protocol::{DataType, HostDecode, Payload, TensorSpec};
 
 use super::binary::bytes_elements;
 use super::request::{InputData, InputTensor, Source, batch_size, invalid};
+use crate::decode::host_side::send_to_host;
 use crate::decode::{Target, decode_to_input};
 use crate::error::ApiError;
 
@@ -52,25 +55,73 @@ pub fn encoded(input: &mut InputTensor, name: &str, max_batch_size: u32, data: &
 /// Decodes on the blocking pool, like `/v1/.../predict`; a corrupt image is
 /// a 400 and an oversized one a 413, as there.
 pub async fn decode_all(images: Vec<Bytes>, target: Target, max_pixels: u64, name: &str) -> Result<Vec<Vec<u8>>, ApiError> {
+    let prepared = prepare_all(images, target, max_pixels, None, name).await?;
+    Ok(prepared.into_iter().map(|p| p.bytes.into()).collect())
+}
+
+/// One element as it goes into its slot.
+#[derive(Debug, PartialEq)]
+pub struct Prepared {
+    /// The model's input pixels, or the JPEG itself (`payload` says which).
+    pub bytes: Bytes,
+    pub payload: Payload,
+}
+
+/// Each image ready for the host, on the blocking pool: decoded and
+/// resized here, or, for a host that offers to decode (`offer`), a JPEG it
+/// takes as it is, with its EXIF orientation (see [`send_to_host`]).
+pub async fn prepare_all(images: Vec<Bytes>, target: Target, max_pixels: u64, offer: Option<HostDecode>, name: &str) -> Result<Vec<Prepared>, ApiError> {
     let name = name.to_string();
-    let decoded = tokio::task::spawn_blocking(move || {
-        images
-            .iter()
-            .enumerate()
-            .map(|(i, bytes)| match image::guess_format(bytes) {
-                Ok(f @ (image::ImageFormat::Png | image::ImageFormat::Jpeg | image::ImageFormat::WebP)) => {
-                    decode_to_input(bytes, f, target, max_pixels).map_err(ApiError::from)
-                }
-                _ => Err(invalid("inputs", format!("{name} element {i} is not a PNG, JPEG or WebP image"))),
-            })
-            .collect::<Result<Vec<_>, _>>()
+    let prepared = tokio::task::spawn_blocking(move || {
+        images.into_iter().enumerate().map(|(i, bytes)| prepare(bytes, target, max_pixels, offer.as_ref(), &name, i)).collect::<Result<Vec<_>, _>>()
     });
-    decoded.await.map_err(|e| ApiError::Internal(format!("decode task: {e}")))?
+    prepared.await.map_err(|e| ApiError::Internal(format!("decode task: {e}")))?
+}
+
+fn prepare(bytes: Bytes, target: Target, max_pixels: u64, offer: Option<&HostDecode>, name: &str, i: usize) -> Result<Prepared, ApiError> {
+    let format = match image::guess_format(&bytes) {
+        Ok(f @ (image::ImageFormat::Png | image::ImageFormat::Jpeg | image::ImageFormat::WebP)) => f,
+        _ => return Err(invalid("inputs", format!("{name} element {i} is not a PNG, JPEG or WebP image"))),
+    };
+    if let (image::ImageFormat::Jpeg, Some(offer)) = (format, offer)
+        && let Some(to_host) = send_to_host(&bytes, offer, max_pixels)?
+    {
+        let len = bytes.len() as u32;
+        return Ok(Prepared { bytes, payload: Payload::Jpeg { len, orientation: to_host.orientation } });
+    }
+    let pixels = decode_to_input(&bytes, format, target, max_pixels)?;
+    Ok(Prepared { bytes: pixels.into(), payload: Payload::Input })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn encoded(format: image::ImageFormat) -> Bytes {
+        let image = image::DynamicImage::ImageRgb8(image::RgbImage::from_fn(16, 12, |x, y| image::Rgb([x as u8 * 15, y as u8 * 20, 90])));
+        let mut out = std::io::Cursor::new(Vec::new());
+        image.write_to(&mut out, format).unwrap();
+        out.into_inner().into()
+    }
+
+    #[test]
+    fn a_jpeg_goes_to_a_host_that_offers_to_decode_it_and_the_rest_are_decoded_here() {
+        let target = Target { width: 4, height: 4, channels: 3 };
+        let offer = |policy| HostDecode { policy, max_bytes: 1 << 20, max_pixels: 1 << 20 };
+        let always = offer(protocol::DecodePolicy::Always);
+        let (jpeg, png) = (encoded(image::ImageFormat::Jpeg), encoded(image::ImageFormat::Png));
+
+        let sent = prepare(jpeg.clone(), target, 1 << 20, Some(&always), "IMAGE", 0).unwrap();
+        assert_eq!(sent, Prepared { bytes: jpeg.clone(), payload: Payload::Jpeg { len: jpeg.len() as u32, orientation: 1 } });
+
+        let pixels = |p: Prepared| (p.payload, p.bytes.len());
+        assert_eq!(pixels(prepare(jpeg.clone(), target, 1 << 20, None, "IMAGE", 0).unwrap()), (Payload::Input, 48), "no offer");
+        let large_only = offer(protocol::DecodePolicy::Auto { min_pixels: 1_000_000 });
+        assert_eq!(pixels(prepare(jpeg, target, 1 << 20, Some(&large_only), "IMAGE", 0).unwrap()), (Payload::Input, 48), "under auto's size");
+        assert_eq!(pixels(prepare(png, target, 1 << 20, Some(&always), "IMAGE", 0).unwrap()), (Payload::Input, 48), "not a JPEG");
+        let e = prepare(Bytes::from_static(b"GIF89a"), target, 1 << 20, Some(&always), "IMAGE", 3).unwrap_err();
+        assert!(e.to_string().contains("IMAGE element 3"), "{e}");
+    }
 
     #[test]
     fn pixel_inputs_are_uint8_hwc_with_one_or_three_channels() {

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use protocol::HostTimings;
 
 use super::answer::OutputTensor;
+use super::images::Prepared;
 use super::request::Delivery;
 use crate::error::ApiError;
 use crate::host_client::Route;
@@ -39,9 +40,9 @@ pub struct Answers<T> {
 /// `<id>.<i>`, so that the host's batcher can put them in one forward
 /// pass; the first failure drops the other calls, which cancels them at
 /// the host. Both model kinds go through here.
-pub async fn fan_out<'e, T, F, Fut>(elements: &'e [Vec<u8>], tag: &str, call: F) -> Result<Answers<T>, ApiError>
+pub async fn fan_out<'e, E, T, F, Fut>(elements: &'e [E], tag: &str, call: F) -> Result<Answers<T>, ApiError>
 where
-    F: Fn(&'e [u8], String) -> Fut,
+    F: Fn(&'e E, String) -> Fut,
     Fut: Future<Output = Result<(T, HostTimings), ApiError>>,
 {
     let calls = elements.iter().enumerate().map(|(i, element)| call(element, protocol::item_tag(tag, i)));
@@ -55,14 +56,14 @@ where
 /// asks the host for all of them (the protocol's output is the whole vector).
 pub async fn classify_all(
     link: &Route,
-    elements: &[Vec<u8>],
+    elements: &[Prepared],
     classes: usize,
     deadline: Instant,
     budget_ms: u64,
     tag: &str,
 ) -> Result<Answers<Vec<f32>>, ApiError> {
-    fan_out(elements, tag, |pixels, tag| async move {
-        let (top, timings) = host_call::classify(link, pixels, protocol::Payload::Input, classes as u32, deadline, budget_ms, tag).await?;
+    fan_out(elements, tag, |element, tag| async move {
+        let (top, timings) = host_call::classify(link, &element.bytes, element.payload, classes as u32, deadline, budget_ms, tag).await?;
         Ok((by_class_index(&top, classes), timings))
     })
     .await
