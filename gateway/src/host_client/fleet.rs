@@ -117,7 +117,9 @@ impl Fleet {
     }
 
     /// Another ready host serving what `link`'s host serves (same model,
-    /// version and signature), the least loaded; None if there is none.
+    /// version and signature, and the same JPEG decode offer: a request may
+    /// already hold a JPEG for the host to decode), the least loaded; None
+    /// if there is none.
     pub fn replica_of(&self, link: &Arc<Link>) -> Option<Arc<Link>> {
         let members = self.read();
         let model = link.model();
@@ -126,7 +128,10 @@ impl Fleet {
             .filter(|m| !m.retired)
             .filter_map(Member::live_link)
             .filter(|other| !Arc::ptr_eq(other, link) && other.phase().is_ready())
-            .filter(|other| other.model().name == model.name && other.model().version == model.version && other.model().kind == model.kind)
+            .filter(|other| {
+                let m = other.model();
+                m.name == model.name && m.version == model.version && m.kind == model.kind && m.host_decode == model.host_decode
+            })
             .min_by_key(|other| other.outstanding())
             .cloned()
     }

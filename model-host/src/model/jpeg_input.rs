@@ -103,7 +103,7 @@ impl JpegInput {
         let files: Vec<&[u8]> = images.iter().map(|i| i.bytes).collect();
         let done = self.decoder.on_own_stream(|stream| {
             let decoded = stream.decode(&files, max_pixels)?;
-            Ok(resize_all(&decoded, images, height, width, channels))
+            Ok(resize_all(&decoded, images, (height, width, channels), RESIZE_PIXELS))
         });
         match done.and_then(|r| r) {
             Ok(inputs) => inputs,
@@ -123,9 +123,16 @@ impl JpegInput {
     }
 }
 
-/// The decoded images (full size) as the model's inputs: those of one
-/// stored size and orientation stacked and resized together.
-fn resize_all(decoded: &[Result<Tensor, DecodeFailure>], images: &[Encoded], height: i64, width: i64, channels: i64) -> Vec<Result<Tensor, DecodeFailure>> {
+/// The most pixels resized at once: the resize works in fp32 (12 bytes a
+/// pixel with the copy), so 256 MP is ~3 GB of device memory per decoder,
+/// whatever a group of large, well-compressed files would otherwise stack.
+const RESIZE_PIXELS: i64 = 256 << 20;
+
+/// The decoded images (full size) as the model's inputs (`shape`: height,
+/// width, channels): those of one stored size and orientation stacked and
+/// resized together, up to `budget` pixels at a time.
+fn resize_all(decoded: &[Result<Tensor, DecodeFailure>], images: &[Encoded], shape: (i64, i64, i64), budget: i64) -> Vec<Result<Tensor, DecodeFailure>> {
+    let (height, width, channels) = shape;
     let mut groups: HashMap<(Vec<i64>, u8), Vec<usize>> = HashMap::new();
     for (i, rgb) in decoded.iter().enumerate() {
         if let Ok(rgb) = rgb {
@@ -133,32 +140,38 @@ fn resize_all(decoded: &[Result<Tensor, DecodeFailure>], images: &[Encoded], hei
         }
     }
     let mut out: Vec<Option<Result<Tensor, DecodeFailure>>> = decoded.iter().map(|r| r.as_ref().err().cloned().map(Err)).collect();
-    for ((_, orientation), members) in groups {
-        let stacked: Vec<&Tensor> = members.iter().filter_map(|&i| decoded[i].as_ref().ok()).collect();
-        let resized = Tensor::f_stack(&stacked, 0).and_then(|batch| to_input(&upright(&batch, orientation), height, width, channels));
-        for (row, &i) in members.iter().enumerate() {
-            out[i] = Some(match &resized {
-                Ok(batch) => Ok(batch.get(row as i64)),
-                Err(e) => Err(DecodeFailure::Decoder(format!("resizing the decoded JPEG: {e}"))),
-            });
+    for ((size, orientation), members) in groups {
+        let per = (budget / size.iter().take(2).product::<i64>().max(1)).max(1) as usize;
+        for members in members.chunks(per) {
+            let stacked: Vec<&Tensor> = members.iter().filter_map(|&i| decoded[i].as_ref().ok()).collect();
+            let resized = Tensor::f_stack(&stacked, 0)
+                .and_then(|batch| upright(&batch, orientation))
+                .and_then(|batch| to_input(&batch, height, width, channels));
+            for (row, &i) in members.iter().enumerate() {
+                out[i] = Some(match &resized {
+                    Ok(batch) => Ok(batch.get(row as i64)),
+                    Err(e) => Err(DecodeFailure::Decoder(format!("resizing the decoded JPEG: {e}"))),
+                });
+            }
         }
     }
     out.into_iter().map(|r| r.unwrap_or_else(|| Err(DecodeFailure::Decoder("lost in resizing".into())))).collect()
 }
 
 /// `images` ([n, h, w, c]) turned upright by EXIF `orientation` (1-8;
-/// other values leave them as they are).
-pub fn upright(images: &Tensor, orientation: u8) -> Tensor {
-    let transpose = |t: &Tensor| t.permute([0, 2, 1, 3]);
+/// other values leave them as they are). Fails only as libtorch does (a
+/// flip copies: device memory).
+pub fn upright(images: &Tensor, orientation: u8) -> Result<Tensor, tch::TchError> {
+    let transpose = |t: &Tensor| t.f_permute([0, 2, 1, 3]);
     match orientation {
-        2 => images.flip([2]),
-        3 => images.flip([1, 2]),
-        4 => images.flip([1]),
+        2 => images.f_flip([2]),
+        3 => images.f_flip([1, 2]),
+        4 => images.f_flip([1]),
         5 => transpose(images),
-        6 => transpose(&images.flip([1])),
-        7 => transpose(&images.flip([1, 2])),
-        8 => transpose(images).flip([1]),
-        _ => images.shallow_clone(),
+        6 => transpose(&images.f_flip([1])?),
+        7 => transpose(&images.f_flip([1, 2])?),
+        8 => transpose(images)?.f_flip([1]),
+        _ => Ok(images.shallow_clone()),
     }
 }
 
@@ -211,9 +224,9 @@ mod tests {
         ];
         for (orientation, pixels, [h, w]) in stored {
             let image = Tensor::from_slice(&pixels).view([1, h, w, 1]);
-            assert_eq!(rows(&upright(&image, orientation)), upright_view, "orientation {orientation}");
+            assert_eq!(rows(&upright(&image, orientation).unwrap()), upright_view, "orientation {orientation}");
         }
-        assert_eq!(rows(&upright(&numbered(), 0)), upright_view, "an unknown orientation changes nothing");
+        assert_eq!(rows(&upright(&numbered(), 0).unwrap()), upright_view, "an unknown orientation changes nothing");
     }
 
     #[test]
@@ -228,6 +241,29 @@ mod tests {
         let gray = to_input(&rgb, 4, 4, 1).unwrap();
         assert_eq!(gray.size(), [2, 4, 4, 1]);
         assert!(Vec::<u8>::try_from(gray.flatten(0, -1)).unwrap().iter().all(|&v| v == 124));
+    }
+
+    #[test]
+    fn groups_are_resized_within_the_pixel_budget_and_failures_stay_their_own() {
+        let flat = |v: u8, h: i64, w: i64| Tensor::from_slice(&[v, v, v]).view([1, 1, 3]).expand([h, w, 3], false).contiguous();
+        let decoded = vec![
+            Ok(flat(10, 8, 6)),
+            Err(DecodeFailure::BadFile("corrupt".into())),
+            Ok(flat(20, 8, 6)),
+            Ok(flat(30, 6, 8)),
+            Ok(flat(40, 8, 6)),
+        ];
+        let file = Encoded { bytes: b"", orientation: 1 };
+        let images = [file, Encoded { bytes: b"", orientation: 1 }, Encoded { bytes: b"", orientation: 1 }, Encoded { bytes: b"", orientation: 6 }, Encoded { bytes: b"", orientation: 1 }];
+        let value = |r: &Result<Tensor, DecodeFailure>| r.as_ref().map(|t| (t.size(), t.int64_value(&[0, 0, 0]))).map_err(Clone::clone);
+        // 48 pixels an image: a budget of 50 resizes them one at a time.
+        for budget in [50, 1 << 20] {
+            let out: Vec<_> = resize_all(&decoded, &images, (4, 4, 3), budget).iter().map(value).collect();
+            assert_eq!(out[1], Err(DecodeFailure::BadFile("corrupt".into())), "budget {budget}");
+            for (i, v) in [(0, 10), (2, 20), (3, 30), (4, 40)] {
+                assert_eq!(out[i], Ok((vec![4, 4, 3], v)), "image {i}, budget {budget}");
+            }
+        }
     }
 
     #[test]

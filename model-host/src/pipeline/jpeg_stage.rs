@@ -100,7 +100,13 @@ pub fn decode_group(decoder: &mut JpegInput, group: Vec<Job>, counters: &Counter
         return jobs;
     }
     let images: Vec<Encoded> = files.iter().map(|(bytes, orientation)| Encoded { bytes, orientation: *orientation }).collect();
-    let outcomes = decoder.decode(&images);
+    // A panic in the decode (a libtorch call that panics rather than
+    // erring) fails this group as the decoder's fault, not the thread: its
+    // jobs are answered and the decoder serves on.
+    let outcomes = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| decoder.decode(&images))).unwrap_or_else(|_| {
+        tracing::error!(files = images.len(), "a JPEG decode panicked; its group is answered as failed");
+        images.iter().map(|_| Err(DecodeFailure::Decoder("the JPEG decode panicked".into()))).collect()
+    });
     let mut decoded = Vec::with_capacity(jobs.len());
     for (mut job, outcome) in jobs.into_iter().zip(outcomes) {
         match outcome {

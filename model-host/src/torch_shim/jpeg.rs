@@ -120,15 +120,19 @@ impl JpegDecoder {
     /// gives the thread its stream back and waits for what was queued.
     /// Tensors made in `work` are complete when this returns Ok. The files
     /// decoded live for `'data`, longer than this call: nvJPEG may read
-    /// them until the wait.
-    pub fn on_own_stream<'data, T>(&mut self, work: impl FnOnce(&mut OnStream<'_, 'data>) -> T) -> Result<T, ShimError> {
+    /// them until the wait, which also comes if `work` panics (the panic
+    /// then goes on). `work` gets one decode: a second on the same state
+    /// before the wait would reuse buffers the first may still be reading.
+    pub fn on_own_stream<'data, T>(&mut self, work: impl FnOnce(OnStream<'_, 'data>) -> T) -> Result<T, ShimError> {
         // SAFETY: the decoder is live and used only here (`&mut self`).
         check(unsafe { shim_jpeg_stream_enter(self.raw) })?;
-        let done = work(&mut OnStream { decoder: self, _data: PhantomData });
-        // SAFETY: as above; the enter succeeded, so this restores the
-        // thread's stream.
-        check(unsafe { shim_jpeg_stream_leave(self.raw) })?;
-        Ok(done)
+        let raw = self.raw;
+        let done = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| work(OnStream { decoder: self, _data: PhantomData })));
+        // SAFETY: as above (the borrow given to `work` has ended); the
+        // enter succeeded, so this restores the thread's stream.
+        let left = check(unsafe { shim_jpeg_stream_leave(raw) });
+        let done = done.unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        left.map(|()| done)
     }
 }
 
@@ -142,8 +146,8 @@ pub struct OnStream<'d, 'data> {
 impl<'data> OnStream<'_, 'data> {
     /// Queues each of `images`' decode into a [height, width, 3] uint8 RGB
     /// tensor on the decoder's device. An image over `max_pixels`, or one
-    /// nvJPEG cannot read, gets its own error.
-    pub fn decode(&mut self, images: &[&'data [u8]], max_pixels: u64) -> Result<Vec<Result<Tensor, DecodeFailure>>, ShimError> {
+    /// nvJPEG cannot read, gets its own error. Once per stream turn.
+    pub fn decode(self, images: &[&'data [u8]], max_pixels: u64) -> Result<Vec<Result<Tensor, DecodeFailure>>, ShimError> {
         let n = images.len();
         if n == 0 {
             return Ok(Vec::new());
@@ -154,8 +158,8 @@ impl<'data> OnStream<'_, 'data> {
         let mut errors: Vec<*mut c_char> = vec![std::ptr::null_mut(); n];
         let mut kinds: Vec<c_int> = vec![0; n];
         let max_pixels = i64::try_from(max_pixels).unwrap_or(i64::MAX);
-        // SAFETY: the decoder is live and used only here (`&mut`), inside
-        // on_own_stream as the shim asks; `data`/`lens` describe `n`
+        // SAFETY: the decoder is live and used only here (`&mut`), once,
+        // inside on_own_stream as the shim asks; `data`/`lens` describe `n`
         // slices that live for 'data, past the stream's wait; `outs` and
         // `errors` have room for `n` entries (so have `kinds`), which the
         // shim sets only on success.
