@@ -7,7 +7,8 @@
 use std::io::Cursor;
 use std::path::Path;
 
-use integration_tests::{Scratch, digits_model, model_toml_copy, post_image, testset, top_label};
+use integration_tests::{Scratch, bytes_tensor, digits_model, infer_binary, model_toml_copy, post_image, testset, top_label};
+use serde_json::json;
 
 /// `model` with `decode = <place>` in its model.toml (a top-level key: it
 /// goes right after `file`, before the first table).
@@ -43,6 +44,21 @@ async fn a_host_without_a_gpu_says_why_and_the_gateway_decodes() {
     // The digits model is 99.7% right on its test set; JPEG at quality 95
     // changes a few pixels by a few levels.
     assert!(right >= 36, "{right}/40 JPEGs rightly classified");
+
+    // v2's IMAGE input takes the same path: decoded by the gateway, each
+    // answer the same as v1's for the same file.
+    let jpegs: Vec<Vec<u8>> = samples.iter().take(4).map(|s| as_jpeg(&s.bytes)).collect();
+    let elements: Vec<&[u8]> = jpegs.iter().map(Vec::as_slice).collect();
+    let data = bytes_tensor(&elements);
+    let header = json!({"inputs": [{"name": "IMAGE", "datatype": "BYTES", "shape": [elements.len()],
+        "parameters": {"binary_data_size": data.len()}}], "outputs": [{"name": "PROBABILITIES", "parameters": {"classification": 1}}]});
+    let (status, v2) = infer_binary(&client, &gateway, &header, &data, None).await;
+    assert_eq!(status, 200, "{v2}");
+    for (i, jpeg) in jpegs.iter().enumerate() {
+        let (_, _, v1) = post_image(&client, &gateway.predict_url(), jpeg.clone(), "image/jpeg").await;
+        let best = v2["outputs"][0]["data"][i].as_str().unwrap_or_default();
+        assert!(best.ends_with(&format!(":{}", top_label(&v1))), "element {i}: v2 {best}, v1 {v1}");
+    }
     let status = gateway.host_status().await;
     assert_eq!(status["jpegs_decoded"], 0, "the host decoded nothing: {status}");
 }

@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use integration_tests::{Gateway, Scratch, post_image, testset};
+use integration_tests::{Gateway, Scratch, bytes_tensor, infer_binary, post_image, testset};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
@@ -45,20 +45,6 @@ fn pixels_request(elements: &[Vec<u8>], outputs: Value) -> String {
     .to_string()
 }
 
-/// A request with binary tensor data: `json` then `data`, the header saying where they meet.
-async fn infer_binary(client: &reqwest::Client, gateway: &Gateway, json: &Value, data: &[u8], header: Option<usize>) -> (StatusCode, Value) {
-    let json = json.to_string();
-    let response = client
-        .post(gateway.url("/v2/models/digits/infer"))
-        .header("Inference-Header-Content-Length", header.unwrap_or(json.len()).to_string())
-        .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
-        .body([json.as_bytes(), data].concat())
-        .send()
-        .await
-        .expect("POST");
-    (response.status(), response.json().await.unwrap_or(Value::Null))
-}
-
 /// A binary answer split into its JSON header and its raw data, after
 /// checking the headers that say it is one.
 async fn binary_answer(response: reqwest::Response) -> (Value, Vec<u8>) {
@@ -67,11 +53,6 @@ async fn binary_answer(response: reqwest::Response) -> (Value, Vec<u8>) {
     let split: usize = response.headers()["inference-header-content-length"].to_str().unwrap().parse().unwrap();
     let body = response.bytes().await.expect("body");
     (serde_json::from_slice(&body[..split]).expect("a JSON header"), body[split..].to_vec())
-}
-
-/// BYTES elements: each a u32 little-endian length, then the bytes.
-fn bytes_tensor(elements: &[&[u8]]) -> Vec<u8> {
-    elements.iter().flat_map(|e| [&(e.len() as u32).to_le_bytes()[..], e].concat()).collect()
 }
 
 fn error_of(body: &Value) -> &str {

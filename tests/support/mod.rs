@@ -317,6 +317,32 @@ pub fn testset(presentation: &str) -> Vec<Sample> {
         .collect()
 }
 
+/// A v2 request to the digits model with binary tensor data: `json` then
+/// `data`, the header saying where they meet (or `header`, to lie).
+pub async fn infer_binary(
+    client: &reqwest::Client,
+    gateway: &Gateway,
+    json: &serde_json::Value,
+    data: &[u8],
+    header: Option<usize>,
+) -> (reqwest::StatusCode, serde_json::Value) {
+    let json = json.to_string();
+    let response = client
+        .post(gateway.url("/v2/models/digits/infer"))
+        .header("Inference-Header-Content-Length", header.unwrap_or(json.len()).to_string())
+        .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
+        .body([json.as_bytes(), data].concat())
+        .send()
+        .await
+        .expect("POST");
+    (response.status(), response.json().await.unwrap_or(serde_json::Value::Null))
+}
+
+/// BYTES elements: each a u32 little-endian length, then the bytes.
+pub fn bytes_tensor(elements: &[&[u8]]) -> Vec<u8> {
+    elements.iter().flat_map(|e| [&(e.len() as u32).to_le_bytes()[..], e].concat()).collect()
+}
+
 /// POSTs an image; the status and the parsed JSON body.
 pub async fn post_image(
     client: &reqwest::Client,

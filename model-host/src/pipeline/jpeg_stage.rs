@@ -18,6 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use protocol::{InferError, Payload};
+use tch::Tensor;
 
 use crate::counters::{Counters, Refused};
 use crate::model::jpeg_input::{Encoded, JpegInput};
@@ -29,6 +30,18 @@ use crate::torch_shim::jpeg::DecodeFailure;
 /// run near their best per call (`jpeg_bench`), and four threads still
 /// share a burst of 64.
 pub const MAX_GROUP: usize = 32;
+
+/// What decodes a group's files into the model's inputs: the device's
+/// decoder, or a unit test's stand-in.
+pub trait DecodeJpegs {
+    fn decode(&mut self, images: &[Encoded]) -> Vec<Result<Tensor, DecodeFailure>>;
+}
+
+impl DecodeJpegs for JpegInput {
+    fn decode(&mut self, images: &[Encoded]) -> Vec<Result<Tensor, DecodeFailure>> {
+        JpegInput::decode(self, images)
+    }
+}
 
 /// Starts one thread per decoder, taking jobs from `jpegs` and passing
 /// them on to `ready`. The threads end when `jpegs` closes (every
@@ -79,7 +92,7 @@ fn take(jpegs: &Mutex<Receiver<Job>>) -> Option<Vec<Job>> {
 
 /// Decodes a group's files; each job comes back with its input, or is
 /// answered here (abandoned, unreadable slot, bad file, decoder failure).
-pub fn decode_group(decoder: &mut JpegInput, group: Vec<Job>, counters: &Counters) -> Vec<Job> {
+pub fn decode_group(decoder: &mut impl DecodeJpegs, group: Vec<Job>, counters: &Counters) -> Vec<Job> {
     let now = Instant::now();
     let mut files = Vec::with_capacity(group.len());
     let mut jobs = Vec::with_capacity(group.len());
@@ -180,6 +193,54 @@ mod tests {
         assert_eq!(take(&rx).map(|g| g.len()), Some(5), "what is left, without waiting for more");
         drop(tx);
         assert!(take(&rx).is_none(), "closed and empty");
+    }
+
+    /// Answers by position: a tensor, a bad file, or the decoder's failure;
+    /// or panics.
+    struct StandIn(Option<Vec<u8>>);
+
+    impl DecodeJpegs for StandIn {
+        fn decode(&mut self, images: &[Encoded]) -> Vec<Result<Tensor, DecodeFailure>> {
+            let Some(kinds) = &self.0 else { panic!("a libtorch call panicked") };
+            assert_eq!(images.len(), kinds.len());
+            kinds
+                .iter()
+                .zip(images)
+                .map(|(kind, image)| match kind {
+                    0 => Ok(Tensor::from_slice(image.bytes)),
+                    1 => Err(DecodeFailure::BadFile("corrupt scan".into())),
+                    _ => Err(DecodeFailure::Decoder("device out of memory".into())),
+                })
+                .collect()
+        }
+    }
+
+    #[test]
+    fn each_file_fails_alone_and_a_panic_fails_only_its_group() {
+        let segment = segment(880_103);
+        for (slot, byte) in [(0, 7u8), (1, 8), (2, 9)] {
+            segment.write_slot(slot, &[byte; 3]).unwrap();
+        }
+        let (reply, mut replies) = tokio::sync::mpsc::unbounded_channel();
+        let group = || (0..3).map(|i| Job::for_test(&segment, i, Payload::Jpeg { len: 3, orientation: 1 }, &reply)).collect::<Vec<_>>();
+        let counters = Counters::new(&[1]);
+        counters.in_flight.store(6, Relaxed);
+
+        let passed = decode_group(&mut StandIn(Some(vec![1, 0, 2])), group(), &counters);
+        assert_eq!(passed.len(), 1, "only the good file goes on");
+        assert_eq!(passed[0].request_id, 1);
+        assert_eq!(Vec::<u8>::try_from(passed[0].decoded.as_ref().expect("its input")).unwrap(), vec![8; 3], "its own file's");
+        let mut answered: Vec<_> = std::iter::from_fn(|| replies.try_recv().ok()).map(|d| (d.request_id, d.result)).collect();
+        answered.sort_by_key(|(id, _)| *id);
+        assert!(matches!(&answered[0], (0, Err(InferError::BadImage(why))) if why.contains("corrupt")), "a 400: {answered:?}");
+        assert!(matches!(&answered[1], (2, Err(InferError::Model(_)))), "a 500: {answered:?}");
+        assert_eq!(counters.jpegs_decoded.load(Relaxed), 1);
+
+        assert!(decode_group(&mut StandIn(None), group(), &counters).is_empty());
+        let answered: Vec<_> = std::iter::from_fn(|| replies.try_recv().ok()).map(|d| d.result).collect();
+        assert_eq!(answered.len(), 3, "every job of the group answered");
+        assert!(answered.iter().all(|r| matches!(r, Err(InferError::Model(why)) if why.contains("panicked"))), "{answered:?}");
+        assert_eq!(counters.in_flight.load(Relaxed), 1, "five answered here, one passed on");
     }
 
     #[test]
