@@ -99,25 +99,24 @@ impl JpegInput {
     /// the device, complete), or why that one could not be. An error of
     /// the whole call fails every image in it, as the decoder's fault.
     pub fn decode(&mut self, images: &[Encoded]) -> Vec<Result<Tensor, DecodeFailure>> {
-        let (height, width, channels, max_pixels) = (self.height, self.width, self.channels, self.max_pixels);
-        let files: Vec<&[u8]> = images.iter().map(|i| i.bytes).collect();
-        let done = self.decoder.on_own_stream(|stream| {
-            let decoded = stream.decode(&files, max_pixels)?;
-            Ok(resize_all(&decoded, images, (height, width, channels), RESIZE_PIXELS))
-        });
-        match done.and_then(|r| r) {
-            Ok(inputs) => inputs,
-            Err(e) => images.iter().map(|_| Err(DecodeFailure::Decoder(format!("JPEG decode on the device failed: {e}")))).collect(),
-        }
+        self.decode_then(images, true)
     }
 
     /// Each file at full size ([h, w, 3] RGB on the device, complete): what
     /// [`Self::decode`] does before the resize, for benchmarks.
     pub fn decode_full(&mut self, images: &[Encoded]) -> Vec<Result<Tensor, DecodeFailure>> {
+        self.decode_then(images, false)
+    }
+
+    fn decode_then(&mut self, images: &[Encoded], resize: bool) -> Vec<Result<Tensor, DecodeFailure>> {
+        let (shape, max_pixels) = ((self.height, self.width, self.channels), self.max_pixels);
         let files: Vec<&[u8]> = images.iter().map(|i| i.bytes).collect();
-        let max_pixels = self.max_pixels;
-        match self.decoder.on_own_stream(|stream| stream.decode(&files, max_pixels)).and_then(|r| r) {
-            Ok(decoded) => decoded,
+        let done = self.decoder.on_own_stream(|stream| {
+            let decoded = stream.decode(&files, max_pixels)?;
+            Ok(if resize { resize_all(&decoded, images, shape, RESIZE_PIXELS) } else { decoded })
+        });
+        match done.and_then(|r| r) {
+            Ok(out) => out,
             Err(e) => images.iter().map(|_| Err(DecodeFailure::Decoder(format!("JPEG decode on the device failed: {e}")))).collect(),
         }
     }
