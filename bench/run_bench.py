@@ -189,7 +189,7 @@ def run_split(args, name, jpeg, pixels, servers, jsonl, startup):
     sock = Path(tempfile.mkdtemp(prefix="bench-")) / "host.sock"
     one_jpeg = sorted(jpeg.iterdir())[0].read_bytes()
     t0 = time.monotonic()
-    host = servers.start("host", [str(args.bin / "model-host"), "--socket", str(sock), "--model", str(args.model),
+    host = servers.start("host", [str(args.host_bin or args.bin / "model-host"), "--socket", str(sock), "--model", str(args.model),
                                   "--device", args.device, "--slots-per-gateway", str(args.slots)]
                          + (["--cpu-threads", str(args.host_cpu_threads)] if args.host_cpu_threads is not None else []))
     urls, v2_urls, grpc_urls = [], [], []
@@ -291,6 +291,7 @@ def plot(rows, out: Path, title: str):
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--bin", type=Path, default=ROOT / "target/release", help="folder with model-host, gateway, loadgen, raw_bench")
+    p.add_argument("--host-bin", type=Path, default=None, help="another model-host to run instead of --bin's (to compare two builds in one run)")
     p.add_argument("--model", type=Path, default=ROOT / "models/digits")
     p.add_argument("--device", default="cpu", help="model-host --device (cpu, cuda, ...)")
     p.add_argument("--concurrency", default="1,8,32")

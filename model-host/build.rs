@@ -24,6 +24,7 @@ fn main() {
     println!("cargo:rerun-if-env-changed=DEP_TCH_LIBTORCH_LIB");
     println!("cargo:rerun-if-changed=shim/torch_shim.cpp");
     println!("cargo:rerun-if-changed=shim/jpeg_shim.cpp");
+    println!("cargo:rerun-if-changed=shim/stream_shim.cpp");
     println!("cargo:rerun-if-changed=shim/shim_errors.h");
     let Ok(lib) = std::env::var("DEP_TCH_LIBTORCH_LIB") else {
         panic!("torch-sys did not say where libtorch is (DEP_TCH_LIBTORCH_LIB)");
@@ -50,6 +51,7 @@ fn build_shim(lib: &Path, cuda: bool) {
         .cpp(true)
         .file("shim/torch_shim.cpp")
         .file("shim/jpeg_shim.cpp")
+        .file("shim/stream_shim.cpp")
         .include(root.join("include"))
         .include(root.join("include/torch/csrc/api/include"))
         .flag("-std=c++17")

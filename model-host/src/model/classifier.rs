@@ -18,6 +18,7 @@ use tch::{Device, Kind, Tensor};
 use crate::model::ModelError;
 use crate::model::config::{ClassifierConfig, OptimizationConfig};
 use crate::model::Input;
+use crate::model::readback::ToHost;
 use crate::torch_shim::{self, CudaGraph, Module};
 
 pub struct ImageClassifier {
@@ -35,8 +36,8 @@ pub struct ImageClassifier {
 /// next batch while this one computes, and only [`Launched::collect`]
 /// waits for it.
 pub struct Launched {
-    values: Tensor,
-    indices: Tensor,
+    /// The top-k values and indices.
+    top: ToHost,
     k: i64,
 }
 
@@ -198,7 +199,7 @@ impl ImageClassifier {
             // overwritten by the next replay as soon as they are queued.
             let scores = if self.softmax { out.f_softmax(1, Kind::Float)? } else { out.f_to_kind(Kind::Float)? };
             let (values, indices) = scores.f_topk(k, 1, true, true)?;
-            Ok(Launched { values, indices, k })
+            Ok(Launched { top: ToHost::queue(vec![values, indices])?, k })
         })
     }
 }
@@ -248,9 +249,10 @@ impl Launched {
     /// Waits for the batch and reads its top-k back: one row per image,
     /// padding rows included.
     pub fn collect(self) -> Result<Vec<Vec<(u32, f32)>>, ModelError> {
-        let Launched { values, indices, k } = self;
-        let values = Vec::<f32>::try_from(values.f_to_device(Device::Cpu)?.f_flatten(0, -1)?)?;
-        let indices = Vec::<i64>::try_from(indices.f_to_device(Device::Cpu)?.f_flatten(0, -1)?)?;
+        let Launched { top, k } = self;
+        let [values, indices] = <[Tensor; 2]>::try_from(top.wait()?).expect("queued as two tensors");
+        let values = Vec::<f32>::try_from(values.f_flatten(0, -1)?)?;
+        let indices = Vec::<i64>::try_from(indices.f_flatten(0, -1)?)?;
         Ok(values
             .chunks(k as usize)
             .zip(indices.chunks(k as usize))

@@ -23,4 +23,7 @@ pub enum ModelError {
     /// Capturing or replaying a CUDA graph failed.
     #[error("CUDA graph: {0}")]
     Graph(String),
+    /// Ordering work between CUDA streams (an event) failed.
+    #[error("CUDA stream: {0}")]
+    Stream(String),
 }

@@ -25,6 +25,7 @@ mod error;
 mod input;
 pub mod jpeg_input;
 pub mod preprocess;
+pub mod readback;
 pub mod tensor_model;
 
 use classifier::{GraphReport, ImageClassifier, WarmShape};

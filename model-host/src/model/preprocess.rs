@@ -31,11 +31,8 @@ impl Preprocessor {
         })
     }
 
-    /// Copies `batch` items (back to back in `bytes`, each as the gateway
-    /// wrote it) to the device and queues their conversion there. On a GPU
-    /// nothing waits: the copy is a DMA from page-locked memory in the
-    /// stream's order.
-    fn device(&self) -> Device {
+    /// The device batches go to.
+    pub fn device(&self) -> Device {
         match self {
             Preprocessor::Image(pre) => pre.device,
             Preprocessor::Tensors(pre) => pre.device,

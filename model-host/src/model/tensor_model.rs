@@ -18,6 +18,7 @@ use tch::{CModule, Device, Tensor};
 
 use crate::model::ModelError;
 use crate::model::Input;
+use crate::model::readback::ToHost;
 use crate::model::dtype::{datatype_of, kind_of};
 
 pub struct TensorModel {
@@ -35,7 +36,7 @@ pub struct TensorModel {
 /// A batch whose forward pass has been queued on the device; its outputs
 /// are checked and in `[[outputs]]` order.
 pub struct Launched {
-    outputs: Vec<Tensor>,
+    outputs: ToHost,
     /// Bytes of one item of each output, and where it goes in the row.
     placements: Vec<Placement>,
     /// Bytes of one item's row: the outputs with their padding.
@@ -71,7 +72,7 @@ impl TensorModel {
                 (e, _) => e,
             })?;
         }
-        Ok(Launched { outputs, placements: self.placements.clone(), row_bytes: self.row_bytes })
+        Ok(Launched { outputs: ToHost::queue(outputs)?, placements: self.placements.clone(), row_bytes: self.row_bytes })
     }
 }
 
@@ -80,7 +81,7 @@ impl Launched {
     /// one buffer per item, each ready to be written into that item's slot.
     pub fn collect(self, rows: usize) -> Result<Vec<Vec<u8>>, ModelError> {
         let mut out = vec![vec![0u8; self.row_bytes]; rows];
-        for (tensor, at) in self.outputs.iter().zip(&self.placements) {
+        for (tensor, at) in self.outputs.wait()?.iter().zip(&self.placements) {
             let item = at.len as usize;
             let used = tensor.f_narrow(0, 0, rows as i64)?;
             // Moves to the CPU and makes it contiguous first as needed.

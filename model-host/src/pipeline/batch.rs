@@ -20,6 +20,7 @@ use crate::model::config::padded_batch;
 use crate::model::Input;
 use crate::model::preprocess::Preprocessor;
 use crate::torch_shim::HostBuffer;
+use crate::torch_shim::stream::CudaEvent;
 
 /// Slots copied into one staging buffer, padded to a warmed shape.
 pub struct Gathered {
@@ -36,10 +37,11 @@ pub struct Gathered {
     decoded: Vec<(usize, Tensor)>,
 }
 
-/// Device memory a batch reads and does not own: the decode stage's
-/// tensors, made on its own stream. Kept until the batch is finished, so
-/// that the caching allocator cannot hand their blocks to the next decode
-/// before the batch's copy out of them has run.
+/// Device memory a batch reads and that was made on another thread's
+/// stream: the decode stage's tensors, and the inputs the feeder uploaded
+/// on its own. Kept until the batch is finished, so that the caching
+/// allocator cannot hand their blocks to that stream's next work before
+/// this batch has read them.
 type Borrowed = Vec<Tensor>;
 
 /// A batch queued on the device.
@@ -111,29 +113,38 @@ pub struct Uploaded {
     padded: usize,
     k: usize,
     input: Result<Input, ModelError>,
+    /// On a GPU: the end of the upload on the feeder's stream, which the
+    /// model's stream waits for before the forward pass.
+    uploaded: Option<CudaEvent>,
     borrowed: Borrowed,
 }
 
-impl Uploaded {
-    /// Requests in the batch (without padding).
-    pub fn len(&self) -> usize {
-        self.jobs.len()
-    }
-}
-
 /// Starts the gathered batch's copy to the device. On a GPU this only
-/// queues the copy and the pre-processing behind the batch still running.
+/// queues the copy and the pre-processing on the calling thread's stream
+/// (the feeder's own: beside the batch still running, not behind it).
 pub fn upload(pre: &Preprocessor, batch: Gathered) -> Uploaded {
-    let input = pre.upload(batch.staging, batch.padded, &batch.decoded).map_err(ModelError::from);
+    let mut uploaded = None;
+    let input = pre.upload(batch.staging, batch.padded, &batch.decoded).map_err(ModelError::from).and_then(|input| {
+        uploaded = CudaEvent::record(pre.device()).map_err(|e| ModelError::Stream(e.0))?;
+        Ok(input)
+    });
     let borrowed = batch.decoded.into_iter().map(|(_, t)| t).collect();
-    Uploaded { jobs: batch.jobs, padded: batch.padded, k: batch.k, input, borrowed }
+    Uploaded { jobs: batch.jobs, padded: batch.padded, k: batch.k, input, uploaded, borrowed }
 }
 
-/// Queues the forward pass of an uploaded batch.
+/// Queues the forward pass of an uploaded batch on the calling thread's
+/// stream, after its upload.
 pub fn launch(model: &Model, batch: Uploaded) -> Running {
     let launched_at = Instant::now();
-    let launched = batch.input.and_then(|input| model.launch(input, batch.k));
-    Running { jobs: batch.jobs, padded: batch.padded, launched, launched_at, borrowed: batch.borrowed }
+    let Uploaded { jobs, padded, k, input, uploaded, mut borrowed } = batch;
+    let launched = input.and_then(|input| {
+        if let Some(uploaded) = &uploaded {
+            uploaded.block_current().map_err(|e| ModelError::Stream(e.0))?;
+        }
+        borrowed.extend(input.tensors.iter().map(Tensor::shallow_clone));
+        model.launch(input, k)
+    });
+    Running { jobs, padded, launched, launched_at, borrowed }
 }
 
 /// Waits for a running batch and answers each of its jobs: a classifier's

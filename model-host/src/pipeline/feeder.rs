@@ -22,6 +22,7 @@ use crate::pipeline::batcher::{Batcher, Next};
 use crate::counters::Counters;
 use crate::pipeline::jobs::Job;
 use crate::model::preprocess::Preprocessor;
+use crate::torch_shim::stream::use_own_stream;
 
 /// The feeder's answer to one ask.
 pub enum Fed {
@@ -54,6 +55,11 @@ impl Feeder {
             .spawn(move || {
                 if self.cpu_threads > 0 {
                     tch::set_num_threads(self.cpu_threads);
+                }
+                // Uploads on a stream of their own overlap the batch the
+                // model's stream runs, instead of queueing behind it.
+                if let Err(e) = use_own_stream(self.pre.device()) {
+                    tracing::warn!(error = %e.0, "no CUDA stream of the feeder's own; uploads queue behind each forward pass");
                 }
                 for wait in asks {
                     let fed = match self.batcher.next(&self.jobs, wait, &self.counters) {

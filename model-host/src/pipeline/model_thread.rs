@@ -11,7 +11,7 @@ use std::time::Instant;
 use std::time::Duration;
 
 use crate::config::DeviceChoice;
-use crate::pipeline::batch::{self, Uploaded};
+use crate::pipeline::batch::{self, Running};
 use crate::pipeline::batcher::Batcher;
 use crate::pipeline::feeder::{Fed, Feeder};
 use crate::counters::Counters;
@@ -74,7 +74,6 @@ impl ModelThread {
             Err(e) => return self.reporter.failed(e.to_string()),
         };
         let batching = &self.model.config.batching;
-        let max_batch = u64::from(batching.max_batch_size);
         // The feeder and the decode stage own the job queue from here on.
         let Some(Queues { ready, jpegs, decoded }) = self.queues.take() else {
             return self.reporter.failed("the model thread was started without its job queue".into());
@@ -103,53 +102,47 @@ impl ModelThread {
         // The watchdog is pinged from this loop and nowhere else: if a
         // forward pass hangs, the pings stop and systemd restarts the host.
         let tick = self.notifier.watchdog_interval().unwrap_or(Duration::from_secs(1));
-        let mut wait = tick;
-        // A batch the feeder has already uploaded, to launch next.
-        let mut next: Option<Uploaded> = None;
+        // On a GPU the next batch is queued on the device before this one's
+        // answers are waited for (its read-back is queued ahead of it), so
+        // the GPU goes from one batch straight to the next. On a CPU
+        // "launching" is the whole forward pass, which must not hold back
+        // the answers of the batch before it.
+        let pipelined = device.is_cuda();
+        // The batch on the device whose answers are not yet sent.
+        let mut running: Option<Running> = None;
         loop {
-            let uploaded = match next.take() {
-                Some(uploaded) => uploaded,
-                None => {
-                    if ask.send(wait).is_err() {
-                        break;
-                    }
-                    match answers.recv() {
-                        Ok(Fed::Batch(uploaded)) => uploaded,
-                        Ok(Fed::Idle) => {
-                            wait = tick;
-                            self.notifier.watchdog_ping();
-                            continue;
-                        }
-                        Err(_) => break,
-                    }
+            let Some(current) = running.take() else {
+                // Nothing on the device: wait for a batch.
+                if ask.send(tick).is_err() {
+                    break;
                 }
+                match answers.recv() {
+                    Ok(Fed::Batch(uploaded)) => running = Some(batch::launch(&model, uploaded)),
+                    Ok(Fed::Idle) => self.notifier.watchdog_ping(),
+                    Err(_) => break,
+                }
+                continue;
             };
-            // Ask for the next batch while this one runs, so the feeder
-            // prepares it meanwhile; only a batch already due is taken (wait
-            // zero), else the next ask waits for one. When the backlog
-            // already holds a full batch, ask before launching: launching
-            // ResNet-50's kernels is itself milliseconds of CPU, and the
-            // next batch will be full whenever it is formed (fp16 on an
-            // H100: 6,426 -> 8,102 img/s). Otherwise ask after launching,
-            // so that the batch is formed as late as possible and more
-            // requests share it (on a CPU the launch is the whole forward
-            // pass).
-            let backlog = self.counters.in_flight.load(Relaxed).saturating_sub(uploaded.len() as u64);
-            let early = backlog >= max_batch;
-            let mut asked = early && ask.send(Duration::ZERO).is_ok();
-            let running = batch::launch(&model, uploaded);
-            if !early {
-                asked = ask.send(Duration::ZERO).is_ok();
+            // While it runs, the feeder forms the next batch from what is
+            // due now (wait zero) and uploads it. Formed only now, one batch
+            // ahead, so that as many requests as possible share it.
+            let asked = ask.send(Duration::ZERO).is_ok();
+            let mut current = Some(current);
+            if !pipelined && let Some(current) = current.take() {
+                batch::finish(current, &self.counters);
             }
-            batch::finish(running, &self.counters);
+            let fed = if asked { answers.recv().ok() } else { None };
+            let closed = fed.is_none();
+            running = match fed {
+                Some(Fed::Batch(uploaded)) => Some(batch::launch(&model, uploaded)),
+                _ => None,
+            };
+            if let Some(current) = current {
+                batch::finish(current, &self.counters);
+            }
             self.notifier.watchdog_ping();
-            if !asked {
+            if closed {
                 break;
-            }
-            match answers.recv() {
-                Ok(Fed::Batch(uploaded)) => next = Some(uploaded),
-                Ok(Fed::Idle) => wait = tick,
-                Err(_) => break,
             }
         }
         tracing::info!("job queue closed; model thread exits");

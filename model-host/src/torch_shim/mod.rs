@@ -1,7 +1,8 @@
 //! What tch does not expose, through the C++ shim in `shim/torch_shim.cpp`:
 //! a module loaded, frozen and `optimize_for_inference`d, its forward pass
-//! under `c10::InferenceMode`, and CUDA graphs captured from it; and, in
-//! [`jpeg`] (`shim/jpeg_shim.cpp`), JPEG decode on the GPU with nvJPEG.
+//! under `c10::InferenceMode`, and CUDA graphs captured from it; in
+//! [`jpeg`] (`shim/jpeg_shim.cpp`), JPEG decode on the GPU with nvJPEG; and
+//! in [`stream`] (`shim/stream_shim.cpp`), CUDA streams and events.
 //!
 //! The crate's one other home of `unsafe` besides `protocol::shm`: every
 //! call into the shim is here, each with its `// SAFETY:`. The shim turns
@@ -264,6 +265,7 @@ impl Drop for CudaGraph {
 }
 
 pub mod jpeg;
+pub mod stream;
 
 #[cfg(test)]
 mod tests;

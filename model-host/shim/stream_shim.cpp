@@ -1,0 +1,91 @@
+// CUDA streams and events for the host's pipeline, as a C surface for
+// model-host/src/torch_shim/stream.rs: the feeder thread uploads batches on
+// a stream of its own, and the model thread's stream waits for each upload
+// on the GPU (an event), not on the CPU. The model thread reads each
+// batch's answers back asynchronously and waits for them on an event, so
+// that it can queue the next batch first.
+//
+// Only libtorch's own calls (c10::Event goes through the CUDA backend
+// registered in libc10_cuda): nothing here calls the CUDA runtime, as in
+// torch_shim.cpp. Errors come back as messages (shim_errors.h).
+
+#include <memory>
+#include <stdexcept>
+
+#include <c10/core/Event.h>
+#include <c10/core/Stream.h>
+
+#ifdef SHIM_WITH_CUDA
+#include <c10/cuda/CUDAStream.h>
+#endif
+
+#include "shim_errors.h"
+
+using shim::error_of;
+using shim::guarded;
+
+struct ShimEvent {
+  c10::Event event{c10::DeviceType::CUDA};
+};
+
+extern "C" {
+
+#ifdef SHIM_WITH_CUDA
+
+// Makes a stream of libtorch's pool (non-blocking: it never waits for the
+// legacy default stream) the calling thread's current stream on `device`,
+// for the rest of the thread's life.
+char* shim_stream_own(int device) {
+  return guarded([&] {
+    c10::cuda::setCurrentCUDAStream(c10::cuda::getStreamFromPool(false, static_cast<c10::DeviceIndex>(device)));
+  });
+}
+
+// A new event, recorded on the calling thread's current stream on `device`:
+// it completes when everything queued there so far has run.
+char* shim_event_record(int device, ShimEvent** out) {
+  return guarded([&] {
+    auto e = std::make_unique<ShimEvent>();
+    e->event.record(c10::cuda::getCurrentCUDAStream(static_cast<c10::DeviceIndex>(device)).unwrap());
+    *out = e.release();
+  });
+}
+
+// Makes the calling thread's current stream on `device` wait for the event
+// before whatever is queued on it next (on the GPU; the CPU goes on).
+char* shim_event_block(ShimEvent* e, int device) {
+  return guarded([&] { e->event.block(c10::cuda::getCurrentCUDAStream(static_cast<c10::DeviceIndex>(device)).unwrap()); });
+}
+
+// Waits on the CPU until the event has completed.
+char* shim_event_synchronize(ShimEvent* e) {
+  return guarded([&] { e->event.synchronize(); });
+}
+
+#else  // a CPU-only libtorch: no streams, so nothing to order
+
+char* shim_stream_own(int device) {
+  (void)device;
+  return error_of("this model-host was built without CUDA support in its shim");
+}
+
+char* shim_event_record(int device, ShimEvent** out) {
+  (void)device; (void)out;
+  return error_of("this model-host was built without CUDA support in its shim");
+}
+
+char* shim_event_block(ShimEvent* e, int device) {
+  (void)e; (void)device;
+  return error_of("this model-host was built without CUDA support in its shim");
+}
+
+char* shim_event_synchronize(ShimEvent* e) {
+  (void)e;
+  return error_of("this model-host was built without CUDA support in its shim");
+}
+
+#endif
+
+void shim_event_free(ShimEvent* e) { delete e; }
+
+}  // extern "C"

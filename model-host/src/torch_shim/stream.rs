@@ -1,0 +1,99 @@
+//! CUDA streams and events (`shim/stream_shim.cpp`), for the pipeline's
+//! two threads: the feeder uploads on a stream of its own
+//! ([`use_own_stream`]) and records an event after each upload; the model
+//! thread's stream waits for that event on the GPU ([`CudaEvent::block_current`]),
+//! so that an upload overlaps the forward pass before it instead of
+//! queueing behind it. The model thread also records an event after each
+//! batch's read-back and waits for it on the CPU ([`CudaEvent::synchronize`]),
+//! so it can queue the next batch before waiting for this one's answers.
+//!
+//! Off the GPU every function is a no-op: a CPU runs each call to the end
+//! before it returns, so there is nothing to order.
+
+use std::ffi::{c_char, c_int};
+
+use tch::Device;
+
+use super::{ShimError, check};
+
+/// The shim's opaque event type.
+#[repr(C)]
+struct ShimEvent {
+    _private: [u8; 0],
+}
+
+unsafe extern "C" {
+    fn shim_stream_own(device: c_int) -> *mut c_char;
+    fn shim_event_record(device: c_int, out: *mut *mut ShimEvent) -> *mut c_char;
+    fn shim_event_block(event: *mut ShimEvent, device: c_int) -> *mut c_char;
+    fn shim_event_synchronize(event: *mut ShimEvent) -> *mut c_char;
+    fn shim_event_free(event: *mut ShimEvent);
+}
+
+/// Gives the calling thread a CUDA stream of its own on `device` (from
+/// libtorch's pool, not waiting for the legacy default stream), for the
+/// rest of its life: what it queues from here on runs beside the other
+/// threads' work. A no-op off the GPU.
+pub fn use_own_stream(device: Device) -> Result<(), ShimError> {
+    let Device::Cuda(index) = device else { return Ok(()) };
+    // SAFETY: takes a device index and changes this thread's current
+    // stream; the shim catches every C++ exception.
+    check(unsafe { shim_stream_own(index as c_int) })
+}
+
+/// A point in one stream's work: complete once everything queued on that
+/// stream before it has run.
+pub struct CudaEvent {
+    raw: *mut ShimEvent,
+    device: c_int,
+}
+
+// SAFETY: a c10::Event may be recorded on one thread and waited for on
+// another (that is its purpose); this handle is used by one thread at a
+// time (it moves with the batch from the feeder to the model thread).
+unsafe impl Send for CudaEvent {}
+
+impl CudaEvent {
+    /// Records an event on the calling thread's current stream on
+    /// `device`; None off the GPU.
+    pub fn record(device: Device) -> Result<Option<Self>, ShimError> {
+        let Device::Cuda(index) = device else { return Ok(None) };
+        let mut raw = std::ptr::null_mut();
+        // SAFETY: `raw` is written only on success, with a new event that
+        // this handle then owns and frees once, in Drop.
+        check(unsafe { shim_event_record(index as c_int, &mut raw) })?;
+        Ok(Some(CudaEvent { raw, device: index as c_int }))
+    }
+
+    /// Makes the calling thread's current stream (on the event's device)
+    /// wait for the event before running what is queued on it next. The
+    /// CPU does not wait.
+    pub fn block_current(&self) -> Result<(), ShimError> {
+        // SAFETY: `raw` is a live event owned by this handle.
+        check(unsafe { shim_event_block(self.raw, self.device) })
+    }
+
+    /// Waits on the CPU until the event has completed.
+    pub fn synchronize(&self) -> Result<(), ShimError> {
+        // SAFETY: `raw` is a live event owned by this handle.
+        check(unsafe { shim_event_synchronize(self.raw) })
+    }
+}
+
+impl Drop for CudaEvent {
+    fn drop(&mut self) {
+        // SAFETY: `raw` was made by shim_event_record and is freed once, here.
+        unsafe { shim_event_free(self.raw) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn off_the_gpu_there_is_nothing_to_order() {
+        use_own_stream(Device::Cpu).unwrap();
+        assert!(CudaEvent::record(Device::Cpu).unwrap().is_none());
+    }
+}
