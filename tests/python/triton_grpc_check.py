@@ -37,6 +37,10 @@ from tritonclient.utils import InferenceServerException
 from triton_client_check import BATCH, TOLERANCE, check, held_out, local_probabilities
 from triton_tensor_check import NUMPY, batch, compare, load
 
+# Two answers of the same host to the same pixels: rounding apart at most
+# (see classifier()).
+SAME_INPUT_TOLERANCE = 1e-6
+
 STREAMED = 100
 # The InferTensorContents field for each datatype the protocol gives one.
 TYPED = {
@@ -181,10 +185,17 @@ def classifier(args, client, stub, http):
     print(f"PIXELS raw: max |diff| {diff:.3g} to the local model")
     check(got.shape == expected.shape and diff < TOLERANCE, f"PIXELS raw differs by {diff}")
     rest = rest_pixels(http, model, pixels)
-    check(np.array_equal(got, rest), "gRPC and REST answers differ for the same pixels")
+    # Not bit for bit: the host batches each item with whatever else is
+    # queued, and libtorch's CPU forward pass rounds an item differently by
+    # its place in the batch (the same digit at row 0 or row 3 of a batch:
+    # up to 9e-8 apart in probability), so two calls with the same pixels
+    # agree only to rounding.
+    diff = float(np.abs(got - rest).max())
+    check(got.shape == rest.shape and diff < SAME_INPUT_TOLERANCE, f"gRPC and REST answers differ by {diff} for the same pixels")
     typed = stub.ModelInfer(typed_request(model, [("PIXELS", "UINT8", pixels)]), timeout=60)
     got = output_array(typed, "PROBABILITIES", np.float32)
-    check(np.array_equal(got, rest), "typed uint_contents answer differs from REST's")
+    diff = float(np.abs(got - rest).max())
+    check(got.shape == rest.shape and diff < SAME_INPUT_TOLERANCE, f"typed uint_contents answer differs from REST's by {diff}")
     print("PIXELS typed uint_contents: equal to raw and to REST")
     top = infer_pixels(client, model, pixels, class_count=3)
     check(top.shape == (BATCH, 3), f"classification shape {top.shape}")

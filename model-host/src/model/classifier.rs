@@ -295,6 +295,34 @@ mod tests {
         model.warm_up_parallel(Vec::new(), 4).unwrap();
     }
 
+    /// Why two answers to the same pixels agree only to rounding (the
+    /// Triton client checks compare them with a tolerance of 1e-6): the
+    /// batcher puts a request in whatever batch is forming, at whatever row,
+    /// and libtorch's CPU forward pass rounds a row by its place.
+    #[test]
+    fn an_images_answer_depends_on_its_batch_only_by_rounding() {
+        let (file, loaded) = digits();
+        let config = loaded.config.classifier().unwrap();
+        let model = ImageClassifier::load(&file, config, &loaded.config.optimization, Device::Cpu).unwrap();
+        tch::manual_seed(7);
+        let batch = Tensor::rand([8, 1, 32, 32], (Kind::Float, Device::Cpu));
+        let answers = |x: Tensor| {
+            let b = x.size()[0];
+            let rows = model.launch(Input { tensors: vec![x], batch: b }, 10).unwrap().collect().unwrap();
+            rows.into_iter().map(|mut row| {
+                row.sort_by_key(|&(class, _)| class);
+                row.into_iter().map(|(_, p)| p).collect::<Vec<f32>>()
+            }).collect::<Vec<_>>()
+        };
+        let alone = answers(batch.narrow(0, 3, 1));
+        let in_order = answers(batch.shallow_clone());
+        let reversed = answers(batch.flip([0]));
+        for other in [&in_order[3], &reversed[4]] {
+            let worst = alone[0].iter().zip(other).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+            assert!(worst < 1e-6, "row 3 alone and in a batch differ by {worst}");
+        }
+    }
+
     #[test]
     fn warm_up_on_threads_still_checks_each_output() {
         let (file, loaded) = digits();
