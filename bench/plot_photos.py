@@ -25,6 +25,7 @@ def main():
     ap.add_argument("--ceiling", type=Path)
     ap.add_argument("--photo-ceiling", nargs="*", default=[], help="NAME=photo_ceiling.py rows")
     ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--title", default="ResNet-50 fp16-cl on one H200, 4 gateways, JPEG in")
     args = ap.parse_args()
     fig, ax = plt.subplots(figsize=(7, 4.2))
     for path in args.rows:
@@ -46,7 +47,7 @@ def main():
     ax.set_yscale("log")
     ax.set_xlabel("clients")
     ax.set_ylabel("images / s")
-    ax.set_title("ResNet-50 fp16-cl on one H200, 4 gateways, JPEG in")
+    ax.set_title(args.title)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
