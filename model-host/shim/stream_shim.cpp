@@ -32,12 +32,18 @@ extern "C" {
 
 #ifdef SHIM_WITH_CUDA
 
+int shim_has_streams() { return 1; }
+
 // Makes a stream of libtorch's pool (non-blocking: it never waits for the
 // legacy default stream) the calling thread's current stream on `device`,
-// for the rest of the thread's life.
+// for the rest of the thread's life. From the high-priority pool: the
+// low-priority one is shared in turn by the JPEG decoders and each graph
+// capture, and with enough of those the feeder's uploads would queue
+// behind a decoder's work; the uploads' few small kernels also go ahead of
+// the forward pass's.
 char* shim_stream_own(int device) {
   return guarded([&] {
-    c10::cuda::setCurrentCUDAStream(c10::cuda::getStreamFromPool(false, static_cast<c10::DeviceIndex>(device)));
+    c10::cuda::setCurrentCUDAStream(c10::cuda::getStreamFromPool(true, static_cast<c10::DeviceIndex>(device)));
   });
 }
 
@@ -62,7 +68,9 @@ char* shim_event_synchronize(ShimEvent* e) {
   return guarded([&] { e->event.synchronize(); });
 }
 
-#else  // a CPU-only libtorch: no streams, so nothing to order
+#else  // built without the CUDA headers: no streams (callers copy synchronously)
+
+int shim_has_streams() { return 0; }
 
 char* shim_stream_own(int device) {
   (void)device;

@@ -5,13 +5,14 @@
 //! next batch before it waits for this one's answers: the GPU then goes
 //! from one batch straight to the next instead of idling while the thread
 //! reads back, answers and launches (docs/BENCHMARKS.md, "Two streams").
-//! The copy is queued before the next batch, so its answers are not
-//! delayed by it.
+//! The copy is queued on the GPU before the next batch, so the GPU does
+//! not make the answers wait for it; the model thread does send them only
+//! after it has launched the next batch (docs/ARCHITECTURE.md).
 
 use tch::{Device, Tensor};
 
 use crate::model::ModelError;
-use crate::torch_shim::stream::CudaEvent;
+use crate::torch_shim::stream::{CudaEvent, has_streams};
 
 /// Output tensors being copied to host memory.
 pub struct ToHost {
@@ -31,8 +32,11 @@ impl ToHost {
             return Ok(ToHost { tensors, landed: None });
         }
         // non_blocking to the CPU: libtorch allocates the destination
-        // page-locked and queues the copy without waiting for it.
-        let tensors = tensors.iter().map(|t| t.f_to_device_(Device::Cpu, t.kind(), true, false)).collect::<Result<_, _>>()?;
+        // page-locked and queues the copy without waiting for it. Without
+        // events to wait on (a shim built without streams) the copy must
+        // wait itself.
+        let non_blocking = has_streams();
+        let tensors = tensors.iter().map(|t| t.f_to_device_(Device::Cpu, t.kind(), non_blocking, false)).collect::<Result<_, _>>()?;
         let landed = CudaEvent::record(device).map_err(|e| ModelError::Stream(e.0))?;
         Ok(ToHost { tensors, landed })
     }

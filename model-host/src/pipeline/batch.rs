@@ -1,11 +1,11 @@
 //! One batch's life on the model thread: gather the slots out of shared
 //! memory, launch it on the device, collect and answer.
 //!
-//! The steps are apart so that two threads can overlap them: the feeder
-//! gathers batch N+1 out of shared memory and queues its copy to the device
-//! while the model thread waits for batch N; only then does the model
-//! thread launch N+1's forward pass (launching it earlier would queue it
-//! ahead of N's readback and delay N's answers by a whole batch).
+//! The steps are apart so that two threads overlap them: the feeder
+//! gathers batch N+1 out of shared memory and uploads it on its own stream
+//! while batch N runs; on a GPU the model thread then launches N+1 behind
+//! N's read-back (already queued, so the GPU does not make N's answers
+//! wait) and only then waits for N and answers it.
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Instant;
@@ -49,7 +49,9 @@ pub struct Running {
     jobs: Vec<Job>,
     padded: usize,
     launched: Result<Launched, ModelError>,
-    /// When the batch was handed to the device.
+    /// When the batch was handed to the device: on a GPU, while the batch
+    /// before it still runs, so the time to its answers (a request's
+    /// `inference_us`) includes the rest of that batch.
     launched_at: Instant,
     borrowed: Borrowed,
 }

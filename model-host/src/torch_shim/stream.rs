@@ -8,7 +8,9 @@
 //! so it can queue the next batch before waiting for this one's answers.
 //!
 //! Off the GPU every function is a no-op: a CPU runs each call to the end
-//! before it returns, so there is nothing to order.
+//! before it returns, so there is nothing to order. So are they in a shim
+//! built without CUDA's headers ([`has_streams`] false): everything then
+//! runs on one stream, and the read-back copies synchronously.
 
 use std::ffi::{c_char, c_int};
 
@@ -23,6 +25,7 @@ struct ShimEvent {
 }
 
 unsafe extern "C" {
+    fn shim_has_streams() -> c_int;
     fn shim_stream_own(device: c_int) -> *mut c_char;
     fn shim_event_record(device: c_int, out: *mut *mut ShimEvent) -> *mut c_char;
     fn shim_event_block(event: *mut ShimEvent, device: c_int) -> *mut c_char;
@@ -30,12 +33,21 @@ unsafe extern "C" {
     fn shim_event_free(event: *mut ShimEvent);
 }
 
+/// Whether this build of the shim has CUDA streams and events.
+pub fn has_streams() -> bool {
+    // SAFETY: takes nothing, returns a constant.
+    unsafe { shim_has_streams() != 0 }
+}
+
 /// Gives the calling thread a CUDA stream of its own on `device` (from
-/// libtorch's pool, not waiting for the legacy default stream), for the
-/// rest of its life: what it queues from here on runs beside the other
-/// threads' work. A no-op off the GPU.
+/// libtorch's high-priority pool, not waiting for the legacy default
+/// stream), for the rest of its life: what it queues from here on runs
+/// beside the other threads' work. A no-op off the GPU or without streams.
 pub fn use_own_stream(device: Device) -> Result<(), ShimError> {
     let Device::Cuda(index) = device else { return Ok(()) };
+    if !has_streams() {
+        return Ok(());
+    }
     // SAFETY: takes a device index and changes this thread's current
     // stream; the shim catches every C++ exception.
     check(unsafe { shim_stream_own(index as c_int) })
@@ -55,9 +67,13 @@ unsafe impl Send for CudaEvent {}
 
 impl CudaEvent {
     /// Records an event on the calling thread's current stream on
-    /// `device`; None off the GPU.
+    /// `device`; None off the GPU or without streams (then there is only
+    /// one stream, and its order is enough).
     pub fn record(device: Device) -> Result<Option<Self>, ShimError> {
         let Device::Cuda(index) = device else { return Ok(None) };
+        if !has_streams() {
+            return Ok(None);
+        }
         let mut raw = std::ptr::null_mut();
         // SAFETY: `raw` is written only on success, with a new event that
         // this handle then owns and frees once, in Drop.
