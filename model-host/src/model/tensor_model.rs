@@ -84,7 +84,7 @@ impl Launched {
         for (tensor, at) in self.outputs.wait()?.iter().zip(&self.placements) {
             let item = at.len as usize;
             let used = tensor.f_narrow(0, 0, rows as i64)?;
-            // Moves to the CPU and makes it contiguous first as needed.
+            // Already in host memory (readback.rs); made contiguous first as needed.
             let mut bytes = vec![0u8; rows * item];
             used.f_copy_data_u8(&mut bytes, used.numel())?;
             for (row, chunk) in out.iter_mut().zip(bytes.chunks_exact(item)) {

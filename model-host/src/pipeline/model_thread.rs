@@ -127,17 +127,19 @@ impl ModelThread {
             // due now (wait zero) and uploads it. Formed only now, one batch
             // ahead, so that as many requests as possible share it.
             let asked = ask.send(Duration::ZERO).is_ok();
-            let mut current = Some(current);
-            if !pipelined && let Some(current) = current.take() {
+            let unanswered = if pipelined {
+                Some(current)
+            } else {
                 batch::finish(current, &self.counters);
-            }
+                None
+            };
             let fed = if asked { answers.recv().ok() } else { None };
             let closed = fed.is_none();
             running = match fed {
                 Some(Fed::Batch(uploaded)) => Some(batch::launch(&model, uploaded)),
                 _ => None,
             };
-            if let Some(current) = current {
+            if let Some(current) = unanswered {
                 batch::finish(current, &self.counters);
             }
             self.notifier.watchdog_ping();
