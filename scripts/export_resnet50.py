@@ -21,6 +21,8 @@ def main():
     ap.add_argument("--out", type=Path, default=Path("models/resnet50"))
     ap.add_argument("--max-batch-size", type=int, default=32)
     ap.add_argument("--max-queue-delay-us", type=int, default=0)
+    ap.add_argument("--batch-sizes", default=None,
+                    help="model.toml [batching] batch_sizes, e.g. 1,2,4,8,16 (default: the host's own shapes)")
     ap.add_argument("--precision", choices=["fp32", "fp16", "bf16"], default="fp32")
     ap.add_argument("--channels-last", action="store_true",
                     help="store the weights channels-last (NHWC) and feed the input so")
@@ -66,7 +68,7 @@ labels = [
 
 [batching]
 max_batch_size = {b}
-# batch_sizes: default, powers of two up to max_batch_size
+{f"batch_sizes = [{args.batch_sizes}]" if args.batch_sizes else "# batch_sizes: the host's default shapes up to max_batch_size"}
 max_queue_delay_us = {args.max_queue_delay_us}
 
 [optimization]

@@ -112,6 +112,11 @@ async fn bad_inputs_get_their_status_and_the_host_stays_healthy() {
     let status = gateway.host_status().await;
     assert_eq!(status["pid"], host.pid());
     assert_eq!(status["model_loads"], 1);
+    // Each request leases its slot while its body is still read: every bad
+    // one gave it back. (A lease given up at its deadline is released once
+    // the host's grant comes, which may follow the status asked above.)
+    let released = eventually(Duration::from_secs(10), async || gateway.host_status().await["leased_slots"] == 0).await;
+    assert!(released.is_some(), "slots still leased: {}", gateway.host_status().await);
     let (status, _, body) = post_image(&client, &url, good.bytes.clone(), "image/png").await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(top_label(&body), good.label);

@@ -71,3 +71,34 @@ async fn a_burst_past_the_slots_waits_for_them_and_past_max_waiting_is_refused_a
     }
     assert!(answers.iter().filter(|a| a.0 == 200).all(|a| a.2), "an answer went to the wrong request: {answers:?}");
 }
+
+/// A request leases its slot while its body is still arriving (the lease's
+/// round trip to the host then overlaps the upload, not follows it), and
+/// the slot is written and used once the body is complete.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slot_is_leased_while_the_body_is_still_arriving() {
+    let scratch = Scratch::new();
+    let _host = scratch.start_host(&[]);
+    let gateway = scratch.start_gateway(&[]);
+    gateway.wait_ready().await;
+    let sample = testset("gray8").remove(0);
+    let (half, rest) = sample.bytes.split_at(sample.bytes.len() / 2);
+    let (tx, rx) = futures::channel::mpsc::unbounded::<Result<Vec<u8>, std::io::Error>>();
+    tx.unbounded_send(Ok(half.to_vec())).unwrap();
+    let body = reqwest::Body::wrap_stream(rx);
+    let request = reqwest::Client::new().post(gateway.predict_url()).header("content-type", "image/png").body(body).send();
+    let answer = tokio::spawn(request);
+
+    // Half the body is in: the slot is already the request's.
+    let leased = integration_tests::eventually(Duration::from_secs(10), async || gateway.host_status().await["leased_slots"] == 1).await;
+    assert!(leased.is_some(), "no slot leased while the body arrived: {}", gateway.host_status().await);
+    assert!(!answer.is_finished());
+
+    tx.unbounded_send(Ok(rest.to_vec())).unwrap();
+    drop(tx);
+    let response = answer.await.unwrap().unwrap();
+    assert_eq!(response.status(), 200);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(top_label(&body), sample.label, "{body}");
+    assert_eq!(gateway.host_status().await["leased_slots"], 0);
+}

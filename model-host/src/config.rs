@@ -78,6 +78,14 @@ pub struct Config {
     #[arg(long, env = "MODEL_HOST_CPU_THREADS", default_value_t = 0)]
     pub cpu_threads: u32,
 
+    /// On a GPU, microseconds the feeder and the model thread poll for
+    /// their next job or batch before they sleep: a sleeping thread takes
+    /// tens of microseconds to wake, twice per request. Costs up to two
+    /// cores while requests keep coming, none when idle; 0 turns it off.
+    /// Ignored on the CPU.
+    #[arg(long, env = "MODEL_HOST_SPIN_US", default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=100_000))]
+    pub spin_us: u64,
+
     /// On a GPU, MiB that must be free beyond the weights file's size
     /// before the model is loaded (CUDA context, cuDNN workspaces,
     /// activations); with less, the host refuses to start, naming the

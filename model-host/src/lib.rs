@@ -67,6 +67,7 @@ pub async fn run(
         model: loaded,
         device: config.device,
         cpu_threads: config.cpu_threads,
+        spin: std::time::Duration::from_micros(config.spin_us),
         load_headroom_mb: config.load_headroom_mb,
         reporter,
         counters: counters.clone(),

@@ -38,7 +38,7 @@ impl SlotLease {
         let permit = link.slot_permit().await?;
         let request_id = link.next_request_id();
         let answer = link.request(request_id, GatewayMessage::Lease { request_id }, Some(permit))?;
-        let Answer { message, permit, .. } = RequestGuard { link, request_id }.wait(answer).await?;
+        let Answer { message, permit, .. } = RequestGuard::new(link, request_id, answer).wait().await?;
         match message {
             HostMessage::Leased { slot, .. } => Ok(SlotLease { link: link.clone(), slot, owned: true, permit }),
             HostMessage::LeaseRefused { reason, .. } => Err(match reason {

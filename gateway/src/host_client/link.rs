@@ -220,7 +220,20 @@ impl Link {
                 Answer { message, outputs: Vec::new(), permit }
             }
         };
-        let _ = answer.send(answer_of);
+        if let Err(unread) = answer.send(answer_of) {
+            // The waiter gave up between the lookup and now.
+            self.unread(unread);
+        }
+    }
+
+    /// Settles an answer its request gave up on after it came: a slot
+    /// granted to nobody goes back to the host (its permit only once the
+    /// Release is queued, ahead of any later Lease on the same stream).
+    fn unread(&self, answer: Answer) {
+        if let HostMessage::Leased { slot, .. } = answer.message {
+            self.send(GatewayMessage::Release { slot });
+        }
+        drop(answer.permit);
     }
 
     /// Copies a tensor model's outputs out of slot `index`.
@@ -349,7 +362,7 @@ impl Link {
     pub async fn status(self: &Arc<Self>) -> Result<HostStatus, HostCallError> {
         let request_id = self.next_request_id();
         let answer = self.request(request_id, GatewayMessage::Status { request_id }, None)?;
-        match (RequestGuard { link: self, request_id }).wait(answer).await?.message {
+        match RequestGuard::new(self, request_id, answer).wait().await?.message {
             HostMessage::Status { status, .. } => Ok(status),
             other => Err(HostCallError::Rejected(format!("unexpected answer to Status: {other:?}"))),
         }
@@ -357,22 +370,40 @@ impl Link {
 }
 
 /// Removes the waiter if the caller stops waiting (deadline, client gone).
+/// A request's wait for its answer. Dropped before the answer is read (the
+/// caller gave up: a deadline, a client gone, a request that failed
+/// beside its lease), it forgets the request; an answer that came but was
+/// not read is settled as if it had come after (see [`Link::unread`]).
 pub(super) struct RequestGuard<'a> {
-    pub link: &'a Link,
-    pub request_id: u64,
+    link: &'a Link,
+    request_id: u64,
+    /// None once the answer is read.
+    answer: Option<oneshot::Receiver<Answer>>,
 }
 
-impl RequestGuard<'_> {
-    pub async fn wait(self, answer: oneshot::Receiver<Answer>) -> Result<Answer, HostCallError> {
+impl<'a> RequestGuard<'a> {
+    pub fn new(link: &'a Link, request_id: u64, answer: oneshot::Receiver<Answer>) -> Self {
+        Self { link, request_id, answer: Some(answer) }
+    }
+
+    pub async fn wait(mut self) -> Result<Answer, HostCallError> {
+        let answer = self.answer.as_mut().expect("the receiver is only taken here and on drop");
         let result = answer.await.map_err(|_| HostCallError::Unavailable { phase: "disconnected".into() });
-        std::mem::forget(self);
+        self.answer = None;
         result
     }
 }
 
 impl Drop for RequestGuard<'_> {
     fn drop(&mut self) {
+        let Some(mut answer) = self.answer.take() else { return };
         self.link.forget(self.request_id);
+        // Closed first: from here the reader's send fails and it settles
+        // the answer itself; one sent before is here to settle.
+        answer.close();
+        if let Ok(unread) = answer.try_recv() {
+            self.link.unread(unread);
+        }
     }
 }
 
@@ -460,6 +491,21 @@ mod tests {
         assert_eq!(link.slots.available_permits(), 1);
         link.route(HostMessage::Leased { request_id, slot: SlotRef { index: 0, generation: 3 } });
         assert_eq!(sent(&mut outbox).await, GatewayMessage::Release { slot: SlotRef { index: 0, generation: 3 } });
+        assert_eq!(link.slots.available_permits(), 2);
+    }
+
+    /// The lease's grant reached its waiter, which was dropped before it
+    /// read it: a request that failed beside its lease (a bad body read
+    /// while the lease was asked) does exactly this.
+    #[tokio::test]
+    async fn a_lease_granted_but_never_read_is_released() {
+        let (link, mut outbox) = link(4);
+        let mut acquiring = Box::pin(SlotLease::acquire(&link));
+        assert!(futures::poll!(acquiring.as_mut()).is_pending());
+        let GatewayMessage::Lease { request_id } = sent(&mut outbox).await else { panic!("expected a Lease") };
+        link.route(HostMessage::Leased { request_id, slot: SlotRef { index: 1, generation: 4 } });
+        drop(acquiring);
+        assert_eq!(sent(&mut outbox).await, GatewayMessage::Release { slot: SlotRef { index: 1, generation: 4 } });
         assert_eq!(link.slots.available_permits(), 2);
     }
 

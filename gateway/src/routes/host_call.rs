@@ -3,13 +3,17 @@
 //! inference, wait for the answer (within the deadline), and turn the
 //! host's refusals into the gateway's errors. `/v1/.../predict` and
 //! `/v2/.../infer` both call it.
+//!
+//! A route may take the lease itself ([`lease`]) while it still reads and
+//! decodes the body, and hand it to [`classify_leased`]: the lease's round
+//! trip to the host then overlaps that work instead of following it.
 
 use std::time::Instant;
 
 use protocol::{Ask, HostTimings, Output, Payload, Prediction};
 
 use crate::error::ApiError;
-use crate::host_client::{HostCallError, Route};
+use crate::host_client::{HostCallError, Route, SlotLease};
 
 /// Classifies `input` (the model's input, already prepared, or a JPEG the
 /// host decodes, as `payload` says), returning the best `top_k` and where
@@ -24,7 +28,21 @@ pub async fn classify(
     budget_ms: u64,
     tag: String,
 ) -> Result<(Vec<(u32, f32)>, HostTimings), ApiError> {
-    let (prediction, _) = call(route, input, payload, Ask::TopK { k: top_k }, deadline, budget_ms, tag).await?;
+    let lease = lease(route, deadline, budget_ms).await?;
+    classify_leased(lease, input, payload, top_k, deadline, budget_ms, tag).await
+}
+
+/// [`classify`] in a slot already leased.
+pub async fn classify_leased(
+    lease: SlotLease,
+    input: &[u8],
+    payload: Payload,
+    top_k: u32,
+    deadline: Instant,
+    budget_ms: u64,
+    tag: String,
+) -> Result<(Vec<(u32, f32)>, HostTimings), ApiError> {
+    let (prediction, _) = send(lease, input, payload, Ask::TopK { k: top_k }, deadline, budget_ms, tag).await?;
     match prediction.output {
         Output::TopK(top) => Ok((top, prediction.timings)),
         Output::InSlot => Err(ApiError::Internal("the host answered a classification with outputs in the slot".into())),
@@ -35,15 +53,22 @@ pub async fn classify(
 /// area (each input at its placement); the answer is the slot's output
 /// area.
 pub async fn run_tensors(route: &Route, inputs: &[u8], deadline: Instant, budget_ms: u64, tag: String) -> Result<(Vec<u8>, HostTimings), ApiError> {
-    let (prediction, outputs) = call(route, inputs, Payload::Input, Ask::Tensors, deadline, budget_ms, tag).await?;
+    let lease = lease(route, deadline, budget_ms).await?;
+    let (prediction, outputs) = send(lease, inputs, Payload::Input, Ask::Tensors, deadline, budget_ms, tag).await?;
     match prediction.output {
         Output::InSlot => Ok((outputs, prediction.timings)),
         Output::TopK(_) => Err(ApiError::Internal("the host answered a tensor model with classes".into())),
     }
 }
 
-async fn call(
-    route: &Route,
+/// A slot at the route's host, within the deadline.
+pub async fn lease(route: &Route, deadline: Instant, budget_ms: u64) -> Result<SlotLease, ApiError> {
+    let lease = tokio::time::timeout_at(deadline.into(), route.lease()).await.map_err(|_| ApiError::DeadlineExceeded { budget_ms })?;
+    Ok(lease?)
+}
+
+async fn send(
+    mut lease: SlotLease,
     input: &[u8],
     payload: Payload,
     ask: Ask,
@@ -52,7 +77,6 @@ async fn call(
     tag: String,
 ) -> Result<(Prediction, Vec<u8>), ApiError> {
     let timeout = || ApiError::DeadlineExceeded { budget_ms };
-    let mut lease = tokio::time::timeout_at(deadline.into(), route.lease()).await.map_err(|_| timeout())??;
     lease.write(input)?;
     let remaining = deadline.saturating_duration_since(Instant::now());
     if remaining.is_zero() {

@@ -14,6 +14,7 @@ use protocol::InferError;
 
 use crate::pipeline::batch::answer;
 use crate::pipeline::batch_policy::{BatchPolicy, Decision};
+use crate::pipeline::spin;
 use crate::counters::{Counters, Refused};
 use crate::pipeline::jobs::Job;
 
@@ -32,12 +33,15 @@ pub struct Batcher {
     /// Jobs taken off the queue, oldest first; at most one batch's worth,
     /// so that the queue's bound still holds back everything else.
     pending: VecDeque<Job>,
+    /// How long a wait for the next job polls before it sleeps (see
+    /// [`crate::pipeline::spin`]).
+    spin: Duration,
 }
 
 impl Batcher {
-    pub fn new(policy: BatchPolicy) -> Self {
+    pub fn new(policy: BatchPolicy, spin: Duration) -> Self {
         let pending = VecDeque::with_capacity(policy.max_batch_size);
-        Self { policy, pending }
+        Self { policy, pending, spin }
     }
 
     /// The next batch, waiting at most `wait` for one to be due. `wait` is
@@ -63,7 +67,7 @@ impl Batcher {
             if now >= until {
                 return Next::Idle;
             }
-            match rx.recv_timeout(until - now) {
+            match spin::recv_timeout(rx, until - now, self.spin) {
                 Ok(job) => self.pending.push_back(job),
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => closed = true,

@@ -7,6 +7,7 @@
 //! - [`feeder`]: forms and uploads the next batch while the current runs.
 //! - [`batch`]: gather slots, upload, launch, answer.
 //! - [`model_thread`]: load, warm up, then run batches forever.
+//! - [`spin`]: the two threads' waits, polling briefly before sleeping.
 
 pub mod batch;
 pub mod batch_policy;
@@ -15,3 +16,4 @@ pub mod feeder;
 pub mod jobs;
 pub mod jpeg_stage;
 pub mod model_thread;
+pub mod spin;

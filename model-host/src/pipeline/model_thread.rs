@@ -19,6 +19,7 @@ use crate::model::device;
 use crate::error::HostError;
 use crate::pipeline::jobs::Queues;
 use crate::pipeline::jpeg_stage;
+use crate::pipeline::spin;
 use crate::notify::Notifier;
 use crate::model::Model;
 use crate::model::jpeg_input::{JpegInput, open_decoders};
@@ -30,6 +31,9 @@ pub struct ModelThread {
     pub model: LoadedConfig,
     pub device: DeviceChoice,
     pub cpu_threads: u32,
+    /// On a GPU, how long the feeder and this thread poll for their next
+    /// message before sleeping (see [`crate::pipeline::spin`]).
+    pub spin: Duration,
     /// GPU memory (MiB) to require free beyond the weights before loading.
     pub load_headroom_mb: u64,
     pub reporter: PhaseReporter,
@@ -87,8 +91,10 @@ impl ModelThread {
         }
         let (ask, asks) = std::sync::mpsc::sync_channel(1);
         let (answer, answers) = std::sync::mpsc::sync_channel(1);
+        // On the CPU a polling thread would take a core from the forward pass.
+        let spin = if device.is_cuda() { self.spin } else { Duration::ZERO };
         Feeder {
-            batcher: Batcher::new(batching.policy()),
+            batcher: Batcher::new(batching.policy(), spin),
             jobs: ready,
             pre,
             slot_len: self.model.config.item_input_bytes(),
@@ -116,10 +122,10 @@ impl ModelThread {
                 if ask.send(tick).is_err() {
                     break;
                 }
-                match answers.recv() {
-                    Ok(Fed::Batch(uploaded)) => running = Some(batch::launch(&model, uploaded)),
-                    Ok(Fed::Idle) => self.notifier.watchdog_ping(),
-                    Err(_) => break,
+                match spin::recv(&answers, spin) {
+                    Some(Fed::Batch(uploaded)) => running = Some(batch::launch(&model, uploaded)),
+                    Some(Fed::Idle) => self.notifier.watchdog_ping(),
+                    None => break,
                 }
                 continue;
             };
@@ -133,7 +139,7 @@ impl ModelThread {
                 batch::finish(current, &self.counters);
                 None
             };
-            let fed = if asked { answers.recv().ok() } else { None };
+            let fed = if asked { spin::recv(&answers, spin) } else { None };
             let closed = fed.is_none();
             running = match fed {
                 Some(Fed::Batch(uploaded)) => Some(batch::launch(&model, uploaded)),
@@ -374,6 +380,7 @@ max_batch_size = 4
             model: model_config::load(dir.path()).unwrap(),
             device: DeviceChoice::Cpu,
             cpu_threads: 1,
+            spin: Duration::ZERO,
             load_headroom_mb: 0,
             reporter,
             counters: Arc::new(Counters::new(&[1, 2, 4])),

@@ -60,10 +60,13 @@ fn names_the_field_that_is_wrong() {
 #[test]
 fn batch_shapes_and_padding() {
     let b = BatchingConfig { max_batch_size: 24, batch_sizes: vec![], max_queue_delay_us: 0, preferred_batch_sizes: vec![] };
-    assert_eq!(b.shapes(), vec![1, 2, 4, 8, 16, 24]);
+    assert_eq!(b.shapes(), vec![1, 2, 4, 8, 12, 16, 24]);
+    let b = BatchingConfig { max_batch_size: 32, batch_sizes: vec![], max_queue_delay_us: 0, preferred_batch_sizes: vec![] };
+    assert_eq!(b.shapes(), vec![1, 2, 4, 8, 12, 16, 32]);
     let b = BatchingConfig { max_batch_size: 128, batch_sizes: vec![], max_queue_delay_us: 0, preferred_batch_sizes: vec![] };
-    assert_eq!(b.shapes(), vec![1, 2, 4, 8, 16, 32, 48, 64, 80, 96, 112, 128]);
+    assert_eq!(b.shapes(), vec![1, 2, 4, 8, 12, 16, 32, 48, 64, 80, 96, 112, 128]);
     assert_eq!(padded_batch(&b.shapes(), 71), 80);
+    assert_eq!(padded_batch(&b.shapes(), 10), 12);
     let b = BatchingConfig { max_batch_size: 32, batch_sizes: vec![8, 1], max_queue_delay_us: 0, preferred_batch_sizes: vec![] };
     assert_eq!(b.shapes(), vec![1, 8, 32]);
     let shapes = b.shapes();
