@@ -201,13 +201,8 @@ impl Link {
             _ => None,
         };
         let Some(answer) = waiter.answer else {
-            // A lease nobody waits for any more: give the slot straight back
-            // (its permit goes once the Release is queued, ahead of any
-            // later Lease on the same stream).
-            if let HostMessage::Leased { slot, .. } = message {
-                self.send(GatewayMessage::Release { slot });
-            }
-            return;
+            // Nobody waits for it any more.
+            return self.unread(Answer { message, outputs: Vec::new(), permit: waiter.permit });
         };
         let outputs = match (&message, waiter.read_back) {
             (HostMessage::InferDone { result: Ok(_), .. }, Some(index)) => self.read_outputs(index),
@@ -226,9 +221,10 @@ impl Link {
         }
     }
 
-    /// Settles an answer its request gave up on after it came: a slot
-    /// granted to nobody goes back to the host (its permit only once the
-    /// Release is queued, ahead of any later Lease on the same stream).
+    /// Settles an answer nobody will read (its request gave up before or
+    /// after it came): a slot granted to nobody goes straight back to the
+    /// host, and its permit only once the Release is queued, ahead of any
+    /// later Lease on the same stream.
     fn unread(&self, answer: Answer) {
         if let HostMessage::Leased { slot, .. } = answer.message {
             self.send(GatewayMessage::Release { slot });
@@ -369,7 +365,6 @@ impl Link {
     }
 }
 
-/// Removes the waiter if the caller stops waiting (deadline, client gone).
 /// A request's wait for its answer. Dropped before the answer is read (the
 /// caller gave up: a deadline, a client gone, a request that failed
 /// beside its lease), it forgets the request; an answer that came but was

@@ -16,8 +16,8 @@ use axum::extract::{Path, Query, Request, State};
 use serde::{Deserialize, Serialize};
 
 use crate::{AppState, metrics, request_id};
-use crate::decode::host_side::{host_readable_pixels, send_to_host};
-use crate::decode::{Target, decode_to_input};
+use crate::decode::host_side::send_to_host;
+use crate::decode::{Target, decode_to_input, decodes_in_place};
 use crate::error::ApiError;
 use crate::routes::{host_call, vision};
 use crate::upload::{Format, PIXELS_CONTENT_TYPE, Upload, extract_image, read_body};
@@ -171,7 +171,7 @@ async fn model_input(upload: Upload, input: ImageShape, max_pixels: u64, offer: 
         }
         Format::Encoded(format) => {
             let target = Target { width: input.width, height: input.height, channels: input.channels };
-            let pixels = if decodes_in_place(&upload.bytes, format) {
+            let pixels = if decodes_in_place(&upload.bytes) {
                 decode_to_input(&upload.bytes, format, target, max_pixels)?
             } else {
                 tokio::task::spawn_blocking(move || decode_to_input(&upload.bytes, format, target, max_pixels))
@@ -182,45 +182,4 @@ async fn model_input(upload: Upload, input: ImageShape, max_pixels: u64, offer: 
         }
     };
     Ok((pixels, Payload::Input))
-}
-
-/// JPEGs of at most this many pixels (256 x 256 and a little more) are
-/// decoded on the request's own task: at 224 x 224 libjpeg-turbo takes
-/// about a quarter of a millisecond, less than handing the work to
-/// tokio's blocking pool and back costs in wake-ups when the machine is
-/// idle, and fewer threads compete for the cores when it is busy.
-const DECODE_IN_PLACE_MAX_PIXELS: u64 = 70_000;
-
-/// Whether an image is small enough to decode without leaving the task
-/// (see [`DECODE_IN_PLACE_MAX_PIXELS`]); only JPEGs, whose size a walk over
-/// their markers gives for free.
-fn decodes_in_place(bytes: &[u8], format: image::ImageFormat) -> bool {
-    format == image::ImageFormat::Jpeg && host_readable_pixels(bytes).is_some_and(|pixels| pixels <= DECODE_IN_PLACE_MAX_PIXELS)
-}
-
-#[cfg(test)]
-mod tests {
-    use image::{DynamicImage, ImageFormat, RgbImage};
-
-    use super::*;
-
-    fn encoded(side: u32, format: ImageFormat) -> Vec<u8> {
-        let image = RgbImage::from_fn(side, side, |x, y| image::Rgb([x as u8, y as u8, (x ^ y) as u8]));
-        let mut bytes = std::io::Cursor::new(Vec::new());
-        DynamicImage::ImageRgb8(image).write_to(&mut bytes, format).unwrap();
-        bytes.into_inner()
-    }
-
-    #[test]
-    fn only_small_jpegs_are_decoded_on_the_requests_task() {
-        assert!(decodes_in_place(&encoded(224, ImageFormat::Jpeg), ImageFormat::Jpeg));
-        assert!(decodes_in_place(&encoded(256, ImageFormat::Jpeg), ImageFormat::Jpeg));
-        assert!(!decodes_in_place(&encoded(300, ImageFormat::Jpeg), ImageFormat::Jpeg));
-        // A PNG's size would need its header parsed: the blocking pool.
-        assert!(!decodes_in_place(&encoded(32, ImageFormat::Png), ImageFormat::Png));
-        // Cut short (no end-of-image marker): the blocking pool, whose
-        // decoder reports it.
-        let jpeg = encoded(64, ImageFormat::Jpeg);
-        assert!(!decodes_in_place(&jpeg[..jpeg.len() - 10], ImageFormat::Jpeg));
-    }
 }

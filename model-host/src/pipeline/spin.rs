@@ -1,13 +1,14 @@
 //! Waiting on a channel by spinning a little before sleeping.
 //!
 //! A request crosses two threads in the host (the feeder, then the model
-//! thread), and each asleep in the kernel takes tens of microseconds to
-//! wake when its core idles in a deep sleep state: at one client on an
-//! H200 machine the host's queue time was 0.25 ms, half the forward
-//! pass's. A thread that polls its channel for a short while first is
-//! still running when the message comes. The spin is bounded, so an idle
-//! host sleeps; and it is off on a CPU-only host, where a spinning thread
-//! would take a core from the forward pass itself.
+//! thread), and a thread asleep in the kernel takes a while to wake. One
+//! that polls its channel for a short while first is still running when
+//! the message comes: at one client on an H200, `--spin-us 1000` took the
+//! host's queue time from 0.19 to 0.13 ms and p50 down 0.05-0.15 ms, for
+//! about one more core busy (docs/BENCHMARKS.md); at 32 clients and at
+//! the CPU-bound JPEG peak it bought nothing, so it is off by default. The
+//! spin is bounded, so an idle host sleeps; and it is off on a CPU-only
+//! host, where a spinning thread would take a core from the forward pass.
 
 use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
 use std::time::{Duration, Instant};
@@ -33,6 +34,9 @@ pub fn recv_timeout<T>(rx: &Receiver<T>, timeout: Duration, spin: Duration) -> R
 /// Waits for a message with no time limit, polling for the first `spin`.
 /// None once every sender is gone.
 pub fn recv<T>(rx: &Receiver<T>, spin: Duration) -> Option<T> {
+    if spin.is_zero() {
+        return rx.recv().ok();
+    }
     match recv_timeout(rx, spin, spin) {
         Ok(message) => Some(message),
         Err(RecvTimeoutError::Disconnected) => None,

@@ -12,7 +12,7 @@ use protocol::{DataType, HostDecode, Payload, TensorSpec};
 use super::binary::bytes_elements;
 use super::request::{InputData, InputTensor, Source, batch_size, invalid};
 use crate::decode::host_side::send_to_host;
-use crate::decode::{Target, decode_to_input};
+use crate::decode::{Target, decode_to_input, decodes_in_place};
 use crate::error::ApiError;
 
 /// The pixel layout a tensor model's input takes, if it looks like one:
@@ -52,8 +52,8 @@ pub fn encoded(input: &mut InputTensor, name: &str, max_batch_size: u32, data: &
     Ok(elements)
 }
 
-/// Decodes on the blocking pool, like `/v1/.../predict`; a corrupt image is
-/// a 400 and an oversized one a 413, as there.
+/// Decodes as `/v1/.../predict` does; a corrupt image is a 400 and an
+/// oversized one a 413, as there.
 pub async fn decode_all(images: Vec<Bytes>, target: Target, max_pixels: u64, name: &str) -> Result<Vec<Vec<u8>>, ApiError> {
     let prepared = prepare_all(images, target, max_pixels, None, name).await?;
     Ok(prepared.into_iter().map(|p| p.bytes.into()).collect())
@@ -67,10 +67,17 @@ pub struct Prepared {
     pub payload: Payload,
 }
 
-/// Each image ready for the host, on the blocking pool: decoded and
-/// resized here, or, for a host that offers to decode (`offer`), a JPEG it
-/// takes as it is, with its EXIF orientation (see [`send_to_host`]).
+/// Each image ready for the host: decoded and resized here, or, for a host
+/// that offers to decode (`offer`), a JPEG it takes as it is, with its
+/// EXIF orientation (see [`send_to_host`]). On the blocking pool, unless
+/// the request is one small JPEG ([`decodes_in_place`], as on
+/// `/v1/.../predict`).
 pub async fn prepare_all(images: Vec<Bytes>, target: Target, max_pixels: u64, offer: Option<HostDecode>, name: &str) -> Result<Vec<Prepared>, ApiError> {
+    if let [image] = images.as_slice()
+        && decodes_in_place(image)
+    {
+        return Ok(vec![prepare(image.clone(), target, max_pixels, offer.as_ref(), name, 0)?]);
+    }
     let name = name.to_string();
     let prepared = tokio::task::spawn_blocking(move || {
         images.into_iter().enumerate().map(|(i, bytes)| prepare(bytes, target, max_pixels, offer.as_ref(), &name, i)).collect::<Result<Vec<_>, _>>()
