@@ -111,10 +111,8 @@ pub async fn predict(
     // worker thread for a moment, and the lease's message must not be
     // waiting in that worker's run queue meanwhile (tokio runs the task a
     // task wakes next, on the same worker, and no other worker may take
-    // it). Measured on an H200 with the lease first: JPEG at 32 clients
-    // 7% slower, one client no faster. The lease goes while the body is
-    // still arriving, or once it is decoded. The first error ends both (a
-    // lease not wanted is released).
+    // it). The lease goes while the body is still arriving, or once it is
+    // decoded. The first error ends both (a lease not wanted is released).
     let ((bytes, payload, decode), lease) = tokio::try_join!(prepare, host_call::lease(&link, deadline, budget_ms))?;
 
     let (top, t) = host_call::classify_leased(lease, &bytes, payload, top_k, deadline, budget_ms, tag).await?;

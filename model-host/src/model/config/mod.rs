@@ -230,9 +230,9 @@ impl BatchingConfig {
             // 1, 2, 4, 8, 12, 16, then every 16: a batch of 71 runs at 80,
             // not 128 (on an H200, ResNet-50 at 256 clients averaged 71 and
             // padding to 128 left 45% of each batch's GPU time unused), and
-            // one of 10 at 12, not 16 (32 clients average 9-11: 7-13% more
-            // images/s with 12 and 24 as shapes). Each shape costs about
-            // 0.05 s of warm-up, so 24 is not one by default.
+            // one of 10 at 12, not 16 (32 clients average 9-11; what that
+            // buys was within the H200's run-to-run spread). Each shape
+            // costs a warm-up pass, so 24 is not one by default.
             let small = [1u32, 2, 4, 8, 12, 16].into_iter();
             let large = (2..).map(|i| 16 * i);
             small.chain(large).take_while(|&n| n < self.max_batch_size).collect()
