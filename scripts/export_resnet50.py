@@ -30,6 +30,8 @@ def main():
                     help="model.toml: time cuDNN's kernels per batch shape at warm-up (slow start)")
     ap.add_argument("--no-cuda-graphs", action="store_true", help="model.toml: run every batch eagerly")
     ap.add_argument("--no-freeze", action="store_true", help="model.toml: run the module as saved")
+    ap.add_argument("--all-shapes-before-ready", action="store_true",
+                    help="model.toml: warm up every batch shape before READY (none after)")
     ap.add_argument("--decode", choices=["gateway", "host", "auto"], default="gateway",
                     help="model.toml: where JPEGs are decoded (host/auto: nvJPEG on the host's GPU)")
     ap.add_argument("--decode-threads", type=int, default=None,
@@ -77,6 +79,7 @@ channels_last = {str(args.channels_last).lower()}
 cudnn_benchmark = {str(args.cudnn_benchmark).lower()}
 cuda_graphs = {str(not args.no_cuda_graphs).lower()}
 freeze = {str(not args.no_freeze).lower()}
+warm_up_after_ready = {str(not args.all_shapes_before_ready).lower()}
 """ + (f"""
 [host_decode]
 threads = {args.decode_threads}

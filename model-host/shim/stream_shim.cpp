@@ -36,14 +36,14 @@ int shim_has_streams() { return 1; }
 
 // Makes a stream of libtorch's pool (non-blocking: it never waits for the
 // legacy default stream) the calling thread's current stream on `device`,
-// for the rest of the thread's life. From the high-priority pool: the
-// low-priority one is shared in turn by the JPEG decoders and each graph
-// capture, and with enough of those the feeder's uploads would queue
-// behind a decoder's work; the uploads' few small kernels also go ahead of
-// the forward pass's.
-char* shim_stream_own(int device) {
+// for the rest of the thread's life. The feeder takes the high-priority
+// pool: the low-priority one is shared in turn by the JPEG decoders, each
+// graph capture and the warm-up after READY, and with enough of those the
+// feeder's uploads would queue behind their work; the uploads' few small
+// kernels also go ahead of the forward pass's.
+char* shim_stream_own(int device, int high_priority) {
   return guarded([&] {
-    c10::cuda::setCurrentCUDAStream(c10::cuda::getStreamFromPool(true, static_cast<c10::DeviceIndex>(device)));
+    c10::cuda::setCurrentCUDAStream(c10::cuda::getStreamFromPool(high_priority != 0, static_cast<c10::DeviceIndex>(device)));
   });
 }
 
@@ -72,8 +72,8 @@ char* shim_event_synchronize(ShimEvent* e) {
 
 int shim_has_streams() { return 0; }
 
-char* shim_stream_own(int device) {
-  (void)device;
+char* shim_stream_own(int device, int high_priority) {
+  (void)device; (void)high_priority;
   return error_of("this model-host was built without CUDA support in its shim");
 }
 

@@ -135,7 +135,11 @@ char* shim_graph_capture(ShimModule* m, const at::Tensor* const* inputs, int cou
     try {
       for (int i = 0; i < warmups; ++i) single_tensor(m->module.forward(values));
       torch::cuda::synchronize(device);
-      g->graph.capture_begin();
+      // Thread-local: only this thread is barred from calls that are
+      // illegal during a capture. The host captures some shapes after
+      // READY, while the model thread, the feeder and the JPEG decoders
+      // go on serving (allocating, copying, synchronising) beside it.
+      g->graph.capture_begin({0, 0}, cudaStreamCaptureModeThreadLocal);
       try {
         g->output = single_tensor(m->module.forward(values));
       } catch (...) {

@@ -86,6 +86,12 @@ pub struct Config {
     #[arg(long, env = "MODEL_HOST_SPIN_US", default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=100_000))]
     pub spin_us: u64,
 
+    /// On a GPU, threads that warm up and capture the batch shapes left for
+    /// after READY (model.toml's `warm_up_after_ready`) while the host
+    /// serves: more finish sooner, fewer disturb serving less.
+    #[arg(long, env = "MODEL_HOST_WARM_UP_THREADS_AFTER_READY", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=16))]
+    pub warm_up_threads_after_ready: u32,
+
     /// On a GPU, MiB that must be free beyond the weights file's size
     /// before the model is loaded (CUDA context, cuDNN workspaces,
     /// activations); with less, the host refuses to start, naming the

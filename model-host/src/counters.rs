@@ -57,8 +57,9 @@ pub struct Counters {
     /// (batch shape, batches run at it); shapes fixed at startup.
     batches_by_size: Vec<(u32, AtomicU64)>,
     refused: [AtomicU64; 6],
-    /// Batch sizes with a captured CUDA graph; set once, after warm-up.
-    graphs: std::sync::OnceLock<Vec<u32>>,
+    /// Batch sizes with a captured CUDA graph: those captured before READY,
+    /// then each one captured after it.
+    graphs: std::sync::Mutex<Vec<u32>>,
 }
 
 impl Counters {
@@ -92,12 +93,15 @@ impl Counters {
         }
     }
 
-    pub fn set_graphs(&self, sizes: &[i64]) {
-        let _ = self.graphs.set(sizes.iter().map(|&n| n as u32).collect());
+    pub fn add_graphs(&self, sizes: &[i64]) {
+        let mut graphs = self.graphs.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        graphs.extend(sizes.iter().map(|&n| n as u32));
+        graphs.sort_unstable();
+        graphs.dedup();
     }
 
     pub fn graphs(&self) -> Vec<u32> {
-        self.graphs.get().cloned().unwrap_or_default()
+        self.graphs.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
     }
 
     pub fn batches_by_size(&self) -> Vec<(u32, u64)> {
@@ -121,5 +125,15 @@ mod tests {
         assert!(refused.contains(&("queue_full".to_string(), 2)));
         assert!(refused.contains(&("cancelled".to_string(), 1)));
         assert_eq!(c.batches_by_size(), vec![(1, 0), (8, 1)]);
+    }
+
+    #[test]
+    fn graphs_captured_after_ready_join_those_before_in_order() {
+        let c = Counters::new(&[1, 2, 4, 8]);
+        assert!(c.graphs().is_empty());
+        c.add_graphs(&[1, 8]);
+        c.add_graphs(&[4]);
+        c.add_graphs(&[2, 4]);
+        assert_eq!(c.graphs(), vec![1, 2, 4, 8]);
     }
 }

@@ -68,6 +68,7 @@ pub async fn run(
         device: config.device,
         cpu_threads: config.cpu_threads,
         spin: std::time::Duration::from_micros(config.spin_us),
+        warm_up_threads_after_ready: config.warm_up_threads_after_ready as usize,
         load_headroom_mb: config.load_headroom_mb,
         reporter,
         counters: counters.clone(),

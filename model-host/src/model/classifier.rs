@@ -12,6 +12,7 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::Arc;
 
 use tch::{Device, Kind, Tensor};
 
@@ -19,10 +20,12 @@ use crate::model::ModelError;
 use crate::model::config::{ClassifierConfig, OptimizationConfig};
 use crate::model::Input;
 use crate::model::readback::ToHost;
+use crate::torch_shim::stream::{Priority, use_own_stream};
 use crate::torch_shim::{self, CudaGraph, Module};
 
 pub struct ImageClassifier {
-    module: Module,
+    /// Shared with the warm-up after READY, which runs beside serving.
+    module: Arc<Module>,
     /// Captured forward passes by batch size; a size not here runs eagerly.
     graphs: BTreeMap<i64, CudaGraph>,
     classes: i64,
@@ -65,7 +68,7 @@ impl ImageClassifier {
             tracing::warn!("this model-host was built without CUDA graph support; batches run eagerly");
         }
         Ok(Self {
-            module,
+            module: Arc::new(module),
             graphs: BTreeMap::new(),
             classes: config.output.labels.len() as i64,
             softmax: config.output.softmax,
@@ -100,65 +103,65 @@ impl ImageClassifier {
     }
 
     /// Warms up every batch shape of `shapes` side by side on up to
-    /// `threads` threads, then captures each one's CUDA graph (when
-    /// `shapes` carries a capture input and graphs are wanted) on the same
-    /// thread that warmed it; returns what was captured.
-    ///
-    /// Why threads: on a GPU the first pass of a batch shape costs 0.15-0.25
-    /// s of CPU (cuDNN's per-shape set-up for every convolution:
-    /// docs/BENCHMARKS.md, "Ready in 1.5 s"), and those costs run side by
-    /// side: 12 ResNet-50 shapes took 2.8 s one after another and 0.8 s on
-    /// 4 threads on an H200. Why capture on the warming thread: libtorch
-    /// keeps cuDNN's execution plans per thread, so a capture on any other
-    /// thread would pay the set-up again (measured: 1.0 s for 12 shapes).
-    /// The captures run one at a time, after every warm-up pass is done, so
-    /// that nothing else touches the GPU while one records.
+    /// `threads` threads, then captures each one's CUDA graph (see
+    /// [`warm_and_capture`]); returns what was captured.
     pub fn warm_up_parallel(&mut self, shapes: Vec<WarmShape>, threads: usize) -> Result<GraphReport, ModelError> {
-        let threads = threads.clamp(1, shapes.len().max(1));
-        let mut shares: Vec<Vec<WarmShape>> = (0..threads).map(|_| Vec::new()).collect();
-        for (i, shape) in shapes.into_iter().enumerate() {
-            shares[i % threads].push(shape);
-        }
-        let graphs_wanted = self.graphs_wanted;
-        let (module, classes) = (&self.module, self.classes);
-        let all_warm = std::sync::Barrier::new(threads);
-        let one_capture_at_a_time = std::sync::Mutex::new(());
-        let results: Vec<Result<Vec<Captured>, ModelError>> = std::thread::scope(|scope| {
-            let workers: Vec<_> = shares
-                .into_iter()
-                .enumerate()
-                .map(|(i, share)| {
-                    let (all_warm, lock) = (&all_warm, &one_capture_at_a_time);
-                    std::thread::Builder::new().name(format!("warm-up-{i}")).spawn_scoped(scope, move || {
-                        let warmed = share.iter().try_for_each(|s| warm_one(module, &s.warm, classes));
-                        // Every thread reaches the barrier, failed or not.
-                        all_warm.wait();
-                        warmed?;
-                        let _one_at_a_time = lock.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-                        Ok(share
-                            .into_iter()
-                            .filter(|_| graphs_wanted)
-                            .filter_map(|s| s.capture.map(|input| (s.warm.batch, capture_one(module, input, classes))))
-                            .collect())
-                    })
-                })
-                .collect();
-            workers
-                .into_iter()
-                .map(|w| match w {
-                    Ok(handle) => handle.join().unwrap_or_else(|_| Err(ModelError::Forward("a warm-up thread panicked".into()))),
-                    Err(e) => Err(ModelError::Forward(format!("spawning a warm-up thread: {e}"))),
-                })
-                .collect()
-        });
+        let captured = std::sync::Mutex::new(Vec::new());
+        let keep = |graph| captured.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(graph);
+        warm_and_capture(&self.module, self.classes, self.graphs_wanted, shapes, threads, None, &keep)?;
         let mut report = GraphReport::default();
-        for result in results {
-            for (n, captured) in result? {
-                self.record(n, captured, &mut report);
-            }
+        for (n, graph) in captured.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner) {
+            self.record(n, graph, &mut report);
         }
         report.captured.sort_unstable();
         Ok(report)
+    }
+
+    /// Starts warming up and capturing more batch shapes on threads of
+    /// their own, each on a low-priority CUDA stream of `device`, while
+    /// the model serves: `make` builds the shapes' inputs (on the first
+    /// of those threads). Take each captured graph with [`Self::adopt`]
+    /// as [`LateWarmUp::poll`] hands it over.
+    pub fn warm_up_later(
+        &self,
+        device: Device,
+        make: impl FnOnce() -> Result<Vec<WarmShape>, ModelError> + Send + 'static,
+        threads: usize,
+    ) -> Result<LateWarmUp, ModelError> {
+        let (module, classes, graphs_wanted) = (self.module.clone(), self.classes, self.graphs_wanted);
+        let (send, captured) = std::sync::mpsc::channel();
+        let started = std::time::Instant::now();
+        let warm = move || -> Result<(), ModelError> {
+            use_own_stream(device, Priority::Low).map_err(|e| ModelError::Stream(e.0))?;
+            let shapes = make()?;
+            // The inputs were made on this thread's stream; the warm-up
+            // threads read them on theirs.
+            if let Device::Cuda(index) = device {
+                tch::Cuda::synchronize(index as i64);
+            }
+            // If the model thread has gone, nobody takes the graphs: they
+            // are dropped, and the warm-up ends with its shapes.
+            let hand_over = |graph| drop(send.send(graph));
+            warm_and_capture(&module, classes, graphs_wanted, shapes, threads, Some(device), &hand_over)
+        };
+        let handle = std::thread::Builder::new()
+            .name("warm-up-late".into())
+            .spawn(move || {
+                if let Err(e) = warm() {
+                    tracing::warn!(error = %e, "warming up after READY failed; batches go on padding to the shapes ready before it");
+                }
+                started.elapsed()
+            })
+            .map_err(|e| ModelError::Forward(format!("spawning the warm-up thread: {e}")))?;
+        Ok(LateWarmUp { captured, handle: Some(handle) })
+    }
+
+    /// Takes a graph captured after READY; its batch size if it replays
+    /// from now on (else it runs eagerly, with a log line saying why).
+    pub fn adopt(&mut self, (n, captured): Captured) -> Option<i64> {
+        let mut report = GraphReport::default();
+        self.record(n, captured, &mut report);
+        report.captured.first().copied()
     }
 
     fn record(&mut self, n: i64, captured: Result<CudaGraph, ModelError>, report: &mut GraphReport) {
@@ -205,9 +208,122 @@ impl ImageClassifier {
 }
 
 /// A batch size and what capturing its graph gave.
-type Captured = (i64, Result<CudaGraph, ModelError>);
+pub type Captured = (i64, Result<CudaGraph, ModelError>);
 
-/// One batch shape for [`ImageClassifier::warm_up_parallel`].
+/// The warm-up of the shapes left for after READY (see
+/// [`ImageClassifier::warm_up_later`]).
+pub struct LateWarmUp {
+    captured: std::sync::mpsc::Receiver<Captured>,
+    /// Gives how long the warm-up took.
+    handle: Option<std::thread::JoinHandle<std::time::Duration>>,
+}
+
+/// What [`LateWarmUp::poll`] found.
+pub enum LatePoll {
+    /// Captured graphs to adopt; more may come.
+    Captured(Vec<Captured>),
+    /// The warm-up is over (after how long), all it captured handed over.
+    Done(std::time::Duration),
+}
+
+impl LateWarmUp {
+    /// The graphs captured since the last poll, without waiting.
+    pub fn poll(&mut self) -> LatePoll {
+        use std::sync::mpsc::TryRecvError;
+        let mut captured = Vec::new();
+        loop {
+            match self.captured.try_recv() {
+                Ok(one) => captured.push(one),
+                Err(TryRecvError::Disconnected) if captured.is_empty() => return LatePoll::Done(self.join()),
+                Err(_) => return LatePoll::Captured(captured),
+            }
+        }
+    }
+
+    /// Waits for the warm-up to end (on shutdown: its threads use the
+    /// device, which must not be torn down under them).
+    pub fn join(&mut self) -> std::time::Duration {
+        self.handle.take().map(|h| h.join().unwrap_or_default()).unwrap_or_default()
+    }
+}
+
+/// Warms up every batch shape of `shapes` side by side on up to `threads`
+/// threads, and captures each one's CUDA graph (when `shapes` carries a
+/// capture input and `capture` is set) on the same thread that warmed it,
+/// handing each capture over as it is made.
+///
+/// Before READY (`after_ready` None) nothing else runs: the threads stay on
+/// the default stream, every warm-up pass ends before the first capture,
+/// and the captures follow one at a time. After READY (`after_ready` the
+/// device) the model serves beside them: each thread takes a low-priority
+/// stream of its own and captures each shape right after warming it, one
+/// capture at a time across the threads, so that each shape is ready as
+/// soon as it can be.
+///
+/// Why threads: on a GPU the first pass of a batch shape costs 0.15-0.25
+/// s of CPU (cuDNN's per-shape set-up for every convolution:
+/// docs/BENCHMARKS.md, "Ready in 1.5 s"), and those costs run side by
+/// side: 12 ResNet-50 shapes took 2.8 s one after another and 0.8 s on
+/// 4 threads on an H200. Why capture on the warming thread: libtorch
+/// keeps cuDNN's execution plans per thread, so a capture on any other
+/// thread would pay the set-up again (measured: 1.0 s for 12 shapes).
+fn warm_and_capture(
+    module: &Module,
+    classes: i64,
+    capture: bool,
+    shapes: Vec<WarmShape>,
+    threads: usize,
+    after_ready: Option<Device>,
+    hand_over: &(dyn Fn(Captured) + Sync),
+) -> Result<(), ModelError> {
+    let threads = threads.clamp(1, shapes.len().max(1));
+    let mut shares: Vec<Vec<WarmShape>> = (0..threads).map(|_| Vec::new()).collect();
+    for (i, shape) in shapes.into_iter().enumerate() {
+        shares[i % threads].push(shape);
+    }
+    let all_warm = std::sync::Barrier::new(threads);
+    let one_capture_at_a_time = std::sync::Mutex::new(());
+    let capture_one_at_a_time = |shape: WarmShape| {
+        if let (true, Some(input)) = (capture, shape.capture) {
+            let _one_at_a_time = one_capture_at_a_time.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            hand_over((shape.warm.batch, capture_one(module, input, classes)));
+        }
+    };
+    let worker = |share: Vec<WarmShape>| -> Result<(), ModelError> {
+        if let Some(device) = after_ready {
+            use_own_stream(device, Priority::Low).map_err(|e| ModelError::Stream(e.0))?;
+            for shape in share {
+                warm_one(module, &shape.warm, classes)?;
+                capture_one_at_a_time(shape);
+            }
+            return Ok(());
+        }
+        let warmed = share.iter().try_for_each(|s| warm_one(module, &s.warm, classes));
+        // Every thread reaches the barrier, failed or not.
+        all_warm.wait();
+        warmed?;
+        share.into_iter().for_each(capture_one_at_a_time);
+        Ok(())
+    };
+    let results: Vec<Result<(), ModelError>> = std::thread::scope(|scope| {
+        let workers: Vec<_> = shares
+            .into_iter()
+            .enumerate()
+            .map(|(i, share)| std::thread::Builder::new().name(format!("warm-up-{i}")).spawn_scoped(scope, || worker(share)))
+            .collect();
+        workers
+            .into_iter()
+            .map(|w| match w {
+                Ok(handle) => handle.join().unwrap_or_else(|_| Err(ModelError::Forward("a warm-up thread panicked".into()))),
+                Err(e) => Err(ModelError::Forward(format!("spawning a warm-up thread: {e}"))),
+            })
+            .collect()
+    });
+    results.into_iter().collect()
+}
+
+/// One batch shape for [`ImageClassifier::warm_up_parallel`] and
+/// [`ImageClassifier::warm_up_later`].
 pub struct WarmShape {
     /// A batch for the eager warm-up pass.
     pub warm: Input,
@@ -331,5 +447,47 @@ mod tests {
         let mut model = ImageClassifier::load(&file, &config, &loaded.config.optimization, Device::Cpu).unwrap();
         let err = model.warm_up_parallel(inputs(&[1, 4, 8]), 2).unwrap_err();
         assert!(matches!(err, ModelError::OutputShape { classes: 9, .. }), "{err:?}");
+    }
+
+    /// Polls until the warm-up after READY is over; what it handed over.
+    fn poll_to_the_end(late: &mut LateWarmUp) -> Vec<Captured> {
+        let mut all = Vec::new();
+        loop {
+            match late.poll() {
+                LatePoll::Captured(graphs) => all.extend(graphs),
+                LatePoll::Done(_) => return all,
+            }
+            std::thread::yield_now();
+        }
+    }
+
+    /// The warm-up after READY runs beside the model (on the CPU it warms
+    /// and captures nothing: the mechanism, not the graphs), and ends
+    /// whether its inputs could be made or not; the model serves
+    /// meanwhile from its own thread.
+    #[test]
+    fn the_warm_up_after_ready_runs_beside_serving_and_ends() {
+        let (file, loaded) = digits();
+        let config = loaded.config.classifier().unwrap();
+        let model = ImageClassifier::load(&file, config, &loaded.config.optimization, Device::Cpu).unwrap();
+        let (warming, finish) = (std::sync::Arc::new(std::sync::Barrier::new(2)), std::sync::Arc::new(std::sync::Barrier::new(2)));
+        let (w, f) = (warming.clone(), finish.clone());
+        let mut late = model
+            .warm_up_later(Device::Cpu, move || {
+                w.wait();
+                f.wait();
+                Ok(inputs(&[2, 8, 16]))
+            }, 2)
+            .unwrap();
+        // Its thread is in `make`: a batch runs and nothing is handed over.
+        warming.wait();
+        let rows = model.launch(Input { tensors: vec![Tensor::rand([3, 1, 32, 32], (Kind::Float, Device::Cpu))], batch: 3 }, 2).unwrap().collect().unwrap();
+        assert_eq!(rows.len(), 3);
+        assert!(matches!(late.poll(), LatePoll::Captured(graphs) if graphs.is_empty()));
+        finish.wait();
+        assert!(poll_to_the_end(&mut late).is_empty(), "no graphs off the GPU");
+
+        let mut failing = model.warm_up_later(Device::Cpu, || Err(ModelError::Forward("no inputs".into())), 2).unwrap();
+        assert!(poll_to_the_end(&mut failing).is_empty());
     }
 }

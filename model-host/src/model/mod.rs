@@ -28,7 +28,7 @@ pub mod preprocess;
 pub mod readback;
 pub mod tensor_model;
 
-use classifier::{GraphReport, ImageClassifier, WarmShape};
+use classifier::{Captured, GraphReport, ImageClassifier, LateWarmUp, WarmShape};
 use config::{ModelConfig, ModelKind};
 pub use error::ModelError;
 pub use input::Input;
@@ -107,16 +107,29 @@ impl Model {
     /// which warms up one shape after another.
     pub fn warm_up_parallel(&mut self, pre: &Preprocessor, shapes: &[u32], item_len: usize, threads: usize) -> Option<Result<GraphReport, ModelError>> {
         let Model::Classifier(model) = self else { return None };
-        let work: Result<Vec<WarmShape>, ModelError> = shapes
-            .iter()
-            .map(|&n| {
-                let bytes: Vec<u8> = (0..n as usize * item_len).map(|i| (i * 31 % 251) as u8).collect();
-                let warm = pre.upload_bytes(&bytes, n as usize)?;
-                let capture = pre.upload_bytes(&vec![0; n as usize * item_len], n as usize)?;
-                Ok(WarmShape { warm, capture: Some(capture) })
-            })
-            .collect();
-        Some(work.and_then(|work| model.warm_up_parallel(work, threads)))
+        Some(warm_shapes(pre, shapes, item_len).and_then(|work| model.warm_up_parallel(work, threads)))
+    }
+
+    /// A classifier's warm-up of `shapes` after READY, beside serving (see
+    /// [`ImageClassifier::warm_up_later`]); its inputs are made by a
+    /// preprocessor of its own for `config`. None for a tensor model.
+    pub fn warm_up_later(&self, config: &ModelConfig, device: Device, shapes: &[u32], threads: usize) -> Option<Result<LateWarmUp, ModelError>> {
+        let Model::Classifier(model) = self else { return None };
+        let (config, shapes, item_len) = (config.clone(), shapes.to_vec(), config.item_input_bytes());
+        let make = move || {
+            let pre = Preprocessor::new(&config, device)?;
+            warm_shapes(&pre, &shapes, item_len)
+        };
+        Some(model.warm_up_later(device, make, threads))
+    }
+
+    /// Takes a classifier's graph captured after READY: its batch size if it
+    /// replays from now on.
+    pub fn adopt(&mut self, captured: Captured) -> Option<i64> {
+        match self {
+            Model::Classifier(model) => model.adopt(captured),
+            Model::Tensors(_) => None,
+        }
     }
 
     /// Uploads, runs and collects `batch` items laid out back to back in
@@ -125,6 +138,20 @@ impl Model {
         let input = pre.upload_bytes(bytes, batch)?;
         self.launch(input, k)?.collect(batch)
     }
+}
+
+/// Each shape's warm-up input (varied bytes) and capture input (zeros), as
+/// `pre` uploads `item_len`-byte items.
+fn warm_shapes(pre: &Preprocessor, shapes: &[u32], item_len: usize) -> Result<Vec<WarmShape>, ModelError> {
+    shapes
+        .iter()
+        .map(|&n| {
+            let bytes: Vec<u8> = (0..n as usize * item_len).map(|i| (i * 31 % 251) as u8).collect();
+            let warm = pre.upload_bytes(&bytes, n as usize)?;
+            let capture = pre.upload_bytes(&vec![0; n as usize * item_len], n as usize)?;
+            Ok(WarmShape { warm, capture: Some(capture) })
+        })
+        .collect()
 }
 
 impl Launched {

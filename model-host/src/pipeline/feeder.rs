@@ -21,8 +21,9 @@ use crate::pipeline::batch::{self, Uploaded};
 use crate::pipeline::batcher::{Batcher, Next};
 use crate::counters::Counters;
 use crate::pipeline::jobs::Job;
+use crate::pipeline::ready_shapes::ReadyShapes;
 use crate::model::preprocess::Preprocessor;
-use crate::torch_shim::stream::use_own_stream;
+use crate::torch_shim::stream::{Priority, use_own_stream};
 
 /// The feeder's answer to one ask.
 pub enum Fed {
@@ -36,7 +37,8 @@ pub struct Feeder {
     pub jobs: Receiver<Job>,
     pub pre: Preprocessor,
     pub slot_len: usize,
-    pub shapes: Vec<u32>,
+    /// What a batch may be padded to (more shapes join after READY).
+    pub shapes: Arc<ReadyShapes>,
     pub counters: Arc<Counters>,
     /// libtorch CPU threads for this thread's own work (the copies and, on
     /// the CPU, the conversion); 0 leaves libtorch's default. Each thread
@@ -58,12 +60,12 @@ impl Feeder {
                 }
                 // Uploads on a stream of their own overlap the batch the
                 // model's stream runs, instead of queueing behind it.
-                if let Err(e) = use_own_stream(self.pre.device()) {
+                if let Err(e) = use_own_stream(self.pre.device(), Priority::High) {
                     tracing::warn!(error = %e.0, "no CUDA stream of the feeder's own; uploads queue behind each forward pass");
                 }
                 for wait in asks {
                     let fed = match self.batcher.next(&self.jobs, wait, &self.counters) {
-                        Next::Batch(jobs) => match batch::gather(jobs, self.slot_len, &self.shapes, &self.pre, &self.counters) {
+                        Next::Batch(jobs) => match batch::gather(jobs, self.slot_len, &self.shapes.now(), &self.pre, &self.counters) {
                             Some(gathered) => Fed::Batch(batch::upload(&self.pre, gathered)),
                             None => Fed::Idle,
                         },

@@ -4,7 +4,8 @@
 //! - [`jpeg_stage`]: JPEGs decoded on the device as they arrive.
 //! - [`batcher`] + [`batch_policy`]: when to close a batch (the policy is
 //!   a plain struct, unit-tested apart from the task).
-//! - [`feeder`]: forms and uploads the next batch while the current runs.
+//! - [`feeder`]: forms and uploads the next batch while the current runs,
+//!   padded to one of the [`ready_shapes`].
 //! - [`batch`]: gather slots, upload, launch, answer.
 //! - [`model_thread`]: load, warm up, then run batches forever.
 //! - [`spin`]: the two threads' waits, polling briefly before sleeping.
@@ -16,4 +17,5 @@ pub mod feeder;
 pub mod jobs;
 pub mod jpeg_stage;
 pub mod model_thread;
+pub mod ready_shapes;
 pub mod spin;

@@ -24,7 +24,9 @@ use crate::notify::Notifier;
 use crate::model::Model;
 use crate::model::jpeg_input::{JpegInput, open_decoders};
 use crate::model::preprocess::Preprocessor;
-use crate::model::config::LoadedConfig;
+use crate::model::classifier::{LatePoll, LateWarmUp};
+use crate::model::config::{LoadedConfig, shapes_before_ready};
+use crate::pipeline::ready_shapes::ReadyShapes;
 use crate::startup::PhaseReporter;
 
 pub struct ModelThread {
@@ -34,6 +36,8 @@ pub struct ModelThread {
     /// On a GPU, how long the feeder and this thread poll for their next
     /// message before sleeping (see [`crate::pipeline::spin`]).
     pub spin: Duration,
+    /// Threads of the warm-up after READY (`--warm-up-threads-after-ready`).
+    pub warm_up_threads_after_ready: usize,
     /// GPU memory (MiB) to require free beyond the weights before loading.
     pub load_headroom_mb: u64,
     pub reporter: PhaseReporter,
@@ -62,6 +66,8 @@ struct Started {
     device: tch::Device,
     /// The decode stage's decoders, when the host decodes JPEGs.
     jpeg: Option<Vec<JpegInput>>,
+    /// The batch shapes ready at READY; the rest warm up after it.
+    ready: Vec<u32>,
 }
 
 impl ModelThread {
@@ -73,7 +79,7 @@ impl ModelThread {
     }
 
     fn run(mut self) {
-        let Started { model, pre, device, jpeg } = match self.start() {
+        let Started { mut model, pre, device, jpeg, ready: before_ready } = match self.start() {
             Ok(loaded) => loaded,
             Err(e) => return self.reporter.failed(e.to_string()),
         };
@@ -89,6 +95,10 @@ impl ModelThread {
             // last connection, and the thread would never see it close.
             None => drop((jpegs, decoded)),
         }
+        let shapes = batching.shapes();
+        let late: Vec<u32> = shapes.iter().copied().filter(|n| !before_ready.contains(n)).collect();
+        let ready_shapes = Arc::new(ReadyShapes::new(before_ready));
+        let mut warming = self.warm_up_later(&model, device, &late);
         let (ask, asks) = std::sync::mpsc::sync_channel(1);
         let (answer, answers) = std::sync::mpsc::sync_channel(1);
         // On the CPU a polling thread would take a core from the forward pass.
@@ -98,7 +108,7 @@ impl ModelThread {
             jobs: ready,
             pre,
             slot_len: self.model.config.item_input_bytes(),
-            shapes: batching.shapes(),
+            shapes: ready_shapes.clone(),
             counters: self.counters.clone(),
             // On a GPU as measured on the H100 (libtorch's default there);
             // on the CPU one, so the forward pass keeps the cores.
@@ -117,6 +127,11 @@ impl ModelThread {
         // The batch on the device whose answers are not yet sent.
         let mut running: Option<Running> = None;
         loop {
+            if let Some(late) = &mut warming
+                && adopt_late_graphs(late, &mut model, &ready_shapes, &self.counters)
+            {
+                warming = None;
+            }
             let Some(current) = running.take() else {
                 // Nothing on the device: wait for a batch.
                 if ask.send(tick).is_err() {
@@ -154,6 +169,9 @@ impl ModelThread {
             }
         }
         tracing::info!("job queue closed; model thread exits");
+        if let Some(mut late) = warming {
+            late.join();
+        }
         // Not dropped: freeing device memory as the process exits races the
         // CUDA allocator's teardown ("invalid device pointer" on an H200).
         std::mem::forget(model);
@@ -213,10 +231,11 @@ impl ModelThread {
         if let Some(primed) = primed {
             let _ = primed.join();
         }
-        self.warm_up(&mut model, &pre, device)?;
-        self.capture_graphs(&mut model, &pre);
+        let ready = self.shapes_before_ready(&model, device);
+        self.warm_up(&mut model, &pre, device, &ready)?;
+        self.capture_graphs(&mut model, &pre, &ready);
         self.reporter.ready();
-        Ok(Started { model, pre, device, jpeg })
+        Ok(Started { model, pre, device, jpeg, ready })
     }
 
     /// Tells the handshake the device, and whether the host decodes JPEGs
@@ -253,18 +272,18 @@ impl ModelThread {
         std::thread::Builder::new().name("nvjpeg-open".into()).spawn(open).ok()
     }
 
-    /// On a GPU, one CUDA graph per batch shape (after warm-up, so the
-    /// kernels are chosen); the shapes that could not be captured run eagerly.
-    fn capture_graphs(&self, model: &mut Model, pre: &Preprocessor) {
+    /// On a GPU, one CUDA graph per batch shape of `shapes` (after warm-up,
+    /// so the kernels are chosen); the shapes that could not be captured
+    /// run eagerly.
+    fn capture_graphs(&self, model: &mut Model, pre: &Preprocessor, shapes: &[u32]) {
         let started = Instant::now();
-        let shapes = self.model.config.batching.shapes();
         let item_len = self.model.config.item_input_bytes();
-        let Some(report) = model.capture_graphs(pre, &shapes, item_len) else { return };
+        let Some(report) = model.capture_graphs(pre, shapes, item_len) else { return };
         if !report.captured.is_empty() || !report.failed.is_empty() {
             let eager: Vec<i64> = report.failed.iter().map(|(n, _)| *n).collect();
             tracing::info!(captured = ?report.captured, eager = ?eager, ms = started.elapsed().as_secs_f64() * 1e3, "CUDA graphs");
         }
-        self.counters.set_graphs(&report.captured);
+        self.counters.add_graphs(&report.captured);
     }
 
     /// Runs every batch shape the host will use, twice (the first run of a
@@ -272,19 +291,14 @@ impl ModelThread {
     /// graph capture follows, which runs its own), and checks the
     /// outputs (a classifier's shape; a tensor model's every output's dtype
     /// and shape) against the config before any client sees them.
-    fn warm_up(&self, model: &mut Model, pre: &Preprocessor, device: tch::Device) -> Result<(), HostError> {
-        let sizes = self.model.config.batching.shapes();
+    fn warm_up(&self, model: &mut Model, pre: &Preprocessor, device: tch::Device, sizes: &[u32]) -> Result<(), HostError> {
         // A classifier bound for CUDA graphs gets one eager pass per shape:
         // the capture runs another itself before it records.
         // Side by side only when each shape is then replayed from a graph:
         // cuDNN's set-up is kept per thread, so a shape run eagerly on the
         // model thread must be warmed there.
-        let graphs = device.is_cuda()
-            && self.model.config.optimization.cuda_graphs
-            && crate::torch_shim::has_cuda_graphs()
-            && matches!(model, Model::Classifier(_));
-        if graphs {
-            return self.warm_up_side_by_side(model, pre, &sizes);
+        if self.replays_graphs(model, device) {
+            return self.warm_up_side_by_side(model, pre, sizes);
         }
         let passes = 2;
         let total = passes * sizes.len() as u32;
@@ -307,6 +321,44 @@ impl ModelThread {
 }
 
 impl ModelThread {
+    /// Whether each batch shape is warmed up on a thread of its own and
+    /// then replayed from a CUDA graph: a classifier on a GPU, unless
+    /// model.toml says `cuda_graphs = false`.
+    fn replays_graphs(&self, model: &Model, device: tch::Device) -> bool {
+        device.is_cuda()
+            && self.model.config.optimization.cuda_graphs
+            && crate::torch_shim::has_cuda_graphs()
+            && matches!(model, Model::Classifier(_))
+    }
+
+    /// The batch shapes to warm up before READY: all of them, or where
+    /// shapes replay from graphs and model.toml allows it, four (see
+    /// [`crate::model::config::shapes_before_ready`]).
+    fn shapes_before_ready(&self, model: &Model, device: tch::Device) -> Vec<u32> {
+        let shapes = self.model.config.batching.shapes();
+        if self.replays_graphs(model, device) && self.model.config.optimization.warm_up_after_ready {
+            shapes_before_ready(&shapes)
+        } else {
+            shapes
+        }
+    }
+
+    /// Starts the warm-up of the `late` shapes beside serving, if any.
+    fn warm_up_later(&self, model: &Model, device: tch::Device, late: &[u32]) -> Option<LateWarmUp> {
+        if late.is_empty() {
+            return None;
+        }
+        let threads = self.warm_up_threads_after_ready;
+        tracing::info!(shapes = ?late, threads, "warming up after READY; until a shape is ready, its batches pad to the next ready one");
+        match model.warm_up_later(&self.model.config, device, late, threads)? {
+            Ok(late) => Some(late),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot warm up after READY; batches pad to the shapes ready before it");
+                None
+            }
+        }
+    }
+
     /// A classifier on a GPU: one pass per shape, the shapes side by side on
     /// several threads (their first passes are CPU-bound set-up that runs
     /// in parallel), so that start-up costs about the slowest shape's, not
@@ -329,6 +381,29 @@ impl ModelThread {
 /// The most warm-up threads: one per shape up to this (an H200 machine
 /// has 16 cores; 12 shapes took 0.80 s on 4 threads, 0.67 s on 12).
 const WARM_UP_THREADS: usize = 16;
+
+/// Adopts the graphs the warm-up after READY has captured so far: each
+/// shape becomes one the feeder may pad to once the model thread holds
+/// its graph (never before: a first eager pass would stall its batch).
+/// True once that warm-up is over.
+fn adopt_late_graphs(late: &mut LateWarmUp, model: &mut Model, ready: &ReadyShapes, counters: &Counters) -> bool {
+    match late.poll() {
+        LatePoll::Captured(graphs) => {
+            for graph in graphs {
+                if let Some(n) = model.adopt(graph) {
+                    ready.add(n as u32);
+                    counters.add_graphs(&[n]);
+                    tracing::info!(batch = n, "batch shape warmed up and captured after READY");
+                }
+            }
+            false
+        }
+        LatePoll::Done(took) => {
+            tracing::info!(ready = ?ready.now(), ms = took.as_secs_f64() * 1e3, "warm-up after READY done");
+            true
+        }
+    }
+}
 
 #[cfg(test)]
 mod tests {
@@ -381,6 +456,7 @@ max_batch_size = 4
             device: DeviceChoice::Cpu,
             cpu_threads: 1,
             spin: Duration::ZERO,
+            warm_up_threads_after_ready: 1,
             load_headroom_mb: 0,
             reporter,
             counters: Arc::new(Counters::new(&[1, 2, 4])),

@@ -26,7 +26,7 @@ struct ShimEvent {
 
 unsafe extern "C" {
     fn shim_has_streams() -> c_int;
-    fn shim_stream_own(device: c_int) -> *mut c_char;
+    fn shim_stream_own(device: c_int, high_priority: c_int) -> *mut c_char;
     fn shim_event_record(device: c_int, out: *mut *mut ShimEvent) -> *mut c_char;
     fn shim_event_block(event: *mut ShimEvent, device: c_int) -> *mut c_char;
     fn shim_event_synchronize(event: *mut ShimEvent) -> *mut c_char;
@@ -39,18 +39,28 @@ pub fn has_streams() -> bool {
     unsafe { shim_has_streams() != 0 }
 }
 
+/// How a thread's own stream is scheduled against the others.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Priority {
+    /// The feeder's uploads: ahead of the forward pass's kernels.
+    High,
+    /// Work beside serving that no request waits on (the warm-up after
+    /// READY).
+    Low,
+}
+
 /// Gives the calling thread a CUDA stream of its own on `device` (from
-/// libtorch's high-priority pool, not waiting for the legacy default
+/// libtorch's pool of that priority, not waiting for the legacy default
 /// stream), for the rest of its life: what it queues from here on runs
 /// beside the other threads' work. A no-op off the GPU or without streams.
-pub fn use_own_stream(device: Device) -> Result<(), ShimError> {
+pub fn use_own_stream(device: Device, priority: Priority) -> Result<(), ShimError> {
     let Device::Cuda(index) = device else { return Ok(()) };
     if !has_streams() {
         return Ok(());
     }
-    // SAFETY: takes a device index and changes this thread's current
-    // stream; the shim catches every C++ exception.
-    check(unsafe { shim_stream_own(index as c_int) })
+    // SAFETY: takes a device index and a flag, and changes this thread's
+    // current stream; the shim catches every C++ exception.
+    check(unsafe { shim_stream_own(index as c_int, c_int::from(priority == Priority::High)) })
 }
 
 /// A point in one stream's work: complete once everything queued on that
@@ -109,7 +119,8 @@ mod tests {
 
     #[test]
     fn off_the_gpu_there_is_nothing_to_order() {
-        use_own_stream(Device::Cpu).unwrap();
+        use_own_stream(Device::Cpu, Priority::High).unwrap();
+        use_own_stream(Device::Cpu, Priority::Low).unwrap();
         assert!(CudaEvent::record(Device::Cpu).unwrap().is_none());
     }
 }

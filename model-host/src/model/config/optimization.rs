@@ -31,6 +31,15 @@ pub struct OptimizationConfig {
     /// 128, docs/BENCHMARKS.md); cuDNN's heuristic choice is taken at once.
     #[serde(default)]
     pub cudnn_benchmark: bool,
+    /// On a GPU with CUDA graphs, a classifier reports READY once four of
+    /// its batch shapes are warmed up and captured (the smallest, the
+    /// largest and two between: [`super::shapes_before_ready`]); the others
+    /// are warmed and captured while it serves, on threads and CUDA streams
+    /// of their own, and until one is ready a batch pads to the next ready
+    /// shape, so no request waits on the warm-up. false: every shape before
+    /// READY.
+    #[serde(default = "enabled")]
+    pub warm_up_after_ready: bool,
 }
 
 fn enabled() -> bool {
@@ -39,7 +48,7 @@ fn enabled() -> bool {
 
 impl Default for OptimizationConfig {
     fn default() -> Self {
-        Self { precision: Precision::default(), channels_last: false, freeze: true, cuda_graphs: true, cudnn_benchmark: false }
+        Self { precision: Precision::default(), channels_last: false, freeze: true, cuda_graphs: true, cudnn_benchmark: false, warm_up_after_ready: true }
     }
 }
 

@@ -77,6 +77,28 @@ fn batch_shapes_and_padding() {
 }
 
 #[test]
+fn four_shapes_spread_on_a_log_scale_are_warmed_before_ready() {
+    let batching = |max, sizes: Vec<u32>| {
+        BatchingConfig { max_batch_size: max, batch_sizes: sizes, max_queue_delay_us: 0, preferred_batch_sizes: vec![] }.shapes()
+    };
+    assert_eq!(shapes_before_ready(&batching(128, vec![])), vec![1, 4, 32, 128]);
+    assert_eq!(shapes_before_ready(&batching(32, vec![])), vec![1, 4, 12, 32]);
+    assert_eq!(shapes_before_ready(&batching(256, vec![])), vec![1, 8, 48, 256]);
+    // Four or fewer: all of them.
+    assert_eq!(shapes_before_ready(&batching(8, vec![])), vec![1, 2, 4, 8]);
+    assert_eq!(shapes_before_ready(&batching(32, vec![8, 1])), vec![1, 8, 32]);
+    assert_eq!(shapes_before_ready(&[]), Vec::<u32>::new());
+    // Two thirds may land on the same interior shape: chosen once.
+    assert_eq!(shapes_before_ready(&[1, 2, 30, 999, 1000]), vec![1, 30, 1000]);
+    // The largest is always among them, so every batch has a ready shape.
+    for max in [5, 17, 64, 100, 1024] {
+        let ready = shapes_before_ready(&batching(max, vec![]));
+        assert_eq!(ready.last(), Some(&max), "{max}");
+        assert_eq!(ready.first(), Some(&1), "{max}");
+    }
+}
+
+#[test]
 fn optimization_and_batching_policy_parse() {
     let text = GOOD.replace("batch_sizes = [1, 8]", "batch_sizes = [1, 8]\nmax_queue_delay_us = 500\npreferred_batch_sizes = [4]")
         + "[optimization]\nprecision = \"fp16\"\nchannels_last = true\n";
