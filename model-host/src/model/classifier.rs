@@ -119,9 +119,10 @@ impl ImageClassifier {
 
     /// Starts warming up and capturing more batch shapes on threads of
     /// their own, each on a low-priority CUDA stream of `device`, while
-    /// the model serves: `make` builds the shapes' inputs (on the first
-    /// of those threads). Take each captured graph with [`Self::adopt`]
-    /// as [`LateWarmUp::poll`] hands it over.
+    /// the model serves: `make` builds the shapes' inputs, on the thread
+    /// that then starts `threads` workers (see [`warm_and_capture`]). Take
+    /// each captured graph with [`Self::adopt`] as [`LateWarmUp::poll`]
+    /// hands it over.
     pub fn warm_up_later(
         &self,
         device: Device,
