@@ -20,7 +20,7 @@ use crate::model::ModelError;
 use crate::model::config::{ClassifierConfig, OptimizationConfig};
 use crate::model::Input;
 use crate::model::readback::ToHost;
-use crate::torch_shim::stream::{Priority, use_own_stream};
+use crate::torch_shim::stream::{CudaEvent, Priority, use_own_stream};
 use crate::torch_shim::{self, CudaGraph, Module};
 
 pub struct ImageClassifier {
@@ -136,9 +136,10 @@ impl ImageClassifier {
             use_own_stream(device, Priority::Low).map_err(|e| ModelError::Stream(e.0))?;
             let shapes = make()?;
             // The inputs were made on this thread's stream; the warm-up
-            // threads read them on theirs.
-            if let Device::Cuda(index) = device {
-                tch::Cuda::synchronize(index as i64);
+            // threads read them on theirs. Waiting for this stream alone,
+            // not the device, leaves the batches being served alone.
+            if let Some(made) = CudaEvent::record(device).map_err(|e| ModelError::Stream(e.0))? {
+                made.synchronize().map_err(|e| ModelError::Stream(e.0))?;
             }
             // If the model thread has gone, nobody takes the graphs: they
             // are dropped, and the warm-up ends with its shapes.
