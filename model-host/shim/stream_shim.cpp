@@ -7,15 +7,19 @@
 //
 // Only libtorch's own calls (c10::Event goes through the CUDA backend
 // registered in libc10_cuda): nothing here calls the CUDA runtime, as in
-// torch_shim.cpp. Errors come back as messages (shim_errors.h).
+// torch_shim.cpp, and the one driver call (a stream's priority, for the
+// log) goes through dlsym. Errors come back as messages (shim_errors.h).
 
 #include <memory>
 #include <stdexcept>
+#include <string>
 
 #include <c10/core/Event.h>
 #include <c10/core/Stream.h>
 
 #ifdef SHIM_WITH_CUDA
+#include <dlfcn.h>
+
 #include <c10/cuda/CUDAStream.h>
 #endif
 
@@ -47,6 +51,24 @@ char* shim_stream_own(int device, int high_priority) {
   });
 }
 
+// The priority CUDA gives the calling thread's current stream on `device`
+// (lower runs first), for the log. Asked of the driver, which
+// any process with a CUDA context has loaded, through dlsym: this shim
+// calls neither the runtime (libtorch's header would inline it) nor links
+// the driver.
+char* shim_stream_priority(int device, int* out) {
+  return guarded([&] {
+    cudaStream_t stream = c10::cuda::getCurrentCUDAStream(static_cast<c10::DeviceIndex>(device)).stream();
+    void* driver = dlopen("libcuda.so.1", RTLD_NOW | RTLD_NOLOAD);
+    if (driver == nullptr) throw std::runtime_error("the CUDA driver is not loaded");
+    using GetPriority = int (*)(cudaStream_t, int*);
+    auto get = reinterpret_cast<GetPriority>(dlsym(driver, "cuStreamGetPriority"));
+    int status = get == nullptr ? -1 : get(stream, out);
+    dlclose(driver);
+    if (status != 0) throw std::runtime_error("cuStreamGetPriority failed: " + std::to_string(status));
+  });
+}
+
 // A new event, recorded on the calling thread's current stream on `device`:
 // it completes when everything queued there so far has run.
 char* shim_event_record(int device, ShimEvent** out) {
@@ -74,6 +96,11 @@ int shim_has_streams() { return 0; }
 
 char* shim_stream_own(int device, int high_priority) {
   (void)device; (void)high_priority;
+  return error_of("this model-host was built without CUDA support in its shim");
+}
+
+char* shim_stream_priority(int device, int* out) {
+  (void)device; (void)out;
   return error_of("this model-host was built without CUDA support in its shim");
 }
 

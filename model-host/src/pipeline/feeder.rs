@@ -23,7 +23,7 @@ use crate::counters::Counters;
 use crate::pipeline::jobs::Job;
 use crate::pipeline::ready_shapes::ReadyShapes;
 use crate::model::preprocess::Preprocessor;
-use crate::torch_shim::stream::{Priority, use_own_stream};
+use crate::torch_shim::stream::{Priority, current_priority, use_own_stream};
 
 /// The feeder's answer to one ask.
 pub enum Fed {
@@ -60,8 +60,12 @@ impl Feeder {
                 }
                 // Uploads on a stream of their own overlap the batch the
                 // model's stream runs, instead of queueing behind it.
-                if let Err(e) = use_own_stream(self.pre.device(), Priority::High) {
-                    tracing::warn!(error = %e.0, "no CUDA stream of the feeder's own; uploads queue behind each forward pass");
+                match (use_own_stream(self.pre.device(), Priority::High), self.pre.device()) {
+                    (Ok(()), tch::Device::Cuda(index)) => {
+                        tracing::info!(priority = ?current_priority(index).ok(), "uploads on a stream of their own");
+                    }
+                    (Ok(()), _) => {}
+                    (Err(e), _) => tracing::warn!(error = %e.0, "no CUDA stream of the feeder's own; uploads queue behind each forward pass"),
                 }
                 for wait in asks {
                     let fed = match self.batcher.next(&self.jobs, wait, &self.counters) {

@@ -24,7 +24,7 @@ use crate::notify::Notifier;
 use crate::model::Model;
 use crate::model::jpeg_input::{JpegInput, open_decoders};
 use crate::model::preprocess::Preprocessor;
-use crate::model::classifier::{LatePoll, LateWarmUp};
+use crate::model::classifier::{LatePoll, LateWarmUp, prime_answers};
 use crate::model::config::{LoadedConfig, shapes_before_ready};
 use crate::pipeline::ready_shapes::ReadyShapes;
 use crate::startup::PhaseReporter;
@@ -211,7 +211,9 @@ impl ModelThread {
         }
         self.reporter.device_ready(&name);
 
-        let primed = device::prime_libraries(device, self.model.config.optimization.precision.kind());
+        let kind = self.model.config.optimization.precision.kind();
+        let primed = device::prime_libraries(device, kind);
+        let answers = self.model.config.classifier().and_then(|c| prime_answers(c, kind, device, self.model.config.batching.shapes()));
         let path = &self.model.model_file;
         let load_error = |source| HostError::ModelLoad { path: path.display().to_string(), source };
         let mut model = Model::load(path, &self.model.config, device).map_err(load_error)?;
@@ -228,7 +230,7 @@ impl ModelThread {
             self.send_device_ready(&name, jpeg.is_some());
         }
 
-        if let Some(primed) = primed {
+        for primed in [primed, answers].into_iter().flatten() {
             let _ = primed.join();
         }
         let ready = self.shapes_before_ready(&model, device);

@@ -27,6 +27,7 @@ struct ShimEvent {
 unsafe extern "C" {
     fn shim_has_streams() -> c_int;
     fn shim_stream_own(device: c_int, high_priority: c_int) -> *mut c_char;
+    fn shim_stream_priority(device: c_int, out: *mut c_int) -> *mut c_char;
     fn shim_event_record(device: c_int, out: *mut *mut ShimEvent) -> *mut c_char;
     fn shim_event_block(event: *mut ShimEvent, device: c_int) -> *mut c_char;
     fn shim_event_synchronize(event: *mut ShimEvent) -> *mut c_char;
@@ -61,6 +62,15 @@ pub fn use_own_stream(device: Device, priority: Priority) -> Result<(), ShimErro
     // SAFETY: takes a device index and a flag, and changes this thread's
     // current stream; the shim catches every C++ exception.
     check(unsafe { shim_stream_own(index as c_int, c_int::from(priority == Priority::High)) })
+}
+
+/// The priority CUDA gives the calling thread's current stream on GPU
+/// `index` (lower numbers run first).
+pub fn current_priority(index: usize) -> Result<i32, ShimError> {
+    let mut priority = 0;
+    // SAFETY: `priority` is a live c_int the shim writes only on success.
+    check(unsafe { shim_stream_priority(index as c_int, &mut priority) })?;
+    Ok(priority)
 }
 
 /// A point in one stream's work: complete once everything queued on that
@@ -122,5 +132,27 @@ mod tests {
         use_own_stream(Device::Cpu, Priority::High).unwrap();
         use_own_stream(Device::Cpu, Priority::Low).unwrap();
         assert!(CudaEvent::record(Device::Cpu).unwrap().is_none());
+    }
+
+    /// On a GPU (skipped elsewhere): the feeder's stream runs above the
+    /// warm-up's, which has the default priority of the legacy stream the
+    /// model thread replays on.
+    #[test]
+    fn the_feeders_stream_runs_above_the_default_priority() {
+        if !tch::Cuda::is_available() || !has_streams() {
+            return;
+        }
+        let on_a_thread_of_its_own = |priority| {
+            std::thread::spawn(move || {
+                use_own_stream(Device::Cuda(0), priority).unwrap();
+                current_priority(0).unwrap()
+            })
+            .join()
+            .unwrap()
+        };
+        let default = current_priority(0).unwrap();
+        let [high, low] = [Priority::High, Priority::Low].map(on_a_thread_of_its_own);
+        assert_eq!((low, default), (0, 0), "the default priority");
+        assert!(high < low, "high {high}, low {low}");
     }
 }
