@@ -118,7 +118,7 @@ impl ImageClassifier {
     }
 
     /// Starts warming up and capturing more batch shapes on threads of
-    /// their own, each on a low-priority CUDA stream of `device`, while
+    /// their own, each on a CUDA stream of its own on `device`, while
     /// the model serves: `make` builds the shapes' inputs, on the thread
     /// that then starts `threads` workers (see [`warm_and_capture`]). Take
     /// each captured graph with [`Self::adopt`] as [`LateWarmUp::poll`]
@@ -304,8 +304,9 @@ impl LateWarmUp {
 /// Before READY (`after_ready` None) nothing else runs: the threads stay on
 /// the default stream, every warm-up pass ends before the first capture,
 /// and the captures follow one at a time. After READY (`after_ready` the
-/// device) the model serves beside them: each thread takes a low-priority
-/// stream of its own and captures each shape right after warming it, one
+/// device) the model serves beside them: each thread takes a stream of its own
+/// (libtorch's low-priority pool: the default priority, as the model
+/// thread's) and captures each shape right after warming it, one
 /// capture at a time across the threads, so that each shape is ready as
 /// soon as it can be.
 ///

@@ -33,7 +33,6 @@ impl ReadyShapes {
     pub fn now(&self) -> Vec<u32> {
         self.shapes.read().unwrap_or_else(PoisonError::into_inner).clone()
     }
-
 }
 
 #[cfg(test)]
