@@ -61,8 +61,20 @@ mod tests {
     use protocol::shm::naming::segment_name;
     use protocol::shm::{Segment, SlotLayout};
 
+    /// A sweep removes every dead pid's segment in /dev/shm, not only its
+    /// own test's: run side by side, the second test's sweep could take the
+    /// first one's dead segment between its creation and the first test's
+    /// own sweep, which then found none to remove (seen once in a full run).
+    /// The two tests take turns.
+    static ONE_SWEEP_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+    fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+        ONE_SWEEP_AT_A_TIME.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     #[test]
     fn removes_a_dead_pids_segment_and_keeps_a_live_ones() {
+        let _turn = one_at_a_time();
         // Pid 2^22 + 1 is above Linux's pid_max limit, so never alive.
         let dead = segment_name((1 << 22) + 1, 1);
         let live = segment_name(std::process::id(), 999_999);
@@ -79,6 +91,7 @@ mod tests {
 
     #[test]
     fn removes_the_segments_of_its_own_pid_at_start() {
+        let _turn = one_at_a_time();
         // The parent (cargo test's runner) plays a restarted host in a
         // container, alive and with the pid the stale names carry.
         let restarted = std::os::unix::process::parent_id();
