@@ -2,8 +2,9 @@
 //! no outside connection, hot-swaps the gateway after a change under
 //! gateway/ with no failed request under a 4-client load, and on Ctrl-C
 //! (SIGINT to its process group, as a terminal sends it) leaves no process,
-//! control socket or listening port behind. The save -> first answer time
-//! is printed, not asserted: it depends on the machine.
+//! control socket or listening port behind, within its stop limit even when
+//! a rebuild is in progress. The save -> first answer time is printed, not
+//! asserted: it depends on the machine.
 
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
@@ -49,6 +50,59 @@ impl Drop for Dev {
     }
 }
 
+/// The tests here take turns: each starts a scripts/dev that rebuilds the
+/// gateway, and one of them holds cargo's build lock.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// scripts/dev's own stop limit (`STOP_LIMIT_SECS`, set here to its default).
+const STOP_LIMIT: Duration = Duration::from_secs(10);
+
+/// Starts scripts/dev on `port` with its run directory in `run_dir`, on
+/// the CPU, in a process group of its own (as a terminal would).
+fn start_dev(port: u16, run_dir: &std::path::Path) -> Dev {
+    let log = run_dir.join("dev.log");
+    let file = std::fs::File::create(&log).expect("log file");
+    let child = Command::new(root().join("scripts/dev"))
+        .env("PORT", port.to_string())
+        .env("RUN_DIR", run_dir)
+        .env("DEVICE", "cpu")
+        .env("STOP_LIMIT_SECS", STOP_LIMIT.as_secs().to_string())
+        .stdout(file.try_clone().expect("log fd"))
+        .stderr(file)
+        .stdin(Stdio::null())
+        .process_group(0)
+        .spawn()
+        .expect("starting scripts/dev");
+    Dev { child, log }
+}
+
+/// A save: the file's content stays (other tests build from this tree);
+/// its mtime is what both scripts/dev and cargo look at.
+fn touch_gateway_source() {
+    let saved = std::fs::File::options().write(true).open(root().join("gateway/src/lib.rs")).expect("opening lib.rs");
+    saved.set_modified(SystemTime::now()).expect("touching gateway/src/lib.rs");
+}
+
+/// Ctrl-C, as a terminal sends it (SIGINT to the process group); then
+/// checks that scripts/dev exits within `limit` and leaves nothing behind.
+async fn ctrl_c_and_check_cleanup(dev: &mut Dev, run_dir: &std::path::Path, port: u16, limit: Duration) {
+    killpg(Pid::from_raw(dev.child.id() as i32), Signal::SIGINT).expect("SIGINT to the group");
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = dev.child.try_wait().expect("try_wait") {
+            break status;
+        }
+        assert!(started.elapsed() < limit, "scripts/dev did not exit within {limit:?} of Ctrl-C");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    println!("scripts/dev exited ({status}) {:?} after Ctrl-C", started.elapsed());
+    let run_dir_name = run_dir.display().to_string();
+    let left = eventually(Duration::from_secs(5), async || processes_naming(&run_dir_name).is_empty()).await;
+    assert!(left.is_some(), "processes left running: {:?}", processes_naming(&run_dir_name));
+    assert!(!run_dir.join("model-host.sock").exists(), "the host's control socket was left behind");
+    assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err(), "port {port} still accepts connections");
+}
+
 /// Processes whose command line names `needle`.
 fn processes_naming(needle: &str) -> Vec<String> {
     let out = Command::new("pgrep").args(["-af", needle]).output().expect("pgrep");
@@ -57,22 +111,11 @@ fn processes_naming(needle: &str) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn dev_serves_at_once_swaps_on_a_change_and_cleans_up() {
+    let _turn = SERIAL.lock().await;
     binary("gateway"); // the harness's build: the same command scripts/dev runs
     let run_dir = tempfile::Builder::new().prefix("split-dev-").tempdir().expect("tempdir");
     let port = free_port();
-    let log = run_dir.path().join("dev.log");
-    let file = std::fs::File::create(&log).expect("log file");
-    let child = Command::new(root().join("scripts/dev"))
-        .env("PORT", port.to_string())
-        .env("RUN_DIR", run_dir.path())
-        .env("DEVICE", "cpu")
-        .stdout(file.try_clone().expect("log fd"))
-        .stderr(file)
-        .stdin(Stdio::null())
-        .process_group(0)
-        .spawn()
-        .expect("starting scripts/dev");
-    let mut dev = Dev { child, log };
+    let mut dev = start_dev(port, run_dir.path());
 
     // 1. Up without anyone connecting: the script says where it serves.
     let line = dev.wait_log(&format!("serving http://127.0.0.1:{port}"), Duration::from_secs(600)).await;
@@ -103,10 +146,7 @@ async fn dev_serves_at_once_swaps_on_a_change_and_cleans_up() {
         })
         .collect();
     tokio::time::sleep(Duration::from_millis(300)).await;
-    // A save: the file's content stays (other tests build from this tree),
-    // its mtime is what both scripts/dev and cargo look at.
-    let saved = std::fs::File::options().write(true).open(root().join("gateway/src/lib.rs")).expect("opening lib.rs");
-    saved.set_modified(SystemTime::now()).expect("touching gateway/src/lib.rs");
+    touch_gateway_source();
     let line = dev.wait_log("swapped to gateway", Duration::from_secs(600)).await;
     println!("{line}");
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -120,19 +160,42 @@ async fn dev_serves_at_once_swaps_on_a_change_and_cleans_up() {
     assert_eq!(failed, 0, "requests failed across the swap");
 
     // 3. Ctrl-C: everything stops, nothing is left.
-    killpg(Pid::from_raw(dev.child.id() as i32), Signal::SIGINT).expect("SIGINT to the group");
-    let started = Instant::now();
-    let status = loop {
-        if let Some(status) = dev.child.try_wait().expect("try_wait") {
-            break status;
-        }
-        assert!(started.elapsed() < Duration::from_secs(30), "scripts/dev did not exit within 30 s of Ctrl-C");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
-    println!("scripts/dev exited ({status}) {:?} after Ctrl-C", started.elapsed());
-    let run_dir_name = run_dir.path().display().to_string();
-    let left = eventually(Duration::from_secs(5), async || processes_naming(&run_dir_name).is_empty()).await;
-    assert!(left.is_some(), "processes left running: {:?}", processes_naming(&run_dir_name));
-    assert!(!run_dir.path().join("model-host.sock").exists(), "the host's control socket was left behind");
-    assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err(), "port {port} still accepts connections");
+    ctrl_c_and_check_cleanup(&mut dev, run_dir.path(), port, STOP_LIMIT + Duration::from_secs(5)).await;
+}
+
+/// Ctrl-C while a rebuild is under way. The build is held at cargo's lock
+/// on the build directory, which this test takes as a `cargo test` in
+/// another terminal would: the rebuild then lasts until the lock is given
+/// back, so Ctrl-C lands in it every time. A stop that waits for the build
+/// never ends; scripts/dev must kill it and be gone within its limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctrl_c_during_a_rebuild_stops_within_the_limit() {
+    let _turn = SERIAL.lock().await;
+    binary("gateway");
+    let run_dir = tempfile::Builder::new().prefix("split-dev-").tempdir().expect("tempdir");
+    let port = free_port();
+    let mut dev = start_dev(port, run_dir.path());
+    dev.wait_log(&format!("serving http://127.0.0.1:{port}"), Duration::from_secs(600)).await;
+
+    let lock_path = binary("gateway").parent().expect("target/<profile>").join(".cargo-lock");
+    let lock_file = std::fs::File::options().read(true).write(true).create(true).truncate(false).open(&lock_path).expect("opening cargo's lock");
+    let held = tokio::task::spawn_blocking(move || nix::fcntl::Flock::lock(lock_file, nix::fcntl::FlockArg::LockExclusive))
+        .await
+        .expect("lock task")
+        .map_err(|(_, e)| e)
+        .expect("taking cargo's build-directory lock");
+    touch_gateway_source();
+    dev.wait_log("change seen; building", Duration::from_secs(30)).await;
+    // The build is now waiting for the lock (or about to).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!dev.log().contains("swapped to gateway"), "the build finished while its lock was held:\n{}", dev.log());
+
+    let build_group = std::fs::read_to_string(run_dir.path().join("build.pgid")).ok();
+
+    ctrl_c_and_check_cleanup(&mut dev, run_dir.path(), port, STOP_LIMIT + Duration::from_secs(5)).await;
+    if let Some(group) = build_group {
+        let left = Command::new("pgrep").args(["-g", group.trim()]).output().expect("pgrep");
+        assert!(left.stdout.is_empty(), "the build outlived the stop: {}", String::from_utf8_lossy(&left.stdout));
+    }
+    drop(held);
 }
