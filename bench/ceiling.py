@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """The in-process PyTorch ceiling for a model directory (model.pt + model.toml):
 what the best single-process PyTorch program does with the same file on the
-same GPU, for the host's throughput to be measured against (docs/BENCHMARKS.md).
+same GPU, for the host's throughput to be measured against (docs/benchmarks.md).
 
 Each row is one way of running the model, timed with CUDA events over many
 iterations after warm-up (median of --repeats runs):

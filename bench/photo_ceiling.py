@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """The in-process PyTorch ceiling for photos: what one Python process does
 with JPEG files already in memory on the same GPU, for the host's GPU decode
-(model.toml `decode = "host"`) to be measured against (docs/BENCHMARKS.md).
+(model.toml `decode = "host"`) to be measured against (docs/benchmarks.md).
 
 Rows, per batch size, wall-clock (the decode is part CPU, part GPU), median
 of --repeats runs:

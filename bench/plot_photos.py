@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Plots the split's images/s against clients for JPEGs of several sizes,
-with in-process ceilings of the same run as lines (docs/BENCHMARKS.md,
+with in-process ceilings of the same run as lines (docs/benchmarks.md,
 "Real photos"): bench/ceiling.py's (`--ceiling`, pixels in) and
 bench/photo_ceiling.py's (`--photo-ceiling`, the same photos decoded,
 resized and run in one process). Input: the rows scripts/gpu_photos and

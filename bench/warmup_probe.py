@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Where a GPU host's start-up warm-up goes, and whether it can overlap
-serving (docs/BENCHMARKS.md, "Ready in 1.5 s").
+serving (docs/benchmarks.md, "Ready in 1.5 s").
 
 The host runs one eager forward pass per batch shape before READY; on an
 H200 each first pass of a shape cost about 0.2 s (ResNet-50, fp16-cl,

@@ -6,7 +6,7 @@ script is deterministic (fixed seeds, single thread) and writes, under --out:
 
   model.pt        TorchScript, input float32 [N, 1, 32, 32] normalised with
                   the config's mean/std, output logits [N, 10]
-  model.toml      the model config the host reads (see README "Model config")
+  model.toml      the model config the host reads (see docs/configuration.md)
   metrics.json    held-out accuracy per presentation, measured here in Python
   testset/        the held-out images (never trained on) as PNG files named
                   <index>_<label>.png, in several presentations the gateway

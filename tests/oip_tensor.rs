@@ -74,7 +74,7 @@ fn assert_values(name: &str, got: &[Value], want: &[Value], tolerance: f64) {
 fn tolerance(model: &str, datatype: &str) -> f64 {
     // The suite runs the host on the CPU: floats within 4e-6 of the
     // reference, whatever the batching. (On CUDA, TF32 convolutions move them
-    // by up to 1.3e-3, docs/GPU.md; every label and threshold decision is
+    // by up to 1.3e-3, docs/gpu.md; every label and threshold decision is
     // more than 0.1 away, so those stay exact.)
     if model == "detector" && datatype == "FP32" { 1e-4 } else { 0.0 }
 }

@@ -65,6 +65,6 @@ async fn stock_triton_http_client_runs_every_datatype() {
 
 #[tokio::test]
 async fn stock_triton_http_client_runs_the_detector() {
-    // The host runs on the CPU here: within 4e-6 of the reference (on CUDA up to 1.3e-3, docs/GPU.md).
+    // The host runs on the CPU here: within 4e-6 of the reference (on CUDA up to 1.3e-3, docs/gpu.md).
     tensor_model_check("detector", "1e-4").await;
 }

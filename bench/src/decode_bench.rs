@@ -1,7 +1,7 @@
 //! How fast the gateway's CPU work is, per image, single-threaded: the
 //! JPEG decoders we could use and the gateway's own decode-and-resize
 //! path (`gateway::decode::decode_to_input`), for photos of the sizes users
-//! send (docs/BENCHMARKS.md, "Real photos").
+//! send (docs/benchmarks.md, "Real photos").
 //!
 //! JPEG, each to a 224x224 RGB input where it applies:
 //! - `image (zune-jpeg), full`: what the gateway did before: decode every

@@ -1,5 +1,5 @@
 // JPEG decode on the GPU with nvJPEG, for model-host/src/torch_shim/jpeg.rs:
-// the host side of "decode where it is cheapest" (docs/ARCHITECTURE.md).
+// the host side of "decode where it is cheapest" (docs/architecture.md).
 //
 // libnvjpeg is opened with dlopen, never linked: a CPU-only host, or one
 // without the library, runs as before and says why it decodes nothing.

@@ -28,7 +28,7 @@ pub struct ToHost {
 /// decoders were all busy was tried and measured (H200, 224x224 JPEGs, 4
 /// gateways, 256 clients): 8,683 img/s against 12,449 with every JPEG
 /// decoded by the gateways, because the host's one decode stage then
-/// became the limit (docs/BENCHMARKS.md, "Real photos").
+/// became the limit (docs/benchmarks.md, "Real photos").
 pub fn send_to_host(bytes: &[u8], offer: &HostDecode, max_pixels: u64) -> Result<Option<ToHost>, DecodeError> {
     let Some(pixels) = host_readable_pixels(bytes) else { return Ok(None) };
     let wanted = match offer.policy {

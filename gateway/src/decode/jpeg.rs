@@ -6,7 +6,7 @@
 //! skipping most of the IDCT, upsampling and colour conversion work, so a
 //! 1920x1080 JPEG decodes at 1/4 (480x270) and a 4032x3024 phone photo at
 //! 1/8 (504x378); the resize then starts from that. Figures in
-//! docs/BENCHMARKS.md ("Real photos").
+//! docs/benchmarks.md ("Real photos").
 
 use std::cell::RefCell;
 use std::sync::OnceLock;

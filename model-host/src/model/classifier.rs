@@ -224,7 +224,7 @@ fn queue_answers(out: &Tensor, softmax: bool, k: i64) -> Result<Launched, ModelE
 /// the model file's load does it for the model thread. The warm-up passes
 /// run the forward pass alone; without this the first batch after READY
 /// took 47 ms on an H200, and at 256 clients the requests queued behind it
-/// made p99 in the first second 3x the steady p99 (docs/BENCHMARKS.md).
+/// made p99 in the first second 3x the steady p99 (docs/benchmarks.md).
 /// Join it before the warm-up captures graphs; an error only means the
 /// first batches pay for it. None off the GPU.
 pub fn prime_answers(config: &ClassifierConfig, dtype: Kind, device: Device, shapes: Vec<u32>) -> Option<std::thread::JoinHandle<()>> {
@@ -312,7 +312,7 @@ impl LateWarmUp {
 ///
 /// Why threads: on a GPU the first pass of a batch shape costs 0.15-0.25
 /// s of CPU (cuDNN's per-shape set-up for every convolution:
-/// docs/BENCHMARKS.md, "Ready in 1.5 s"), and those costs run side by
+/// docs/benchmarks.md, "Ready in 1.5 s"), and those costs run side by
 /// side: 12 ResNet-50 shapes took 2.8 s one after another and 0.8 s on
 /// 4 threads on an H200. Why capture on the warming thread: libtorch
 /// keeps cuDNN's execution plans per thread, so a capture on any other

@@ -4,10 +4,10 @@
 //! memory and an event marks its end, so the model thread can queue the
 //! next batch before it waits for this one's answers: the GPU then goes
 //! from one batch straight to the next instead of idling while the thread
-//! reads back, answers and launches (docs/BENCHMARKS.md, "Two streams").
+//! reads back, answers and launches (docs/benchmarks.md, "Two streams").
 //! The copy is queued on the GPU before the next batch, so the GPU does
 //! not make the answers wait for it; the model thread does send them only
-//! after it has launched the next batch (docs/ARCHITECTURE.md).
+//! after it has launched the next batch (docs/architecture.md).
 
 use tch::{Device, Tensor};
 

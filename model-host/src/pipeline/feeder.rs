@@ -2,7 +2,7 @@
 //! and queues its copy to the device, while the model thread waits for the
 //! batch on the device.
 //!
-//! Measured on an H100 (docs/BENCHMARKS.md): with ResNet-50 in fp16 the
+//! Measured on an H100 (docs/benchmarks.md): with ResNet-50 in fp16 the
 //! model thread's own CPU work (launching the forward pass) is already as
 //! long as the GPU's; doing the gather and upload on it too left the GPU
 //! idle between batches.

@@ -5,7 +5,7 @@
 //! takes whatever JPEG jobs are queued, up to [`MAX_GROUP`] (one when the
 //! host is quiet: no wait to fill a group), decodes and resizes them on its
 //! own CUDA stream, and passes each job on to the batcher with its input
-//! attached. Measured on an H200 (docs/BENCHMARKS.md): decoding on the
+//! attached. Measured on an H200 (docs/benchmarks.md): decoding on the
 //! feeder's path instead, a batch at a time, held 1080p photos to ~1,500
 //! img/s, with the GPU idle while the batch decoded.
 //!

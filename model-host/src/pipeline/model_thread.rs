@@ -183,7 +183,7 @@ impl ModelThread {
         // On a GPU the CPU side of a batch is two copies and kernel
         // launches: more intra-op threads only spin-wait between them, and
         // on an H100 machine the default (one per core) kept all 16 cores
-        // busy and slowed every forward pass by half (docs/BENCHMARKS.md).
+        // busy and slowed every forward pass by half (docs/benchmarks.md).
         let threads = match self.cpu_threads {
             0 if device.is_cuda() => 1,
             n => n as i32,

@@ -5,7 +5,7 @@
 //! that polls its channel for a short while first is still running when
 //! the message comes: at one client on an H200, `--spin-us 1000` took the
 //! host's queue time from 0.19-0.30 to 0.13-0.20 ms, for about one more
-//! core busy (docs/BENCHMARKS.md); the clients' p50 and the images/s at 32
+//! core busy (docs/benchmarks.md); the clients' p50 and the images/s at 32
 //! clients and at the CPU-bound JPEG peak did not move out of the
 //! machine's run-to-run spread, so it is off by default. The
 //! spin is bounded, so an idle host sleeps; and it is off on a CPU-only

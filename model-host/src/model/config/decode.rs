@@ -12,7 +12,7 @@
 //!
 //! `host` and `auto` need the host on a GPU with nvJPEG; elsewhere the host
 //! says so in its log and the gateways decode as with `gateway`. `auto` is
-//! the one to use for photos: measured on an H200 (docs/BENCHMARKS.md,
+//! the one to use for photos: measured on an H200 (docs/benchmarks.md,
 //! "Real photos"), 1920x1080 JPEGs went 1.46x faster decoded on the host,
 //! and 224x224 ones 1.43x faster decoded by four gateways.
 
@@ -44,7 +44,7 @@ pub struct HostDecodeConfig {
     pub threads: usize,
 }
 
-/// Measured on an H200 with jpeg_bench (docs/BENCHMARKS.md, "Real
+/// Measured on an H200 with jpeg_bench (docs/benchmarks.md, "Real
 /// photos"): 1920x1080 JPEGs in batches of 64 decoded and resized at 1,726,
 /// 2,162, 2,370 and 2,138 img/s with 1, 2, 4 and 8 decoders.
 fn default_threads() -> usize {

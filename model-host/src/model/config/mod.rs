@@ -267,7 +267,7 @@ pub fn padded_batch(shapes: &[u32], n: usize) -> usize {
 /// 128: 1, 4, 32, 128). Until the rest are ready a batch is padded to the
 /// next of these. On an H200, ResNet-50 fp16 was READY in 0.89-1.02 s with
 /// 4 shapes against 1.43-1.71 s with all 13: each thread's first pass and
-/// each capture cost more the more of them run (docs/BENCHMARKS.md).
+/// each capture cost more the more of them run (docs/benchmarks.md).
 pub fn shapes_before_ready(shapes: &[u32]) -> Vec<u32> {
     let (Some(&first), Some(&last)) = (shapes.first(), shapes.last()) else { return Vec::new() };
     if shapes.len() <= 4 {

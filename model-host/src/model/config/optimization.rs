@@ -2,7 +2,7 @@
 
 use serde::Deserialize;
 
-/// How the model runs on its device; measured in docs/BENCHMARKS.md.
+/// How the model runs on its device; measured in docs/benchmarks.md.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct OptimizationConfig {
@@ -28,7 +28,7 @@ pub struct OptimizationConfig {
     /// cuDNN times every candidate kernel on each new shape at warm-up.
     /// Off by default: on an H200 it cost ResNet-50 fp16 1.45 s per batch
     /// shape at start for no measurable speed (within 2% at batch 32 and
-    /// 128, docs/BENCHMARKS.md); cuDNN's heuristic choice is taken at once.
+    /// 128, docs/benchmarks.md); cuDNN's heuristic choice is taken at once.
     #[serde(default)]
     pub cudnn_benchmark: bool,
     /// On a GPU with CUDA graphs, a classifier reports READY once four of
