@@ -25,7 +25,7 @@ pub(crate) mod error;
 pub mod grpc;
 pub(crate) mod host_client;
 pub(crate) mod metrics;
-pub(crate) mod postprocess;
+pub mod postprocess;
 pub(crate) mod request_id;
 pub(crate) mod routes;
 pub(crate) mod serve;
