@@ -33,7 +33,8 @@ pub struct PredictParams {
     #[param(minimum = 1)]
     top_k: Option<u32>,
     /// A deadline in milliseconds, shorter than the gateway's
-    /// --request-timeout-ms (a longer one is cut to it).
+    /// --request-timeout-ms (a longer one is cut to it). One that cannot be
+    /// met (0, or shorter than the work) is a 504 `deadline_exceeded`.
     timeout_ms: Option<u64>,
     /// Detectors: the lowest score returned, 0 to 1 (default: the model's).
     score_threshold: Option<f32>,
