@@ -6,7 +6,8 @@
 //! (status, content type, body); and the successful answers schemathesis
 //! seldom reaches (inferences, vision answers) match their schemas
 //! (tests/python/openapi_answers_check.py). Needs the packages of
-//! tests/requirements.txt in .venv (scripts/setup).
+//! tests/requirements.txt in .venv (scripts/setup). A second test opens
+//! /docs in headless Chromium (Debian's, from scripts/setup).
 
 use std::path::Path;
 use std::process::Command;
@@ -83,4 +84,19 @@ async fn the_live_document_is_valid_and_the_gateway_keeps_to_it() {
     let script = root().join("tests/python/openapi_answers_check.py").display().to_string();
     let image = root().join("models/shapes-segmenter/testset/043_110x170.png").display().to_string();
     venv("python", &[&script, "--spec", &file, "--url", &url, "--image", &image], scratch.dir.path());
+}
+
+/// /docs in a real browser: Swagger UI renders the gateway's document and
+/// fetches nothing from anywhere else (tests/python/docs_page_check.py).
+#[tokio::test]
+async fn the_docs_page_lists_the_routes_in_a_browser() {
+    for program in ["/usr/bin/chromium", "/usr/bin/chromedriver"] {
+        assert!(Path::new(program).exists(), "{program} is missing: run scripts/setup (Debian's chromium and chromium-driver)");
+    }
+    let scratch = Scratch::new();
+    // No host: the page needs only the gateway.
+    let gateway = scratch.start_gateway(&[]);
+    gateway.wait_for("/health/live", Duration::from_secs(30)).await;
+    let script = root().join("tests/python/docs_page_check.py").display().to_string();
+    venv("python", &[&script, "--url", &gateway.url("")], scratch.dir.path());
 }
