@@ -1,6 +1,7 @@
 //! Every error a client can get, and the one place that maps them to HTTP.
 //!
-//! Bodies are `{"error": "<message>", "type": "<stable machine-readable type>"}`.
+//! Bodies are `{"error": "<message>", "type": "<stable machine-readable type>"}`
+//! ([`ErrorBody`], as `/openapi.json` describes it).
 //! 4xx messages name the field or limit at fault; 5xx messages never carry
 //! internals (those go to the log).
 
@@ -93,6 +94,23 @@ impl ApiError {
     }
 }
 
+/// Every error's body: a message for people and a stable `type` for programs.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+#[schema(example = json!({"error": "invalid top_k: must be at least 1", "type": "invalid_request"}))]
+pub struct ErrorBody {
+    /// What went wrong; 4xx messages name the field or limit at fault.
+    pub error: String,
+    /// One of: invalid_request, invalid_image, body_too_large,
+    /// image_too_large, unsupported_media_type, unsupported_content_encoding,
+    /// invalid_content_encoding, shared_memory_disabled,
+    /// shared_memory_in_use, invalid_shared_memory, model_not_found,
+    /// request_timeout, host_unavailable, overloaded, deadline_exceeded,
+    /// internal.
+    #[serde(rename = "type")]
+    #[schema(value_type = String)]
+    pub kind: &'static str,
+}
+
 /// A 400 naming the request's `field` at fault and what is wrong with it.
 pub fn invalid(field: &'static str, problem: impl Into<String>) -> ApiError {
     ApiError::InvalidRequest { field, problem: problem.into() }
@@ -148,7 +166,7 @@ impl IntoResponse for ApiError {
         } else if status.is_server_error() {
             tracing::warn!(error = %self, "request failed");
         }
-        let body = serde_json::json!({ "error": self.to_string(), "type": self.kind() });
+        let body = ErrorBody { error: self.to_string(), kind: self.kind() };
         let mut response = (status, Json(body)).into_response();
         if status == StatusCode::SERVICE_UNAVAILABLE {
             response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER_SECS));
@@ -186,6 +204,21 @@ mod tests {
         let e = ApiError::from(RegistryError::Duplicate("input0".into()));
         assert_eq!(e.status(), StatusCode::BAD_REQUEST);
         assert!(ApiError::SharedMemoryDisabled.to_string().contains("--system-shared-memory"));
+    }
+
+    /// The `type`s that `/openapi.json` lists are every one `kind` gives.
+    #[test]
+    fn every_type_is_documented() {
+        let source = include_str!("error.rs");
+        let kind = &source[source.find("pub fn kind(&self)").unwrap()..];
+        let kind = &kind[..kind.find("\n    }\n").unwrap()];
+        let given: Vec<&str> = kind.split("=> \"").skip(1).filter_map(|s| s.split('"').next()).collect();
+        assert!(given.len() >= 16, "{given:?}");
+        let schema = serde_json::to_value(<ErrorBody as utoipa::PartialSchema>::schema()).unwrap();
+        let documented = schema["properties"]["type"]["description"].as_str().unwrap();
+        for kind in given {
+            assert!(documented.contains(kind), "{kind} is missing from ErrorBody's doc comment");
+        }
     }
 
     #[test]

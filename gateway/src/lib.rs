@@ -12,6 +12,8 @@
 //! - [`compression`]: gzip/deflate request bodies in, compressed answers out.
 //! - [`error`]: every client-visible error and its HTTP status, in one place.
 //! - [`metrics`]: `GET /metrics`; [`request_id`]: X-Request-Id on every log line.
+//! - [`openapi`]: `GET /openapi.json`, made from the routes' own declarations,
+//!   and `GET /docs` (Swagger UI, compiled in).
 //! - [`grpc`]: the same v2 protocol over gRPC (tonic), on its own port,
 //!   sharing the state and the inference path below the transport.
 //!
@@ -25,6 +27,7 @@ pub(crate) mod error;
 pub mod grpc;
 pub(crate) mod host_client;
 pub(crate) mod metrics;
+pub(crate) mod openapi;
 pub mod postprocess;
 pub(crate) mod request_id;
 pub(crate) mod routes;

@@ -100,6 +100,9 @@ pub fn record_body(bytes: usize) {
 /// `GET /metrics`: refresh every host's figures (asked all at once), then
 /// render everything. A host that is away keeps its last counters, with
 /// `splitserve_host_up` 0.
+#[utoipa::path(get, path = "/metrics", operation_id = "metrics", tag = "operations", responses(
+    (status = 200, description = "Prometheus text exposition format (0.0.4): the gateway's `splitserve_` metrics and every host's.", body = String, content_type = "text/plain"),
+))]
 pub async fn render(State(app): State<AppState>) -> impl IntoResponse {
     let members = app.fleet.members();
     let scrapes = members.iter().map(|m| async move {

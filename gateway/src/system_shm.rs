@@ -46,7 +46,7 @@ pub enum RegistryError {
 }
 
 /// One registered region, as Triton's status reports it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct RegionStatus {
     pub name: String,
     pub key: String,

@@ -223,6 +223,7 @@ pub struct SegmentInfo {
 
 /// Where the host is in its life. Gateways report it in /health/ready.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum Phase {
     Starting,
     Loading,
@@ -252,6 +253,7 @@ impl Phase {
 
 /// Milliseconds from the host's process start to each startup milestone.
 #[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct StartupTimings {
     pub device_ready_ms: f64,
     pub weights_loaded_ms: f64,
@@ -315,6 +317,7 @@ pub enum InferError {
 /// Counters a gateway may fetch; also what the tests use to prove that a
 /// gateway restart does not reload the model.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct HostStatus {
     pub pid: u32,
     pub phase: Phase,
@@ -328,6 +331,7 @@ pub struct HostStatus {
     /// Requests queued or running now.
     pub queue_depth: u64,
     /// (batch shape, batches run at it), for the batch size histogram.
+    #[cfg_attr(feature = "openapi", schema(value_type = Vec<[u64; 2]>))]
     pub batches_by_size: Vec<(u32, u64)>,
     /// Time spent copying slots out of shared memory (and decoding the
     /// JPEGs sent encoded), over all batches.
@@ -337,6 +341,7 @@ pub struct HostStatus {
     /// Time spent in the model (upload, pre-processing, forward, readback).
     pub inference_seconds_total: f64,
     /// (reason, count) of requests refused or skipped without GPU work.
+    #[cfg_attr(feature = "openapi", schema(value_type = Vec<Vec<Value>>))]
     pub refused: Vec<(String, u64)>,
     /// Batch sizes replayed from a captured CUDA graph; the others run
     /// eagerly (all of them off the GPU).

@@ -9,7 +9,8 @@ use serde::Serialize;
 
 use super::Transform;
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+/// One box found, in the client's image.
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Detection {
     pub label: String,
     pub index: u32,

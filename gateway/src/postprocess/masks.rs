@@ -34,7 +34,8 @@ pub struct Mask {
 }
 
 /// One class's share of the image.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+/// One class's pixels in the client's image.
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct ClassArea {
     pub label: String,
     pub index: u32,

@@ -6,6 +6,7 @@
 //! | `GET /v1/models`, `GET /v1/models/{name}`, `GET /v1/hosts`, `GET /v1/host/status` | [`models`] |
 //! | `POST /v1/models/{name}/predict` | [`predict`]; a detection or segmentation model's in [`vision`] |
 //! | `GET /metrics` | [`crate::metrics`] |
+//! | `GET /openapi.json`, `GET /docs` | [`crate::openapi`] |
 //! | `/v2/...`: the Open Inference Protocol (KServe v2 REST) | [`v2`] |
 //! | one image through the host, for predict and v2 infer | [`host_call`] |
 //!
@@ -23,22 +24,14 @@ pub mod v2;
 pub mod vision;
 
 use axum::Router;
-use axum::routing::{get, post};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-use crate::{AppState, compression, metrics, request_id};
+use crate::{AppState, compression, metrics, openapi, request_id};
 use crate::error::ApiError;
 
 pub fn router(state: AppState) -> Router {
-    Router::new()
-        .route("/health/live", get(health::live))
-        .route("/health/ready", get(health::ready))
-        .route("/v1/models", get(models::list))
-        .route("/v1/models/{name}", get(models::describe))
-        .route("/v1/models/{name}/predict", post(predict::predict))
-        .route("/v1/hosts", get(models::hosts))
-        .route("/v1/host/status", get(models::host_status))
-        .route("/metrics", get(metrics::render))
-        .merge(v2::routes())
+    openapi::serve(documented())
         .fallback(|| async { ApiError::InvalidRequest { field: "path", problem: "no such route".into() }.not_found() })
         // Inner to outer: decompress bodies, refuse unknown encodings first,
         // compress answers.
@@ -48,4 +41,31 @@ pub fn router(state: AppState) -> Router {
         .layer(axum::middleware::from_fn(metrics::track_http))
         .layer(request_id::layers())
         .with_state(state)
+}
+
+/// Every route, each registered with its OpenAPI description (`routes!`
+/// reads the handler's `#[utoipa::path]`): a route cannot be added here
+/// without one.
+pub fn documented() -> OpenApiRouter<AppState> {
+    openapi::router()
+        .routes(routes!(health::live))
+        .routes(routes!(health::ready))
+        .routes(routes!(models::list))
+        .routes(routes!(models::describe))
+        .routes(routes!(predict::predict))
+        .routes(routes!(models::hosts))
+        .routes(routes!(models::host_status))
+        .routes(routes!(metrics::render))
+        .merge(v2::routes())
+}
+
+/// The whole router, for router tests: over a host socket in `dir` that
+/// nobody listens on (so every model route answers as with no host).
+#[cfg(test)]
+pub(crate) fn test_app(dir: &tempfile::TempDir) -> Router {
+    use clap::Parser;
+    let socket = dir.path().join("host.sock");
+    let socket = socket.to_str().expect("a UTF-8 temp path");
+    let config = crate::Config::try_parse_from(["gateway", "--host-socket", socket]).expect("valid flags");
+    router(AppState::new(&config).expect("a gateway state"))
 }

@@ -14,28 +14,61 @@ use axum::response::{IntoResponse, Response};
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, Request, State};
 use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
 
 use crate::{AppState, metrics, request_id};
 use crate::decode::host_side::send_to_host;
 use crate::decode::{Target, decode_to_input, decodes_in_place};
 use crate::error::ApiError;
+use crate::openapi::{Binary, InferErrors};
 use crate::routes::{host_call, vision};
 use crate::upload::{Format, PIXELS_CONTENT_TYPE, Upload, extract_image, read_body};
 use protocol::{HostDecode, ImageShape, Payload};
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct PredictParams {
-    /// How many classes to return (default: --default-top-k).
+    /// Classifiers: how many classes to return, best first (at least 1;
+    /// default: the gateway's --default-top-k; at most the model's labels).
+    #[param(minimum = 1)]
     top_k: Option<u32>,
-    /// A deadline shorter than the gateway's --request-timeout-ms.
+    /// A deadline in milliseconds, shorter than the gateway's
+    /// --request-timeout-ms (a longer one is cut to it). One that cannot be
+    /// met (0, or shorter than the work) is a 504 `deadline_exceeded`.
     timeout_ms: Option<u64>,
-    /// Vision models only (see [`vision`]).
+    /// Detectors: the lowest score returned, 0 to 1 (default: the model's).
     score_threshold: Option<f32>,
+    /// Detectors: the most boxes returned, 1 to the model's `max_boxes`
+    /// (default: the model's).
     max_detections: Option<u32>,
+    /// Vision models: `json` (default), or for a segmenter `png` (the mask)
+    /// or `cutout` (the image as RGBA with the mask as alpha). Without it,
+    /// `Accept: image/png` asks a segmenter for the mask.
     format: Option<String>,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+/// The body of a predict request sent as multipart/form-data: the image in
+/// the field `image` or `file` (else the first field with a file name).
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct ImageForm {
+    /// A PNG, JPEG or WebP file.
+    #[schema(value_type = String, format = Binary)]
+    image: Vec<u8>,
+}
+
+/// What predict answers in JSON, by the model's kind.
+#[derive(Serialize, ToSchema)]
+#[serde(untagged)]
+#[allow(dead_code)]
+pub enum PredictAnswer {
+    Classes(PredictResponse),
+    Detections(vision::DetectionAnswer),
+    Segments(vision::SegmentationAnswer),
+}
+
+/// A classifier's answer.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct PredictResponse {
     pub model: String,
     pub version: String,
@@ -45,14 +78,15 @@ pub struct PredictResponse {
     pub batch_size: u32,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct Prediction {
     pub label: String,
     pub index: u32,
     pub score: f32,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+/// Milliseconds spent in each stage.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct Timings {
     pub decode: f64,
     pub queue: f64,
@@ -60,6 +94,24 @@ pub struct Timings {
     pub total: f64,
 }
 
+/// One image in: a classifier's top classes, a detector's boxes, or a
+/// segmenter's classes (or mask as PNG). The image is the body as it is
+/// (PNG, JPEG or WebP; the type sniffed for application/octet-stream),
+/// a multipart form's file, or the model's input as raw pixels
+/// (application/x-pixels: height x width x channels uint8).
+#[utoipa::path(
+    post, path = "/v1/models/{name}/predict", operation_id = "v1_predict", tag = "v1",
+    params(("name" = String, Path, description = "The model's name, as `GET /v1/models` lists it.", example = "digits"), PredictParams),
+    request_body(content(
+        (Binary = "image/png"), (Binary = "image/jpeg"), (Binary = "image/webp"), (Binary = "application/octet-stream"),
+        (ImageForm = "multipart/form-data"), (Binary = "application/x-pixels"),
+    )),
+    responses(
+        (status = 200, description = "The answer: JSON, or for a segmenter asked for `png` or `cutout`, a PNG.",
+            content((PredictAnswer = "application/json"), (Binary = "image/png"))),
+        InferErrors,
+    ),
+)]
 #[tracing::instrument(skip_all, fields(model = %name))]
 pub async fn predict(
     State(app): State<AppState>,

@@ -37,6 +37,49 @@ pub struct VisionParams {
     pub format: Option<String>,
 }
 
+/// A detector's JSON answer (built in [`predict`]; described here).
+#[derive(serde::Serialize, utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct DetectionAnswer {
+    model: String,
+    version: String,
+    batch_size: u32,
+    image: ImageSize,
+    detections: Vec<crate::postprocess::boxes::Detection>,
+    timings_ms: VisionTimings,
+}
+
+/// A segmenter's JSON answer: every class's pixels and box.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct SegmentationAnswer {
+    model: String,
+    version: String,
+    batch_size: u32,
+    image: ImageSize,
+    classes: Vec<masks::ClassArea>,
+    timings_ms: VisionTimings,
+}
+
+/// The client's image, in pixels (boxes are in these).
+#[derive(serde::Serialize, utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct ImageSize {
+    width: u32,
+    height: u32,
+}
+
+/// Milliseconds spent in each stage.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct VisionTimings {
+    decode: f64,
+    queue: f64,
+    inference: f64,
+    postprocess: f64,
+    total: f64,
+}
+
 /// What a request gets back.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Answer {

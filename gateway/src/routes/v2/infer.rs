@@ -19,13 +19,53 @@ use super::request::{Delivery, ValidRequest, binary_error};
 use super::run::Ran;
 use super::shm_io::SharedMemory;
 use super::stats::ModelStats;
-use super::{ModelPath, classifier, tensor_model};
+use super::request::InferRequest;
+use super::{ModelName, ModelPath, ModelVersion, classifier, tensor_model};
 use protocol::{ModelInfo, ModelKind, TensorSignature};
 use crate::error::ApiError;
 use crate::host_client::Route;
+use crate::openapi::{Binary, InferErrors};
 use crate::upload::read_body;
 use crate::{AppState, request_id};
 
+/// The answer's JSON (the whole body, or the binary extension's header).
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct InferResponse {
+    model_name: String,
+    model_version: String,
+    /// The request's `id`, when it had one.
+    id: Option<String>,
+    outputs: Vec<ResponseOutput>,
+}
+
+/// One output: its `data` in JSON, or `parameters` saying where it went
+/// (`binary_data_size` bytes after the header, or a shared-memory region).
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct ResponseOutput {
+    name: String,
+    datatype: String,
+    shape: Vec<u64>,
+    #[schema(value_type = Option<Vec<Value>>)]
+    data: Option<serde_json::Value>,
+    #[schema(value_type = Option<Object>)]
+    parameters: Option<serde_json::Value>,
+}
+
+/// Runs the model on the request's inputs. The body is the request as
+/// JSON, or with the binary tensor data extension a JSON header of
+/// `Inference-Header-Content-Length` bytes followed by the inputs that
+/// declare `parameters.binary_data_size`, raw, in input order. The answer
+/// is JSON, or the same two parts when an output is asked for as binary.
+#[utoipa::path(
+    post, path = "/v2/models/{name}/infer", operation_id = "v2_infer", tag = "v2",
+    params(ModelName, InferHeader),
+    request_body(content((InferRequest = "application/json"), (Binary = "application/octet-stream"))),
+    responses((status = 200, description = "The outputs.", content((InferResponse = "application/json"), (Binary = "application/octet-stream")),
+        headers(("Inference-Header-Content-Length" = u64, description = "With binary outputs: the JSON header's length in bytes."))),
+        InferErrors),
+)]
 #[tracing::instrument(skip_all, fields(model = %path.name))]
 pub async fn infer(State(app): State<AppState>, Path(path): Path<ModelPath>, request: Request) -> Result<Response, ApiError> {
     let started = Instant::now();
@@ -34,6 +74,30 @@ pub async fn infer(State(app): State<AppState>, Path(path): Path<ModelPath>, req
     let stats = stats_of(&app, &link);
     let answer = answer(&app, &link, &stats, started, request).await;
     counted(&stats, started, answer)
+}
+
+/// [`infer`] at a version.
+#[utoipa::path(
+    post, path = "/v2/models/{name}/versions/{version}/infer", operation_id = "v2_model_version_infer", tag = "v2",
+    params(ModelVersion, InferHeader),
+    request_body(content((InferRequest = "application/json"), (Binary = "application/octet-stream"))),
+    responses((status = 200, description = "The outputs.", content((InferResponse = "application/json"), (Binary = "application/octet-stream")),
+        headers(("Inference-Header-Content-Length" = u64, description = "With binary outputs: the JSON header's length in bytes."))),
+        InferErrors),
+)]
+pub async fn infer_version(app: State<AppState>, path: Path<ModelPath>, request: Request) -> Result<Response, ApiError> {
+    infer(app, path, request).await
+}
+
+/// The binary tensor data extension's request header, for the document.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Header)]
+#[allow(dead_code)]
+pub struct InferHeader {
+    /// With binary input data: the length in bytes of the JSON header that
+    /// starts the body (the rest is the inputs' raw data).
+    #[param(rename = "Inference-Header-Content-Length")]
+    inference_header_content_length: Option<u64>,
 }
 
 /// The statistics of the model `link` serves. Counted from routing on: the

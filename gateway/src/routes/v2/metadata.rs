@@ -10,16 +10,81 @@ use axum::Json;
 use axum::extract::{Path, State};
 use protocol::{ModelInfo, ModelKind, TensorSpec};
 use serde_json::{Value, json};
+use utoipa::ToSchema;
 
-use super::{INPUT_IMAGE, INPUT_PIXELS, ModelPath, OUTPUT_PROBABILITIES, PLATFORM};
+use super::{INPUT_IMAGE, INPUT_PIXELS, ModelName, ModelPath, ModelVersion, OUTPUT_PROBABILITIES, PLATFORM};
 use crate::AppState;
 use crate::error::ApiError;
+use crate::openapi::LookupErrors;
+
+/// Model metadata, as [`describe`] builds it (the JSON gRPC converts too).
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct ModelMetadata {
+    name: String,
+    /// Every version with a connected host, oldest first.
+    versions: Vec<String>,
+    /// Always `pytorch_libtorch`.
+    platform: String,
+    inputs: Vec<MetadataTensor>,
+    outputs: Vec<MetadataTensor>,
+}
+
+/// An input or output in the metadata: the batch dimension is -1.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct MetadataTensor {
+    name: String,
+    /// `FP32`, `UINT8`, `BYTES`, ...
+    datatype: String,
+    shape: Vec<i64>,
+    /// `{"optional": true}` for the classifier's alternative inputs.
+    #[schema(value_type = Option<Object>)]
+    parameters: Option<Value>,
+}
+
+/// Triton's model configuration (the `model_configuration` extension), as
+/// [`triton_config`] builds it.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct ModelConfig {
+    name: String,
+    platform: String,
+    max_batch_size: u32,
+    input: Vec<ConfigTensor>,
+    output: Vec<ConfigTensor>,
+    /// `{"device": {"string_value": ...}}`
+    #[schema(value_type = Object)]
+    parameters: Value,
+}
+
+/// An input or output in Triton's configuration: dims without the batch.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct ConfigTensor {
+    name: String,
+    /// `TYPE_FP32`, `TYPE_UINT8`, `TYPE_STRING`, ...
+    data_type: String,
+    dims: Vec<i64>,
+    /// `FORMAT_NHWC` for the classifier's pixels.
+    format: Option<String>,
+    #[schema(value_type = Option<Object>)]
+    reshape: Option<Value>,
+    optional: Option<bool>,
+}
 
 /// Metadata needs a connected host (it describes the host's model), not a
 /// ready one: a client may look before warm-up ends. `versions` lists every
 /// version of the model that has a connected host.
+#[utoipa::path(get, path = "/v2/models/{name}", operation_id = "v2_model_metadata", tag = "v2", params(ModelName), responses((status = 200, body = ModelMetadata), LookupErrors))]
 pub async fn model(State(app): State<AppState>, Path(path): Path<ModelPath>) -> Result<Json<Value>, ApiError> {
     describe(&app, &path.name, path.version.as_deref()).map(Json)
+}
+
+/// [`model`] at a version.
+#[utoipa::path(get, path = "/v2/models/{name}/versions/{version}", operation_id = "v2_model_version_metadata", tag = "v2", params(ModelVersion), responses((status = 200, body = ModelMetadata), LookupErrors))]
+pub async fn model_version(app: State<AppState>, path: Path<ModelPath>) -> Result<Json<Value>, ApiError> {
+    model(app, path).await
 }
 
 /// The metadata, as both transports answer it (gRPC converts this JSON).
@@ -59,8 +124,16 @@ fn config_tensor(spec: &TensorSpec) -> Value {
     json!({ "name": spec.name, "data_type": format!("TYPE_{}", spec.datatype.name()), "dims": spec.dims })
 }
 
+/// Triton's model configuration of the model.
+#[utoipa::path(get, path = "/v2/models/{name}/config", operation_id = "v2_model_config", tag = "v2", params(ModelName), responses((status = 200, body = ModelConfig), LookupErrors))]
 pub async fn config(State(app): State<AppState>, Path(path): Path<ModelPath>) -> Result<Json<Value>, ApiError> {
     configuration(&app, &path.name, path.version.as_deref()).map(Json)
+}
+
+/// [`config`] at a version.
+#[utoipa::path(get, path = "/v2/models/{name}/versions/{version}/config", operation_id = "v2_model_version_config", tag = "v2", params(ModelVersion), responses((status = 200, body = ModelConfig), LookupErrors))]
+pub async fn config_version(app: State<AppState>, path: Path<ModelPath>) -> Result<Json<Value>, ApiError> {
+    config(app, path).await
 }
 
 /// Triton's model config, as both transports answer it.

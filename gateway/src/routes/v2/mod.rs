@@ -35,9 +35,9 @@ pub mod system_shm;
 pub mod tensor;
 pub mod tensor_model;
 
-use axum::Router;
-use axum::routing::{get, post};
 use serde::Deserialize;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::AppState;
 
@@ -55,27 +55,30 @@ pub const PLATFORM: &str = "pytorch_libtorch";
 /// the request asks with `binary_data_output` or `binary_data`.)
 pub const EXTENSIONS: &[&str] = &["model_configuration", "classification", "binary_tensor_data", "statistics"];
 
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/v2", get(health::server_metadata))
-        .route("/v2/health/live", get(health::live))
-        .route("/v2/health/ready", get(health::ready))
-        .route("/v2/models/{name}", get(metadata::model))
-        .route("/v2/models/{name}/versions/{version}", get(metadata::model))
-        .route("/v2/models/{name}/ready", get(health::model_ready))
-        .route("/v2/models/{name}/versions/{version}/ready", get(health::model_ready))
-        .route("/v2/models/{name}/config", get(metadata::config))
-        .route("/v2/models/{name}/versions/{version}/config", get(metadata::config))
-        .route("/v2/models/{name}/stats", get(stats::model))
-        .route("/v2/models/{name}/versions/{version}/stats", get(stats::model))
-        .route("/v2/models/{name}/infer", post(infer::infer))
-        .route("/v2/models/{name}/versions/{version}/infer", post(infer::infer))
-        .route("/v2/repository/index", post(repository::index))
-        .route("/v2/systemsharedmemory/status", get(system_shm::status_all))
-        .route("/v2/systemsharedmemory/region/{name}/status", get(system_shm::status))
-        .route("/v2/systemsharedmemory/region/{name}/register", post(system_shm::register))
-        .route("/v2/systemsharedmemory/unregister", post(system_shm::unregister_all))
-        .route("/v2/systemsharedmemory/region/{name}/unregister", post(system_shm::unregister))
+/// Every v2 route with its description. The protocol puts each model route
+/// twice, with and without `/versions/{version}`: one handler each, as the
+/// document describes each path once (the `_version` one calls the other).
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(health::server_metadata))
+        .routes(routes!(health::live))
+        .routes(routes!(health::ready))
+        .routes(routes!(metadata::model))
+        .routes(routes!(metadata::model_version))
+        .routes(routes!(health::model_ready))
+        .routes(routes!(health::model_version_ready))
+        .routes(routes!(metadata::config))
+        .routes(routes!(metadata::config_version))
+        .routes(routes!(stats::model))
+        .routes(routes!(stats::model_version))
+        .routes(routes!(infer::infer))
+        .routes(routes!(infer::infer_version))
+        .routes(routes!(repository::index))
+        .routes(routes!(system_shm::status_all))
+        .routes(routes!(system_shm::status))
+        .routes(routes!(system_shm::register))
+        .routes(routes!(system_shm::unregister_all))
+        .routes(routes!(system_shm::unregister))
 }
 
 /// The model named by a v2 path; the version is optional in every route.
@@ -84,6 +87,29 @@ pub struct ModelPath {
     pub name: String,
     #[serde(default)]
     pub version: Option<String>,
+}
+
+/// `{name}` in a v2 route's path, for the document.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Path)]
+#[allow(dead_code)]
+pub struct ModelName {
+    /// The model's name, as `GET /v1/models` lists it.
+    #[param(example = "digits")]
+    name: String,
+}
+
+/// `{name}` and `{version}` in a v2 route's path, for the document.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Path)]
+#[allow(dead_code)]
+pub struct ModelVersion {
+    /// The model's name, as `GET /v1/models` lists it.
+    #[param(example = "digits")]
+    name: String,
+    /// One of the model's versions, as `GET /v2/models/{name}` lists them.
+    #[param(example = "1")]
+    version: String,
 }
 
 /// A 2x2 grayscale model with these labels, for the unit tests of this module.

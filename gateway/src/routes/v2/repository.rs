@@ -13,6 +13,20 @@ use serde_json::{Value, json};
 
 use crate::AppState;
 
+/// One entry of the repository index, as [`entries`] builds it.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct RepositoryEntry {
+    name: String,
+    version: String,
+    /// `READY`, `LOADING` or `UNAVAILABLE`.
+    state: String,
+    /// Why it is not ready; empty when it is.
+    reason: String,
+}
+
+/// Every host's model, version and state. The body (Triton's `{"ready": bool}`) is not read.
+#[utoipa::path(post, path = "/v2/repository/index", operation_id = "v2_repository_index", tag = "v2", responses((status = 200, body = Vec<RepositoryEntry>)))]
 pub async fn index(State(app): State<AppState>) -> Json<Value> {
     Json(json!(entries(&app)))
 }

@@ -14,36 +14,46 @@ use super::shm_io::{self, RegionUse, SharedMemory};
 use crate::error::ApiError;
 
 /// The request body; unknown fields are ignored.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct InferRequest {
     /// Echoed in the response, so a client can match answers to requests.
     pub id: Option<String>,
     pub inputs: Vec<InputTensor>,
+    /// The outputs wanted, and how; all of them as JSON when left out.
     #[serde(default)]
     pub outputs: Vec<RequestedOutput>,
     /// `binary_data_output`: every output as binary data unless it says
     /// otherwise; `timeout`: the client's deadline in microseconds.
     #[serde(default)]
+    #[schema(value_type = Object)]
     pub parameters: Map<String, Value>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct InputTensor {
+    /// The model's input name, as its metadata lists it.
     pub name: String,
+    /// `FP32`, `UINT8`, `BYTES`, ...
     pub datatype: String,
     /// Signed so that a `-1` gets a message about dimensions, not about JSON.
     pub shape: Vec<i64>,
+    /// The elements, row-major, flat or nested (strings for BYTES).
+    #[schema(value_type = Option<Vec<Value>>)]
     pub data: Option<Value>,
     /// `binary_data_size`: the bytes are in the binary part of the body;
     /// `shared_memory_region` (+ `_byte_size`, `_offset`): in a region.
     #[serde(default)]
+    #[schema(value_type = Object)]
     pub parameters: Map<String, Value>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct RequestedOutput {
     pub name: String,
+    /// `binary_data`, `classification` (top k as strings), or
+    /// `shared_memory_region` (+ `_byte_size`, `_offset`).
     #[serde(default)]
+    #[schema(value_type = Object)]
     pub parameters: Map<String, Value>,
 }
 

@@ -17,9 +17,51 @@ use axum::Json;
 use axum::extract::{Path, State};
 use serde_json::{Value, json};
 
-use super::ModelPath;
+use super::{ModelName, ModelPath, ModelVersion};
 use crate::AppState;
 use crate::error::ApiError;
+use crate::openapi::LookupErrors;
+
+/// The statistics extension's answer, as [`ModelStats::json`] builds it.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct StatsAnswer {
+    model_stats: Vec<ModelStatistics>,
+}
+
+/// One model version's counters (this gateway process's).
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct ModelStatistics {
+    name: String,
+    version: String,
+    /// Milliseconds since the epoch of the last success; 0 before any.
+    last_inference: u64,
+    /// Batch elements answered.
+    inference_count: u64,
+    /// Successful requests.
+    execution_count: u64,
+    inference_stats: InferenceStats,
+}
+
+/// Each stage's count and cumulative nanoseconds, as Triton names them.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct InferenceStats {
+    success: StageStats,
+    fail: StageStats,
+    queue: StageStats,
+    compute_input: StageStats,
+    compute_infer: StageStats,
+    compute_output: StageStats,
+}
+
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct StageStats {
+    count: u64,
+    ns: u64,
+}
 
 /// A stage's count and cumulative time; relaxed atomics, as the numbers are
 /// only read together loosely (Triton's are not a snapshot either).
@@ -106,8 +148,15 @@ impl ModelStats {
 
 /// A model's statistics (at the named version, or the one requests without
 /// a version go to); 404 for a model or version no host serves.
+#[utoipa::path(get, path = "/v2/models/{name}/stats", operation_id = "v2_model_stats", tag = "v2", params(ModelName), responses((status = 200, body = StatsAnswer), LookupErrors))]
 pub async fn model(State(app): State<AppState>, Path(path): Path<ModelPath>) -> Result<Json<Value>, ApiError> {
     of_model(&app, &path.name, path.version.as_deref()).map(Json)
+}
+
+/// [`model`] at a version.
+#[utoipa::path(get, path = "/v2/models/{name}/versions/{version}/stats", operation_id = "v2_model_version_stats", tag = "v2", params(ModelVersion), responses((status = 200, body = StatsAnswer), LookupErrors))]
+pub async fn model_version(app: State<AppState>, path: Path<ModelPath>) -> Result<Json<Value>, ApiError> {
+    model(app, path).await
 }
 
 /// A model's statistics, as both transports answer them.
