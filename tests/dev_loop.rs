@@ -58,11 +58,17 @@ static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 const STOP_LIMIT: Duration = Duration::from_secs(10);
 
 /// Starts scripts/dev on `port` with its run directory in `run_dir`, on
-/// the CPU, in a process group of its own (as a terminal would).
+/// the CPU, in a process group of its own (as a terminal would), and with
+/// SIGINT ignored on entry, as a CI runner, `nohup` or a shell's `&` hands
+/// it on: Ctrl-C must stop it all the same. (A shell can neither trap nor
+/// reset a signal ignored at its start; scripts/dev re-executes itself with
+/// SIGINT back at its default. Without that, each test here fails.)
 fn start_dev(port: u16, run_dir: &std::path::Path) -> Dev {
     let log = run_dir.join("dev.log");
     let file = std::fs::File::create(&log).expect("log file");
-    let child = Command::new(root().join("scripts/dev"))
+    let child = Command::new("sh")
+        .args(["-c", "trap '' INT; exec \"$0\""])
+        .arg(root().join("scripts/dev"))
         .env("PORT", port.to_string())
         .env("RUN_DIR", run_dir)
         .env("DEVICE", "cpu")
