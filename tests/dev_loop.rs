@@ -135,18 +135,30 @@ async fn dev_serves_at_once_swaps_on_a_change_and_cleans_up() {
     // 2. A 4-client load across one change and swap.
     let stop = Arc::new(AtomicBool::new(false));
     let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    // What the first failures were, with when they happened, for the report.
+    let failures = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let load_start = Instant::now();
     let body = testset("gray8").remove(0).bytes;
     let loads: Vec<_> = (0..4)
         .map(|_| {
-            let (stop, ok, failed, body) = (stop.clone(), ok.clone(), failed.clone(), body.clone());
+            let (stop, ok, failed, body, failures) = (stop.clone(), ok.clone(), failed.clone(), body.clone(), failures.clone());
             let url = format!("{base}/v1/models/digits/predict");
             tokio::spawn(async move {
                 let client = reqwest::Client::new();
                 while !stop.load(Relaxed) {
-                    match client.post(&url).header("content-type", "image/png").body(body.clone()).send().await {
-                        Ok(r) if r.status() == 200 => ok.fetch_add(1, Relaxed),
-                        _ => failed.fetch_add(1, Relaxed),
+                    let what = match client.post(&url).header("content-type", "image/png").body(body.clone()).send().await {
+                        Ok(r) if r.status() == 200 => {
+                            ok.fetch_add(1, Relaxed);
+                            continue;
+                        }
+                        Ok(r) => format!("{} {}", r.status(), r.text().await.unwrap_or_default()),
+                        Err(e) => format!("{e:?}"),
                     };
+                    failed.fetch_add(1, Relaxed);
+                    let mut failures = failures.lock().expect("failures lock");
+                    if failures.len() < 5 {
+                        failures.push(format!("at {:?}: {what}", load_start.elapsed()));
+                    }
                 }
             })
         })
@@ -163,7 +175,7 @@ async fn dev_serves_at_once_swaps_on_a_change_and_cleans_up() {
     let (ok, failed) = (ok.load(Relaxed), failed.load(Relaxed));
     println!("load across the swap: {ok} ok, {failed} failed");
     assert!(ok > 0, "no request succeeded");
-    assert_eq!(failed, 0, "requests failed across the swap");
+    assert_eq!(failed, 0, "requests failed across the swap; the first: {:#?}\n{}", failures.lock().expect("failures lock"), dev.log());
 
     // 3. Ctrl-C: everything stops, nothing is left.
     ctrl_c_and_check_cleanup(&mut dev, run_dir.path(), port, STOP_LIMIT + Duration::from_secs(5)).await;
