@@ -216,7 +216,26 @@ def run_split(args, name, jpeg, pixels, servers, jsonl, startup):
         loadgen(args, v2_urls, pixels, "", f"split-v2-binary{args.suffix}", jsonl, "v2-binary", urls)
     if "split-grpc" in args.modes:
         loadgen(args, grpc_urls, pixels, "", f"split-grpc{args.suffix}", jsonl, "grpc", urls)
+    if "split-poisson" in args.modes:
+        poisson_search(args, urls, pixels, f"split-poisson{args.suffix}")
     servers.stop_all()
+
+
+def poisson_search(args, urls, pixels, label):
+    """MLPerf's server scenario on raw pixels: Poisson arrivals spread over
+    the gateways, and the highest rate whose p99 stays at or under
+    --p99-bound-ms. Its trials go to OUT/poisson.jsonl (apart from the
+    closed-loop rows: they have a rate, not a concurrency)."""
+    argv = [str(args.bin / "loadgen"), "--images", str(pixels), "--content-type", "application/x-pixels",
+            "--arrival", "poisson", "--rate", str(args.poisson_start), "--p99-bound-ms", str(args.p99_bound_ms),
+            "--search-steps", str(args.search_steps), "--max-rate", str(args.poisson_max_rate),
+            "--seconds", str(args.seconds), "--warmup-seconds", str(args.warmup), "--label", label,
+            "--json", str(args.out / "poisson.jsonl")]
+    for u in urls:
+        argv += ["--url", u]
+    (args.out / "poisson.jsonl").unlink(missing_ok=True)
+    log(f"{label}: Poisson arrivals from {args.poisson_start}/s, p99 bound {args.p99_bound_ms} ms")
+    subprocess.run(argv, check=True)
 
 
 def run_baseline(args, name, jpeg, servers, jsonl, startup):
@@ -300,7 +319,12 @@ def main():
     p.add_argument("--gateways", type=int, default=2)
     p.add_argument("--slots", type=int, default=256, help="model-host --slots-per-gateway")
     p.add_argument("--host-cpu-threads", type=int, default=None, help="model-host --cpu-threads (default: the host's own)")
-    p.add_argument("--modes", default="raw,split-jpeg,split-pixels,baseline")
+    p.add_argument("--modes", default="raw,split-jpeg,split-pixels,baseline",
+                   help="any of raw, split-jpeg, split-pixels, split-v2, split-grpc, split-poisson, baseline")
+    p.add_argument("--p99-bound-ms", type=float, default=15.0, help="split-poisson: the p99 bound of the rate search (MLPerf's is 15 ms for ResNet-50)")
+    p.add_argument("--poisson-start", type=float, default=100.0, help="split-poisson: the first rate tried, requests/s (doubled until the bound breaks)")
+    p.add_argument("--poisson-max-rate", type=float, default=1e6, help="split-poisson: the highest rate tried")
+    p.add_argument("--search-steps", type=int, default=6, help="split-poisson: bisection steps")
     p.add_argument("--python", default=sys.executable, help="python with torch, fastapi, uvicorn for the baseline")
     p.add_argument("--suffix", default="", help="appended to each row's label, e.g. -fp16")
     p.add_argument("--images", type=int, default=64)
@@ -329,7 +353,7 @@ def main():
                             "--concurrency", args.concurrency, "--seconds", str(args.seconds),
                             "--warmup-seconds", str(args.warmup), "--label", f"raw{args.suffix}",
                             "--json", str(jsonl)], check=True)
-        if args.modes & {"split-jpeg", "split-pixels", "split-v2", "split-grpc"}:
+        if args.modes & {"split-jpeg", "split-pixels", "split-v2", "split-grpc", "split-poisson"}:
             run_split(args, name, jpeg, pixels, servers, jsonl, startup)
         if "baseline" in args.modes:
             run_baseline(args, name, jpeg, servers, jsonl, startup)
