@@ -88,17 +88,19 @@ async fn the_live_document_is_valid_and_the_gateway_keeps_to_it() {
     venv("python", &[&script, "--spec", &file, "--url", &url, "--image", &image], scratch.dir.path());
 }
 
-/// /docs in a real browser: Swagger UI renders the gateway's document and
-/// fetches nothing from anywhere else (tests/python/docs_page_check.py).
+/// /docs in a real browser: Swagger UI renders the gateway's document,
+/// fetches nothing from anywhere else, and "Try it out" on predict with a
+/// held-out digit shows the right label (tests/python/docs_page_check.py).
 #[tokio::test]
-async fn the_docs_page_lists_the_routes_in_a_browser() {
+async fn the_docs_page_lists_the_routes_and_predicts_in_a_browser() {
     for program in ["/usr/bin/chromium", "/usr/bin/chromedriver"] {
         assert!(Path::new(program).exists(), "{program} is missing: run scripts/setup (Debian's chromium and chromium-driver)");
     }
     let scratch = Scratch::new();
-    // No host: the page needs only the gateway.
+    let _host = scratch.start_host(&[]);
     let gateway = scratch.start_gateway(&[]);
-    gateway.wait_for("/health/live", Duration::from_secs(30)).await;
+    gateway.wait_ready().await;
     let script = root().join("tests/python/docs_page_check.py").display().to_string();
-    venv("python", &[&script, "--url", &gateway.url("")], scratch.dir.path());
+    let image = digits_model().join("testset/rgb64/000_7.png").display().to_string();
+    venv("python", &[&script, "--url", &gateway.url(""), "--image", &image, "--label", "7"], scratch.dir.path());
 }
