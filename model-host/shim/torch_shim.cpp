@@ -40,9 +40,68 @@ std::vector<c10::IValue> ivalues(const at::Tensor* const* inputs, int count) {
   return values;
 }
 
-at::Tensor single_tensor(const c10::IValue& out) {
-  if (!out.isTensor()) throw std::runtime_error("forward() returned " + out.tagKind() + ", not one Tensor");
-  return out.toTensor();
+// "output 2" or "output \"boxes\"", for errors.
+std::string output_name(const char* const* names, int i) {
+  return names != nullptr ? "output \"" + std::string(names[i]) + "\"" : "output " + std::to_string(i);
+}
+
+at::Tensor tensor_of(const c10::IValue& value, const char* const* names, int i) {
+  if (!value.isTensor()) throw std::runtime_error(output_name(names, i) + ": the model returned " + value.tagKind() + ", expected a tensor");
+  return value.toTensor();
+}
+
+// forward()'s result as `expected` tensors in model.toml's order: one
+// tensor; a tuple or list of them by position; or a dict of name -> tensor
+// by `names` (the outputs' names, or nullptr when unnamed: a classifier's
+// one output). Done here, not in Rust, so that a CUDA graph's outputs are
+// kept in that order by its capture and each replay needs no sorting.
+std::vector<at::Tensor> flatten_outputs(const c10::IValue& out, const char* const* names, int expected) {
+  auto declares = " model.toml declares " + std::to_string(expected) + " output" + (expected == 1 ? "" : "s");
+  if (out.isTensor()) {
+    if (expected != 1) throw std::runtime_error("the model returned one tensor," + declares);
+    return {out.toTensor()};
+  }
+  std::vector<c10::IValue> items;
+  const char* what = nullptr;
+  if (out.isTuple()) {
+    what = "tuple";
+    for (const auto& item : out.toTupleRef().elements()) items.push_back(item);
+  } else if (out.isTensorList()) {
+    what = "list";
+    for (const auto& item : out.toTensorVector()) items.emplace_back(item);
+  } else if (out.isList()) {
+    what = "list";
+    for (const auto& item : out.toListRef()) items.push_back(item);
+  }
+  std::vector<at::Tensor> tensors;
+  if (what != nullptr) {
+    if (static_cast<int>(items.size()) != expected)
+      throw std::runtime_error(std::string("the model returned a ") + what + " of " + std::to_string(items.size()) + "," + declares);
+    for (int i = 0; i < expected; ++i) tensors.push_back(tensor_of(items[i], names, i));
+    return tensors;
+  }
+  if (out.isGenericDict() && names != nullptr) {
+    auto dict = out.toGenericDict();
+    for (int i = 0; i < expected; ++i) {
+      auto found = dict.end();
+      for (auto it = dict.begin(); it != dict.end(); ++it) {
+        if (!it->key().isString()) throw std::runtime_error("the model returned a dict with a " + it->key().tagKind() + " key; keys must be output names");
+        if (it->key().toStringRef() == names[i]) found = it;
+      }
+      if (found == dict.end()) {
+        std::string have;
+        for (auto it = dict.begin(); it != dict.end(); ++it) have += (have.empty() ? "\"" : ", \"") + it->key().toStringRef() + "\"";
+        throw std::runtime_error("the model's dict has no \"" + std::string(names[i]) + "\" (model.toml's output); it has [" + have + "]");
+      }
+      tensors.push_back(tensor_of(found->value(), names, i));
+    }
+    return tensors;
+  }
+  throw std::runtime_error("the model returned a " + out.tagKind() + "; expected a tensor, a tuple or list of tensors, or a dict of name -> tensor");
+}
+
+void hand_out(const std::vector<at::Tensor>& tensors, at::Tensor** outs) {
+  for (size_t i = 0; i < tensors.size(); ++i) outs[i] = new at::Tensor(tensors[i]);
 }
 
 }  // namespace
@@ -54,7 +113,7 @@ struct ShimModule {
 #ifdef SHIM_WITH_CUDA
 struct ShimGraph {
   at::cuda::CUDAGraph graph;
-  at::Tensor output;
+  std::vector<at::Tensor> outputs;
 };
 #endif
 
@@ -92,12 +151,13 @@ char* shim_module_freeze(ShimModule* m, int optimize) {
   });
 }
 
-// forward(inputs...) under InferenceMode; the result must be one tensor.
-char* shim_module_forward(ShimModule* m, const at::Tensor* const* inputs, int count, at::Tensor** out) {
+// forward(inputs...) under InferenceMode; its result as `expected` new
+// tensors in `outs`, in the order of `names` (see flatten_outputs).
+char* shim_module_forward(ShimModule* m, const at::Tensor* const* inputs, int count, const char* const* names, int expected,
+                          at::Tensor** outs) {
   return guarded([&] {
     c10::InferenceMode inference;
-    at::Tensor result = single_tensor(m->module.forward(ivalues(inputs, count)));
-    *out = new at::Tensor(std::move(result));
+    hand_out(flatten_outputs(m->module.forward(ivalues(inputs, count)), names, expected), outs);
   });
 }
 
@@ -116,10 +176,11 @@ char* shim_pinned_empty(int64_t len, at::Tensor** out) {
 // Captures forward(inputs...) into a CUDA graph. `inputs` are the graph's
 // static inputs: each replay reads whatever they hold then. `warmups`
 // eager passes on the capture stream come first (cuDNN/cuBLAS choose their
-// kernels and workspaces outside the capture). The graph's output tensor
-// (overwritten by each replay) is returned in `output`.
-char* shim_graph_capture(ShimModule* m, const at::Tensor* const* inputs, int count, int warmups,
-                         void** graph, at::Tensor** output) {
+// kernels and workspaces outside the capture). The graph's output tensors
+// (overwritten by each replay), flattened as shim_module_forward's, are
+// returned in `outputs`.
+char* shim_graph_capture(ShimModule* m, const at::Tensor* const* inputs, int count, const char* const* names, int expected,
+                         int warmups, void** graph, at::Tensor** outputs) {
 #ifdef SHIM_WITH_CUDA
   return guarded([&] {
     c10::InferenceMode inference;
@@ -133,7 +194,7 @@ char* shim_graph_capture(ShimModule* m, const at::Tensor* const* inputs, int cou
     c10::cuda::CUDAStream side = c10::cuda::getStreamFromPool(false, device);
     c10::cuda::setCurrentCUDAStream(side);
     try {
-      for (int i = 0; i < warmups; ++i) single_tensor(m->module.forward(values));
+      for (int i = 0; i < warmups; ++i) flatten_outputs(m->module.forward(values), names, expected);
       torch::cuda::synchronize(device);
       // Thread-local: only this thread is barred from calls that are
       // illegal during a capture. The host captures some shapes after
@@ -141,7 +202,7 @@ char* shim_graph_capture(ShimModule* m, const at::Tensor* const* inputs, int cou
       // go on serving (allocating, copying, synchronising) beside it.
       g->graph.capture_begin({0, 0}, cudaStreamCaptureModeThreadLocal);
       try {
-        g->output = single_tensor(m->module.forward(values));
+        g->outputs = flatten_outputs(m->module.forward(values), names, expected);
       } catch (...) {
         try { g->graph.capture_end(); } catch (...) {}
         throw;
@@ -153,11 +214,11 @@ char* shim_graph_capture(ShimModule* m, const at::Tensor* const* inputs, int cou
     }
     c10::cuda::setCurrentCUDAStream(previous);
     torch::cuda::synchronize(device);
-    *output = new at::Tensor(g->output);
+    hand_out(g->outputs, outputs);
     *graph = g.release();
   });
 #else
-  (void)m; (void)inputs; (void)count; (void)warmups; (void)graph; (void)output;
+  (void)m; (void)inputs; (void)count; (void)names; (void)expected; (void)warmups; (void)graph; (void)outputs;
   return error_of("this model-host was built without CUDA graph support");
 #endif
 }

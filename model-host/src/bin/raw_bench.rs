@@ -81,9 +81,8 @@ fn main() -> anyhow::Result<()> {
         model.run(&pre, &pixels[..n as usize * slot_len], n as usize, 5)?;
     }
     // As the host does after warm-up (model_thread.rs).
-    if let Some(report) = model.capture_graphs(&pre, &shapes, slot_len) {
-        eprintln!("{}: CUDA graphs for batch sizes {:?}; eager: {:?}", args.label, report.captured, report.failed);
-    }
+    let report = model.capture_graphs(&pre, &shapes, slot_len);
+    eprintln!("{}: CUDA graphs for batch sizes {:?}; eager: {:?}", args.label, report.captured, report.failed);
     eprintln!("{}: {} on {device:?}, ready in {:.0} ms", args.label, config.name, started.elapsed().as_secs_f64() * 1e3);
 
     println!("{:<16} {:>5} {:>9} {:>7} {:>10} {:>9} {:>9} {:>9}", "label", "conc", "requests", "errors", "img/s", "p50 ms", "p90 ms", "p99 ms");

@@ -3,14 +3,10 @@
 //!
 //! Everything model-specific (normalisation, layout, dtype) happens in the
 //! host, on the model's device, so gateways only ever produce uint8 pixels.
-//!
-//! The module runs through [`crate::torch_shim`]: frozen and
-//! `optimize_for_inference`d at load, under InferenceMode, and on a GPU
-//! replayed from one CUDA graph per warmed batch shape (see
-//! [`ImageClassifier::capture_graphs`]). Each optimisation that fails for a
-//! model is skipped with a log line saying why; the model still serves.
+//! The module runs as every kind does ([`crate::model::optimized`]):
+//! frozen, cast, and on a GPU replayed from CUDA graphs; what is the
+//! classifier's own is the softmax and top-k after the forward pass.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -19,19 +15,16 @@ use tch::{Device, Kind, Tensor};
 use crate::model::ModelError;
 use crate::model::config::{ClassifierConfig, OptimizationConfig};
 use crate::model::Input;
+use crate::model::optimized::OptimizedModule;
 use crate::model::readback::ToHost;
-use crate::torch_shim::stream::{CudaEvent, Priority, use_own_stream};
-use crate::torch_shim::{self, CudaGraph, Module};
+use crate::model::warm_up::OutputCheck;
+use crate::torch_shim::OutputNames;
 
 pub struct ImageClassifier {
-    /// Shared with the warm-up after READY, which runs beside serving.
-    module: Arc<Module>,
-    /// Captured forward passes by batch size; a size not here runs eagerly.
-    graphs: BTreeMap<i64, CudaGraph>,
+    /// The module, its graphs and its warm-up.
+    module: OptimizedModule,
     classes: i64,
     softmax: bool,
-    /// Whether model.toml allows CUDA graphs, and the device has them.
-    graphs_wanted: bool,
 }
 
 /// A batch whose forward pass and top-k have been queued on the device.
@@ -44,163 +37,36 @@ pub struct Launched {
     k: i64,
 }
 
-/// What [`ImageClassifier::capture_graphs`] did, for the log and status.
-#[derive(Debug, Default, Clone, PartialEq)]
-pub struct GraphReport {
-    pub captured: Vec<i64>,
-    /// (batch size, why not) for each shape that runs eagerly.
-    pub failed: Vec<(i64, String)>,
-}
-
 impl ImageClassifier {
     pub fn load(file: &Path, config: &ClassifierConfig, optimization: &OptimizationConfig, device: Device) -> Result<Self, ModelError> {
-        let dtype = optimization.precision.kind();
-        let cast = (dtype != Kind::Float).then_some(dtype);
-        let mut module = Module::load(file, device, cast).map_err(|e| ModelError::Load(e.0))?;
-        if optimization.freeze {
-            match module.freeze(true) {
-                Ok(()) => tracing::info!("module frozen and optimized for inference"),
-                Err(e) => tracing::warn!(error = %e.0, "cannot freeze the module; it runs as saved"),
-            }
-        }
-        let graphs_wanted = optimization.cuda_graphs && device.is_cuda();
-        if graphs_wanted && !torch_shim::has_cuda_graphs() {
-            tracing::warn!("this model-host was built without CUDA graph support; batches run eagerly");
-        }
-        Ok(Self {
-            module: Arc::new(module),
-            graphs: BTreeMap::new(),
-            classes: config.output.labels.len() as i64,
-            softmax: config.output.softmax,
-            graphs_wanted: graphs_wanted && torch_shim::has_cuda_graphs(),
-        })
+        let classes = config.output.labels.len() as i64;
+        let check: OutputCheck = Arc::new(move |outs: &[Tensor], batch| check_output(&outs[0], batch, classes));
+        let module = OptimizedModule::load(file, optimization, device, OutputNames::One, check)?;
+        Ok(Self { module, classes, softmax: config.output.softmax })
     }
 
     pub fn classes(&self) -> usize {
         self.classes as usize
     }
 
-    /// Captures one CUDA graph per batch shape, each over a static input
-    /// laid out as the preprocessor lays out a batch (`sample(n)` makes
-    /// one). Call after warm-up: the kernels are chosen by then. A no-op
-    /// off the GPU or when model.toml says `cuda_graphs = false`.
-    pub fn capture_graphs(&mut self, shapes: &[u32], sample: impl Fn(usize) -> Result<Input, ModelError>) -> GraphReport {
-        let mut report = GraphReport::default();
-        if !self.graphs_wanted {
-            return report;
-        }
-        for &n in shapes {
-            let n = i64::from(n);
-            if self.graphs.contains_key(&n) {
-                // Captured already, by the warm-up's threads.
-                report.captured.push(n);
-                continue;
-            }
-            let captured = sample(n as usize).and_then(|input| capture_one(&self.module, input, self.classes));
-            self.record(n, captured, &mut report);
-        }
-        report
+    /// The module, for warm-up and graphs.
+    pub fn module(&self) -> &OptimizedModule {
+        &self.module
     }
 
-    /// Warms up every batch shape of `shapes` side by side on up to
-    /// `threads` threads, then captures each one's CUDA graph (see
-    /// [`warm_and_capture`]); returns what was captured.
-    pub fn warm_up_parallel(&mut self, shapes: Vec<WarmShape>, threads: usize) -> Result<GraphReport, ModelError> {
-        let captured = std::sync::Mutex::new(Vec::new());
-        let keep = |graph| captured.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(graph);
-        warm_and_capture(&self.module, self.classes, self.graphs_wanted, shapes, threads, None, &keep)?;
-        let mut report = GraphReport::default();
-        for (n, graph) in captured.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner) {
-            self.record(n, graph, &mut report);
-        }
-        report.captured.sort_unstable();
-        Ok(report)
-    }
-
-    /// Starts warming up and capturing more batch shapes on threads of
-    /// their own, each on a CUDA stream of its own on `device`, while
-    /// the model serves: `make` builds the shapes' inputs, on the thread
-    /// that then starts `threads` workers (see [`warm_and_capture`]). Take
-    /// each captured graph with [`Self::adopt`] as [`LateWarmUp::poll`]
-    /// hands it over.
-    pub fn warm_up_later(
-        &self,
-        device: Device,
-        make: impl FnOnce() -> Result<Vec<WarmShape>, ModelError> + Send + 'static,
-        threads: usize,
-    ) -> Result<LateWarmUp, ModelError> {
-        let (module, classes, graphs_wanted) = (self.module.clone(), self.classes, self.graphs_wanted);
-        let (send, captured) = std::sync::mpsc::channel();
-        let started = std::time::Instant::now();
-        let warm = move || -> Result<(), ModelError> {
-            use_own_stream(device, Priority::Low).map_err(|e| ModelError::Stream(e.0))?;
-            let shapes = make()?;
-            // The inputs were made on this thread's stream; the warm-up
-            // threads read them on theirs. Waiting for this stream alone,
-            // not the device, leaves the batches being served alone.
-            if let Some(made) = CudaEvent::record(device).map_err(|e| ModelError::Stream(e.0))? {
-                made.synchronize().map_err(|e| ModelError::Stream(e.0))?;
-            }
-            // If the model thread has gone, nobody takes the graphs: they
-            // are dropped, and the warm-up ends with its shapes.
-            let hand_over = |graph| drop(send.send(graph));
-            warm_and_capture(&module, classes, graphs_wanted, shapes, threads, Some(device), &hand_over)
-        };
-        let handle = std::thread::Builder::new()
-            .name("warm-up-late".into())
-            .spawn(move || {
-                if let Err(e) = warm() {
-                    tracing::warn!(error = %e, "warming up after READY failed; batches go on padding to the shapes ready before it");
-                }
-                started.elapsed()
-            })
-            .map_err(|e| ModelError::Forward(format!("spawning the warm-up thread: {e}")))?;
-        Ok(LateWarmUp { captured, handle: Some(handle) })
-    }
-
-    /// Takes a graph captured after READY; its batch size if it replays
-    /// from now on (else it runs eagerly, with a log line saying why).
-    pub fn adopt(&mut self, (n, captured): Captured) -> Option<i64> {
-        let mut report = GraphReport::default();
-        self.record(n, captured, &mut report);
-        report.captured.first().copied()
-    }
-
-    fn record(&mut self, n: i64, captured: Result<CudaGraph, ModelError>, report: &mut GraphReport) {
-        match captured {
-            Ok(graph) => {
-                self.graphs.insert(n, graph);
-                report.captured.push(n);
-            }
-            Err(e) => {
-                tracing::warn!(batch = n, error = %e, "cannot capture a CUDA graph; this batch size runs eagerly");
-                report.failed.push((n, e.to_string()));
-            }
-        }
+    pub fn module_mut(&mut self) -> &mut OptimizedModule {
+        &mut self.module
     }
 
     /// Queues the forward pass and top-k on an uploaded batch, without
     /// waiting for them on a GPU.
     pub fn launch(&self, input: Input, k: usize) -> Result<Launched, ModelError> {
-        let Input { tensors, batch: b } = input;
+        let b = input.batch;
         let k = k.clamp(1, self.classes()) as i64;
         tch::no_grad(|| {
-            let out = match self.graphs.get(&b) {
-                Some(graph) => {
-                    // Same stream as the replay: the copy waits for the last
-                    // replay's reads of the static input, the replay for it.
-                    for (fixed, new) in graph.inputs().iter().zip(&tensors) {
-                        fixed.shallow_clone().f_copy_(new)?;
-                    }
-                    graph.replay().map_err(|e| ModelError::Graph(e.0))?.shallow_clone()
-                }
-                None => {
-                    let borrowed: Vec<&Tensor> = tensors.iter().collect();
-                    self.module.forward(&borrowed).map_err(|e| ModelError::Forward(e.0))?
-                }
-            };
-            check_output(&out, b, self.classes)?;
-            queue_answers(&out, self.softmax, k)
+            let outs = self.module.forward(input)?;
+            check_output(&outs[0], b, self.classes)?;
+            queue_answers(&outs[0], self.softmax, k)
         })
     }
 }
@@ -256,153 +122,6 @@ pub fn prime_answers(config: &ClassifierConfig, dtype: Kind, device: Device, sha
         .ok()
 }
 
-/// A batch size and what capturing its graph gave.
-pub type Captured = (i64, Result<CudaGraph, ModelError>);
-
-/// The warm-up of the shapes left for after READY (see
-/// [`ImageClassifier::warm_up_later`]).
-pub struct LateWarmUp {
-    captured: std::sync::mpsc::Receiver<Captured>,
-    /// Gives how long the warm-up took.
-    handle: Option<std::thread::JoinHandle<std::time::Duration>>,
-}
-
-/// What [`LateWarmUp::poll`] found.
-pub enum LatePoll {
-    /// Captured graphs to adopt; more may come.
-    Captured(Vec<Captured>),
-    /// The warm-up is over (after how long), all it captured handed over.
-    Done(std::time::Duration),
-}
-
-impl LateWarmUp {
-    /// The graphs captured since the last poll, without waiting.
-    pub fn poll(&mut self) -> LatePoll {
-        use std::sync::mpsc::TryRecvError;
-        let mut captured = Vec::new();
-        loop {
-            match self.captured.try_recv() {
-                Ok(one) => captured.push(one),
-                Err(TryRecvError::Disconnected) if captured.is_empty() => return LatePoll::Done(self.join()),
-                Err(_) => return LatePoll::Captured(captured),
-            }
-        }
-    }
-
-    /// Waits for the warm-up to end (on shutdown: its threads use the
-    /// device, which must not be torn down under them).
-    pub fn join(&mut self) -> std::time::Duration {
-        self.handle.take().map(|h| h.join().unwrap_or_default()).unwrap_or_default()
-    }
-}
-
-/// Warms up every batch shape of `shapes` side by side on up to `threads`
-/// threads, and captures each one's CUDA graph (when `shapes` carries a
-/// capture input and `capture` is set) on the same thread that warmed it,
-/// handing each capture over as it is made.
-///
-/// Before READY (`after_ready` None) nothing else runs: the threads stay on
-/// the default stream, every warm-up pass ends before the first capture,
-/// and the captures follow one at a time. After READY (`after_ready` the
-/// device) the model serves beside them: each thread takes a stream of its own
-/// (libtorch's low-priority pool: the default priority, as the model
-/// thread's) and captures each shape right after warming it, one
-/// capture at a time across the threads, so that each shape is ready as
-/// soon as it can be.
-///
-/// Why threads: on a GPU the first pass of a batch shape costs 0.15-0.25
-/// s of CPU (cuDNN's per-shape set-up for every convolution:
-/// docs/benchmarks.md, "Ready in 1.5 s"), and those costs run side by
-/// side: 12 ResNet-50 shapes took 2.8 s one after another and 0.8 s on
-/// 4 threads on an H200. Why capture on the warming thread: libtorch
-/// keeps cuDNN's execution plans per thread, so a capture on any other
-/// thread would pay the set-up again (measured: 1.0 s for 12 shapes).
-fn warm_and_capture(
-    module: &Module,
-    classes: i64,
-    capture: bool,
-    shapes: Vec<WarmShape>,
-    threads: usize,
-    after_ready: Option<Device>,
-    hand_over: &(dyn Fn(Captured) + Sync),
-) -> Result<(), ModelError> {
-    let threads = threads.clamp(1, shapes.len().max(1));
-    let mut shares: Vec<Vec<WarmShape>> = (0..threads).map(|_| Vec::new()).collect();
-    for (i, shape) in shapes.into_iter().enumerate() {
-        shares[i % threads].push(shape);
-    }
-    let all_warm = std::sync::Barrier::new(threads);
-    let one_capture_at_a_time = std::sync::Mutex::new(());
-    let capture_one_at_a_time = |shape: WarmShape| {
-        if let (true, Some(input)) = (capture, shape.capture) {
-            let _one_at_a_time = one_capture_at_a_time.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            hand_over((shape.warm.batch, capture_one(module, input, classes)));
-        }
-    };
-    let worker = |share: Vec<WarmShape>| -> Result<(), ModelError> {
-        if let Some(device) = after_ready {
-            use_own_stream(device, Priority::Low).map_err(|e| ModelError::Stream(e.0))?;
-            for shape in share {
-                warm_one(module, &shape.warm, classes)?;
-                capture_one_at_a_time(shape);
-            }
-            return Ok(());
-        }
-        let warmed = share.iter().try_for_each(|s| warm_one(module, &s.warm, classes));
-        // Every thread reaches the barrier, failed or not.
-        all_warm.wait();
-        warmed?;
-        share.into_iter().for_each(capture_one_at_a_time);
-        Ok(())
-    };
-    let results: Vec<Result<(), ModelError>> = std::thread::scope(|scope| {
-        let workers: Vec<_> = shares
-            .into_iter()
-            .enumerate()
-            .map(|(i, share)| std::thread::Builder::new().name(format!("warm-up-{i}")).spawn_scoped(scope, || worker(share)))
-            .collect();
-        workers
-            .into_iter()
-            .map(|w| match w {
-                Ok(handle) => handle.join().unwrap_or_else(|_| Err(ModelError::Forward("a warm-up thread panicked".into()))),
-                Err(e) => Err(ModelError::Forward(format!("spawning a warm-up thread: {e}"))),
-            })
-            .collect()
-    });
-    results.into_iter().collect()
-}
-
-/// One batch shape for [`ImageClassifier::warm_up_parallel`] and
-/// [`ImageClassifier::warm_up_later`].
-pub struct WarmShape {
-    /// A batch for the eager warm-up pass.
-    pub warm: Input,
-    /// The graph's static input, laid out as the preprocessor lays out a
-    /// batch of this shape; None: no graph for this shape.
-    pub capture: Option<Input>,
-}
-
-/// One eager pass: forward, check the output's shape, wait for the device.
-fn warm_one(module: &Module, input: &Input, classes: i64) -> Result<(), ModelError> {
-    let started = std::time::Instant::now();
-    let borrowed: Vec<&Tensor> = input.tensors.iter().collect();
-    let out = module.forward(&borrowed).map_err(|e| ModelError::Forward(e.0))?;
-    check_output(&out, input.batch, classes)?;
-    // Reading one value back waits for the pass to finish on the device.
-    out.f_sum(Kind::Float)?.f_double_value(&[])?;
-    tracing::info!(batch = input.batch, ms = started.elapsed().as_secs_f64() * 1e3, "warm-up pass");
-    Ok(())
-}
-
-/// Captures one batch shape's forward pass over `input` as its static
-/// input, and checks what a replay gives.
-fn capture_one(module: &Module, input: Input, classes: i64) -> Result<CudaGraph, ModelError> {
-    let n = input.batch;
-    let graph = CudaGraph::capture(module, input.tensors, 1).map_err(|e| ModelError::Graph(e.0))?;
-    check_output(graph.replay().map_err(|e| ModelError::Graph(e.0))?, n, classes)?;
-    Ok(graph)
-}
-
 fn check_output(out: &Tensor, batch: i64, classes: i64) -> Result<(), ModelError> {
     let size = out.size();
     if size != [batch, classes] {
@@ -434,6 +153,7 @@ mod tests {
     use tch::{Device, Kind, Tensor};
 
     use super::*;
+    use crate::model::warm_up::{Captured, GraphReport, LatePoll, LateWarmUp, WarmShape};
     use crate::model::config as model_config;
 
     fn digits() -> (PathBuf, model_config::LoadedConfig) {
@@ -454,11 +174,11 @@ mod tests {
         let (file, loaded) = digits();
         let config = loaded.config.classifier().unwrap();
         let mut model = ImageClassifier::load(&file, config, &loaded.config.optimization, Device::Cpu).unwrap();
-        let report = model.warm_up_parallel(inputs(&[1, 2, 4, 8, 16, 32]), 3).unwrap();
+        let report = model.module_mut().warm_up_parallel(inputs(&[1, 2, 4, 8, 16, 32]), 3).unwrap();
         assert_eq!(report, GraphReport::default(), "no graphs off the GPU");
         // More threads than shapes, and no shapes at all, are fine too.
-        model.warm_up_parallel(inputs(&[1, 2]), 8).unwrap();
-        model.warm_up_parallel(Vec::new(), 4).unwrap();
+        model.module_mut().warm_up_parallel(inputs(&[1, 2]), 8).unwrap();
+        model.module_mut().warm_up_parallel(Vec::new(), 4).unwrap();
     }
 
     /// The answers' priming runs on a GPU only (where it is checked to end
@@ -511,7 +231,7 @@ mod tests {
         let mut config = loaded.config.classifier().unwrap().clone();
         config.output.labels.pop();
         let mut model = ImageClassifier::load(&file, &config, &loaded.config.optimization, Device::Cpu).unwrap();
-        let err = model.warm_up_parallel(inputs(&[1, 4, 8]), 2).unwrap_err();
+        let err = model.module_mut().warm_up_parallel(inputs(&[1, 4, 8]), 2).unwrap_err();
         assert!(matches!(err, ModelError::OutputShape { classes: 9, .. }), "{err:?}");
     }
 
@@ -539,7 +259,7 @@ mod tests {
         let (warming, finish) = (std::sync::Arc::new(std::sync::Barrier::new(2)), std::sync::Arc::new(std::sync::Barrier::new(2)));
         let (w, f) = (warming.clone(), finish.clone());
         let mut late = model
-            .warm_up_later(Device::Cpu, move || {
+            .module().warm_up_later(Device::Cpu, move || {
                 w.wait();
                 f.wait();
                 Ok(inputs(&[2, 8, 16]))
@@ -553,7 +273,7 @@ mod tests {
         finish.wait();
         assert!(poll_to_the_end(&mut late).is_empty(), "no graphs off the GPU");
 
-        let mut failing = model.warm_up_later(Device::Cpu, || Err(ModelError::Forward("no inputs".into())), 2).unwrap();
+        let mut failing = model.module().warm_up_later(Device::Cpu, || Err(ModelError::Forward("no inputs".into())), 2).unwrap();
         assert!(poll_to_the_end(&mut failing).is_empty());
     }
 }

@@ -23,3 +23,9 @@ pub fn kind_of(datatype: DataType) -> Kind {
 pub fn datatype_of(kind: Kind) -> Option<DataType> {
     DataType::ALL.into_iter().find(|&d| kind_of(d) == kind)
 }
+
+/// Whether a kind is a floating dtype: what a half-precision model may be
+/// given and may return in place of the dtype model.toml declares.
+pub fn is_floating(kind: Kind) -> bool {
+    matches!(kind, Kind::Half | Kind::Float | Kind::Double | Kind::BFloat16)
+}

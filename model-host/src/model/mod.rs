@@ -9,7 +9,9 @@
 //!
 //! The room's files: [`config`] (model.toml), [`device`] (`--device`),
 //! [`preprocess`] (slot bytes to the device), [`jpeg_input`] (JPEGs
-//! decoded on the GPU into a classifier's input), [`classifier`] and
+//! decoded on the GPU into a classifier's input), [`optimized`] (the
+//! module as every kind runs it: frozen, cast, CUDA graphs) and
+//! [`warm_up`] (its batch shapes warmed and captured), [`classifier`] and
 //! [`tensor_model`] (the kinds), [`dtype`] (protocol datatypes as libtorch
 //! kinds); [`Input`] and [`ModelError`] are shared by all of them.
 
@@ -24,11 +26,15 @@ pub mod dtype;
 mod error;
 mod input;
 pub mod jpeg_input;
+pub mod optimized;
 pub mod preprocess;
 pub mod readback;
 pub mod tensor_model;
+pub mod warm_up;
 
-use classifier::{Captured, GraphReport, ImageClassifier, LateWarmUp, WarmShape};
+use classifier::ImageClassifier;
+use optimized::OptimizedModule;
+use warm_up::{Captured, GraphReport, LateWarmUp, WarmShape};
 use config::{ModelConfig, ModelKind};
 pub use error::ModelError;
 pub use input::Input;
@@ -71,12 +77,12 @@ impl Model {
     pub fn load(file: &Path, config: &ModelConfig, device: Device) -> Result<Self, ModelError> {
         Ok(match &config.kind {
             ModelKind::Classifier(c) => Model::Classifier(ImageClassifier::load(file, c, &config.optimization, device)?),
-            ModelKind::Tensors(signature) => Model::Tensors(TensorModel::load(file, signature, device)?),
+            ModelKind::Tensors(signature) => Model::Tensors(TensorModel::load(file, signature, &config.optimization, device, Vec::new())?),
             // Runs as a tensor model whose input the preprocessor normalised:
             // its outputs are checked against the task's at warm-up.
             ModelKind::Vision(v) => {
                 let fields = v.model.signature.outputs.iter().map(|o| config::vision::declared_by(&o.name)).collect();
-                Model::Tensors(TensorModel::load(file, &v.model.signature, device)?.declared_by(fields))
+                Model::Tensors(TensorModel::load(file, &v.model.signature, &config.optimization, device, fields)?)
             }
         })
     }
@@ -91,45 +97,59 @@ impl Model {
         }
     }
 
-    /// A classifier's CUDA graphs, one per batch shape, over inputs laid out
-    /// as `pre` uploads `item_len`-byte items; None for a tensor model,
-    /// which runs eagerly.
-    pub fn capture_graphs(&mut self, pre: &Preprocessor, shapes: &[u32], item_len: usize) -> Option<GraphReport> {
-        let Model::Classifier(model) = self else { return None };
+    /// The module as it runs, whichever the kind.
+    fn module(&self) -> &OptimizedModule {
+        match self {
+            Model::Classifier(model) => model.module(),
+            Model::Tensors(model) => model.module(),
+        }
+    }
+
+    fn module_mut(&mut self) -> &mut OptimizedModule {
+        match self {
+            Model::Classifier(model) => model.module_mut(),
+            Model::Tensors(model) => model.module_mut(),
+        }
+    }
+
+    /// The CUDA graphs, one per batch shape, over inputs laid out as `pre`
+    /// uploads `item_len`-byte items (see [`OptimizedModule::capture_graphs`]).
+    pub fn capture_graphs(&mut self, pre: &Preprocessor, shapes: &[u32], item_len: usize) -> GraphReport {
         let sample = |n: usize| pre.upload_bytes(&vec![0; n * item_len], n).map_err(ModelError::from);
-        Some(model.capture_graphs(shapes, sample))
+        self.module_mut().capture_graphs(shapes, sample)
     }
 
-    /// A classifier's warm-up on a GPU: one pass per batch shape, on up to
-    /// `threads` threads at once, each thread then capturing the CUDA
-    /// graphs of the shapes it warmed (see
-    /// [`ImageClassifier::warm_up_parallel`]). None for a tensor model,
-    /// which warms up one shape after another.
-    pub fn warm_up_parallel(&mut self, pre: &Preprocessor, shapes: &[u32], item_len: usize, threads: usize) -> Option<Result<GraphReport, ModelError>> {
-        let Model::Classifier(model) = self else { return None };
-        Some(warm_shapes(pre, shapes, item_len).and_then(|work| model.warm_up_parallel(work, threads)))
+    /// The warm-up on a GPU: one pass per batch shape, on up to `threads`
+    /// threads at once, each thread then capturing the CUDA graphs of the
+    /// shapes it warmed (see [`OptimizedModule::warm_up_parallel`]).
+    pub fn warm_up_parallel(&mut self, pre: &Preprocessor, shapes: &[u32], item_len: usize, threads: usize) -> Result<GraphReport, ModelError> {
+        let work = warm_shapes(pre, shapes, item_len, self.varied_input())?;
+        self.module_mut().warm_up_parallel(work, threads)
     }
 
-    /// A classifier's warm-up of `shapes` after READY, beside serving (see
-    /// [`ImageClassifier::warm_up_later`]); its inputs are made by a
-    /// preprocessor of its own for `config`. None for a tensor model.
-    pub fn warm_up_later(&self, config: &ModelConfig, device: Device, shapes: &[u32], threads: usize) -> Option<Result<LateWarmUp, ModelError>> {
-        let Model::Classifier(model) = self else { return None };
-        let (config, shapes, item_len) = (config.clone(), shapes.to_vec(), config.item_input_bytes());
+    /// The warm-up of `shapes` after READY, beside serving (see
+    /// [`OptimizedModule::warm_up_later`]); its inputs are made by a
+    /// preprocessor of its own for `config`.
+    pub fn warm_up_later(&self, config: &ModelConfig, device: Device, shapes: &[u32], threads: usize) -> Result<LateWarmUp, ModelError> {
+        let (config, shapes, item_len, varied) = (config.clone(), shapes.to_vec(), config.item_input_bytes(), self.varied_input());
         let make = move || {
             let pre = Preprocessor::new(&config, device)?;
-            warm_shapes(&pre, &shapes, item_len)
+            warm_shapes(&pre, &shapes, item_len, varied)
         };
-        Some(model.warm_up_later(device, make, threads))
+        self.module().warm_up_later(device, make, threads)
     }
 
-    /// Takes a classifier's graph captured after READY: its batch size if it
-    /// replays from now on.
+    /// Takes a graph captured after READY: its batch size if it replays
+    /// from now on.
     pub fn adopt(&mut self, captured: Captured) -> Option<i64> {
-        match self {
-            Model::Classifier(model) => model.adopt(captured),
-            Model::Tensors(_) => None,
-        }
+        self.module_mut().adopt(captured)
+    }
+
+    /// Whether warm-up may feed varied bytes: pixels may be anything, but
+    /// a tensor model's only safe value of every type is zero (arbitrary
+    /// bytes make NaNs, or bools that are neither).
+    pub fn varied_input(&self) -> bool {
+        matches!(self, Model::Classifier(_))
     }
 
     /// Uploads, runs and collects `batch` items laid out back to back in
@@ -140,13 +160,13 @@ impl Model {
     }
 }
 
-/// Each shape's warm-up input (varied bytes) and capture input (zeros), as
-/// `pre` uploads `item_len`-byte items.
-fn warm_shapes(pre: &Preprocessor, shapes: &[u32], item_len: usize) -> Result<Vec<WarmShape>, ModelError> {
+/// Each shape's warm-up input (varied bytes, or zeros) and capture input
+/// (zeros), as `pre` uploads `item_len`-byte items.
+fn warm_shapes(pre: &Preprocessor, shapes: &[u32], item_len: usize, varied: bool) -> Result<Vec<WarmShape>, ModelError> {
     shapes
         .iter()
         .map(|&n| {
-            let bytes: Vec<u8> = (0..n as usize * item_len).map(|i| (i * 31 % 251) as u8).collect();
+            let bytes: Vec<u8> = (0..n as usize * item_len).map(|i| if varied { (i * 31 % 251) as u8 } else { 0 }).collect();
             let warm = pre.upload_bytes(&bytes, n as usize)?;
             let capture = pre.upload_bytes(&vec![0; n as usize * item_len], n as usize)?;
             Ok(WarmShape { warm, capture: Some(capture) })

@@ -13,7 +13,7 @@ use tch::{Device, Kind, Tensor};
 
 use crate::model::config::{InputConfig, ModelConfig, ModelKind, OptimizationConfig};
 use crate::model::Input;
-use crate::model::dtype::kind_of;
+use crate::model::dtype::{is_floating, kind_of};
 use crate::torch_shim::HostBuffer;
 
 pub enum Preprocessor {
@@ -27,7 +27,7 @@ impl Preprocessor {
             ModelKind::Classifier(c) => Preprocessor::Image(ImagePreprocessor::new(&c.input, &config.optimization, device)?),
             // Pixels like a classifier's; the outputs come back like a tensor model's.
             ModelKind::Vision(v) => Preprocessor::Image(ImagePreprocessor::new(&v.input, &config.optimization, device)?),
-            ModelKind::Tensors(signature) => Preprocessor::Tensors(TensorUploader::new(signature, device)),
+            ModelKind::Tensors(signature) => Preprocessor::Tensors(TensorUploader::new(signature, &config.optimization, device)),
         })
     }
 
@@ -143,6 +143,8 @@ impl ImagePreprocessor {
 
 /// A tensor model's inputs: the items' bytes go to the device in one copy,
 /// then each input's columns are cut out and viewed as its type and shape.
+/// In half precision, floating inputs are cast to it on the device (the
+/// module's weights are); other inputs (ids, masks) keep their dtypes.
 pub struct TensorUploader {
     device: Device,
     /// Per input, in forward() order: where it lies in an item, its kind
@@ -150,10 +152,14 @@ pub struct TensorUploader {
     inputs: Vec<(Placement, Kind, Vec<i64>)>,
     /// Bytes per item in the staging buffer (the inputs' span of a slot).
     item_bytes: i64,
+    /// The dtype floating inputs are cast to; None in fp32 (as declared).
+    cast: Option<Kind>,
+    /// Lay floating 4-D inputs ([batch, C, H, W]) out channels-last.
+    channels_last: bool,
 }
 
 impl TensorUploader {
-    pub fn new(signature: &TensorSignature, device: Device) -> Self {
+    pub fn new(signature: &TensorSignature, optimization: &OptimizationConfig, device: Device) -> Self {
         let inputs = signature
             .inputs
             .iter()
@@ -161,7 +167,26 @@ impl TensorUploader {
             // Dims were checked to fit a slot, so they fit an i64.
             .map(|(spec, at)| (at, kind_of(spec.datatype), spec.dims.iter().map(|&d| d as i64).collect()))
             .collect();
-        Self { device, inputs, item_bytes: signature.input_bytes() as i64 }
+        let dtype = optimization.precision.kind();
+        let cast = (dtype != Kind::Float).then_some(dtype);
+        Self { device, inputs, item_bytes: signature.input_bytes() as i64, cast, channels_last: optimization.channels_last }
+    }
+
+    /// A floating input as the module runs: in its precision, and
+    /// channels-last when asked (an NCHW view of NHWC memory, the layout
+    /// tensor cores want for half-precision convolutions).
+    fn as_module_runs(&self, x: Tensor) -> Result<Tensor, tch::TchError> {
+        if !is_floating(x.kind()) {
+            return Ok(x);
+        }
+        let x = match self.cast {
+            Some(dtype) if x.kind() != dtype => x.f_to_kind(dtype)?,
+            _ => x,
+        };
+        if self.channels_last && x.dim() == 4 {
+            return x.f_permute([0, 2, 3, 1])?.f_contiguous()?.f_permute([0, 3, 1, 2]);
+        }
+        Ok(x)
     }
 
     fn upload(&self, staging: Tensor, batch: usize) -> Result<Input, tch::TchError> {
@@ -176,11 +201,8 @@ impl TensorUploader {
                 shape.extend_from_slice(dims);
                 // The copy makes the columns contiguous and aligned, which
                 // a view as a wider type needs.
-                on_device
-                    .f_narrow(1, at.offset as i64, at.len as i64)?
-                    .f_contiguous()?
-                    .f_view_dtype(*kind)?
-                    .f_view(shape.as_slice())
+                let x = on_device.f_narrow(1, at.offset as i64, at.len as i64)?.f_contiguous()?.f_view_dtype(*kind)?.f_view(shape.as_slice())?;
+                self.as_module_runs(x)
             })
             .collect::<Result<_, _>>()?;
         Ok(Input { tensors, batch: b })

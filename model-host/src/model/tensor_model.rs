@@ -1,36 +1,49 @@
 //! A tensor model: named, typed tensors in (see
 //! [`crate::model::preprocess::TensorUploader`]), named, typed tensors out, laid
 //! out for each request's slot at the output placements of
-//! [`protocol::tensor`].
+//! [`protocol::tensor`]. A vision model (detection, segmentation) runs as
+//! one, on pixels the preprocessor normalised.
 //!
 //! forward() takes the inputs in `[[inputs]]` order, each `[batch, dims...]`,
 //! and returns either one tensor (when one output is declared), a tuple or
-//! list of tensors (in `[[outputs]]` order) or a dict of name -> tensor.
-//! Every output is checked against its `[[outputs]]` entry (dtype and
-//! shape) when the batch is launched, so warm-up catches a model.toml that
-//! does not match its model before any request does.
+//! list of tensors (in `[[outputs]]` order) or a dict of name -> tensor
+//! (the shim puts them in `[[outputs]]` order). It runs on the path every
+//! kind takes ([`crate::model::optimized`]: frozen, in model.toml's
+//! precision, CUDA graphs); outputs computed in half precision are cast
+//! back on the device to the dtype `[[outputs]]` declares, before the
+//! read-back. Every output is checked against its `[[outputs]]` entry
+//! (dtype and shape) at warm-up and when each batch is launched, so a
+//! model.toml that does not match its model fails before any request does.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use protocol::{Placement, TensorSignature, TensorSpec};
-use tch::jit::IValue;
-use tch::{CModule, Device, Tensor};
+use tch::{Device, Tensor};
 
 use crate::model::ModelError;
 use crate::model::Input;
+use crate::model::config::OptimizationConfig;
+use crate::model::dtype::{datatype_of, is_floating, kind_of};
+use crate::model::optimized::OptimizedModule;
 use crate::model::readback::ToHost;
-use crate::model::dtype::{datatype_of, kind_of};
+use crate::model::warm_up::OutputCheck;
+use crate::torch_shim::OutputNames;
 
 pub struct TensorModel {
-    module: CModule,
+    /// The module, its graphs and its warm-up.
+    module: OptimizedModule,
     signature: TensorSignature,
     /// Where each output goes in a slot, in `[[outputs]]` order.
     placements: Vec<Placement>,
     /// Bytes of one item's outputs with their padding.
     row_bytes: usize,
+    /// Whether the module runs in half precision: floating outputs are
+    /// then cast back to their declared dtype.
+    cast: bool,
     /// Per output, the model.toml fields that declared it when they are
     /// not `[[outputs]]` (a vision model's), for the mismatch error.
-    declared_by: Vec<Option<&'static str>>,
+    declared_by: Arc<Vec<Option<&'static str>>>,
 }
 
 /// A batch whose forward pass has been queued on the device; its outputs
@@ -44,34 +57,46 @@ pub struct Launched {
 }
 
 impl TensorModel {
-    pub fn load(file: &Path, signature: &TensorSignature, device: Device) -> Result<Self, tch::TchError> {
-        let mut module = CModule::load_on_device(file, device)?;
-        module.f_set_eval()?;
+    /// Loads `file` as `optimization` says. `declared_by` names, per
+    /// output, the model.toml field that declared it when it is not
+    /// `[[outputs]]` (a vision model's; empty for a tensor model).
+    pub fn load(
+        file: &Path,
+        signature: &TensorSignature,
+        optimization: &OptimizationConfig,
+        device: Device,
+        declared_by: Vec<Option<&'static str>>,
+    ) -> Result<Self, ModelError> {
+        let cast = optimization.precision.kind() != tch::Kind::Float;
+        let declared_by = Arc::new(declared_by);
+        let names = OutputNames::named(signature.outputs.iter().map(|o| o.name.as_str())).map_err(|e| ModelError::Load(e.0))?;
+        let (specs, fields) = (signature.outputs.clone(), declared_by.clone());
+        // At warm-up the outputs are checked as they come from the module:
+        // in half precision a floating output may be of another floating
+        // dtype, which launch() casts back.
+        let check: OutputCheck = Arc::new(move |outs: &[Tensor], batch| check_all(outs, &specs, batch, cast, &fields));
+        let module = OptimizedModule::load(file, optimization, device, names, check)?;
         let (placements, row_bytes) = (signature.output_placements(), signature.output_bytes() as usize);
-        Ok(Self { module, placements, row_bytes, signature: signature.clone(), declared_by: Vec::new() })
+        Ok(Self { module, placements, row_bytes, cast, declared_by, signature: signature.clone() })
     }
 
-    /// Names the model.toml fields behind each output (in `[[outputs]]` order).
-    pub fn declared_by(mut self, fields: Vec<Option<&'static str>>) -> Self {
-        self.declared_by = fields;
-        self
+    /// The module, for warm-up and graphs.
+    pub fn module(&self) -> &OptimizedModule {
+        &self.module
     }
 
-    /// Queues the forward pass on an uploaded batch and checks what it
-    /// returned (dtype and shape are known before the values are).
+    pub fn module_mut(&mut self) -> &mut OptimizedModule {
+        &mut self.module
+    }
+
+    /// Queues the forward pass on an uploaded batch, casts floating
+    /// outputs back to their declared dtypes, and checks what it returned
+    /// (dtype and shape are known before the values are).
     pub fn launch(&self, input: Input) -> Result<Launched, ModelError> {
-        let Input { tensors, batch } = input;
-        let args: Vec<IValue> = tensors.into_iter().map(IValue::Tensor).collect();
-        let outputs = tch::no_grad(|| self.module.forward_is(&args))?;
-        let outputs = by_config(outputs, &self.signature.outputs)?;
-        for (i, (tensor, spec)) in outputs.iter().zip(&self.signature.outputs).enumerate() {
-            check(tensor, spec, batch).map_err(|e| match (e, self.declared_by.get(i).copied().flatten()) {
-                (ModelError::OutputMismatch { name, got, expected }, Some(field)) => {
-                    ModelError::OutputMismatch { name, got, expected: format!("{expected}, from {field}") }
-                }
-                (e, _) => e,
-            })?;
-        }
+        let batch = input.batch;
+        let outputs = tch::no_grad(|| self.module.forward(input))?;
+        let outputs = if self.cast { cast_back(outputs, &self.signature.outputs)? } else { outputs };
+        check_all(&outputs, &self.signature.outputs, batch, false, &self.declared_by)?;
         Ok(Launched { outputs: ToHost::queue(outputs)?, placements: self.placements.clone(), row_bytes: self.row_bytes })
     }
 }
@@ -95,61 +120,44 @@ impl Launched {
     }
 }
 
-/// Puts the model's outputs in `[[outputs]]` order.
-fn by_config(returned: IValue, specs: &[TensorSpec]) -> Result<Vec<Tensor>, ModelError> {
-    let declared = specs.len();
-    let by_position = |items: Vec<IValue>, what: &str| -> Result<Vec<Tensor>, ModelError> {
-        if items.len() != declared {
-            return Err(ModelError::Outputs(format!("the model returned a {what} of {}, model.toml declares {declared} outputs", items.len())));
-        }
-        items.into_iter().zip(specs).map(|(item, spec)| tensor(item, &spec.name)).collect()
-    };
-    match returned {
-        IValue::Tensor(t) if declared == 1 => Ok(vec![t]),
-        IValue::Tensor(_) => Err(ModelError::Outputs(format!("the model returned one tensor, model.toml declares {declared} outputs"))),
-        IValue::Tuple(items) => by_position(items, "tuple"),
-        IValue::GenericList(items) => by_position(items, "list"),
-        IValue::TensorList(items) => by_position(items.into_iter().map(IValue::Tensor).collect(), "list"),
-        IValue::GenericDict(pairs) => {
-            let mut named = Vec::with_capacity(pairs.len());
-            for (key, value) in pairs {
-                match key {
-                    IValue::String(name) => named.push((name, Some(value))),
-                    other => return Err(ModelError::Outputs(format!("the model returned a dict with a {} key; keys must be output names", describe(&other)))),
-                }
-            }
-            specs
-                .iter()
-                .map(|spec| match named.iter_mut().find(|(name, _)| *name == spec.name).and_then(|(_, v)| v.take()) {
-                    Some(value) => tensor(value, &spec.name),
-                    None => {
-                        let got: Vec<&str> = named.iter().map(|(n, _)| n.as_str()).collect();
-                        Err(ModelError::Outputs(format!("the model's dict has no {:?} (model.toml's output); it has {got:?}", spec.name)))
-                    }
-                })
-                .collect()
-        }
-        other => Err(ModelError::Outputs(format!(
-            "the model returned a {}; expected a tensor, a tuple or list of tensors, or a dict of name -> tensor",
-            describe(&other)
-        ))),
-    }
+/// Floating outputs the module computed in another floating dtype (its
+/// half precision), cast on the device to the dtype `[[outputs]]` declares.
+/// A new tensor: a graph's own output may be overwritten by the next replay.
+fn cast_back(outputs: Vec<Tensor>, specs: &[TensorSpec]) -> Result<Vec<Tensor>, ModelError> {
+    outputs
+        .into_iter()
+        .zip(specs)
+        .map(|(t, spec)| {
+            let want = kind_of(spec.datatype);
+            let kind = t.f_kind()?;
+            Ok(if kind != want && is_floating(kind) && is_floating(want) { t.f_to_kind(want)? } else { t })
+        })
+        .collect()
 }
 
-fn tensor(value: IValue, name: &str) -> Result<Tensor, ModelError> {
-    match value {
-        IValue::Tensor(t) => Ok(t),
-        other => Err(ModelError::OutputMismatch { name: name.into(), got: describe(&other).into(), expected: "a tensor".into() }),
+/// Checks every output against its `[[outputs]]` entry (`any_float`: a
+/// floating output may be of any floating dtype), naming the model.toml
+/// field that declared it.
+fn check_all(outs: &[Tensor], specs: &[TensorSpec], batch: i64, any_float: bool, declared_by: &[Option<&'static str>]) -> Result<(), ModelError> {
+    for (i, (tensor, spec)) in outs.iter().zip(specs).enumerate() {
+        check(tensor, spec, batch, any_float).map_err(|e| match (e, declared_by.get(i).copied().flatten()) {
+            (ModelError::OutputMismatch { name, got, expected }, Some(field)) => {
+                ModelError::OutputMismatch { name, got, expected: format!("{expected}, from {field}") }
+            }
+            (e, _) => e,
+        })?;
     }
+    Ok(())
 }
 
 /// Checks one output's dtype and shape against its `[[outputs]]` entry.
-fn check(tensor: &Tensor, spec: &TensorSpec, batch: i64) -> Result<(), ModelError> {
+fn check(tensor: &Tensor, spec: &TensorSpec, batch: i64, any_float: bool) -> Result<(), ModelError> {
     let mut shape = vec![batch];
     shape.extend(spec.dims.iter().map(|&d| d as i64));
     let kind = tensor.f_kind()?;
     let size = tensor.size();
-    if kind == kind_of(spec.datatype) && size == shape {
+    let want = kind_of(spec.datatype);
+    if (kind == want || (any_float && is_floating(kind) && is_floating(want))) && size == shape {
         return Ok(());
     }
     let kind_name = datatype_of(kind).map_or_else(|| format!("{kind:?}"), |d| d.name().to_string());
@@ -158,26 +166,6 @@ fn check(tensor: &Tensor, spec: &TensorSpec, batch: i64) -> Result<(), ModelErro
         got: format!("{kind_name} {size:?}"),
         expected: format!("{} {shape:?} (batch {batch} x dims {:?})", spec.datatype.name(), spec.dims),
     })
-}
-
-/// What kind of value a model returned, for errors.
-fn describe(value: &IValue) -> &'static str {
-    match value {
-        IValue::None => "None",
-        IValue::Tensor(_) => "tensor",
-        IValue::Double(_) => "float",
-        IValue::Int(_) => "int",
-        IValue::Bool(_) => "bool",
-        IValue::Tuple(_) => "tuple",
-        IValue::IntList(_) | IValue::DoubleList(_) | IValue::BoolList(_) | IValue::StringList(_) | IValue::GenericList(_) => "list",
-        IValue::TensorList(_) => "list of tensors",
-        IValue::String(_) => "string",
-        IValue::GenericDict(_) => "dict",
-        IValue::Object(_) => "object",
-        IValue::Device(_) => "device",
-        // IValue is non-exhaustive.
-        _ => "value",
-    }
 }
 
 #[cfg(test)]
@@ -285,8 +273,9 @@ for name, module in [("dict", TwoInThreeOut()), ("tuple", Tuple3()), ("single", 
     }
 
     fn load(file: &str, signature: &TensorSignature) -> (Model, Preprocessor) {
-        let model = TensorModel::load(&scripted(file), signature, Device::Cpu).unwrap();
-        (Model::Tensors(model), Preprocessor::Tensors(TensorUploader::new(signature, Device::Cpu)))
+        let optimization = OptimizationConfig::default();
+        let model = TensorModel::load(&scripted(file), signature, &optimization, Device::Cpu, Vec::new()).unwrap();
+        (Model::Tensors(model), Preprocessor::Tensors(TensorUploader::new(signature, &optimization, Device::Cpu)))
     }
 
     /// Items' input bytes back to back, each padded to the inputs' span
@@ -322,6 +311,25 @@ for name, module in [("dict", TwoInThreeOut()), ("tuple", Tuple3()), ("single", 
         let launched = model.launch(pre.upload_bytes(&staging, 4).unwrap(), 1).unwrap();
         let rows = byte_rows(launched.collect(3).unwrap());
         assert_eq!(rows.len(), 3);
+        for (i, row) in rows.iter().enumerate() {
+            check_dict_row(&signature, row, i as i64 + 1);
+        }
+    }
+
+    /// In half precision (bf16: the CPU has its kernels) floating inputs
+    /// are cast to it and integer ones are not, and a floating output
+    /// comes back in the dtype model.toml declares.
+    #[test]
+    fn a_half_precision_model_takes_and_gives_its_declared_dtypes() {
+        let signature = dict_signature();
+        let optimization = OptimizationConfig { precision: crate::model::config::Precision::Bf16, channels_last: true, ..Default::default() };
+        let model = TensorModel::load(&scripted("dict"), &signature, &optimization, Device::Cpu, Vec::new()).unwrap();
+        let pre = TensorUploader::new(&signature, &optimization, Device::Cpu);
+        let staging: Vec<u8> = (0..2).flat_map(|i| dict_item(&signature, i + 1)).collect();
+        let input = Preprocessor::Tensors(pre).upload_bytes(&staging, 2).unwrap();
+        assert_eq!(input.tensors.iter().map(Tensor::kind).collect::<Vec<_>>(), [Kind::BFloat16, Kind::Int64]);
+        let rows = model.launch(input).unwrap().collect(2).unwrap();
+        // item*10 + j + 1 <= 26 is exact in bf16 (8 bits of mantissa).
         for (i, row) in rows.iter().enumerate() {
             check_dict_row(&signature, row, i as i64 + 1);
         }

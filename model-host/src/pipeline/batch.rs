@@ -245,8 +245,9 @@ mod tests {
         let shapes = [1, 2, 4];
         let counters = Counters::new(&shapes);
         counters.in_flight.store(3, Relaxed);
-        let model = Model::Tensors(TensorModel::load(&scripted("dict"), &signature, Device::Cpu).unwrap());
-        let pre = Preprocessor::Tensors(crate::model::preprocess::TensorUploader::new(&signature, Device::Cpu));
+        let optimization = crate::model::config::OptimizationConfig::default();
+        let model = Model::Tensors(TensorModel::load(&scripted("dict"), &signature, &optimization, Device::Cpu, Vec::new()).unwrap());
+        let pre = Preprocessor::Tensors(crate::model::preprocess::TensorUploader::new(&signature, &optimization, Device::Cpu));
 
         // Slot 9 does not exist: answered at once, left out of the batch.
         let gathered = gather(vec![job(1), job(9), job(3)], signature.input_bytes() as usize, &shapes, &pre, &counters).unwrap();

@@ -24,7 +24,8 @@ use crate::notify::Notifier;
 use crate::model::Model;
 use crate::model::jpeg_input::{JpegInput, open_decoders};
 use crate::model::preprocess::Preprocessor;
-use crate::model::classifier::{LatePoll, LateWarmUp, prime_answers};
+use crate::model::classifier::prime_answers;
+use crate::model::warm_up::{LatePoll, LateWarmUp};
 use crate::model::config::{LoadedConfig, shapes_before_ready};
 use crate::pipeline::ready_shapes::ReadyShapes;
 use crate::startup::PhaseReporter;
@@ -233,7 +234,7 @@ impl ModelThread {
         for primed in [primed, answers].into_iter().flatten() {
             let _ = primed.join();
         }
-        let ready = self.shapes_before_ready(&model, device);
+        let ready = self.shapes_before_ready(device);
         self.warm_up(&mut model, &pre, device, &ready)?;
         self.capture_graphs(&mut model, &pre, &ready);
         self.reporter.ready();
@@ -280,7 +281,7 @@ impl ModelThread {
     fn capture_graphs(&self, model: &mut Model, pre: &Preprocessor, shapes: &[u32]) {
         let started = Instant::now();
         let item_len = self.model.config.item_input_bytes();
-        let Some(report) = model.capture_graphs(pre, shapes, item_len) else { return };
+        let report = model.capture_graphs(pre, shapes, item_len);
         if !report.captured.is_empty() || !report.failed.is_empty() {
             let eager: Vec<i64> = report.failed.iter().map(|(n, _)| *n).collect();
             tracing::info!(captured = ?report.captured, eager = ?eager, ms = started.elapsed().as_secs_f64() * 1e3, "CUDA graphs");
@@ -294,12 +295,12 @@ impl ModelThread {
     /// outputs (a classifier's shape; a tensor model's every output's dtype
     /// and shape) against the config before any client sees them.
     fn warm_up(&self, model: &mut Model, pre: &Preprocessor, device: tch::Device, sizes: &[u32]) -> Result<(), HostError> {
-        // A classifier bound for CUDA graphs gets one eager pass per shape:
+        // A model bound for CUDA graphs gets one eager pass per shape:
         // the capture runs another itself before it records.
         // Side by side only when each shape is then replayed from a graph:
         // cuDNN's set-up is kept per thread, so a shape run eagerly on the
         // model thread must be warmed there.
-        if self.replays_graphs(model, device) {
+        if self.replays_graphs(device) {
             return self.warm_up_side_by_side(model, pre, sizes);
         }
         let passes = 2;
@@ -309,12 +310,7 @@ impl ModelThread {
             self.reporter.warming(step as u32, total);
             let started = Instant::now();
             let len = n as usize * item_len;
-            let bytes: Vec<u8> = match model {
-                Model::Classifier(_) => (0..len).map(|i| (i * 31 % 251) as u8).collect(),
-                // Zeros are a valid value of every type (arbitrary bytes
-                // would make NaNs, or bools that are neither).
-                Model::Tensors(_) => vec![0; len],
-            };
+            let bytes: Vec<u8> = if model.varied_input() { (0..len).map(|i| (i * 31 % 251) as u8).collect() } else { vec![0; len] };
             model.run(pre, &bytes, n as usize, 1)?;
             tracing::info!(batch = n, ms = started.elapsed().as_secs_f64() * 1e3, "warm-up pass");
         }
@@ -324,21 +320,18 @@ impl ModelThread {
 
 impl ModelThread {
     /// Whether each batch shape is warmed up on a thread of its own and
-    /// then replayed from a CUDA graph: a classifier on a GPU, unless
+    /// then replayed from a CUDA graph: any kind on a GPU, unless
     /// model.toml says `cuda_graphs = false`.
-    fn replays_graphs(&self, model: &Model, device: tch::Device) -> bool {
-        device.is_cuda()
-            && self.model.config.optimization.cuda_graphs
-            && crate::torch_shim::has_cuda_graphs()
-            && matches!(model, Model::Classifier(_))
+    fn replays_graphs(&self, device: tch::Device) -> bool {
+        device.is_cuda() && self.model.config.optimization.cuda_graphs && crate::torch_shim::has_cuda_graphs()
     }
 
     /// The batch shapes to warm up before READY: all of them, or where
     /// shapes replay from graphs and model.toml allows it, four (see
     /// [`crate::model::config::shapes_before_ready`]).
-    fn shapes_before_ready(&self, model: &Model, device: tch::Device) -> Vec<u32> {
+    fn shapes_before_ready(&self, device: tch::Device) -> Vec<u32> {
         let shapes = self.model.config.batching.shapes();
-        if self.replays_graphs(model, device) && self.model.config.optimization.warm_up_after_ready {
+        if self.replays_graphs(device) && self.model.config.optimization.warm_up_after_ready {
             shapes_before_ready(&shapes)
         } else {
             shapes
@@ -352,7 +345,7 @@ impl ModelThread {
         }
         let threads = self.warm_up_threads_after_ready;
         tracing::info!(shapes = ?late, threads, "warming up after READY; until a shape is ready, its batches pad to the next ready one");
-        match model.warm_up_later(&self.model.config, device, late, threads)? {
+        match model.warm_up_later(&self.model.config, device, late, threads) {
             Ok(late) => Some(late),
             Err(e) => {
                 tracing::warn!(error = %e, "cannot warm up after READY; batches pad to the shapes ready before it");
@@ -361,7 +354,7 @@ impl ModelThread {
         }
     }
 
-    /// A classifier on a GPU: one pass per shape, the shapes side by side on
+    /// A model on a GPU with graphs: one pass per shape, the shapes side by side on
     /// several threads (their first passes are CPU-bound set-up that runs
     /// in parallel), so that start-up costs about the slowest shape's, not
     /// the sum of all.
@@ -371,10 +364,8 @@ impl ModelThread {
         self.reporter.warming(0, total);
         let started = Instant::now();
         let item_len = self.model.config.item_input_bytes();
-        if let Some(result) = model.warm_up_parallel(pre, sizes, item_len, threads) {
-            let report = result?;
-            tracing::info!(shapes = total, threads, captured = ?report.captured, ms = started.elapsed().as_secs_f64() * 1e3, "warm-up and capture done");
-        }
+        let report = model.warm_up_parallel(pre, sizes, item_len, threads)?;
+        tracing::info!(shapes = total, threads, captured = ?report.captured, ms = started.elapsed().as_secs_f64() * 1e3, "warm-up and capture done");
         self.reporter.warming(total, total);
         Ok(())
     }

@@ -35,16 +35,25 @@ unsafe extern "C" {
     fn shim_has_cuda_graphs() -> c_int;
     fn shim_module_load(path: *const c_char, device: c_int, dtype: c_int, out: *mut *mut ShimModule) -> *mut c_char;
     fn shim_module_freeze(module: *mut ShimModule, optimize: c_int) -> *mut c_char;
-    fn shim_module_forward(module: *mut ShimModule, inputs: *const *const C_tensor, count: c_int, out: *mut *mut C_tensor) -> *mut c_char;
+    fn shim_module_forward(
+        module: *mut ShimModule,
+        inputs: *const *const C_tensor,
+        count: c_int,
+        names: *const *const c_char,
+        expected: c_int,
+        outs: *mut *mut C_tensor,
+    ) -> *mut c_char;
     fn shim_module_free(module: *mut ShimModule);
     fn shim_pinned_empty(len: i64, out: *mut *mut C_tensor) -> *mut c_char;
     fn shim_graph_capture(
         module: *mut ShimModule,
         inputs: *const *const C_tensor,
         count: c_int,
+        names: *const *const c_char,
+        expected: c_int,
         warmups: c_int,
         graph: *mut *mut c_void,
-        output: *mut *mut C_tensor,
+        outputs: *mut *mut C_tensor,
     ) -> *mut c_char;
     fn shim_graph_replay(graph: *mut c_void) -> *mut c_char;
     fn shim_graph_free(graph: *mut c_void);
@@ -100,9 +109,57 @@ fn tensor_ptrs(inputs: &[&Tensor]) -> Vec<*const C_tensor> {
     inputs.iter().map(|t| t.as_ptr()).collect()
 }
 
+/// A C array of pointers, or null when there are none.
+fn null_or<T>(pointers: &[*const T]) -> *const *const T {
+    if pointers.is_empty() { std::ptr::null() } else { pointers.as_ptr() }
+}
+
+/// What forward() returns, as the shim flattens it: one unnamed tensor (a
+/// classifier's logits), or model.toml's outputs, matched by position in a
+/// tuple or list and by name in a dict.
+#[derive(Debug, Clone, Default)]
+pub enum OutputNames {
+    #[default]
+    One,
+    Named(Vec<CString>),
+}
+
+impl OutputNames {
+    pub fn named<'a>(names: impl IntoIterator<Item = &'a str>) -> Result<Self, ShimError> {
+        let names = names.into_iter().map(|n| CString::new(n).map_err(|e| ShimError(e.to_string()))).collect::<Result<_, _>>()?;
+        Ok(OutputNames::Named(names))
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            OutputNames::One => 1,
+            OutputNames::Named(names) => names.len(),
+        }
+    }
+
+    /// The names for the shim (null for `One`) and the pointers' owner.
+    fn pointers(&self) -> Vec<*const c_char> {
+        match self {
+            OutputNames::One => Vec::new(),
+            OutputNames::Named(names) => names.iter().map(|n| n.as_ptr()).collect(),
+        }
+    }
+}
+
+/// Owned tensors from `count` out-pointers the shim filled on success.
+///
+/// # Safety
+/// Each pointer must be a valid, owned `at::Tensor*` handed over by the shim.
+unsafe fn owned_tensors(raw: Vec<*mut C_tensor>) -> Vec<Tensor> {
+    // SAFETY: the caller guarantees each pointer is owned and valid.
+    raw.into_iter().map(|p| unsafe { Tensor::from_ptr(p) }).collect()
+}
+
 /// A TorchScript module owned by the shim.
 pub struct Module {
     raw: *mut ShimModule,
+    /// How forward()'s result is flattened into tensors.
+    outputs: OutputNames,
 }
 
 // SAFETY: a torch::jit::Module may be moved between threads; this handle is
@@ -131,7 +188,13 @@ impl Module {
         // SAFETY: `path` is NUL-terminated and outlives the call; `raw` is
         // written only on success.
         check(unsafe { shim_module_load(path.as_ptr(), device_code(device), dtype, &mut raw) })?;
-        Ok(Module { raw })
+        Ok(Module { raw, outputs: OutputNames::One })
+    }
+
+    /// Declares what forward() returns (one tensor until this is called).
+    pub fn with_outputs(mut self, outputs: OutputNames) -> Self {
+        self.outputs = outputs;
+        self
     }
 
     /// `torch.jit.freeze`, then `optimize_for_inference` if asked. On
@@ -141,16 +204,27 @@ impl Module {
         check(unsafe { shim_module_freeze(self.raw, c_int::from(optimize)) })
     }
 
-    /// `forward(inputs...)` under InferenceMode; it must return one tensor.
-    pub fn forward(&self, inputs: &[&Tensor]) -> Result<Tensor, ShimError> {
+    /// `forward(inputs...)` under InferenceMode: its outputs, in the
+    /// order [`Self::with_outputs`] declared.
+    pub fn forward_all(&self, inputs: &[&Tensor]) -> Result<Vec<Tensor>, ShimError> {
         let ptrs = tensor_ptrs(inputs);
-        let mut out = std::ptr::null_mut();
+        let names = self.outputs.pointers();
+        let mut outs = vec![std::ptr::null_mut(); self.outputs.len()];
         // SAFETY: the module is live; the input pointers borrow tensors that
-        // outlive the call; `out` is a new heap tensor on success, whose
-        // ownership passes to the `Tensor` made from it.
-        check(unsafe { shim_module_forward(self.raw, ptrs.as_ptr(), ptrs.len() as c_int, &mut out) })?;
-        // SAFETY: `out` is a valid, owned at::Tensor* (see above).
-        Ok(unsafe { Tensor::from_ptr(out) })
+        // outlive the call; `names` is null or `outs.len()` NUL-terminated
+        // strings owned by `self.outputs`; on success the shim fills every
+        // one of `outs` with a new heap tensor whose ownership passes to us.
+        check(unsafe {
+            shim_module_forward(self.raw, ptrs.as_ptr(), ptrs.len() as c_int, null_or(&names), outs.len() as c_int, outs.as_mut_ptr())
+        })?;
+        // SAFETY: on success every pointer is valid and owned (see above).
+        Ok(unsafe { owned_tensors(outs) })
+    }
+
+    /// [`Self::forward_all`] of a module that returns one tensor.
+    pub fn forward(&self, inputs: &[&Tensor]) -> Result<Tensor, ShimError> {
+        let mut outs = self.forward_all(inputs)?;
+        outs.pop().filter(|_| outs.is_empty()).ok_or_else(|| ShimError(format!("forward() returned {} outputs, not one", outs.len() + 1)))
     }
 }
 
@@ -216,12 +290,13 @@ impl HostBuffer {
 
 /// A CUDA graph of one forward pass over fixed input tensors. Write the
 /// next batch into [`Self::inputs`] (on the stream replays run on), then
-/// [`Self::replay`]; [`Self::output`] then holds its result, until the next
-/// replay overwrites it.
+/// [`Self::replay`]; its outputs then hold the result, until the next
+/// replay overwrites them.
 pub struct CudaGraph {
     raw: *mut c_void,
     inputs: Vec<Tensor>,
-    output: Tensor,
+    /// In the module's declared order (see [`OutputNames`]).
+    outputs: Vec<Tensor>,
 }
 
 // SAFETY: as for `Module`; the graph is replayed from one thread at a time.
@@ -233,27 +308,41 @@ impl CudaGraph {
     pub fn capture(module: &Module, inputs: Vec<Tensor>, warmups: u32) -> Result<Self, ShimError> {
         let borrowed: Vec<&Tensor> = inputs.iter().collect();
         let ptrs = tensor_ptrs(&borrowed);
-        let (mut raw, mut output) = (std::ptr::null_mut(), std::ptr::null_mut());
+        let names = module.outputs.pointers();
+        let mut raw = std::ptr::null_mut();
+        let mut outputs = vec![std::ptr::null_mut(); module.outputs.len()];
         // SAFETY: the module is live; the input pointers borrow `inputs`,
-        // which this struct keeps alive as long as the graph; `raw` and
-        // `output` are written only on success and owned from then on.
+        // which this struct keeps alive as long as the graph; `names` is
+        // null or one string per output, owned by the module; `raw` and
+        // every one of `outputs` are written only on success and owned
+        // from then on.
         check(unsafe {
-            shim_graph_capture(module.raw, ptrs.as_ptr(), ptrs.len() as c_int, warmups as c_int, &mut raw, &mut output)
+            shim_graph_capture(
+                module.raw,
+                ptrs.as_ptr(),
+                ptrs.len() as c_int,
+                null_or(&names),
+                outputs.len() as c_int,
+                warmups as c_int,
+                &mut raw,
+                outputs.as_mut_ptr(),
+            )
         })?;
-        // SAFETY: `output` is a valid, owned at::Tensor* (see above).
-        let output = unsafe { Tensor::from_ptr(output) };
-        Ok(CudaGraph { raw, inputs, output })
+        // SAFETY: on success every pointer is valid and owned (see above).
+        let outputs = unsafe { owned_tensors(outputs) };
+        Ok(CudaGraph { raw, inputs, outputs })
     }
 
     pub fn inputs(&self) -> &[Tensor] {
         &self.inputs
     }
 
-    /// Queues one replay on the current CUDA stream.
-    pub fn replay(&self) -> Result<&Tensor, ShimError> {
+    /// Queues one replay on the current CUDA stream; its outputs, in the
+    /// module's declared order.
+    pub fn replay(&self) -> Result<&[Tensor], ShimError> {
         // SAFETY: `raw` is a live graph owned by this struct.
         check(unsafe { shim_graph_replay(self.raw) })?;
-        Ok(&self.output)
+        Ok(&self.outputs)
     }
 }
 

@@ -66,7 +66,25 @@ fn a_model_that_returns_no_single_tensor_is_refused() {
     let module = Module::load(&crate::model::tensor_model::tests::scripted("tuple"), Device::Cpu, None).unwrap();
     let x = Tensor::zeros([1, 3], (Kind::Int, Device::Cpu));
     let error = module.forward(&[&x]).expect_err("a tuple is not one tensor");
-    assert!(error.0.contains("not one Tensor"), "{error}");
+    assert!(error.0.contains("tuple of 3") && error.0.contains("declares 1 output"), "{error}");
+}
+
+/// A dict's tensors come back in the declared order, whatever the
+/// model's own; a name the dict lacks is named, with what it has.
+#[test]
+fn named_outputs_come_back_in_the_declared_order() {
+    let file = crate::model::tensor_model::tests::scripted("dict");
+    let a = Tensor::ones([2, 2, 3], (Kind::Float, Device::Cpu));
+    let b = Tensor::from_slice(&[1i64, -1, 2, -3, 0, 0, 0, 5]).view([2, 4]);
+    let names = OutputNames::named(["flag", "sum", "doubled"]).unwrap();
+    let module = Module::load(&file, Device::Cpu, None).unwrap().with_outputs(names);
+    let outs = module.forward_all(&[&a, &b]).unwrap();
+    assert_eq!(outs.iter().map(Tensor::kind).collect::<Vec<_>>(), [Kind::Bool, Kind::Float, Kind::Int64]);
+    assert!(outs[2].equal(&(&b * 2)));
+
+    let module = Module::load(&file, Device::Cpu, None).unwrap().with_outputs(OutputNames::named(["sum", "flags", "doubled"]).unwrap());
+    let error = module.forward_all(&[&a, &b]).expect_err("no output named flags");
+    assert!(error.0.contains("no \"flags\"") && error.0.contains("\"flag\""), "{error}");
 }
 
 #[test]

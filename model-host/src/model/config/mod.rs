@@ -31,17 +31,19 @@
 //! max_queue_delay_us = 0       # how long a partial batch may wait for more requests
 //! preferred_batch_sizes = []   # sizes that run at once without waiting
 //! [optimization]               # optional
-//! precision = "fp32"           # "fp32", "fp16" or "bf16": weights and inputs on the device
+//! precision = "fp32"           # "fp32", "fp16" or "bf16": weights and floating inputs on the device
 //! channels_last = false        # feed NHWC-strided input (with channels-last weights)
-//! freeze = true                # freeze + optimize_for_inference at load (classifiers)
-//! cuda_graphs = true           # capture each batch shape as a CUDA graph (GPU, classifiers)
+//! freeze = true                # freeze + optimize_for_inference at load (every kind)
+//! cuda_graphs = true           # capture each batch shape as a CUDA graph (GPU, every kind)
 //! cudnn_benchmark = false      # time cuDNN's kernels per shape at warm-up (slow start)
 //! ```
 //!
 //! and, for JPEGs decoded on the host's GPU, `decode` ([`decode`]).
 //!
-//! A tensor model (same `[batching]`; `[optimization]` must stay fp32 and
-//! not channels-last, since the config types its inputs):
+//! A tensor model (same `[batching]` and `[optimization]`: in half
+//! precision its floating inputs are cast on the device and its floating
+//! outputs cast back to their declared dtypes; integer and bool inputs
+//! keep theirs):
 //!
 //! ```toml
 //! name = "detector"
@@ -330,7 +332,7 @@ fn validate(raw: ModelToml) -> Result<ModelConfig, Invalid> {
         (_, _, _, _, Some(_), _) | (_, _, _, _, _, Some(_)) => {
             return Err(("detection", "[detection] or [segmentation] (one of them) goes with [input] alone, without [output], [[inputs]] or [[outputs]]".into()));
         }
-        (input, output, inputs, outputs, None, None) => classic_kind(input, output, inputs, outputs, &raw.optimization)?,
+        (input, output, inputs, outputs, None, None) => classic_kind(input, output, inputs, outputs)?,
     };
     validate_batching(&raw.batching)?;
     let decode = decode::validate(raw.decode, raw.host_decode, matches!(kind, ModelKind::Classifier(_)))?;
@@ -352,7 +354,6 @@ fn classic_kind(
     output: Option<OutputConfig>,
     inputs: Option<Vec<TensorToml>>,
     outputs: Option<Vec<TensorToml>>,
-    o: &OptimizationConfig,
 ) -> Result<ModelKind, Invalid> {
     Ok(match (input, output, inputs, outputs) {
         (None, None, None, None) => {
@@ -364,9 +365,6 @@ fn classic_kind(
             let signature = TensorSignature { inputs: validate_tensors(inputs, &INPUTS)?, outputs: validate_tensors(outputs, &OUTPUTS)? };
             if signature.slot_bytes() > MAX_SLOT_SIZE {
                 return Err(("inputs/outputs", format!("a batch item needs {} bytes, over the {MAX_SLOT_SIZE}-byte slot limit", signature.slot_bytes())));
-            }
-            if o.precision != Precision::Fp32 || o.channels_last {
-                return Err(("optimization", "a tensor model runs as written: precision must be \"fp32\" and channels_last false (its inputs are typed by [[inputs]])".into()));
             }
             ModelKind::Tensors(signature)
         }

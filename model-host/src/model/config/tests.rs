@@ -188,8 +188,6 @@ fn names_the_tensor_field_that_is_wrong() {
         ("dims = [1]", many_dims, "inputs.dims"),
         ("[batching]", format!("{many_inputs}[batching]"), "inputs"),
         ("max_batch_size = 8", "max_batch_size = 0".into(), "batching.max_batch_size"),
-        ("[batching]\nmax_batch_size = 8", "[batching]\nmax_batch_size = 8\n[optimization]\nprecision = \"fp16\"".into(), "optimization"),
-        ("[batching]\nmax_batch_size = 8", "[batching]\nmax_batch_size = 8\n[optimization]\nchannels_last = true".into(), "optimization"),
     ];
     for (from, to, field) in cases {
         assert!(TENSORS.contains(from), "{from}");
@@ -197,6 +195,9 @@ fn names_the_tensor_field_that_is_wrong() {
         let err = load(&path).unwrap_err();
         assert!(matches!(err, ModelConfigError::Invalid { field: f, .. } if f == field), "{to}: {err}");
     }
+    // A tensor model takes [optimization] as every kind does.
+    let (_dir, path) = write(&TENSORS.replace("[batching]", "[optimization]\nprecision = \"fp16\"\nchannels_last = true\n[batching]"));
+    assert_eq!(load(&path).unwrap().config.optimization.precision, Precision::Fp16);
     let (_dir, path) = write(&TENSORS.replace("\"INT64\"", "\"FLOAT\""));
     let err = load(&path).unwrap_err().to_string();
     assert!(err.contains("labels") && err.contains("FLOAT") && err.contains("BOOL, UINT8") && err.contains("FP64"), "{err}");
