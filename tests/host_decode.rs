@@ -64,13 +64,39 @@ async fn a_host_without_a_gpu_says_why_and_the_gateway_decodes() {
 }
 
 #[test]
-fn a_vision_model_cannot_ask_the_host_to_decode() {
-    // Refused at startup, naming the field: the host decodes for image
-    // classifiers only (a vision model's answer maps back onto the full image).
+fn a_tensor_model_cannot_ask_the_host_to_decode() {
+    // Refused at startup, naming the field: a tensor model's inputs are
+    // not images.
     let scratch = Scratch::new();
-    let toml = with_decode(&integration_tests::root().join("models/shapes-detector"), scratch.dir.path(), "auto");
+    let toml = with_decode(&integration_tests::root().join("models/detector"), scratch.dir.path(), "auto");
     let mut host = scratch.start_host(&["--model", &toml]);
     let code = host.wait_exit(std::time::Duration::from_secs(60));
     assert!(matches!(code, Some(c) if c != 0), "exit {code:?}");
-    assert!(host.log().contains("decode: auto decoding is for image classifiers"), "{}", host.log());
+    assert!(host.log().contains("decode: auto decoding is for models that take images"), "{}", host.log());
+}
+
+/// A vision model may ask the host to decode too: on a host without a GPU
+/// it says why it does not, and the gateway decodes its JPEGs (and maps
+/// the boxes back) as with `decode = "gateway"`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vision_model_on_a_host_without_a_gpu_has_its_jpegs_decoded_by_the_gateway() {
+    let scratch = Scratch::new();
+    let toml = with_decode(&integration_tests::root().join("models/shapes-detector"), scratch.dir.path(), "auto");
+    let host = scratch.start_host(&["--model", &toml]);
+    let gateway = scratch.start_gateway(&[]);
+    gateway.wait_ready().await;
+    let log = host.log();
+    assert!(log.contains("host-side JPEG decode off") && log.contains("nvJPEG needs a CUDA device"), "{log}");
+
+    let scene = integration_tests::root().join("models/shapes-detector/testset/000_160x100.png");
+    let png = std::fs::read(&scene).expect("the detector's test set (scripts/setup)");
+    let image = image::load_from_memory(&png).expect("a test PNG").to_rgb8();
+    let mut jpeg = Cursor::new(Vec::new());
+    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpeg, 95).encode_image(&image).expect("JPEG encoding");
+    let client = reqwest::Client::new();
+    let (status, _, answer) = post_image(&client, &gateway.url("/v1/models/shapes-detector/predict"), jpeg.into_inner(), "image/jpeg").await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["image"], json!({"width": 160, "height": 100}), "{answer}");
+    assert!(!answer["detections"].as_array().expect("detections").is_empty(), "{answer}");
+    assert_eq!(gateway.host_status().await["jpegs_decoded"], 0);
 }

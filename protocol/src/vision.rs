@@ -52,6 +52,24 @@ pub enum Resize {
     Letterbox { pad: u8 },
 }
 
+impl Resize {
+    /// Where an `original` (width, height) image lands in an `input`-sized
+    /// model input: (left, top, width, height). The one definition both
+    /// sides use: the gateway when it resizes (and maps answers back), the
+    /// host when it decodes a JPEG on its GPU, so the two agree to the pixel.
+    pub fn content(self, original: (u32, u32), input: (u32, u32)) -> (u32, u32, u32, u32) {
+        match self {
+            Resize::Stretch => (0, 0, input.0, input.1),
+            Resize::Letterbox { .. } => {
+                let scale = (f64::from(input.0) / f64::from(original.0.max(1))).min(f64::from(input.1) / f64::from(original.1.max(1)));
+                let fit = |n: u32, limit: u32| ((f64::from(n) * scale + 0.5).floor() as u32).clamp(1, limit);
+                let (w, h) = (fit(original.0, input.0), fit(original.1, input.1));
+                ((input.0 - w) / 2, (input.1 - h) / 2, w, h)
+            }
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum BoxFormat {
     /// Corners: x0, y0, x1, y1.

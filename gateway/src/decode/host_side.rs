@@ -19,6 +19,9 @@ use crate::decode::{DecodeError, jpeg_header};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ToHost {
     pub orientation: u8,
+    /// Width x height once upright (orientations 5-8 swap them): a vision
+    /// model's answer is mapped back onto this.
+    pub upright: (u32, u32),
 }
 
 /// Decides for one JPEG; None: decode it here. An error is the client's
@@ -39,7 +42,8 @@ pub fn send_to_host(bytes: &[u8], offer: &HostDecode, max_pixels: u64) -> Result
         return Ok(None);
     }
     let header = jpeg_header(bytes, max_pixels)?;
-    Ok(Some(ToHost { orientation: header.orientation }))
+    let upright = if (5..=8).contains(&header.orientation) { (header.height, header.width) } else { (header.width, header.height) };
+    Ok(Some(ToHost { orientation: header.orientation, upright }))
 }
 
 /// The frame's width x height if nvJPEG takes the file: a start-of-frame
@@ -93,7 +97,7 @@ mod tests {
     fn a_plain_jpeg_goes_and_a_truncated_or_foreign_one_stays() {
         let good = jpeg(64, 48);
         assert_eq!(host_readable_pixels(&good), Some(64 * 48));
-        assert_eq!(send_to_host(&good, &ALWAYS, 1 << 20).unwrap(), Some(ToHost { orientation: 1 }));
+        assert_eq!(send_to_host(&good, &ALWAYS, 1 << 20).unwrap(), Some(ToHost { orientation: 1, upright: (64, 48) }));
         // Cut short: no end-of-image marker, decoded here (and refused here).
         assert_eq!(host_readable_pixels(&good[..good.len() - 10]), None);
         // A PNG, garbage, a frame header cut off.

@@ -23,16 +23,8 @@ pub struct Transform {
 
 impl Transform {
     pub fn new(resize: Resize, original: (u32, u32), input: (u32, u32)) -> Self {
-        let content = match resize {
-            Resize::Stretch => (0, 0, input.0, input.1),
-            Resize::Letterbox { .. } => {
-                let scale = (f64::from(input.0) / f64::from(original.0)).min(f64::from(input.1) / f64::from(original.1));
-                let fit = |n: u32, limit: u32| ((f64::from(n) * scale + 0.5).floor() as u32).clamp(1, limit);
-                let (w, h) = (fit(original.0, input.0), fit(original.1, input.1));
-                ((input.0 - w) / 2, (input.1 - h) / 2, w, h)
-            }
-        };
-        Self { original, input, content }
+        // Shared with the host, which letterboxes JPEGs it decodes itself.
+        Self { original, input, content: resize.content(original, input) }
     }
 
     /// A point in input pixels to the client's image's pixels, clamped to it.

@@ -53,8 +53,21 @@ pub async fn classify_leased(
 /// area (each input at its placement); the answer is the slot's output
 /// area.
 pub async fn run_tensors(route: &Route, inputs: &[u8], deadline: Instant, budget_ms: u64, tag: String) -> Result<(Vec<u8>, HostTimings), ApiError> {
+    run_tensors_from(route, inputs, Payload::Input, deadline, budget_ms, tag).await
+}
+
+/// [`run_tensors`] of a slot that holds `payload`: the inputs, or a JPEG
+/// for the host to decode into them.
+pub async fn run_tensors_from(
+    route: &Route,
+    inputs: &[u8],
+    payload: Payload,
+    deadline: Instant,
+    budget_ms: u64,
+    tag: String,
+) -> Result<(Vec<u8>, HostTimings), ApiError> {
     let lease = lease(route, deadline, budget_ms).await?;
-    let (prediction, outputs) = send(lease, inputs, Payload::Input, Ask::Tensors, deadline, budget_ms, tag).await?;
+    let (prediction, outputs) = send(lease, inputs, payload, Ask::Tensors, deadline, budget_ms, tag).await?;
     match prediction.output {
         Output::InSlot => Ok((outputs, prediction.timings)),
         Output::TopK(_) => Err(ApiError::Internal("the host answered a tensor model with classes".into())),

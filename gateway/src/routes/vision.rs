@@ -17,9 +17,10 @@ use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use image::ImageFormat;
 use protocol::vision::{DetectionSpec, Resize, SegmentationSpec, VisionModel, VisionTask};
-use protocol::{ImageShape, ModelInfo};
+use protocol::{HostDecode, ImageShape, ModelInfo, Payload};
 use serde_json::json;
 
+use crate::decode::host_side::{ToHost, send_to_host};
 use crate::decode::{DecodeError, decode_upright};
 use crate::error::{ApiError, invalid};
 use crate::host_client::Route;
@@ -108,11 +109,21 @@ pub async fn predict(app: &AppState, link: &Route, params: VisionParams, request
     let decode_started = Instant::now();
     let (input, resize, max_pixels) = (vision.input, vision.resize(), app.limits.max_pixels);
     let keep_rgb = answer == Answer::Cutout;
-    let prepared = tokio::task::spawn_blocking(move || prepare(upload, input, resize, keep_rgb, max_pixels))
-        .await
-        .map_err(|e| ApiError::Internal(format!("decode task: {e}")))??;
+    let prepared = match to_host_decode(&upload, model.host_decode.as_ref(), keep_rgb, max_pixels)? {
+        // The host decodes and letterboxes it on its GPU; the transform
+        // follows from the header alone (`Resize::content`, shared).
+        Some(to_host) => Prepared {
+            transform: Transform::new(resize, to_host.upright, (input.width, input.height)),
+            payload: Payload::Jpeg { len: upload.bytes.len() as u32, orientation: to_host.orientation },
+            pixels: upload.bytes.to_vec(),
+            rgb: None,
+        },
+        None => tokio::task::spawn_blocking(move || prepare(upload, input, resize, keep_rgb, max_pixels))
+            .await
+            .map_err(|e| ApiError::Internal(format!("decode task: {e}")))??,
+    };
     let decode = decode_started.elapsed();
-    let (outputs, t) = host_call::run_tensors(link, &prepared.pixels, deadline, budget_ms, tag).await?;
+    let (outputs, t) = host_call::run_tensors_from(link, &prepared.pixels, prepared.payload, deadline, budget_ms, tag).await?;
     let post_started = Instant::now();
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
     let timings = json!({ "decode": ms(decode), "queue": t.queue_us as f64 / 1e3, "inference": t.inference_us as f64 / 1e3 });
@@ -195,12 +206,24 @@ fn selection(params: &VisionParams, spec: &DetectionSpec) -> Result<Selection, A
     Ok(Selection { score_threshold, max_detections })
 }
 
-/// The model's input from an upload, the transform that made it, and the
-/// upload's own RGB pixels when the answer needs them (a cut-out).
+/// The model's input from an upload (or the JPEG for the host to decode
+/// into it), the transform that made it, and the upload's own RGB pixels
+/// when the answer needs them (a cut-out).
 struct Prepared {
     pixels: Vec<u8>,
+    payload: Payload,
     transform: Transform,
     rgb: Option<Vec<u8>>,
+}
+
+/// Whether this upload goes to the host as the JPEG it is: a JPEG the
+/// host's offer takes (see [`send_to_host`]), unless the answer needs the
+/// image's own pixels here (a cut-out: then it is decoded here anyway).
+fn to_host_decode(upload: &Upload, offer: Option<&HostDecode>, keep_rgb: bool, max_pixels: u64) -> Result<Option<ToHost>, ApiError> {
+    match (upload.format, offer) {
+        (Format::Encoded(ImageFormat::Jpeg), Some(offer)) if !keep_rgb => Ok(send_to_host(&upload.bytes, offer, max_pixels)?),
+        _ => Ok(None),
+    }
 }
 
 fn prepare(upload: Upload, input: ImageShape, resize: Resize, keep_rgb: bool, max_pixels: u64) -> Result<Prepared, ApiError> {
@@ -226,7 +249,7 @@ fn prepare(upload: Upload, input: ImageShape, resize: Resize, keep_rgb: bool, ma
     let rgb = keep_rgb.then(|| if channels == 3 { pixels.clone() } else { pixels.iter().flat_map(|&v| [v, v, v]).collect() });
     let for_model = if channels == input.channels { pixels } else { gray(pixels, original) };
     let pixels = transform.apply(for_model, input.channels, resize)?;
-    Ok(Prepared { pixels, transform, rgb })
+    Ok(Prepared { pixels, payload: Payload::Input, transform, rgb })
 }
 
 fn decode(bytes: &[u8], format: ImageFormat, channels: u32, max_pixels: u64) -> Result<(Vec<u8>, (u32, u32)), DecodeError> {

@@ -168,9 +168,9 @@ impl<'a> Session<'a> {
         let _ = self.leases.release(slot).map(|()| self.ctx.counters.leased_slots.fetch_sub(1, Relaxed));
     }
 
-    /// A JPEG in the slot only to a host that offered to decode (an image
-    /// classifier's, so the ask is already TopK), within the slot and the
-    /// offer's size, with an EXIF orientation that exists.
+    /// A JPEG in the slot only to a host that offered to decode (a model
+    /// that takes images: a classifier or a vision model), within the slot
+    /// and the offer's size, with an EXIF orientation that exists.
     fn check_payload(&self, payload: Payload) -> Result<(), String> {
         let Payload::Jpeg { len, orientation } = payload else {
             return Ok(());

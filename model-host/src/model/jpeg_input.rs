@@ -1,5 +1,6 @@
-//! JPEGs decoded on the host's GPU into an image classifier's input, for
-//! requests whose slot holds the encoded file (`Payload::Jpeg`).
+//! JPEGs decoded on the host's GPU into the input of a model that takes
+//! images (a classifier or a vision model), for requests whose slot holds
+//! the encoded file (`Payload::Jpeg`).
 //!
 //! nvJPEG decodes each file at full size on the device (the hardware
 //! engines where they take it); then, still on the device and on the
@@ -7,8 +8,10 @@
 //! orientation (read by the gateway from the header), grayscale if the
 //! model wants one channel (BT.601 luma, as the gateway's JPEG path), and
 //! an antialiased bilinear resize to the model's size (the filter the
-//! gateway's resize uses), rounded back to uint8 HWC: the same bytes the
-//! gateway would have written, give or take rounding.
+//! gateway's resize uses): stretched, or letterboxed into the padding
+//! where `Resize::content` (the gateway's own arithmetic, in `protocol`)
+//! puts it, rounded back to uint8 HWC: the same bytes the gateway would
+//! have written, give or take rounding.
 //!
 //! One [`JpegInput`] is one decoder (nvJPEG state and stream), used by one
 //! thread of the decode stage; [`open_decoders`] opens them all at once.
@@ -16,6 +19,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 
+use protocol::vision::Resize;
 use tch::{Device, Kind, Tensor};
 
 use crate::model::config::InputConfig;
@@ -32,6 +36,8 @@ pub struct JpegInput {
     height: i64,
     width: i64,
     channels: i64,
+    /// Stretched to the input, or letterboxed (a vision model's choice).
+    resize: Resize,
     max_pixels: u64,
 }
 
@@ -45,9 +51,9 @@ pub struct Encoded<'a> {
 /// own (opening and warming one takes 0.4-0.5 s on an H200, nearly all of
 /// it waiting on the driver); the error says why the host cannot decode
 /// (no GPU, no library).
-pub fn open_decoders(input: &InputConfig, limits: &HostDecodeConfig, device: Device, library: Option<&Path>) -> Result<Vec<JpegInput>, String> {
+pub fn open_decoders(input: &InputConfig, resize: Resize, limits: &HostDecodeConfig, device: Device, library: Option<&Path>) -> Result<Vec<JpegInput>, String> {
     let opened: Vec<Result<JpegInput, String>> = std::thread::scope(|scope| {
-        let opening: Vec<_> = (0..limits.threads.max(1)).map(|_| scope.spawn(|| JpegInput::open(input, limits, device, library))).collect();
+        let opening: Vec<_> = (0..limits.threads.max(1)).map(|_| scope.spawn(|| JpegInput::open(input, resize, limits, device, library))).collect();
         opening.into_iter().map(|t| t.join().unwrap_or_else(|_| Err("opening a decoder panicked".into()))).collect()
     });
     let decoders = opened.into_iter().collect::<Result<Vec<_>, _>>()?;
@@ -58,7 +64,7 @@ pub fn open_decoders(input: &InputConfig, limits: &HostDecodeConfig, device: Dev
 
 impl JpegInput {
     /// Opens one nvJPEG decoder for `device` and warms it.
-    pub fn open(input: &InputConfig, limits: &HostDecodeConfig, device: Device, library: Option<&Path>) -> Result<Self, String> {
+    pub fn open(input: &InputConfig, resize: Resize, limits: &HostDecodeConfig, device: Device, library: Option<&Path>) -> Result<Self, String> {
         let Device::Cuda(index) = device else {
             return Err("the model runs on the CPU; nvJPEG needs a CUDA device".into());
         };
@@ -68,6 +74,7 @@ impl JpegInput {
             height: i64::from(input.height),
             width: i64::from(input.width),
             channels: i64::from(input.channels),
+            resize,
             max_pixels: limits.max_pixels,
         };
         jpeg.warm_up()?;
@@ -109,11 +116,11 @@ impl JpegInput {
     }
 
     fn decode_then(&mut self, images: &[Encoded], resize: bool) -> Vec<Result<Tensor, DecodeFailure>> {
-        let (shape, max_pixels) = ((self.height, self.width, self.channels), self.max_pixels);
+        let (shape, max_pixels, how) = ((self.height, self.width, self.channels), self.max_pixels, self.resize);
         let files: Vec<&[u8]> = images.iter().map(|i| i.bytes).collect();
         let done = self.decoder.on_own_stream(|stream| {
             let decoded = stream.decode(&files, max_pixels)?;
-            Ok(if resize { resize_all(&decoded, images, shape, RESIZE_PIXELS) } else { decoded })
+            Ok(if resize { resize_all(&decoded, images, shape, how, RESIZE_PIXELS) } else { decoded })
         });
         match done.and_then(|r| r) {
             Ok(out) => out,
@@ -130,7 +137,13 @@ const RESIZE_PIXELS: i64 = 256 << 20;
 /// The decoded images (full size) as the model's inputs (`shape`: height,
 /// width, channels): those of one stored size and orientation stacked and
 /// resized together, up to `budget` pixels at a time.
-fn resize_all(decoded: &[Result<Tensor, DecodeFailure>], images: &[Encoded], shape: (i64, i64, i64), budget: i64) -> Vec<Result<Tensor, DecodeFailure>> {
+fn resize_all(
+    decoded: &[Result<Tensor, DecodeFailure>],
+    images: &[Encoded],
+    shape: (i64, i64, i64),
+    how: Resize,
+    budget: i64,
+) -> Vec<Result<Tensor, DecodeFailure>> {
     let (height, width, channels) = shape;
     let mut groups: HashMap<(Vec<i64>, u8), Vec<usize>> = HashMap::new();
     for (i, rgb) in decoded.iter().enumerate() {
@@ -145,7 +158,7 @@ fn resize_all(decoded: &[Result<Tensor, DecodeFailure>], images: &[Encoded], sha
             let stacked: Vec<&Tensor> = members.iter().filter_map(|&i| decoded[i].as_ref().ok()).collect();
             let resized = Tensor::f_stack(&stacked, 0)
                 .and_then(|batch| upright(&batch, orientation))
-                .and_then(|batch| to_input(&batch, height, width, channels));
+                .and_then(|batch| to_input(&batch, height, width, channels, how));
             for (row, &i) in members.iter().enumerate() {
                 out[i] = Some(match &resized {
                     Ok(batch) => Ok(batch.get(row as i64)),
@@ -175,8 +188,9 @@ pub fn upright(images: &Tensor, orientation: u8) -> Result<Tensor, tch::TchError
 }
 
 /// Upright RGB images ([n, h, w, 3] uint8) as the model's input:
-/// [n, height, width, channels] uint8, contiguous.
-pub fn to_input(rgb: &Tensor, height: i64, width: i64, channels: i64) -> Result<Tensor, tch::TchError> {
+/// [n, height, width, channels] uint8, contiguous, stretched or
+/// letterboxed as `how` says.
+pub fn to_input(rgb: &Tensor, height: i64, width: i64, channels: i64, how: Resize) -> Result<Tensor, tch::TchError> {
     let device = rgb.device();
     // [n, 3, h, w] float: what the resize takes.
     let mut x = rgb.f_permute([0, 3, 1, 2])?.f_to_kind(Kind::Float)?;
@@ -184,10 +198,18 @@ pub fn to_input(rgb: &Tensor, height: i64, width: i64, channels: i64) -> Result<
         let luma = Tensor::f_from_slice(&[0.299f32, 0.587, 0.114])?.f_view([1, 3, 1, 1])?.f_to_device(device)?;
         x = x.f_mul(&luma)?.f_sum_dim_intlist(1, true, Kind::Float)?;
     }
-    let resized = if x.size()[2..] == [height, width] {
-        x
-    } else {
-        x.f_internal_upsample_bilinear2d_aa([height, width], false, None, None)?
+    let size = x.size();
+    let original = (size[3] as u32, size[2] as u32);
+    let (left, top, w, h) = how.content(original, (width as u32, height as u32));
+    let (left, top, w, h) = (i64::from(left), i64::from(top), i64::from(w), i64::from(h));
+    let resized = if size[2..] == [h, w] { x } else { x.f_internal_upsample_bilinear2d_aa([h, w], false, None, None)? };
+    let resized = match how {
+        Resize::Stretch => resized,
+        Resize::Letterbox { pad } => {
+            let canvas = Tensor::f_full([size[0], size[1], height, width], f64::from(pad), (Kind::Float, device))?;
+            canvas.f_narrow(2, top, h)?.f_narrow(3, left, w)?.f_copy_(&resized)?;
+            canvas
+        }
     };
     resized.f_round()?.f_clamp(0.0, 255.0)?.f_to_kind(Kind::Uint8)?.f_permute([0, 2, 3, 1])?.f_contiguous()
 }
@@ -232,14 +254,28 @@ mod tests {
     fn the_input_is_resized_and_converted_as_the_model_wants() {
         // A flat colour stays that colour through the antialiased resize.
         let rgb = Tensor::from_slice(&[200u8, 100, 50]).view([1, 1, 1, 3]).expand([2, 40, 60, 3], false).contiguous();
-        let input = to_input(&rgb, 7, 5, 3).unwrap();
+        let input = to_input(&rgb, 7, 5, 3, Resize::Stretch).unwrap();
         assert_eq!(input.size(), [2, 7, 5, 3]);
         assert_eq!(input.kind(), Kind::Uint8);
         assert_eq!(Vec::<u8>::try_from(input.flatten(0, -1)).unwrap()[..3], [200, 100, 50]);
         // Grayscale: BT.601 luma of (200, 100, 50) = 124.2 -> 124.
-        let gray = to_input(&rgb, 4, 4, 1).unwrap();
+        let gray = to_input(&rgb, 4, 4, 1, Resize::Stretch).unwrap();
         assert_eq!(gray.size(), [2, 4, 4, 1]);
         assert!(Vec::<u8>::try_from(gray.flatten(0, -1)).unwrap().iter().all(|&v| v == 124));
+    }
+
+    /// Letterboxed as the gateway does it: the content where
+    /// `Resize::content` puts it, the padding around it.
+    #[test]
+    fn a_letterboxed_input_has_the_content_where_the_gateway_puts_it() {
+        // A 160x100 image into 64x64: content 64x40 at (0, 12), as the
+        // gateway's own transform test has it.
+        let rgb = Tensor::from_slice(&[200u8, 100, 50]).view([1, 1, 1, 3]).expand([1, 100, 160, 3], false).contiguous();
+        let input = to_input(&rgb, 64, 64, 3, Resize::Letterbox { pad: 114 }).unwrap();
+        assert_eq!(input.size(), [1, 64, 64, 3]);
+        let at = |y: i64, x: i64| (0..3).map(|c| input.int64_value(&[0, y, x, c]) as u8).collect::<Vec<_>>();
+        assert_eq!((at(11, 30), at(52, 30)), (vec![114; 3], vec![114; 3]), "padding above and below");
+        assert_eq!((at(12, 0), at(51, 63)), (vec![200, 100, 50], vec![200, 100, 50]), "content's corners");
     }
 
     #[test]
@@ -257,7 +293,7 @@ mod tests {
         let value = |r: &Result<Tensor, DecodeFailure>| r.as_ref().map(|t| (t.size(), t.int64_value(&[0, 0, 0]))).map_err(Clone::clone);
         // 48 pixels an image: a budget of 50 resizes them one at a time.
         for budget in [50, 1 << 20] {
-            let out: Vec<_> = resize_all(&decoded, &images, (4, 4, 3), budget).iter().map(value).collect();
+            let out: Vec<_> = resize_all(&decoded, &images, (4, 4, 3), Resize::Stretch, budget).iter().map(value).collect();
             assert_eq!(out[1], Err(DecodeFailure::BadFile("corrupt".into())), "budget {budget}");
             for (i, v) in [(0, 10), (2, 20), (3, 30), (4, 40)] {
                 assert_eq!(out[i], Ok((vec![4, 4, 3], v)), "image {i}, budget {budget}");
@@ -268,7 +304,7 @@ mod tests {
     #[test]
     fn a_cpu_host_says_why_it_does_not_decode() {
         let input = InputConfig { width: 4, height: 4, channels: 3, mean: vec![0.0; 3], std: vec![1.0; 3] };
-        let e = JpegInput::open(&input, &HostDecodeConfig::default(), Device::Cpu, None).err().expect("no GPU");
+        let e = JpegInput::open(&input, Resize::Stretch, &HostDecodeConfig::default(), Device::Cpu, None).err().expect("no GPU");
         assert!(e.contains("CUDA device"), "{e}");
     }
 }

@@ -254,7 +254,8 @@ impl ModelThread {
     /// line says why and gateways decode.
     fn open_jpeg(&self, device: tch::Device) -> Option<std::thread::JoinHandle<Option<Vec<JpegInput>>>> {
         let config = &self.model.config;
-        let (input, decode) = (config.classifier()?.input.clone(), config.decode);
+        let (input, resize) = config.image_input().map(|(input, resize)| (input.clone(), resize))?;
+        let decode = config.decode;
         decode.offer()?;
         if !device.is_cuda() {
             tracing::warn!(decode = ?decode.place, why = "the model runs on the CPU; nvJPEG needs a CUDA device", "host-side JPEG decode off; gateways decode every image");
@@ -262,7 +263,7 @@ impl ModelThread {
         }
         let library = self.nvjpeg.clone();
         let started = Instant::now();
-        let open = move || match open_decoders(&input, &decode.host, device, library.as_deref()) {
+        let open = move || match open_decoders(&input, resize, &decode.host, device, library.as_deref()) {
             Ok(jpeg) => {
                 tracing::info!(decode = ?decode.place, ms = started.elapsed().as_secs_f64() * 1e3, "gateways may send JPEGs to decode here");
                 Some(jpeg)

@@ -1,5 +1,5 @@
-//! model.toml's `decode` and `[host_decode]`: where an image classifier's
-//! JPEGs are decoded.
+//! model.toml's `decode` and `[host_decode]`: where the JPEGs of a model
+//! that takes images (a classifier or a vision model) are decoded.
 //!
 //! ```toml
 //! decode = "auto"              # "gateway" (default), "host" or "auto"
@@ -98,11 +98,12 @@ impl DecodeConfig {
     }
 }
 
-/// Checks `decode` and `[host_decode]`; `classifier` says whether the model
-/// is an image classifier (the only kind the host decodes for).
-pub(super) fn validate(place: DecodePlace, host: Option<HostDecodeConfig>, classifier: bool) -> Result<DecodeConfig, Invalid> {
-    if place != DecodePlace::Gateway && !classifier {
-        return Err(("decode", format!("{place:?} decoding is for image classifiers ([input] + [output]); this model's images are decoded by the gateway").to_lowercase()));
+/// Checks `decode` and `[host_decode]`; `images` says whether the model
+/// takes images (a classifier or a vision model: the kinds the host
+/// decodes for).
+pub(super) fn validate(place: DecodePlace, host: Option<HostDecodeConfig>, images: bool) -> Result<DecodeConfig, Invalid> {
+    if place != DecodePlace::Gateway && !images {
+        return Err(("decode", format!("{place:?} decoding is for models that take images ([input]); a tensor model's inputs are not decoded").to_lowercase()));
     }
     let host = host.unwrap_or_default();
     if !(1024..=MAX_SLOT_SIZE).contains(&host.max_bytes) {

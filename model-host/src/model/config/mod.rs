@@ -122,6 +122,17 @@ impl ModelConfig {
         }
     }
 
+    /// The `[input]` of a model that takes images (a classifier or a vision
+    /// model), and how an image of another size becomes it; None for a
+    /// tensor model.
+    pub fn image_input(&self) -> Option<(&InputConfig, protocol::vision::Resize)> {
+        match &self.kind {
+            ModelKind::Classifier(c) => Some((&c.input, protocol::vision::Resize::Stretch)),
+            ModelKind::Vision(v) => Some((&v.input, v.model.resize())),
+            ModelKind::Tensors(_) => None,
+        }
+    }
+
     #[cfg(test)]
     pub fn tensors(&self) -> Option<&TensorSignature> {
         match &self.kind {
@@ -335,7 +346,7 @@ fn validate(raw: ModelToml) -> Result<ModelConfig, Invalid> {
         (input, output, inputs, outputs, None, None) => classic_kind(input, output, inputs, outputs)?,
     };
     validate_batching(&raw.batching)?;
-    let decode = decode::validate(raw.decode, raw.host_decode, matches!(kind, ModelKind::Classifier(_)))?;
+    let decode = decode::validate(raw.decode, raw.host_decode, !matches!(kind, ModelKind::Tensors(_)))?;
     Ok(ModelConfig {
         name: raw.name,
         version: raw.version,
