@@ -11,6 +11,12 @@ with the same model file run in-process in fp32 on the same pixels:
                 the share with a box of the same label, IoU >= 0.9 and a
                 score within 0.02 among the in-process top boxes
 
+With --photos, JPEGs too (1920x1080: decoded on the host's GPU when
+model.toml says `decode = "auto"`), against the in-process photo pipeline
+of bench/vision_ceiling.py in fp32 (nvJPEG, resize or letterbox, the model,
+the answer mapped back): a detector's boxes as above in the photo's pixels,
+a segmenter's foreground pixel count within 1% of the photo.
+
 A host in fp16 differs by its rounding; exits non-zero past the tolerances.
 
     python3 bench/vision_answers_check.py --url http://127.0.0.1:PORT --model DIR
@@ -45,6 +51,7 @@ def main():
     ap.add_argument("--concurrency", type=int, default=32)
     ap.add_argument("--top", type=int, default=20, help="detection: the boxes compared per image")
     ap.add_argument("--min-share", type=float, default=0.95, help="the share of pixels (or boxes) that must agree")
+    ap.add_argument("--photos", type=Path, help="a folder of .jpg files of one size to check as well")
     args = ap.parse_args()
     cfg = tomllib.loads((args.model / "model.toml").read_text())
     name, h, w = cfg["name"], cfg["input"]["height"], cfg["input"]["width"]
@@ -108,7 +115,46 @@ def main():
         share = matched / max(total, 1)
         ok = share >= args.min_share
         print(f"{name}: {total} boxes, {share:.4f} match an fp32 in-process box (same label, IoU >= 0.9, score within 0.02); largest score difference {worst_score:.4f}")
+    if args.photos:
+        ok &= check_photos(args, cfg, m, mean, std)
     sys.exit(0 if ok else 1)
+
+
+def check_photos(args, cfg, m, mean, std):
+    """JPEGs through the split against the in-process photo pipeline (fp32)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from torchvision.io import decode_jpeg
+    from vision_ceiling import Task  # the ceiling's own resize and mapping back
+
+    task, name = Task(cfg), cfg["name"]
+    files = sorted(args.photos.glob("*.jpg"))[:16]
+    agree = total = 0
+    for f in files:
+        data = f.read_bytes()
+        with torch.inference_mode():
+            image = decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), device="cuda").unsqueeze(0)
+            x, letterbox = task.to_input(image)
+            out = m((x / 255 - mean) / std)
+            answer = task.finish_photo(out, image.shape[-2:], letterbox)
+        query = "" if task.segmentation else f"?score_threshold=0&max_detections={cfg['detection']['max_boxes']}"
+        req = urllib.request.Request(f"{args.url}/v1/models/{name}/predict{query}", data=data, headers={"Content-Type": "image/jpeg"})
+        body = json.loads(urllib.request.urlopen(req, timeout=60).read())
+        if task.segmentation:
+            want = float(answer[0][0])
+            got = next((c["pixels"] for c in body["classes"] if c["index"] == 1), 0)
+            total += 1
+            agree += abs(got - want) <= 0.01 * image.shape[-1] * image.shape[-2]
+        else:
+            xyxy, scores, labels, _ = (t[0].cpu().numpy() for t in answer)
+            near = np.argsort(-scores)[: args.top * 2]
+            for d in body["detections"][: args.top]:
+                total += 1
+                best = max(near, key=lambda j: iou(d["box"], xyxy[j]) if labels[j] == d["index"] else -1)
+                agree += labels[best] == d["index"] and iou(d["box"], xyxy[best]) >= 0.9 and abs(d["score"] - scores[best]) <= 0.02
+    share = agree / max(total, 1)
+    what = "foreground pixel counts within 1% of the photo" if task.segmentation else "boxes match (same label, IoU >= 0.9, score within 0.02)"
+    print(f"{name}: {len(files)} photos through the split against in-process nvJPEG + fp32: {share:.4f} of {total} {what}")
+    return share >= args.min_share
 
 
 if __name__ == "__main__":

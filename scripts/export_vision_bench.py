@@ -97,8 +97,11 @@ def main():
     ap.add_argument("--precision", choices=["fp32", "fp16", "bf16"], default="fp16")
     ap.add_argument("--no-channels-last", action="store_true")
     ap.add_argument("--only", choices=["segmenter", "detector"], default=None)
+    ap.add_argument("--decode", choices=["gateway", "host", "auto"], default="auto",
+                    help="model.toml: where JPEGs are decoded (auto: photos on the host's GPU)")
     args = ap.parse_args()
     s, opt = args.size, optimization(args.precision, not args.no_channels_last)
+    decode = f'decode = "{args.decode}"\n'
     if args.only in (None, "segmenter"):
         torch.manual_seed(0)
         out = args.out / "bench-segmenter"
@@ -107,7 +110,7 @@ def main():
         (out / "model.toml").write_text(
             f'name = "bench-segmenter"\nversion = "1"\nfile = "model.pt"\n'
             f'description = "DeepLabV3-ResNet50, one-channel alpha head, random weights (timing only)"\n'
-            + INPUT.format(s=s)
+            + decode + INPUT.format(s=s)
             + '[segmentation]\nmask = "alpha"\nlabels = ["background", "foreground"]\nresize = "stretch"\n'
             + batching(args.max_batch_size) + opt)
     if args.only in (None, "detector"):
@@ -119,7 +122,7 @@ def main():
         (out / "model.toml").write_text(
             f'name = "bench-detector"\nversion = "1"\nfile = "model.pt"\n'
             f'description = "CenterNet-style detector on ResNet-50, top-{args.boxes} in the model, random weights (timing only)"\n'
-            + INPUT.format(s=s)
+            + decode + INPUT.format(s=s)
             + f'[detection]\nlabels = [{labels}]\nmax_boxes = {args.boxes}\nbox_format = "cxcywh"\nbox_units = "normalized"\n'
             + 'resize = "letterbox"\npad_value = 114\nscore_threshold = 0.3\nmax_detections = 100\nnms = "in_model"\n'
             + batching(args.max_batch_size) + opt)
