@@ -1,0 +1,201 @@
+#!/usr/bin/env python3
+"""From disk to serving with a big model: the floor the hardware sets, what
+in-process PyTorch takes, and what the host takes, each step timed, in one
+run on one GPU (docs/benchmarks.md, "Big models").
+
+  export     a classifier of the size people serve, scripted and saved fp32
+             with random weights (nothing downloaded): torchvision's
+             ViT-H/14 (632 M parameters, 2.5 GB), or --layers/--width for a
+             bigger stack of the same blocks; model.toml asks for fp16 and
+             CUDA graphs
+  floor      CUDA initialisation; the file read (page cache warm) into a
+             small reused pinned buffer by a few threads, and each chunk
+             copied to the GPU as the next one is read: GB/s of the read,
+             of the copy, and of both overlapped
+  pytorch    a fresh python: import torch, torch.jit.load(map_location=
+             "cuda"), freeze + fp16, the first answer at batch 1
+  host       model-host to READY: its own breakdown (device, weights,
+             warm-up) and its peak RSS
+
+    python3 bench/load_floor.py --out /tmp/big --host .carry/model-host --json out.jsonl
+    python3 bench/load_floor.py --out /tmp/huge --layers 48 --width 2048 --host .carry/model-host
+"""
+import argparse
+import concurrent.futures
+import json
+import os
+import re
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+CHUNK = 64 << 20
+
+
+def export(out: Path, layers: int, width: int, heads: int):
+    import torchvision
+
+    out.mkdir(parents=True, exist_ok=True)
+    if (out / "model.pt").exists():
+        return
+    torch.manual_seed(0)
+    if layers:
+        model = torchvision.models.VisionTransformer(image_size=224, patch_size=14, num_layers=layers, num_heads=heads,
+                                                     hidden_dim=width, mlp_dim=4 * width)
+        what = f"ViT, {layers} layers of width {width}"
+    else:
+        model = torchvision.models.vit_h_14(weights=None)
+        what = "torchvision ViT-H/14"
+    torch.jit.script(model.eval()).save(str(out / "model.pt"))
+    labels = ", ".join(f'"class{i}"' for i in range(1000))
+    (out / "model.toml").write_text(
+        f'name = "{out.name}"\nversion = "1"\nfile = "model.pt"\ndescription = "{what}, random weights (load timing)"\n'
+        "[input]\nwidth = 224\nheight = 224\nchannels = 3\nmean = [0.5, 0.5, 0.5]\nstd = [0.5, 0.5, 0.5]\n"
+        f"[output]\nlabels = [{labels}]\nsoftmax = true\n"
+        "[batching]\nmax_batch_size = 16\n[optimization]\nprecision = \"fp16\"\n")
+
+
+def floor(path: Path, readers: int):
+    size = path.stat().st_size
+    with open(path, "rb") as f:  # page cache warm: the same state the host and PyTorch find
+        while f.read(CHUNK):
+            pass
+    t = time.perf_counter()
+    torch.cuda.init()
+    torch.zeros(1, device="cuda")
+    cuda_init = time.perf_counter() - t
+    buffers = [torch.empty(CHUNK, dtype=torch.uint8).pin_memory() for _ in range(2)]
+    dest = torch.empty(size, dtype=torch.uint8, device="cuda")
+    copy_stream = torch.cuda.Stream()
+    done = [torch.cuda.Event() for _ in buffers]
+    fd = os.open(path, os.O_RDONLY)
+
+    def read_into(buf, offset, n):
+        view = memoryview(buf.numpy())[:n]
+        per = -(-n // readers)
+
+        def part(i):
+            at = i * per
+            got = 0
+            while got < min(per, n - at):
+                got += os.preadv(fd, [view[at + got:min(at + per, n)]], offset + at + got)
+        list(pool.map(part, range(readers)))
+
+    with concurrent.futures.ThreadPoolExecutor(readers) as pool:
+        # The read alone.
+        t = time.perf_counter()
+        for i, offset in enumerate(range(0, size, CHUNK)):
+            read_into(buffers[i % 2], offset, min(CHUNK, size - offset))
+        read_s = time.perf_counter() - t
+        # The copy alone, from one pinned chunk over and over.
+        torch.cuda.synchronize()
+        t = time.perf_counter()
+        with torch.cuda.stream(copy_stream):
+            for offset in range(0, size, CHUNK):
+                n = min(CHUNK, size - offset)
+                dest[offset:offset + n].copy_(buffers[0][:n], non_blocking=True)
+        copy_stream.synchronize()
+        copy_s = time.perf_counter() - t
+        # Both, overlapped: chunk i is copied while chunk i+1 is read.
+        t = time.perf_counter()
+        for i, offset in enumerate(range(0, size, CHUNK)):
+            b, n = i % 2, min(CHUNK, size - offset)
+            done[b].synchronize()
+            read_into(buffers[b], offset, n)
+            with torch.cuda.stream(copy_stream):
+                dest[offset:offset + n].copy_(buffers[b][:n], non_blocking=True)
+                done[b].record(copy_stream)
+        copy_stream.synchronize()
+        both_s = time.perf_counter() - t
+    os.close(fd)
+    gb = size / 1e9
+    return {"file_gb": round(gb, 3), "cuda_init_s": round(cuda_init, 3), "read_gb_s": round(gb / read_s, 2),
+            "copy_gb_s": round(gb / copy_s, 2), "read_and_copy_s": round(both_s, 3), "read_and_copy_gb_s": round(gb / both_s, 2),
+            "readers": readers, "chunk_mb": CHUNK >> 20}
+
+
+PYTORCH = r"""
+import sys, time
+t0 = time.perf_counter()
+import torch
+t1 = time.perf_counter()
+m = torch.jit.load(sys.argv[1], map_location="cuda").eval()
+torch.cuda.synchronize(); t2 = time.perf_counter()
+m = torch.jit.optimize_for_inference(torch.jit.freeze(m.half()))
+torch.cuda.synchronize(); t3 = time.perf_counter()
+with torch.inference_mode():
+    m(torch.randn(1, 3, 224, 224, device="cuda", dtype=torch.half)).float().softmax(1).topk(5)
+torch.cuda.synchronize(); t4 = time.perf_counter()
+print({"import_s": t1 - t0, "load_s": t2 - t1, "freeze_fp16_s": t3 - t2, "first_forward_s": t4 - t3, "first_answer_s": t4 - t0})
+"""
+
+
+def pytorch(path: Path):
+    t = time.perf_counter()
+    out = subprocess.run([sys.executable, "-c", PYTORCH, str(path)], capture_output=True, text=True, check=True).stdout
+    row = eval(out.strip().splitlines()[-1])  # noqa: S307 (our own child's dict)
+    row["wall_s"] = time.perf_counter() - t
+    return {k: round(v, 3) for k, v in row.items()}
+
+
+def host(binary: Path, model: Path, work: Path):
+    sock = work / "host.sock"
+    sock.unlink(missing_ok=True)
+    log = open(work / "host.log", "w")
+    t = time.perf_counter()
+    proc = subprocess.Popen([str(binary), "--socket", str(sock), "--model", str(model), "--device", "cuda:0"], stdout=log, stderr=subprocess.STDOUT)
+    ready = None
+    while proc.poll() is None and time.perf_counter() - t < 600:
+        text = (work / "host.log").read_text()
+        if "startup breakdown" in text:
+            ready = time.perf_counter() - t
+            break
+        time.sleep(0.02)
+    proc.terminate()
+    proc.wait()
+    text = (work / "host.log").read_text()
+    row = {"ready_s": round(ready, 3) if ready else None, "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1e6, 3)}
+    for key in ("device_ready_ms", "weights_loaded_ms", "warmup_done_ms"):
+        found = re.search(key + r"=(\d+(\.\d+)?)", text)
+        row[key] = float(found.group(1)) if found else None
+    for line in text.splitlines():
+        if any(k in line for k in ("frozen", "warm-up and capture done", "CUDA graphs", "model loaded", "cannot")):
+            print("   host:", re.sub(r"\x1b\[[0-9;]*m", "", line)[:220], file=sys.stderr)
+    return row
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", type=Path, required=True, help="the model directory (exported there if missing)")
+    ap.add_argument("--host", type=Path, help="a model-host binary")
+    ap.add_argument("--layers", type=int, default=0, help="a ViT of this many layers instead of ViT-H/14")
+    ap.add_argument("--width", type=int, default=2048)
+    ap.add_argument("--heads", type=int, default=16)
+    ap.add_argument("--readers", type=int, default=4)
+    ap.add_argument("--steps", default="floor,pytorch,host")
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args()
+    t = time.perf_counter()
+    export(args.out, args.layers, args.width, args.heads)
+    print(f"[load] model in {time.perf_counter() - t:.1f} s: {args.out}", file=sys.stderr)
+    row = {"model": args.out.name}
+    steps = args.steps.split(",")
+    # The host and PyTorch first: the floor's process holds a CUDA context.
+    if "host" in steps and args.host:
+        row["host"] = host(args.host, args.out, args.out)
+    if "pytorch" in steps:
+        row["pytorch"] = pytorch(args.out / "model.pt")
+    if "floor" in steps:
+        row["floor"] = floor(args.out / "model.pt", args.readers)
+    print(json.dumps(row), flush=True)
+    if args.json:
+        with open(args.json, "a") as f:
+            f.write(json.dumps(row) + "\n")
+
+
+if __name__ == "__main__":
+    main()
