@@ -55,7 +55,7 @@ def export(out: Path, layers: int, width: int, heads: int):
     (out / "model.toml").write_text(
         f'name = "{out.name}"\nversion = "1"\nfile = "model.pt"\ndescription = "{what}, random weights (load timing)"\n'
         "[input]\nwidth = 224\nheight = 224\nchannels = 3\nmean = [0.5, 0.5, 0.5]\nstd = [0.5, 0.5, 0.5]\n"
-        f"[output]\nlabels = [{labels}]\nsoftmax = true\n"
+        f"[output]\nkind = \"classification\"\nlabels = [{labels}]\n"
         "[batching]\nmax_batch_size = 16\n[optimization]\nprecision = \"fp16\"\n")
 
 
@@ -158,6 +158,8 @@ def host(binary: Path, model: Path, work: Path):
     proc.terminate()
     proc.wait()
     text = (work / "host.log").read_text()
+    if ready is None:
+        print("   host did not get ready; its log ends:\n" + text[-3000:], file=sys.stderr)
     row = {"ready_s": round(ready, 3) if ready else None, "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1e6, 3)}
     for key in ("device_ready_ms", "weights_loaded_ms", "warmup_done_ms"):
         found = re.search(key + r"=(\d+(\.\d+)?)", text)
