@@ -7,7 +7,8 @@ with the same model file run in-process in fp32 on the same pixels:
 
   segmentation  ?format=png (the 8-bit alpha) against round(255 * mask):
                 the largest difference and the share of pixels within 2 levels
-  detection     the top --top boxes by score against the in-process ones:
+  detection     the top --top boxes by score against the in-process ones
+                (clamped to the image, as the gateway's are):
                 the share with a box of the same label, IoU >= 0.9 and a
                 score within 0.02 among the in-process top boxes
 
@@ -86,6 +87,8 @@ def main():
                 boxes, scores, labels = (t.cpu().numpy() for t in out)
                 for b, s, l in zip(boxes, scores, labels):
                     xyxy = np.stack([(b[:, 0] - b[:, 2] / 2) * w, (b[:, 1] - b[:, 3] / 2) * h, (b[:, 0] + b[:, 2] / 2) * w, (b[:, 1] + b[:, 3] / 2) * h], 1)
+                    # The gateway clamps boxes to the image, so the reference is too.
+                    xyxy = np.clip(xyxy, 0, [w, h, w, h])
                     refs.append((xyxy, s, l))
 
     query = "format=png" if segmentation else f"score_threshold=0&max_detections={cfg['detection']['max_boxes']}"
@@ -157,6 +160,7 @@ def check_photos(args, cfg, m, mean, std):
             agree += abs(got - want) <= 0.01 * image.shape[-1] * image.shape[-2]
         else:
             xyxy, scores, labels, _ = (t[0].cpu().numpy() for t in answer)
+            xyxy = np.clip(xyxy, 0, [image.shape[-1], image.shape[-2], image.shape[-1], image.shape[-2]])
             near = np.argsort(-scores)[: args.top * 2]
             for d in body["detections"][: args.top]:
                 total += 1

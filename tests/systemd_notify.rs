@@ -49,6 +49,16 @@ fn host_notifies_systemd_through_its_life() {
     wait_for(&rx, &mut seen, "READY=1", Duration::from_secs(120));
     let before_ready = seen.join("\n");
     assert!(before_ready.contains("STATUS=loading weights"), "{before_ready}");
+    // The file's read, as it happens: percentages that only grow, then
+    // all of it read (every read of the file is counted, so these lines
+    // come whatever the machine's speed).
+    let percents: Vec<u64> = seen
+        .iter()
+        .flat_map(|m| m.lines())
+        .filter_map(|l| l.strip_prefix("STATUS=loading weights ")?.split('%').next()?.parse().ok())
+        .collect();
+    assert!(!percents.is_empty() && percents.windows(2).all(|w| w[0] < w[1]), "{percents:?} in {before_ready}");
+    assert!(before_ready.contains("STATUS=weights read (") && before_ready.contains(" KB); freezing and casting"), "{before_ready}");
     assert!(before_ready.contains("STATUS=warming 0/"), "{before_ready}");
     assert!(before_ready.contains("EXTEND_TIMEOUT_USEC="), "{before_ready}");
     // READY only after every warm-up pass.

@@ -16,27 +16,19 @@ pub struct PhaseReporter {
     process_start: Instant,
     timings: StartupTimings,
     notifier: Notifier,
+    /// The last 5% step of the file's read reported (see [`Self::loading`]).
+    loading_step: Option<u64>,
 }
 
 /// The one-line status systemd shows for a phase.
 pub fn status_line(phase: &Phase) -> String {
-    match phase {
-        Phase::Starting => "starting".into(),
-        Phase::Loading => "loading weights".into(),
-        Phase::Warming { done, total } => format!("warming {done}/{total}"),
-        Phase::Ready(t) => format!(
-            "ready (ms since start: device {:.0}, weights {:.0}, warm-up done {:.0})",
-            t.device_ready_ms, t.weights_loaded_ms, t.warmup_done_ms
-        ),
-        Phase::Draining => "draining".into(),
-        Phase::Failed { reason } => format!("failed: {reason}"),
-    }
+    phase.describe()
 }
 
 impl PhaseReporter {
     pub fn new(process_start: Instant, notifier: Notifier) -> (Self, watch::Receiver<Phase>) {
         let (tx, rx) = watch::channel(Phase::Starting);
-        (Self { tx, process_start, timings: StartupTimings::default(), notifier }, rx)
+        (Self { tx, process_start, timings: StartupTimings::default(), notifier, loading_step: None }, rx)
     }
 
     pub fn set(&self, phase: Phase) {
@@ -44,7 +36,7 @@ impl PhaseReporter {
         let line = status_line(&phase);
         match &phase {
             Phase::Ready(_) => self.notifier.ready(&line),
-            Phase::Starting | Phase::Loading | Phase::Warming { .. } => self.notifier.progress(&line),
+            Phase::Starting | Phase::Loading { .. } | Phase::Warming { .. } => self.notifier.progress(&line),
             Phase::Draining | Phase::Failed { .. } => self.notifier.status(&line),
         }
         self.tx.send_replace(phase);
@@ -57,7 +49,18 @@ impl PhaseReporter {
     pub fn device_ready(&mut self, device: &str) {
         self.timings.device_ready_ms = self.elapsed_ms();
         tracing::info!(device, ms_since_start = self.timings.device_ready_ms, "device ready");
-        self.set(Phase::Loading);
+        self.set(Phase::Loading { read: 0, total: 0 });
+    }
+
+    /// The model file read so far (`read` of `total` bytes), as its reads
+    /// happen: a new phase (logged, told to systemd and the gateways) at
+    /// each 5% of the file, and when it is all read.
+    pub fn loading(&mut self, read: u64, total: u64) {
+        let step = if total == 0 { 0 } else { read.min(total) * 20 / total };
+        if self.loading_step.replace(step) == Some(step) {
+            return;
+        }
+        self.set(Phase::Loading { read: read.min(total), total });
     }
 
     pub fn weights_loaded(&mut self) {
@@ -102,7 +105,12 @@ mod tests {
         let notifier = Notifier::from_env(std::time::Duration::from_secs(1));
         let (mut reporter, rx) = PhaseReporter::new(Instant::now(), notifier);
         reporter.device_ready("cpu");
-        assert_eq!(*rx.borrow(), Phase::Loading);
+        assert_eq!(*rx.borrow(), Phase::Loading { read: 0, total: 0 });
+        for read in [0, 10, 49, 50, 51, 99, 100] {
+            reporter.loading(read, 100);
+        }
+        // Reported at each 5% step only: 0, 10, 45, 50, 95 and 100 here.
+        assert_eq!(*rx.borrow(), Phase::Loading { read: 100, total: 100 });
         reporter.weights_loaded();
         reporter.warming(1, 2);
         assert_eq!(*rx.borrow(), Phase::Warming { done: 1, total: 2 });

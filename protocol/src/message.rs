@@ -226,7 +226,9 @@ pub struct SegmentInfo {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum Phase {
     Starting,
-    Loading,
+    /// Reading the model file: bytes read of its size (0 of 0 before the
+    /// first read); once all are read, freezing and casting.
+    Loading { read: u64, total: u64 },
     Warming { done: u32, total: u32 },
     Ready(StartupTimings),
     Draining,
@@ -242,11 +244,38 @@ impl Phase {
     pub fn name(&self) -> &'static str {
         match self {
             Phase::Starting => "starting",
-            Phase::Loading => "loading",
+            Phase::Loading { .. } => "loading",
             Phase::Warming { .. } => "warming",
             Phase::Ready(_) => "ready",
             Phase::Draining => "draining",
             Phase::Failed { .. } => "failed",
+        }
+    }
+}
+
+impl Phase {
+    /// One line for people: systemd's status, the gateways' `/v1/hosts`
+    /// and `/health/ready`, e.g. "loading weights 43% (1.1 of 2.5 GB)".
+    pub fn describe(&self) -> String {
+        // Both figures in the file size's unit: "1.1 of 2.5 GB", "3 of 12 MB".
+        let (unit, scale, places) = match self {
+            Phase::Loading { total, .. } if *total >= 1_000_000_000 => ("GB", 1e9, 1),
+            Phase::Loading { total, .. } if *total >= 1_000_000 => ("MB", 1e6, 0),
+            _ => ("KB", 1e3, 0),
+        };
+        let amount = |bytes: u64| format!("{:.*}", places, bytes as f64 / scale);
+        match self {
+            Phase::Starting => "starting".into(),
+            Phase::Loading { total: 0, .. } => "loading weights".into(),
+            Phase::Loading { read, total } if read >= total => format!("weights read ({} {unit}); freezing and casting", amount(*total)),
+            Phase::Loading { read, total } => format!("loading weights {}% ({} of {} {unit})", read * 100 / total, amount(*read), amount(*total)),
+            Phase::Warming { done, total } => format!("warming {done}/{total}"),
+            Phase::Ready(t) => format!(
+                "ready (ms since start: device {:.0}, weights {:.0}, warm-up done {:.0})",
+                t.device_ready_ms, t.weights_loaded_ms, t.warmup_done_ms
+            ),
+            Phase::Draining => "draining".into(),
+            Phase::Failed { reason } => format!("failed: {reason}"),
         }
     }
 }
@@ -360,5 +389,19 @@ impl GatewayMessage {
             GatewayMessage::Cancel { .. } => "Cancel",
             GatewayMessage::Status { .. } => "Status",
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_loading_host_says_how_far_it_is() {
+        assert_eq!(Phase::Loading { read: 0, total: 0 }.describe(), "loading weights");
+        assert_eq!(Phase::Loading { read: 1_100_000_000, total: 2_530_000_000 }.describe(), "loading weights 43% (1.1 of 2.5 GB)");
+        assert_eq!(Phase::Loading { read: 2_530_000_000, total: 2_530_000_000 }.describe(), "weights read (2.5 GB); freezing and casting");
+        assert_eq!(Phase::Loading { read: 3_200_000, total: 12_000_000 }.describe(), "loading weights 26% (3 of 12 MB)");
+        assert_eq!(Phase::Warming { done: 1, total: 4 }.describe(), "warming 1/4");
     }
 }

@@ -192,7 +192,20 @@ impl Fleet {
                 other => Err(other.to_string()),
             };
         }
-        let unready: Vec<&str> = known.iter().filter(|(_, ready)| !**ready).map(|(m, _)| *m).collect();
+        // Each unready model with what its hosts are doing ("loading
+        // weights 43% (1.1 of 2.5 GB)"), so a probe's body says how long.
+        let unready: Vec<String> = known
+            .iter()
+            .filter(|(_, ready)| !**ready)
+            .map(|(model, _)| {
+                let doing: Vec<String> = members
+                    .values()
+                    .filter_map(|m| m.live_link().filter(|l| l.model().name == *model && !m.retired))
+                    .map(|l| l.phase().describe())
+                    .collect();
+                if doing.is_empty() { model.to_string() } else { format!("{model} ({})", doing.join("; ")) }
+            })
+            .collect();
         if unready.is_empty() {
             Ok(known.into_keys().map(String::from).collect())
         } else {

@@ -157,6 +157,8 @@ pub struct HostEntry {
     socket: String,
     /// `ready`, `loading`, `draining`, ...; for a down host, why it is down.
     phase: String,
+    /// The phase in words, e.g. "loading weights 43% (1.1 of 2.5 GB)".
+    status: Option<String>,
     model: Option<String>,
     version: Option<String>,
     host_pid: Option<u32>,
@@ -185,6 +187,7 @@ pub async fn hosts(State(app): State<AppState>) -> Json<Value> {
             Some(link) => json!({
                 "socket": m.socket, "model": link.model().name, "version": link.model().version,
                 "phase": if m.retired { "draining" } else { link.phase().name() },
+                "status": if m.retired { "draining".to_string() } else { link.phase().describe() },
                 "host_pid": link.host_pid(), "device": link.model().device, "outstanding": link.outstanding(),
             }),
             None => json!({ "socket": m.socket, "phase": m.down_reason, "error": m.last_error }),

@@ -39,9 +39,21 @@ pub struct Launched {
 
 impl ImageClassifier {
     pub fn load(file: &Path, config: &ClassifierConfig, optimization: &OptimizationConfig, device: Device) -> Result<Self, ModelError> {
+        Self::load_reporting(file, config, optimization, device, &mut |_, _| {})
+    }
+
+    /// [`Self::load`], telling `progress` (bytes read, file size) as the
+    /// file is read.
+    pub fn load_reporting(
+        file: &Path,
+        config: &ClassifierConfig,
+        optimization: &OptimizationConfig,
+        device: Device,
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> Result<Self, ModelError> {
         let classes = config.output.labels.len() as i64;
         let check: OutputCheck = Arc::new(move |outs: &[Tensor], batch| check_output(&outs[0], batch, classes));
-        let module = OptimizedModule::load(file, optimization, device, OutputNames::One, check)?;
+        let module = OptimizedModule::load(file, optimization, device, OutputNames::One, check, progress)?;
         Ok(Self { module, classes, softmax: config.output.softmax })
     }
 

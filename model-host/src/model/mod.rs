@@ -75,14 +75,21 @@ impl Outputs {
 
 impl Model {
     pub fn load(file: &Path, config: &ModelConfig, device: Device) -> Result<Self, ModelError> {
+        Self::load_reporting(file, config, device, &mut |_, _| {})
+    }
+
+    /// [`Self::load`], telling `progress` (bytes read, file size) as the
+    /// file is read: the host's "loading weights 43%".
+    pub fn load_reporting(file: &Path, config: &ModelConfig, device: Device, progress: &mut dyn FnMut(u64, u64)) -> Result<Self, ModelError> {
+        let o = &config.optimization;
         Ok(match &config.kind {
-            ModelKind::Classifier(c) => Model::Classifier(ImageClassifier::load(file, c, &config.optimization, device)?),
-            ModelKind::Tensors(signature) => Model::Tensors(TensorModel::load(file, signature, &config.optimization, device, Vec::new())?),
+            ModelKind::Classifier(c) => Model::Classifier(ImageClassifier::load_reporting(file, c, o, device, progress)?),
+            ModelKind::Tensors(signature) => Model::Tensors(TensorModel::load_reporting(file, signature, o, device, Vec::new(), progress)?),
             // Runs as a tensor model whose input the preprocessor normalised:
             // its outputs are checked against the task's at warm-up.
             ModelKind::Vision(v) => {
                 let fields = v.model.signature.outputs.iter().map(|o| config::vision::declared_by(&o.name)).collect();
-                Model::Tensors(TensorModel::load(file, &v.model.signature, &config.optimization, device, fields)?)
+                Model::Tensors(TensorModel::load_reporting(file, &v.model.signature, o, device, fields, progress)?)
             }
         })
     }

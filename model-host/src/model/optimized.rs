@@ -31,17 +31,19 @@ pub struct OptimizedModule {
 
 impl OptimizedModule {
     /// Loads `file` onto `device` as `optimization` says: cast to its
-    /// precision (`cast` false keeps the file's dtypes), then frozen.
+    /// precision, then frozen. `progress` hears (bytes read, file size)
+    /// as the file is read.
     pub fn load(
         file: &Path,
         optimization: &OptimizationConfig,
         device: Device,
         outputs: OutputNames,
         check: OutputCheck,
+        progress: &mut dyn FnMut(u64, u64),
     ) -> Result<Self, ModelError> {
         let dtype = optimization.precision.kind();
         let cast = (dtype != Kind::Float).then_some(dtype);
-        let mut module = Module::load(file, device, cast).map_err(|e| ModelError::Load(e.0))?.with_outputs(outputs);
+        let mut module = Module::load_reporting(file, device, cast, progress).map_err(|e| ModelError::Load(e.0))?.with_outputs(outputs);
         if optimization.freeze {
             match module.freeze(true) {
                 Ok(()) => tracing::info!("module frozen and optimized for inference"),

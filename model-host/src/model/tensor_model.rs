@@ -67,6 +67,19 @@ impl TensorModel {
         device: Device,
         declared_by: Vec<Option<&'static str>>,
     ) -> Result<Self, ModelError> {
+        Self::load_reporting(file, signature, optimization, device, declared_by, &mut |_, _| {})
+    }
+
+    /// [`Self::load`], telling `progress` (bytes read, file size) as the
+    /// file is read.
+    pub fn load_reporting(
+        file: &Path,
+        signature: &TensorSignature,
+        optimization: &OptimizationConfig,
+        device: Device,
+        declared_by: Vec<Option<&'static str>>,
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> Result<Self, ModelError> {
         let cast = optimization.precision.kind() != tch::Kind::Float;
         let declared_by = Arc::new(declared_by);
         let names = OutputNames::named(signature.outputs.iter().map(|o| o.name.as_str())).map_err(|e| ModelError::Load(e.0))?;
@@ -75,7 +88,7 @@ impl TensorModel {
         // in half precision a floating output may be of another floating
         // dtype, which launch() casts back.
         let check: OutputCheck = Arc::new(move |outs: &[Tensor], batch| check_all(outs, &specs, batch, cast, &fields));
-        let module = OptimizedModule::load(file, optimization, device, names, check)?;
+        let module = OptimizedModule::load(file, optimization, device, names, check, progress)?;
         let (placements, row_bytes) = (signature.output_placements(), signature.output_bytes() as usize);
         Ok(Self { module, placements, row_bytes, cast, declared_by, signature: signature.clone() })
     }

@@ -217,7 +217,8 @@ impl ModelThread {
         let answers = self.model.config.classifier().and_then(|c| prime_answers(c, kind, device, self.model.config.batching.shapes()));
         let path = &self.model.model_file;
         let load_error = |source| HostError::ModelLoad { path: path.display().to_string(), source };
-        let mut model = Model::load(path, &self.model.config, device).map_err(load_error)?;
+        let reporter = &mut self.reporter;
+        let mut model = Model::load_reporting(path, &self.model.config, device, &mut |read, total| reporter.loading(read, total)).map_err(load_error)?;
         let pre = Preprocessor::new(&self.model.config, device).map_err(|e| load_error(e.into()))?;
         let loads = self.counters.model_loads.fetch_add(1, Relaxed) + 1;
         tracing::info!(model = %path.display(), loads, "model loaded");

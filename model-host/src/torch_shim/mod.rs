@@ -14,6 +14,7 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 use std::ffi::{CStr, CString, c_char, c_int, c_void};
+use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
 use tch::{Device, Kind, Tensor};
@@ -33,7 +34,14 @@ struct ShimModule {
 unsafe extern "C" {
     fn shim_free_error(error: *mut c_char);
     fn shim_has_cuda_graphs() -> c_int;
-    fn shim_module_load(path: *const c_char, device: c_int, dtype: c_int, out: *mut *mut ShimModule) -> *mut c_char;
+    fn shim_module_load(
+        path: *const c_char,
+        device: c_int,
+        dtype: c_int,
+        report: Option<extern "C" fn(context: *mut c_void, read: u64, total: u64)>,
+        context: *mut c_void,
+        out: *mut *mut ShimModule,
+    ) -> *mut c_char;
     fn shim_module_freeze(module: *mut ShimModule, optimize: c_int) -> *mut c_char;
     fn shim_module_forward(
         module: *mut ShimModule,
@@ -109,6 +117,11 @@ fn tensor_ptrs(inputs: &[&Tensor]) -> Vec<*const C_tensor> {
     inputs.iter().map(|t| t.as_ptr()).collect()
 }
 
+/// The path a CString was made from.
+fn path_of(path: &CString) -> &Path {
+    Path::new(std::ffi::OsStr::from_bytes(path.as_bytes()))
+}
+
 /// A C array of pointers, or null when there are none.
 fn null_or<T>(pointers: &[*const T]) -> *const *const T {
     if pointers.is_empty() { std::ptr::null() } else { pointers.as_ptr() }
@@ -179,16 +192,38 @@ impl Module {
     /// Loads `path` onto `device`, in eval mode, cast to `dtype` (None keeps
     /// the file's dtypes).
     pub fn load(path: &Path, device: Device, dtype: Option<Kind>) -> Result<Self, ShimError> {
+        Self::load_reporting(path, device, dtype, &mut |_, _| {})
+    }
+
+    /// [`Self::load`], telling `progress` (bytes read, file size) after
+    /// every read of the file, on this thread.
+    pub fn load_reporting(path: &Path, device: Device, dtype: Option<Kind>, progress: &mut dyn FnMut(u64, u64)) -> Result<Self, ShimError> {
+        extern "C" fn report(context: *mut c_void, read: u64, total: u64) {
+            // SAFETY: `context` is the `&mut &mut dyn FnMut` below, alive
+            // and not otherwise borrowed for the whole of the load, which
+            // calls this only on its own thread, never after it returns.
+            let progress = unsafe { &mut *context.cast::<&mut dyn FnMut(u64, u64)>() };
+            progress(read, total);
+        }
         let path = CString::new(path.as_os_str().as_encoded_bytes()).map_err(|e| ShimError(e.to_string()))?;
         let dtype = match dtype {
             None => -1,
             Some(kind) => scalar_type(kind)?,
         };
         let mut raw = std::ptr::null_mut();
-        // SAFETY: `path` is NUL-terminated and outlives the call; `raw` is
-        // written only on success.
-        check(unsafe { shim_module_load(path.as_ptr(), device_code(device), dtype, &mut raw) })?;
-        Ok(Module { raw, outputs: OutputNames::One })
+        let mut progress = progress;
+        let context = (&mut progress as *mut &mut dyn FnMut(u64, u64)).cast::<c_void>();
+        // SAFETY: `path` is NUL-terminated and outlives the call; `context`
+        // points at `progress`, which outlives it too; `raw` is written only
+        // on success.
+        check(unsafe { shim_module_load(path.as_ptr(), device_code(device), dtype, Some(report), context, &mut raw) })?;
+        let module = Module { raw, outputs: OutputNames::One };
+        // Loaded: all of it counts as read (the archive's directory and
+        // records libtorch never needed are not read at all).
+        if let Ok(size) = std::fs::metadata(path_of(&path)).map(|m| m.len()) {
+            progress(size, size);
+        }
+        Ok(module)
     }
 
     /// Declares what forward() returns (one tensor until this is called).
