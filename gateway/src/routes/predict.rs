@@ -111,6 +111,8 @@ pub struct Timings {
     responses(
         (status = 200, description = "The answer: JSON, or for a segmenter asked for `png` or `cutout`, a PNG.",
             content((PredictAnswer = "application/json"), (Binary = "image/png"))),
+        (status = 202, description = "An iterative model's job, with `Prefer: respond-async` (see `POST /v1/models/{name}/jobs`).",
+            body = crate::routes::jobs::JobBody),
         InferErrors,
     ),
 )]
