@@ -106,7 +106,7 @@ pub struct Config {
     pub nvjpeg: Option<std::path::PathBuf>,
 
     /// Where the host keeps what must outlive it: an iterative model's
-    /// jobs and results (under jobs/<model>/). Under systemd,
+    /// jobs and results (under jobs/<socket name>/). Under systemd,
     /// StateDirectory= sets $STATE_DIRECTORY, used when this is not given.
     #[arg(long, env = "MODEL_HOST_STATE_DIR", default_value_os_t = default_state_dir())]
     pub state_dir: PathBuf,

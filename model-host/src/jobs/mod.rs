@@ -24,11 +24,10 @@ use crate::config::Config;
 use crate::error::HostError;
 use crate::model::config::iterative::IterativeConfig;
 
-/// The job table for `model`, opened from its directory under the state
-/// directory (one per model name, so two hosts of different models may
-/// share a state directory).
+/// The job table of this host, opened from its directory under the state
+/// directory ([`jobs_dir`]).
 pub fn open(config: &Config, model: &str, iterative: &IterativeConfig, max_batch: usize) -> Result<Arc<JobTable>, HostError> {
-    let dir = jobs_dir(&config.state_dir, model);
+    let dir = jobs_dir(&config.state_dir, &config.socket);
     let limits = Limits {
         max_queued: config.job_max_queued,
         retention: Duration::from_secs(config.job_retention_secs),
@@ -42,8 +41,15 @@ pub fn open(config: &Config, model: &str, iterative: &IterativeConfig, max_batch
     Ok(Arc::new(table))
 }
 
-pub fn jobs_dir(state_dir: &Path, model: &str) -> PathBuf {
-    state_dir.join("jobs").join(model)
+/// One directory per host, named after its control socket: that is what
+/// names a host instance (systemd's `model-host@%i` gives each instance
+/// its own socket, and a restarted host takes its socket back), while a
+/// model's name does not (two versions, or two GPUs' replicas, of one
+/// model may share a state directory). The store's lock refuses a second
+/// host on the same directory.
+pub fn jobs_dir(state_dir: &Path, socket: &Path) -> PathBuf {
+    let name = socket.file_stem().map_or_else(|| "host".into(), |s| s.to_string_lossy().into_owned());
+    state_dir.join("jobs").join(name)
 }
 
 /// What gateways are told about the model in the handshake.

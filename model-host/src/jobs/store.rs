@@ -24,20 +24,29 @@ pub struct Record {
     pub output: Option<ImageShape>,
 }
 
-/// A directory of job records.
-#[derive(Debug, Clone)]
+/// A directory of job records, held by one host at a time.
+#[derive(Debug)]
 pub struct Store {
     dir: PathBuf,
+    /// `<dir>/lock`, exclusively locked while this store lives: two hosts
+    /// on one directory would fail each other's jobs at every restart.
+    _lock: fs::File,
 }
 
 impl Store {
-    /// Opens (creating) `dir`, private to the host's user: it holds what
-    /// clients asked for and got.
+    /// Opens (creating) `dir`, private to the host's user (it holds what
+    /// clients asked for and got), and locks it; a directory another
+    /// process holds is an error saying so.
     pub fn open(dir: &Path) -> std::io::Result<Self> {
         fs::create_dir_all(dir)?;
         use std::os::unix::fs::PermissionsExt;
         fs::set_permissions(dir, fs::Permissions::from_mode(0o700))?;
-        Ok(Self { dir: dir.to_path_buf() })
+        let lock = fs::OpenOptions::new().create(true).truncate(false).write(true).open(dir.join("lock"))?;
+        lock.try_lock().map_err(|e| match e {
+            fs::TryLockError::WouldBlock => std::io::Error::other("another model-host holds this job store; give each host its own socket or --state-dir"),
+            fs::TryLockError::Error(e) => e,
+        })?;
+        Ok(Self { dir: dir.to_path_buf(), _lock: lock })
     }
 
     /// The host's tag: read from the directory, or made (from the clock
@@ -152,6 +161,9 @@ mod tests {
         store.save_output("ab-1", &JobOutput { shape, pixels: vec![9, 8] }).unwrap();
         std::fs::write(dir.path().join("junk.json"), b"{").unwrap();
 
+        let held = Store::open(dir.path()).unwrap_err();
+        assert!(held.to_string().contains("another model-host holds this job store"), "{held}");
+        drop(store);
         let again = Store::open(dir.path()).unwrap();
         assert_eq!(again.host_tag().unwrap(), tag);
         assert_eq!(again.load_all().unwrap(), vec![record("ab-1")]);

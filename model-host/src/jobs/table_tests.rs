@@ -143,5 +143,6 @@ fn finished_jobs_expire_by_age_then_by_count() {
     assert_eq!(gone, 1);
     table.sweep(super::now_ms() + 3_600_001);
     assert_eq!(table.counts().succeeded, 0);
+    drop(table);
     assert!(Store::open(dir.path()).unwrap().load_all().unwrap().is_empty(), "their files went too");
 }
