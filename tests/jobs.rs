@@ -203,8 +203,10 @@ async fn cancel_stops_a_running_job_within_one_step() {
 
 /// The host owns its jobs: a gateway SIGKILLed mid-job loses nothing (the
 /// job is answered by a restarted gateway and by another one); a host
-/// restarted after a job finished still returns its result; a job running
-/// when its host is killed reads `failed`, with the reason.
+/// restarted after a job finished still returns its result, and one
+/// stopped with SIGTERM finishes its running job first (within its
+/// drain); a job running when its host is killed reads `failed`, with the
+/// reason.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jobs_outlive_gateways_and_host_restarts() {
     let scratch = Scratch::new();
@@ -231,12 +233,19 @@ async fn jobs_outlive_gateways_and_host_restarts() {
     assert_eq!(done["status"], "succeeded", "{done}");
     let png = result_png(&client, &second, &id).await;
 
-    // The host restarts (SIGTERM, then again on the same state directory).
+    // The host restarts (SIGTERM, then again on the same state directory)
+    // while another job runs: the drain lets that job finish first.
+    let (status, body) = submit(&client, &second, json!({"class": 8, "seed": 6})).await;
+    assert_eq!(status, 202, "{body}");
+    let drained = body["id"].as_str().expect("an id").to_string();
+    wait_job(&client, &second, &drained, Duration::from_secs(30), |j| j["status"] == "running").await;
     host.signal(Signal::SIGTERM);
     host.wait_exit(Duration::from_secs(30)).expect("the host stops on SIGTERM");
     host = start_diffusion_host(&scratch, &socket, &slow);
     second.wait_ready().await;
     assert_eq!(result_png(&client, &second, &id).await, png, "the result survives the host");
+    let (status, body) = job(&client, &second, &drained).await;
+    assert_eq!((status, body["status"].as_str(), body["step"].as_u64()), (200, Some("succeeded"), Some(200)), "{body}");
 
     // A job running when its host is SIGKILLed is failed, with the reason, after the restart.
     let (status, body) = submit(&client, &second, json!({"class": 3, "seed": 9})).await;

@@ -105,7 +105,7 @@ pub async fn run(
         model,
         phase: phase.clone(),
         jobs: job_queue,
-        job_table,
+        job_table: job_table.clone(),
         counters: counters.clone(),
         slots_per_gateway: config.slots_per_gateway,
         shm_mode: config.shm_mode,
@@ -120,7 +120,7 @@ pub async fn run(
         () = shutdown => {}
     }
     notifier.stopping();
-    drain(&phase_tx, &counters, Duration::from_secs(config.drain_timeout_secs)).await;
+    drain(&phase_tx, &counters, job_table.as_deref(), Duration::from_secs(config.drain_timeout_secs)).await;
     Ok(())
 }
 
@@ -184,13 +184,20 @@ fn startup_failure(phase: &tokio::sync::watch::Receiver<Phase>) -> HostError {
 }
 
 /// Refuses new work (gateways see "draining"), then waits a bounded time for
-/// requests already queued or running.
-async fn drain(phase: &tokio::sync::watch::Sender<Phase>, counters: &Counters, limit: Duration) {
+/// requests (and an iterative model's jobs) already queued or running.
+/// Jobs still unfinished then are failed now, saying why, so that no
+/// gateway reads them as running while the host is away.
+async fn drain(phase: &tokio::sync::watch::Sender<Phase>, counters: &Counters, jobs: Option<&jobs::JobTable>, limit: Duration) {
     phase.send_replace(Phase::Draining);
     let started = Instant::now();
-    while counters.in_flight.load(Relaxed) > 0 && started.elapsed() < limit {
+    let busy = || counters.in_flight.load(Relaxed) > 0 || jobs.is_some_and(|j| j.unfinished() > 0);
+    while busy() && started.elapsed() < limit {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let left = counters.in_flight.load(Relaxed);
+    if let Some(jobs) = jobs {
+        let failed = jobs.fail_unfinished(&format!("the model host stopped (SIGTERM) and its {} s drain ended before the job did", limit.as_secs()));
+        tracing::info!(failed, "unfinished jobs failed");
+    }
     tracing::info!(left, waited_ms = started.elapsed().as_millis() as u64, "drained; exiting");
 }

@@ -245,6 +245,31 @@ impl JobTable {
         taken
     }
 
+    /// Jobs queued or running.
+    pub fn unfinished(&self) -> usize {
+        self.lock().records.values().filter(|r| !r.view.state.is_done()).count()
+    }
+
+    /// Fails every queued or running job with `reason` (the host is
+    /// exiting); how many. The runner may still step them until the
+    /// process ends: whatever it reports after this is ignored.
+    pub fn fail_unfinished(&self, reason: &str) -> usize {
+        let mut jobs = self.lock();
+        jobs.queue.clear();
+        let now = now_ms();
+        let mut failed = 0;
+        for record in jobs.records.values_mut().filter(|r| !r.view.state.is_done()) {
+            record.view.state = JobState::Failed;
+            record.view.error = Some(reason.to_string());
+            record.view.finished_ms = Some(now);
+            if let Err(e) = self.store.save(record) {
+                tracing::warn!(job = %record.view.id, error = %e, "saving a failed job's record");
+            }
+            failed += 1;
+        }
+        failed
+    }
+
     /// Records each running job's steps done, and says which of them were
     /// asked to cancel (true: drop it now).
     pub fn progress(&self, rows: &[(&str, u32)]) -> Vec<bool> {
@@ -263,7 +288,8 @@ impl JobTable {
     pub fn end(&self, id: &str, outcome: Result<Option<JobOutput>, String>) {
         let mut jobs = self.lock();
         jobs.canceling.remove(id);
-        let Some(record) = jobs.records.get_mut(id) else { return };
+        // Gone (expired), or already failed by fail_unfinished: keep what was said.
+        let Some(record) = jobs.records.get_mut(id).filter(|r| r.view.state == JobState::Running) else { return };
         record.view.finished_ms = Some(now_ms());
         match outcome {
             Ok(Some(output)) => match self.store.save_output(id, &output) {

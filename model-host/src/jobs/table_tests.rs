@@ -146,3 +146,21 @@ fn finished_jobs_expire_by_age_then_by_count() {
     drop(table);
     assert!(Store::open(dir.path()).unwrap().load_all().unwrap().is_empty(), "their files went too");
 }
+
+#[test]
+fn a_stopping_host_fails_what_is_unfinished_and_keeps_it_failed() {
+    let dir = tempfile::tempdir().unwrap();
+    let table = open(&dir, limits());
+    let running = table.submit(submit(1, None, None)).unwrap().id;
+    table.take(1, false, Duration::ZERO);
+    let queued = table.submit(submit(2, None, None)).unwrap().id;
+    assert_eq!(table.unfinished(), 2);
+    assert_eq!(table.fail_unfinished("stopping"), 2);
+    assert_eq!(table.unfinished(), 0);
+    table.end(&running, Ok(Some(output())));
+    for id in [&running, &queued] {
+        let view = table.view(id).unwrap();
+        assert_eq!((view.state, view.error.as_deref()), (JobState::Failed, Some("stopping")));
+    }
+    assert!(table.take(8, false, Duration::ZERO).is_empty());
+}
