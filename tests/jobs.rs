@@ -211,7 +211,8 @@ async fn cancel_stops_a_running_job_within_one_step() {
 async fn jobs_outlive_gateways_and_host_restarts() {
     let scratch = Scratch::new();
     let socket = scratch.socket().display().to_string();
-    let slow = ["--job-step-interval-ms", "10"];
+    // A drain long enough for a job of 200 steps on a loaded machine.
+    let slow = ["--job-step-interval-ms", "20", "--drain-timeout-secs", "120"];
     let mut host = start_diffusion_host(&scratch, &socket, &slow);
     let mut first = scratch.start_gateway(&[]);
     let second = scratch.start_gateway(&[]);
@@ -240,7 +241,7 @@ async fn jobs_outlive_gateways_and_host_restarts() {
     let drained = body["id"].as_str().expect("an id").to_string();
     wait_job(&client, &second, &drained, Duration::from_secs(30), |j| j["status"] == "running").await;
     host.signal(Signal::SIGTERM);
-    host.wait_exit(Duration::from_secs(30)).expect("the host stops on SIGTERM");
+    host.wait_exit(Duration::from_secs(150)).expect("the host stops on SIGTERM, after its drain");
     host = start_diffusion_host(&scratch, &socket, &slow);
     second.wait_ready().await;
     assert_eq!(result_png(&client, &second, &id).await, png, "the result survives the host");
