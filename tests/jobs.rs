@@ -314,3 +314,41 @@ async fn mistakes_and_limits_get_clear_client_errors() {
     let r = client.get(gateway.url(&format!("/v1/jobs/{}/result", waiting["id"].as_str().unwrap()))).send().await.unwrap();
     expect((r.status().as_u16(), r.json().await.unwrap()), 409, "no_result", "queued");
 }
+
+/// Two hosts of the model behind two gateways: submits are spread over
+/// both (the replicas differ only in their tags, so neither is refused),
+/// and each job is answered, through either gateway, by the host its id names.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_id_names_its_host_among_replicas() {
+    let scratch = Scratch::new();
+    let sockets: Vec<String> = ["a.sock", "b.sock"].iter().map(|s| scratch.dir.path().join(s).display().to_string()).collect();
+    let _hosts: Vec<Process> = sockets.iter().map(|s| start_diffusion_host(&scratch, s, &["--job-step-interval-ms", "5"])).collect();
+    let flags = ["--host-socket", &sockets[0], "--host-socket", &sockets[1]];
+    let (first, second) = (scratch.start_gateway_for(&flags), scratch.start_gateway_for(&flags));
+    let client = reqwest::Client::new();
+    // Ready means a ready host per model: wait for both hosts here.
+    for gateway in [&first, &second] {
+        let both = eventually(Duration::from_secs(120), async || {
+            let Ok(r) = client.get(gateway.url("/v1/hosts")).send().await else { return false };
+            let hosts: Value = r.json().await.unwrap_or_default();
+            hosts["hosts"].as_array().is_some_and(|h| h.len() == 2 && h.iter().all(|h| h["phase"] == "ready"))
+        })
+        .await;
+        assert!(both.is_some(), "both hosts ready behind {}", gateway.process.name);
+    }
+
+    // One at a time: equally idle replicas take turns.
+    let mut ids = Vec::new();
+    for i in 0..6 {
+        let (status, body) = submit(&client, &first, json!({"class": i % 10, "seed": i})).await;
+        assert_eq!(status, 202, "{body}");
+        ids.push(body["id"].as_str().expect("an id").to_string());
+    }
+    let tags: std::collections::BTreeSet<&str> = ids.iter().map(|id| id.split('-').next().unwrap()).collect();
+    assert_eq!(tags.len(), 2, "both hosts took jobs: {ids:?}");
+    for id in &ids {
+        let done = wait_job(&client, &second, id, Duration::from_secs(60), finished).await;
+        assert_eq!((done["id"].as_str(), done["status"].as_str()), (Some(id.as_str()), Some("succeeded")), "{done}");
+        assert_eq!(result_png(&client, &second, id).await, result_png(&client, &first, id).await);
+    }
+}

@@ -163,6 +163,21 @@ mod tests {
     use super::*;
 
     #[test]
+    fn replicas_differ_in_their_tag_only() {
+        use crate::message::ModelKind;
+        let model = |tag: &str, steps| IterativeModel {
+            steps,
+            params: vec![ParamSpec { name: "class".into(), min: 0, max: 9 }],
+            output: ImageShape { width: 2, height: 2, channels: 1 },
+            max_queued: 4,
+            host_tag: tag.into(),
+        };
+        let (a, b) = (ModelKind::Iterative(model("aa", 10)), ModelKind::Iterative(model("bb", 10)));
+        assert!(a.same_signature(&b) && a != b);
+        assert!(!a.same_signature(&ModelKind::Iterative(model("aa", 20))));
+    }
+
+    #[test]
     fn ids_name_their_host() {
         assert_eq!(job_host_tag("a1b2c3d4-0000018c2f"), Some("a1b2c3d4"));
         assert_eq!(job_host_tag("a1b2c3d4"), None);

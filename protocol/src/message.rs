@@ -186,6 +186,19 @@ impl ImageShape {
     }
 }
 
+impl ModelKind {
+    /// Whether requests prepared for one serve the other: the same kind
+    /// and signature. An iterative model's host tag and queue bound name
+    /// its host, not its signature, so two replicas of one model differ
+    /// there and are still the same.
+    pub fn same_signature(&self, other: &ModelKind) -> bool {
+        match (self, other) {
+            (ModelKind::Iterative(a), ModelKind::Iterative(b)) => a.steps == b.steps && a.params == b.params && a.output == b.output,
+            (a, b) => a == b,
+        }
+    }
+}
+
 impl ModelInfo {
     /// Bytes a slot must hold: one image (or one JPEG file, when the host
     /// decodes), or a tensor model's inputs or outputs for one batch item,
