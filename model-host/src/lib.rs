@@ -85,6 +85,8 @@ pub async fn run(
                 device_ready: device_tx,
             }
             .spawn();
+            // No slot request reaches an iterative model (the session
+            // refuses its Infers before they queue): nothing reads these.
             drop(queues);
             Some(table)
         }
