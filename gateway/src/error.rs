@@ -11,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 use thiserror::Error;
 
 use crate::decode::DecodeError;
-use crate::host_client::HostCallError;
+use crate::host_client::{HostCallError, JobCallError};
 use crate::system_shm::RegistryError;
 
 #[derive(Debug, Error)]
@@ -46,6 +46,17 @@ pub enum ApiError {
     Overloaded { reason: &'static str },
     #[error("no answer within the {budget_ms} ms deadline")]
     DeadlineExceeded { budget_ms: u64 },
+    /// A job parameter out of its range (the host names it, so the field is owned).
+    #[error("invalid {field}: {problem}")]
+    InvalidParam { field: String, problem: String },
+    #[error("job {0:?} is not known here (never submitted, or expired)")]
+    JobNotFound(String),
+    #[error("the model already has {limit} jobs queued (the host's --job-max-queued); retry later")]
+    TooManyJobs { limit: u32 },
+    #[error("{field}: {problem}")]
+    JobTooLarge { field: String, problem: String },
+    #[error("job {id:?} has no result: it is {state}")]
+    NoResult { id: String, state: &'static str },
     #[error("internal error")]
     Internal(String),
 }
@@ -53,7 +64,14 @@ pub enum ApiError {
 impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
-            ApiError::InvalidRequest { .. } | ApiError::CorruptImage { .. } | ApiError::CorruptEncoding(_) => StatusCode::BAD_REQUEST,
+            ApiError::InvalidRequest { .. } | ApiError::InvalidParam { .. } | ApiError::CorruptImage { .. } | ApiError::CorruptEncoding(_) => {
+                StatusCode::BAD_REQUEST
+            }
+            ApiError::JobNotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::TooManyJobs { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::JobTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            // The job exists; its state does not allow the request (yet).
+            ApiError::NoResult { .. } => StatusCode::CONFLICT,
             // Refused by the operator's configuration, not by what the request says.
             ApiError::SharedMemoryDisabled => StatusCode::FORBIDDEN,
             // A region in use is a conflict with the server's state that
@@ -74,7 +92,11 @@ impl ApiError {
     /// Stable identifiers clients may match on.
     pub fn kind(&self) -> &'static str {
         match self {
-            ApiError::InvalidRequest { .. } => "invalid_request",
+            ApiError::InvalidRequest { .. } | ApiError::InvalidParam { .. } => "invalid_request",
+            ApiError::JobNotFound(_) => "job_not_found",
+            ApiError::TooManyJobs { .. } => "too_many_jobs",
+            ApiError::JobTooLarge { .. } => "job_too_large",
+            ApiError::NoResult { .. } => "no_result",
             ApiError::CorruptImage { .. } => "invalid_image",
             ApiError::BodyTooLarge { .. } => "body_too_large",
             ApiError::TooManyPixels { .. } => "image_too_large",
@@ -105,7 +127,7 @@ pub struct ErrorBody {
     /// invalid_content_encoding, shared_memory_disabled,
     /// shared_memory_in_use, invalid_shared_memory, model_not_found,
     /// request_timeout, host_unavailable, overloaded, deadline_exceeded,
-    /// internal.
+    /// job_not_found, too_many_jobs, job_too_large, no_result, internal.
     #[serde(rename = "type")]
     #[schema(value_type = String)]
     pub kind: &'static str,
@@ -130,6 +152,23 @@ impl From<HostCallError> for ApiError {
             HostCallError::DeadlineExceeded => ApiError::DeadlineExceeded { budget_ms: 0 },
             HostCallError::Rejected(m) | HostCallError::Model(m) => ApiError::Internal(m),
             HostCallError::BadImage(detail) => ApiError::from(DecodeError::Corrupt { format: "JPEG", detail }),
+        }
+    }
+}
+
+impl From<JobCallError> for ApiError {
+    fn from(e: JobCallError) -> Self {
+        use protocol::JobError;
+        match e {
+            JobCallError::Host(e) => ApiError::from(e),
+            JobCallError::Job(JobError::NotFound(id)) => ApiError::JobNotFound(id),
+            JobCallError::Job(JobError::QueueFull { limit }) => ApiError::TooManyJobs { limit },
+            JobCallError::Job(JobError::Invalid { field, problem, too_large: true }) => ApiError::JobTooLarge { field, problem },
+            JobCallError::Job(JobError::Invalid { field, problem, too_large: false }) => ApiError::InvalidParam { field, problem },
+            JobCallError::Job(JobError::NoResult(state)) => ApiError::NoResult { id: String::new(), state: state.name() },
+            JobCallError::Job(JobError::NotIterative) => invalid("model", "not an iterative model: send its requests to predict"),
+            JobCallError::Job(JobError::NotReady) => ApiError::HostUnavailable { phase: "not ready".into() },
+            JobCallError::Job(JobError::Internal(m)) => ApiError::Internal(m),
         }
     }
 }
@@ -168,7 +207,7 @@ impl IntoResponse for ApiError {
         }
         let body = ErrorBody { error: self.to_string(), kind: self.kind() };
         let mut response = (status, Json(body)).into_response();
-        if status == StatusCode::SERVICE_UNAVAILABLE {
+        if status == StatusCode::SERVICE_UNAVAILABLE || status == StatusCode::TOO_MANY_REQUESTS {
             response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER_SECS));
         }
         // The refused body may not have been read to its end (past what

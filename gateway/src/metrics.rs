@@ -3,6 +3,7 @@
 //! (`splitserve_host_*`, fetched over the control channel at each scrape,
 //! labelled `model`, `version` and `host`: the control socket's path, so
 //! the label set is bounded by the sockets this gateway has known).
+//! An iterative model's host adds its jobs and steps ([`export_jobs`]).
 //! Exposition by metrics-exporter-prometheus; durations in seconds.
 
 use std::sync::OnceLock;
@@ -154,11 +155,34 @@ fn export_host(s: &HostStatus, host: &[(&'static str, String); 3]) {
     for (reason, n) in &s.refused {
         counter!("splitserve_host_refused_total", &with(("reason", reason.clone()))).absolute(*n);
     }
+    if let Some(jobs) = &s.jobs {
+        export_jobs(jobs, host);
+    }
     if let protocol::Phase::Ready(t) = s.phase {
         for (milestone, ms) in
             [("device_ready", t.device_ready_ms), ("weights_loaded", t.weights_loaded_ms), ("warmup_done", t.warmup_done_ms)]
         {
             gauge!("splitserve_host_startup_seconds", &with(("milestone", milestone.to_string()))).set(ms / 1e3);
         }
+    }
+}
+
+/// An iterative model's jobs (in the host's table, by state) and steps:
+/// `rate(splitserve_host_job_steps_total)` is steps per second, and its
+/// ratio to `rate(splitserve_host_job_step_batches_total)` the mean number
+/// of jobs whose steps ran together.
+fn export_jobs(j: &protocol::jobs::JobCounts, host: &[(&'static str, String); 3]) {
+    for (state, n) in [("queued", j.queued), ("running", j.running), ("succeeded", j.succeeded), ("failed", j.failed), ("canceled", j.canceled)] {
+        let mut labels = host.to_vec();
+        labels.push(("state", state.to_string()));
+        gauge!("splitserve_host_jobs", &labels).set(n as f64);
+    }
+    counter!("splitserve_host_job_steps_total", host).absolute(j.steps_total);
+    counter!("splitserve_host_job_step_batches_total", host).absolute(j.step_batches_total);
+    gauge!("splitserve_host_job_step_seconds_total", host).set(j.step_seconds_total);
+    for (size, n) in &j.step_batches_by_size {
+        let mut labels = host.to_vec();
+        labels.push(("batch_size", size.to_string()));
+        counter!("splitserve_host_job_step_batches_by_size_total", &labels).absolute(*n);
     }
 }

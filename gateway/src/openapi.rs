@@ -33,6 +33,7 @@ pub const DOCS_PATH: &str = "/docs";
     ),
     tags(
         (name = "v1", description = "The gateway's own API: images in, labels, boxes or masks out."),
+        (name = "jobs", description = "Iterative models (many steps per answer): submit a job, watch its progress, cancel it, fetch its result."),
         (name = "v2", description = "The Open Inference Protocol (KServe v2 / Triton) REST API."),
         (name = "health", description = "Liveness and readiness for load balancers and orchestrators."),
         (name = "operations", description = "Hosts, their counters, and Prometheus metrics."),

@@ -105,10 +105,52 @@ pub struct Config {
     #[arg(long, env = "MODEL_HOST_NVJPEG")]
     pub nvjpeg: Option<std::path::PathBuf>,
 
+    /// Where the host keeps what must outlive it: an iterative model's
+    /// jobs and results (under jobs/<socket name>/). Under systemd,
+    /// StateDirectory= sets $STATE_DIRECTORY, used when this is not given.
+    #[arg(long, env = "MODEL_HOST_STATE_DIR", default_value_os_t = default_state_dir())]
+    pub state_dir: PathBuf,
+
+    /// Iterative models: seconds a finished job's status and result are kept.
+    #[arg(long, env = "MODEL_HOST_JOB_RETENTION_SECS", default_value_t = 3600)]
+    pub job_retention_secs: u64,
+
+    /// Iterative models: jobs waiting to run before a submit is refused
+    /// (the gateway answers 429 naming this limit).
+    #[arg(long, env = "MODEL_HOST_JOB_MAX_QUEUED", default_value_t = 256,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub job_max_queued: u32,
+
+    /// Iterative models: finished jobs kept; past it the oldest are removed
+    /// before their retention ends.
+    #[arg(long, env = "MODEL_HOST_JOB_MAX_RESULTS", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub job_max_results: u32,
+
+    /// Iterative models: bytes of results kept; past it the oldest are
+    /// removed before their retention ends.
+    #[arg(long, env = "MODEL_HOST_JOB_MAX_RESULT_BYTES", default_value_t = 1 << 30)]
+    pub job_max_result_bytes: u64,
+
+    /// Iterative models: the least time between two steps of the job loop,
+    /// in milliseconds. 0 (the default) runs steps back to back; more
+    /// leaves the device (or the CPU) to others, and makes a job's
+    /// progress slow enough to watch in a demonstration or a test.
+    #[arg(long, env = "MODEL_HOST_JOB_STEP_INTERVAL_MS", default_value_t = 0,
+          value_parser = clap::value_parser!(u64).range(0..=60_000))]
+    pub job_step_interval_ms: u64,
+
     /// Log format on stderr: text (human) or json (one object per line,
     /// for log collectors). Verbosity comes from RUST_LOG (default info).
     #[arg(long, env = "MODEL_HOST_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+}
+
+/// systemd's StateDirectory= (its first entry), else /var/lib/model-host.
+fn default_state_dir() -> PathBuf {
+    std::env::var_os("STATE_DIRECTORY")
+        .and_then(|dirs| std::env::split_paths(&dirs).next())
+        .unwrap_or_else(|| PathBuf::from("/var/lib/model-host"))
 }
 
 /// `--device`: parsed once, resolved against the hardware at startup.

@@ -9,6 +9,10 @@
 //!   (forward, top-k) or a tensor model (named tensors in and out), with
 //!   its config, device and pre-processing.
 //!
+//! - [`jobs`]: an iterative model instead (model.toml's `[iterative]`):
+//!   its job table, the store under the state directory, and the thread
+//!   that steps every running job together.
+//!
 //! Around it: [`config`] (flags), [`startup`] (phases and timings),
 //! [`notify`] (systemd), [`counters`], [`error`].
 // `unsafe` lives in one module, [`torch_shim`] (the libtorch shim).
@@ -20,6 +24,7 @@ pub mod config;
 pub mod control;
 pub(crate) mod counters;
 pub mod error;
+pub(crate) mod jobs;
 pub mod model;
 pub(crate) mod notify;
 pub(crate) mod pipeline;
@@ -60,24 +65,36 @@ pub async fn run(
     let (reporter, phase) = PhaseReporter::new(process_start, notifier.clone());
     let phase_tx = reporter.sender();
     let counters = Arc::new(Counters::new(&loaded.config.batching.shapes()));
-    let (jobs, queues) = JobQueue::new(config.queue_capacity as usize, counters.clone());
+    let (job_queue, queues) = JobQueue::new(config.queue_capacity as usize, counters.clone());
     let (device_tx, device_rx) = tokio::sync::oneshot::channel();
     let model_config = loaded.config.clone();
-    ModelThread {
-        model: loaded,
-        device: config.device,
-        cpu_threads: config.cpu_threads,
-        spin: std::time::Duration::from_micros(config.spin_us),
-        warm_up_threads_after_ready: config.warm_up_threads_after_ready as usize,
-        load_headroom_mb: config.load_headroom_mb,
-        reporter,
-        counters: counters.clone(),
-        queues: Some(queues),
-        notifier: notifier.clone(),
-        nvjpeg: config.nvjpeg.clone(),
-        device_ready: device_tx,
-    }
-    .spawn();
+    let job_table = match loaded.config.kind.clone() {
+        ModelKind::Iterative(iterative) => {
+            let max_batch = loaded.config.batching.max_batch_size as usize;
+            let table = jobs::open(&config, &loaded.config.name, &iterative, max_batch)?;
+            jobs::runner::Runner {
+                config: iterative,
+                model: loaded,
+                device: config.device,
+                cpu_threads: config.cpu_threads,
+                reporter,
+                counters: counters.clone(),
+                table: table.clone(),
+                max_batch,
+                step_interval: Duration::from_millis(config.job_step_interval_ms),
+                device_ready: device_tx,
+            }
+            .spawn();
+            // No slot request reaches an iterative model (the session
+            // refuses its Infers before they queue): nothing reads these.
+            drop(queues);
+            Some(table)
+        }
+        _ => {
+            spawn_model_thread(&config, loaded, reporter, counters.clone(), queues, notifier.clone(), device_tx);
+            None
+        }
+    };
 
     // The device is known within milliseconds (before the weights load);
     // gateways need its name in the handshake.
@@ -85,11 +102,12 @@ pub async fn run(
         Ok(ready) => ready,
         Err(_) => return Err(startup_failure(&phase)),
     };
-    let model = model_info(&model_config, device);
+    let model = model_info(&model_config, device, job_table.as_deref());
     let ctx = Arc::new(HostContext {
         model,
         phase: phase.clone(),
-        jobs,
+        jobs: job_queue,
+        job_table: job_table.clone(),
         counters: counters.clone(),
         slots_per_gateway: config.slots_per_gateway,
         shm_mode: config.shm_mode,
@@ -104,12 +122,39 @@ pub async fn run(
         () = shutdown => {}
     }
     notifier.stopping();
-    drain(&phase_tx, &counters, Duration::from_secs(config.drain_timeout_secs)).await;
+    drain(&phase_tx, &counters, job_table.as_deref(), Duration::from_secs(config.drain_timeout_secs)).await;
     Ok(())
 }
 
+/// The model thread of an image classifier, tensor or vision model.
+fn spawn_model_thread(
+    config: &Config,
+    loaded: model_config::LoadedConfig,
+    reporter: PhaseReporter,
+    counters: Arc<Counters>,
+    queues: pipeline::jobs::Queues,
+    notifier: notify::Notifier,
+    device_tx: tokio::sync::oneshot::Sender<pipeline::model_thread::DeviceReady>,
+) {
+    ModelThread {
+        model: loaded,
+        device: config.device,
+        cpu_threads: config.cpu_threads,
+        spin: std::time::Duration::from_micros(config.spin_us),
+        warm_up_threads_after_ready: config.warm_up_threads_after_ready as usize,
+        load_headroom_mb: config.load_headroom_mb,
+        reporter,
+        counters,
+        queues: Some(queues),
+        notifier,
+        nvjpeg: config.nvjpeg.clone(),
+        device_ready: device_tx,
+    }
+    .spawn();
+}
+
 /// What gateways are told about the model in the handshake.
-fn model_info(config: &ModelConfig, device: pipeline::model_thread::DeviceReady) -> ModelInfo {
+fn model_info(config: &ModelConfig, device: pipeline::model_thread::DeviceReady, jobs: Option<&jobs::JobTable>) -> ModelInfo {
     let kind = match &config.kind {
         ModelKind::Classifier(c) => protocol::ModelKind::Classifier {
             input: ImageShape { width: c.input.width, height: c.input.height, channels: c.input.channels },
@@ -117,6 +162,10 @@ fn model_info(config: &ModelConfig, device: pipeline::model_thread::DeviceReady)
         },
         ModelKind::Tensors(signature) => protocol::ModelKind::Tensors(signature.clone()),
         ModelKind::Vision(v) => protocol::ModelKind::Vision(v.model.clone()),
+        ModelKind::Iterative(i) => {
+            let table = jobs.expect("an iterative model's host opens its job table before the handshake");
+            protocol::ModelKind::Iterative(jobs::model_info(table, i))
+        }
     };
     ModelInfo {
         name: config.name.clone(),
@@ -137,13 +186,20 @@ fn startup_failure(phase: &tokio::sync::watch::Receiver<Phase>) -> HostError {
 }
 
 /// Refuses new work (gateways see "draining"), then waits a bounded time for
-/// requests already queued or running.
-async fn drain(phase: &tokio::sync::watch::Sender<Phase>, counters: &Counters, limit: Duration) {
+/// requests (and an iterative model's jobs) already queued or running.
+/// Jobs still unfinished then are failed now, saying why, so that no
+/// gateway reads them as running while the host is away.
+async fn drain(phase: &tokio::sync::watch::Sender<Phase>, counters: &Counters, jobs: Option<&jobs::JobTable>, limit: Duration) {
     phase.send_replace(Phase::Draining);
     let started = Instant::now();
-    while counters.in_flight.load(Relaxed) > 0 && started.elapsed() < limit {
+    let busy = || counters.in_flight.load(Relaxed) > 0 || jobs.is_some_and(|j| j.unfinished() > 0);
+    while busy() && started.elapsed() < limit {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let left = counters.in_flight.load(Relaxed);
+    if let Some(jobs) = jobs {
+        let failed = jobs.fail_unfinished(&format!("the model host stopped (SIGTERM) and its {} s drain ended before the job did", limit.as_secs()));
+        tracing::info!(failed, "unfinished jobs failed");
+    }
     tracing::info!(left, waited_ms = started.elapsed().as_millis() as u64, "drained; exiting");
 }

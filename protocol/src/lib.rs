@@ -10,12 +10,15 @@
 //!   u32 length, then a bincode body, decoded with an explicit size limit.
 //! - [`message`]: the meaning. [`GatewayMessage`] and [`HostMessage`] are the
 //!   only things either side may say; [`handshake`] is the first exchange.
+//! - [`jobs`]: the messages' types for iterative models, whose requests
+//!   run for many steps as jobs the host keeps.
 //!
 //! This crate never links libtorch or CUDA: the gateway depends on it.
 #![deny(unsafe_code)]
 
 pub mod codec;
 pub mod handshake;
+pub mod jobs;
 pub mod message;
 pub mod shm;
 pub mod tag;
@@ -23,6 +26,7 @@ pub mod tensor;
 pub mod vision;
 
 pub use codec::{CodecError, ControlCodec, GatewayCodec, HostCodec, MAX_FRAME_LEN};
+pub use jobs::{IterativeModel, JobError, JobOutput, JobState, JobSubmit, JobView};
 pub use handshake::{HandshakeError, PROTOCOL_VERSION, check_hello};
 pub use message::*;
 pub use tag::{item_tag, request_tag};

@@ -32,6 +32,14 @@ pub enum GatewayMessage {
     Cancel { request_id: u64 },
     /// Asks for the host's counters and startup breakdown.
     Status { request_id: u64 },
+    /// Starts a job on an iterative model ([`crate::jobs`]); answered [`HostMessage::Job`].
+    JobSubmit(crate::jobs::JobSubmit),
+    /// Asks where a job is; answered [`HostMessage::Job`].
+    JobStatus { request_id: u64, id: String },
+    /// Cancels a job (between two of its steps); answered [`HostMessage::Job`].
+    JobCancel { request_id: u64, id: String },
+    /// Asks for a finished job's output; answered [`HostMessage::JobResult`].
+    JobResult { request_id: u64, id: String },
 }
 
 /// One request: what is in its slot, and what the gateway asks of it.
@@ -91,6 +99,9 @@ pub enum HostMessage {
     LeaseRefused { request_id: u64, reason: Refusal },
     InferDone { request_id: u64, result: Result<Prediction, InferError> },
     Status { request_id: u64, status: HostStatus },
+    /// A job as it is after the submit, status or cancel `request_id` asked for.
+    Job { request_id: u64, result: Result<crate::jobs::JobView, crate::jobs::JobError> },
+    JobResult { request_id: u64, result: Result<crate::jobs::JobOutput, crate::jobs::JobError> },
     /// The gateway broke the protocol; the host closes the connection after this.
     Violation { reason: String },
 }
@@ -150,6 +161,9 @@ pub enum ModelKind {
     /// outputs in the slot at the signature's placements; the gateway maps
     /// them back onto the client's image (see [`crate::vision`]).
     Vision(crate::vision::VisionModel),
+    /// Integer parameters in, an image out after many steps: served as
+    /// jobs ([`crate::jobs`]), never through slots.
+    Iterative(crate::jobs::IterativeModel),
 }
 
 /// An image input: height x width x channels uint8, row-major.
@@ -172,6 +186,19 @@ impl ImageShape {
     }
 }
 
+impl ModelKind {
+    /// Whether requests prepared for one serve the other: the same kind
+    /// and signature. An iterative model's host tag and queue bound name
+    /// its host, not its signature, so two replicas of one model differ
+    /// there and are still the same.
+    pub fn same_signature(&self, other: &ModelKind) -> bool {
+        match (self, other) {
+            (ModelKind::Iterative(a), ModelKind::Iterative(b)) => a.steps == b.steps && a.params == b.params && a.output == b.output,
+            (a, b) => a == b,
+        }
+    }
+}
+
 impl ModelInfo {
     /// Bytes a slot must hold: one image (or one JPEG file, when the host
     /// decodes), or a tensor model's inputs or outputs for one batch item,
@@ -181,6 +208,9 @@ impl ModelInfo {
             ModelKind::Classifier { input, .. } => input.len(),
             ModelKind::Tensors(signature) => signature.slot_bytes(),
             ModelKind::Vision(v) => v.signature.slot_bytes(),
+            // No request goes through a slot; the segment keeps one byte
+            // per slot so that its layout stays valid.
+            ModelKind::Iterative(_) => 1,
         };
         input.max(self.host_decode.map_or(0, |d| d.max_bytes))
     }
@@ -189,7 +219,7 @@ impl ModelInfo {
     pub fn classifier(&self) -> Option<(ImageShape, &[String])> {
         match &self.kind {
             ModelKind::Classifier { input, labels } => Some((*input, labels)),
-            ModelKind::Tensors(_) | ModelKind::Vision(_) => None,
+            ModelKind::Tensors(_) | ModelKind::Vision(_) | ModelKind::Iterative(_) => None,
         }
     }
 
@@ -199,7 +229,7 @@ impl ModelInfo {
         match &self.kind {
             ModelKind::Tensors(signature) => Some(signature),
             ModelKind::Vision(v) => Some(&v.signature),
-            ModelKind::Classifier { .. } => None,
+            ModelKind::Classifier { .. } | ModelKind::Iterative(_) => None,
         }
     }
 
@@ -207,6 +237,14 @@ impl ModelInfo {
     pub fn vision(&self) -> Option<&crate::vision::VisionModel> {
         match &self.kind {
             ModelKind::Vision(v) => Some(v),
+            _ => None,
+        }
+    }
+
+    /// An iterative model (served as jobs); None otherwise.
+    pub fn iterative(&self) -> Option<&crate::jobs::IterativeModel> {
+        match &self.kind {
+            ModelKind::Iterative(m) => Some(m),
             _ => None,
         }
     }
@@ -375,6 +413,8 @@ pub struct HostStatus {
     /// Batch sizes replayed from a captured CUDA graph; the others run
     /// eagerly (all of them off the GPU).
     pub graph_batch_sizes: Vec<u32>,
+    /// An iterative model's jobs and steps; None for other kinds.
+    pub jobs: Option<crate::jobs::JobCounts>,
 }
 
 impl GatewayMessage {
@@ -388,6 +428,10 @@ impl GatewayMessage {
             GatewayMessage::Infer(_) => "Infer",
             GatewayMessage::Cancel { .. } => "Cancel",
             GatewayMessage::Status { .. } => "Status",
+            GatewayMessage::JobSubmit(_) => "JobSubmit",
+            GatewayMessage::JobStatus { .. } => "JobStatus",
+            GatewayMessage::JobCancel { .. } => "JobCancel",
+            GatewayMessage::JobResult { .. } => "JobResult",
         }
     }
 }

@@ -108,6 +108,7 @@ async fn write(stream: &mut UnixStream, message: &HostMessage) -> std::io::Resul
 
 fn status() -> HostStatus {
     HostStatus {
+        jobs: None,
         pid: std::process::id(),
         phase: Phase::Ready(StartupTimings::default()),
         model_loads: 1,

@@ -15,6 +15,7 @@ impl ApiError {
     pub fn grpc_code(&self) -> Code {
         match self {
             ApiError::InvalidRequest { .. }
+            | ApiError::InvalidParam { .. }
             | ApiError::CorruptImage { .. }
             | ApiError::CorruptEncoding(_)
             | ApiError::TooManyPixels { .. }
@@ -30,6 +31,10 @@ impl ApiError {
             ApiError::BodyTimeout { .. } | ApiError::DeadlineExceeded { .. } => Code::DeadlineExceeded,
             ApiError::HostUnavailable { .. } => Code::Unavailable,
             ApiError::Overloaded { .. } => Code::ResourceExhausted,
+            // The job API is REST only (docs/jobs.md); listed for completeness.
+            ApiError::JobNotFound(_) => Code::NotFound,
+            ApiError::TooManyJobs { .. } | ApiError::JobTooLarge { .. } => Code::ResourceExhausted,
+            ApiError::NoResult { .. } => Code::FailedPrecondition,
             ApiError::Internal(_) => Code::Internal,
         }
     }

@@ -130,7 +130,7 @@ impl Fleet {
             .filter(|other| !Arc::ptr_eq(other, link) && other.phase().is_ready())
             .filter(|other| {
                 let m = other.model();
-                m.name == model.name && m.version == model.version && m.kind == model.kind && m.host_decode == model.host_decode
+                m.name == model.name && m.version == model.version && m.kind.same_signature(&model.kind) && m.host_decode == model.host_decode
             })
             .min_by_key(|other| other.outstanding())
             .cloned()
@@ -302,7 +302,7 @@ impl Fleet {
 /// signature than `model`: the text of the refusal, naming both.
 fn conflict(member: &Member, model: &ModelInfo) -> Option<String> {
     let theirs = member.live_link()?.model();
-    (theirs.name == model.name && theirs.version == model.version && theirs.kind != model.kind).then(|| {
+    (theirs.name == model.name && theirs.version == model.version && !theirs.kind.same_signature(&model.kind)).then(|| {
         format!(
             "serves model {} version {} with another signature than the host on {}; refused (give it another version)",
             model.name,

@@ -187,7 +187,9 @@ impl Link {
             HostMessage::Leased { request_id, .. }
             | HostMessage::LeaseRefused { request_id, .. }
             | HostMessage::InferDone { request_id, .. }
-            | HostMessage::Status { request_id, .. } => *request_id,
+            | HostMessage::Status { request_id, .. }
+            | HostMessage::Job { request_id, .. }
+            | HostMessage::JobResult { request_id, .. } => *request_id,
             other => {
                 tracing::warn!(message = ?other, "unexpected message from the host");
                 return;

@@ -12,11 +12,13 @@
 //! - [`trust`]: which users a host may run as; which directories may be watched.
 //! - [`link`]: one live connection: handshake, writer, reader, the table of
 //!   requests waiting for an answer, this gateway's slots.
+//! - [`jobs`]: an iterative model's job calls, and the host a job id names.
 //! - [`lease`]: a leased slot (RAII: given back if never sent) and the
 //!   in-flight request (cancelled at the host if its caller goes away).
 
 mod discovery;
 mod fleet;
+mod jobs;
 mod lease;
 mod link;
 mod member;
@@ -29,6 +31,7 @@ use std::path::PathBuf;
 use thiserror::Error;
 
 pub use fleet::Fleet;
+pub use jobs::JobCallError;
 pub use lease::SlotLease;
 pub use link::Link;
 pub use route::Route;

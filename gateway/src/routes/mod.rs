@@ -5,6 +5,7 @@
 //! | `GET /health/live`, `GET /health/ready` | [`health`] |
 //! | `GET /v1/models`, `GET /v1/models/{name}`, `GET /v1/hosts`, `GET /v1/host/status` | [`models`] |
 //! | `POST /v1/models/{name}/predict` | [`predict`]; a detection or segmentation model's in [`vision`] |
+//! | `POST /v1/models/{name}/jobs`, `/v1/jobs/{id}[/result,/cancel]` | [`jobs`] (iterative models); `/v1/jobs/{id}/events` in [`job_events`] |
 //! | `GET /metrics` | [`crate::metrics`] |
 //! | `GET /openapi.json`, `GET /docs` | [`crate::openapi`] |
 //! | `/v2/...`: the Open Inference Protocol (KServe v2 REST) | [`v2`] |
@@ -18,6 +19,8 @@
 
 pub mod health;
 pub mod host_call;
+pub mod job_events;
+pub mod jobs;
 pub mod models;
 pub mod predict;
 pub mod v2;
@@ -53,6 +56,11 @@ pub fn documented() -> OpenApiRouter<AppState> {
         .routes(routes!(models::list))
         .routes(routes!(models::describe))
         .routes(routes!(predict::predict))
+        .routes(routes!(jobs::submit))
+        .routes(routes!(jobs::status))
+        .routes(routes!(jobs::result))
+        .routes(routes!(jobs::cancel))
+        .routes(routes!(job_events::events))
         .routes(routes!(models::hosts))
         .routes(routes!(models::host_status))
         .routes(routes!(metrics::render))

@@ -34,6 +34,12 @@ fn describe_model(m: &ModelInfo) -> Value {
                 body[key] = value.clone();
             }
         }
+        ModelKind::Iterative(i) => {
+            body["kind"] = json!("iterative");
+            body["steps"] = json!(i.steps);
+            body["params"] = json!(i.params.iter().map(|p| json!({ "name": p.name, "min": p.min, "max": p.max })).collect::<Vec<_>>());
+            body["output"] = json!({ "width": i.output.width, "height": i.output.height, "channels": i.output.channels, "format": "image/png" });
+        }
         ModelKind::Classifier { input, labels } => {
             body["kind"] = json!("image_classifier");
             body["input"] = json!({ "width": input.width, "height": input.height, "channels": input.channels, "dtype": "uint8" });
@@ -57,7 +63,8 @@ pub struct ModelDescription {
     max_batch_size: u32,
     /// Where the host runs the model, e.g. `cpu` or `cuda:0`.
     device: String,
-    /// `image_classifier`, `detection`, `segmentation` or `tensors`.
+    /// `image_classifier`, `detection`, `segmentation`, `tensors` or
+    /// `iterative` (served as jobs: `POST /v1/models/{name}/jobs`).
     kind: String,
     /// An image model's input: width, height, channels and dtype (`uint8`).
     input: Option<ImageInput>,
@@ -75,6 +82,14 @@ pub struct ModelDescription {
     /// A tensor model's inputs and outputs, per batch item.
     inputs: Option<Vec<TensorDescription>>,
     outputs: Option<Vec<TensorDescription>>,
+    /// An iterative model's most (and default) steps per job.
+    steps: Option<u32>,
+    /// An iterative model's job parameters: each `{name, min, max}` (integers).
+    #[schema(value_type = Option<Vec<Object>>)]
+    params: Option<Value>,
+    /// An iterative model's result: width, height, channels, format (`image/png`).
+    #[schema(value_type = Option<Object>)]
+    output: Option<Value>,
     /// `GET /v1/models`: how many hosts serve it, and how many are ready.
     hosts: Option<usize>,
     ready_hosts: Option<usize>,

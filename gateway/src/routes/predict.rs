@@ -95,7 +95,9 @@ pub struct Timings {
 }
 
 /// One image in: a classifier's top classes, a detector's boxes, or a
-/// segmenter's classes (or mask as PNG). The image is the body as it is
+/// segmenter's classes (or mask as PNG). An iterative model's requests run
+/// as jobs: with `Prefer: respond-async` and its JSON parameters, this
+/// answers 202 as `POST /v1/models/{name}/jobs` does. The image is the body as it is
 /// (PNG, JPEG or WebP; the type sniffed for application/octet-stream),
 /// a multipart form's file, or the model's input as raw pixels
 /// (application/x-pixels: height x width x channels uint8).
@@ -109,6 +111,8 @@ pub struct Timings {
     responses(
         (status = 200, description = "The answer: JSON, or for a segmenter asked for `png` or `cutout`, a PNG.",
             content((PredictAnswer = "application/json"), (Binary = "image/png"))),
+        (status = 202, description = "An iterative model's job, with `Prefer: respond-async` (see `POST /v1/models/{name}/jobs`).",
+            body = crate::routes::jobs::JobBody),
         InferErrors,
     ),
 )]
@@ -126,6 +130,9 @@ pub async fn predict(
     // Borrowed from the link for the whole request: ModelInfo carries every
     // label (1000 strings for an ImageNet model), too much to copy per request.
     let model = link.model();
+    if model.iterative().is_some() {
+        return super::jobs::from_predict(&app, &link, request).await;
+    }
     let budget = match params.timeout_ms {
         Some(ms) => Duration::from_millis(ms).min(app.limits.request_timeout),
         None => app.limits.request_timeout,

@@ -13,6 +13,8 @@ pub struct HostContext {
     pub model: ModelInfo,
     pub phase: watch::Receiver<Phase>,
     pub jobs: JobQueue,
+    /// An iterative model's jobs (None for other kinds).
+    pub job_table: Option<Arc<crate::jobs::JobTable>>,
     pub counters: Arc<Counters>,
     pub slots_per_gateway: u32,
     pub shm_mode: u32,
@@ -34,6 +36,7 @@ impl HostContext {
             model,
             phase,
             jobs,
+            job_table: None,
             counters,
             slots_per_gateway: 2,
             shm_mode: 0o600,

@@ -11,6 +11,7 @@
 
 pub(crate) mod connection;
 pub(crate) mod context;
+pub(crate) mod job_calls;
 pub(crate) mod leases;
 pub mod peer_auth;
 pub(crate) mod server;

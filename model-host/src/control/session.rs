@@ -65,6 +65,10 @@ impl<'a> Session<'a> {
                 Ok(None)
             }
             GatewayMessage::Status { request_id } => Ok(Some(HostMessage::Status { request_id, status: self.status() })),
+            job @ (GatewayMessage::JobSubmit(_)
+            | GatewayMessage::JobStatus { .. }
+            | GatewayMessage::JobCancel { .. }
+            | GatewayMessage::JobResult { .. }) => Ok(super::job_calls::answer(self.ctx, job)),
             other @ (GatewayMessage::Hello { .. } | GatewayMessage::SegmentMapped) => {
                 Err(Violation(format!("{} after the handshake", other.kind())))
             }
@@ -110,6 +114,7 @@ impl<'a> Session<'a> {
                     ModelKind::Classifier { .. } => "an image classifier",
                     ModelKind::Tensors(_) => "a tensor model",
                     ModelKind::Vision(_) => "a vision model",
+                    ModelKind::Iterative(_) => "an iterative model (send it jobs)",
                 };
                 return refuse(InferError::InvalidRequest(format!("{ask:?} asked of {kind}")));
             }
@@ -220,6 +225,7 @@ impl<'a> Session<'a> {
             refused: c.refused(),
             jpegs_decoded: Counters::get64(&c.jpegs_decoded),
             graph_batch_sizes: c.graphs(),
+            jobs: self.ctx.job_table.as_ref().map(|t| t.counts()),
         }
     }
 }

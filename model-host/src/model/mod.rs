@@ -87,6 +87,8 @@ impl Model {
             ModelKind::Tensors(signature) => Model::Tensors(TensorModel::load_reporting(file, signature, o, device, Vec::new(), progress)?),
             // Runs as a tensor model whose input the preprocessor normalised:
             // its outputs are checked against the task's at warm-up.
+            // Run by crate::jobs, never as a batch of slots.
+            ModelKind::Iterative(_) => return Err(ModelError::Load("an iterative model is run by the job runner".into())),
             ModelKind::Vision(v) => {
                 let fields = v.model.signature.outputs.iter().map(|o| config::vision::declared_by(&o.name)).collect();
                 Model::Tensors(TensorModel::load_reporting(file, &v.model.signature, o, device, fields, progress)?)

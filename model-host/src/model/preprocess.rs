@@ -28,6 +28,8 @@ impl Preprocessor {
             // Pixels like a classifier's; the outputs come back like a tensor model's.
             ModelKind::Vision(v) => Preprocessor::Image(ImagePreprocessor::new(&v.input, &config.optimization, device)?),
             ModelKind::Tensors(signature) => Preprocessor::Tensors(TensorUploader::new(signature, &config.optimization, device)),
+            // Its jobs never go through slots (crate::jobs runs them).
+            ModelKind::Iterative(_) => return Err(tch::TchError::Kind("an iterative model takes no slot input".into())),
         })
     }
 

@@ -171,6 +171,14 @@ pub async fn execute<R>(
         ModelKind::Tensors(signature) | ModelKind::Vision(protocol::VisionModel { signature, .. }) => {
             Plan::Tensors(signature, tensor_model::validate(inputs, model, signature, &mut data, outputs, default)?)
         }
+        // Its requests run for many steps: the Open Inference Protocol has
+        // no shape for a job (an id to poll), so they go to the job API.
+        ModelKind::Iterative(_) => {
+            return Err(ApiError::InvalidRequest {
+                field: "model",
+                problem: format!("{} is an iterative model: submit jobs to POST /v1/models/{}/jobs (see docs/jobs.md)", model.name, model.name),
+            });
+        }
     };
     // Held (in use, so not unregistered) until the answer is written.
     let _input_regions = data.finish()?;

@@ -109,8 +109,20 @@ pub fn describe(app: &AppState, name: &str, version: Option<&str>) -> Result<Val
                 vec![json!({ "name": OUTPUT_PROBABILITIES, "datatype": "FP32", "shape": [-1, labels.len()] })],
             )
         }
+        // Described, not served: v2 has no job shape (docs/jobs.md).
+        ModelKind::Iterative(i) => iterative_tensors(i),
     };
     Ok(json!({ "name": m.name, "versions": versions, "platform": PLATFORM, "inputs": inputs, "outputs": outputs }))
+}
+
+/// An iterative model's parameters as INT64 inputs and its image as the
+/// output, for clients that list models; its requests go to the job API.
+fn iterative_tensors(i: &protocol::IterativeModel) -> (Vec<Value>, Vec<Value>) {
+    let o = i.output;
+    (
+        i.params.iter().map(|p| json!({ "name": p.name, "datatype": "INT64", "shape": [-1, 1] })).collect(),
+        vec![json!({ "name": "image", "datatype": "UINT8", "shape": [-1, o.height, o.width, o.channels] })],
+    )
 }
 
 /// A tensor model's input or output: the batch dimension is -1.
@@ -156,6 +168,17 @@ fn triton_config(m: &ModelInfo) -> Value {
             "output": signature.outputs.iter().map(config_tensor).collect::<Vec<_>>(),
             "parameters": { "device": { "string_value": m.device } },
         }),
+        ModelKind::Iterative(i) => {
+            let (inputs, outputs) = iterative_tensors(i);
+            return json!({
+                "name": m.name,
+                "platform": PLATFORM,
+                "max_batch_size": m.max_batch_size,
+                "input": inputs.iter().map(|t| json!({ "name": t["name"], "data_type": "TYPE_INT64", "dims": [1] })).collect::<Vec<_>>(),
+                "output": outputs.iter().map(|t| json!({ "name": t["name"], "data_type": "TYPE_UINT8", "dims": &t["shape"].as_array().map(|s| s[1..].to_vec()) })).collect::<Vec<_>>(),
+                "parameters": { "device": { "string_value": m.device }, "jobs": { "string_value": format!("/v1/models/{}/jobs", m.name) } },
+            });
+        }
     };
     json!({
         "name": m.name,

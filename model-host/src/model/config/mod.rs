@@ -7,7 +7,9 @@
 //!   in and out, laid out in the slot as `protocol::tensor` says;
 //! - a **vision model** (`[input]` + `[detection]` or `[segmentation]`):
 //!   pixels in like a classifier, the task's tensors out like a tensor
-//!   model (see [`vision`]).
+//!   model (see [`vision`]);
+//! - an **iterative model** (`[iterative]`): integer parameters in, an
+//!   image out after many steps, run by the host as jobs (see [`iterative`]).
 //!
 //! An image classifier:
 //!
@@ -98,6 +100,9 @@ pub enum ModelKind {
     /// uint8 pixels in, normalised on the device; detection or
     /// segmentation tensors out through the slot ([`vision`]).
     Vision(VisionConfig),
+    /// Integer parameters in, an image out after many steps, run as jobs
+    /// ([`iterative`]).
+    Iterative(iterative::IterativeConfig),
 }
 
 /// A vision model's `[input]` and its task (`[detection]` or `[segmentation]`).
@@ -118,7 +123,7 @@ impl ModelConfig {
     pub fn classifier(&self) -> Option<&ClassifierConfig> {
         match &self.kind {
             ModelKind::Classifier(c) => Some(c),
-            ModelKind::Tensors(_) | ModelKind::Vision(_) => None,
+            ModelKind::Tensors(_) | ModelKind::Vision(_) | ModelKind::Iterative(_) => None,
         }
     }
 
@@ -129,14 +134,14 @@ impl ModelConfig {
         match &self.kind {
             ModelKind::Classifier(c) => Some((&c.input, protocol::vision::Resize::Stretch)),
             ModelKind::Vision(v) => Some((&v.input, v.model.resize())),
-            ModelKind::Tensors(_) => None,
+            ModelKind::Tensors(_) | ModelKind::Iterative(_) => None,
         }
     }
 
     #[cfg(test)]
     pub fn tensors(&self) -> Option<&TensorSignature> {
         match &self.kind {
-            ModelKind::Classifier(_) | ModelKind::Vision(_) => None,
+            ModelKind::Classifier(_) | ModelKind::Vision(_) | ModelKind::Iterative(_) => None,
             ModelKind::Tensors(signature) => Some(signature),
         }
     }
@@ -150,6 +155,8 @@ impl ModelConfig {
             ModelKind::Tensors(signature) => signature.input_bytes() as usize,
             // The pixels only: IMAGE is the signature's one input, at 0.
             ModelKind::Vision(v) => v.model.input.len() as usize,
+            // Jobs carry their parameters in messages, not slots.
+            ModelKind::Iterative(_) => 0,
         }
     }
 }
@@ -170,6 +177,7 @@ struct ModelToml {
     outputs: Option<Vec<TensorToml>>,
     detection: Option<vision::DetectionToml>,
     segmentation: Option<vision::SegmentationToml>,
+    iterative: Option<iterative::IterativeToml>,
     batching: BatchingConfig,
     #[serde(default)]
     optimization: OptimizationConfig,
@@ -337,16 +345,20 @@ fn validate(raw: ModelToml) -> Result<ModelConfig, Invalid> {
     if !is_name(&raw.name) {
         return Err(("name", format!("{:?} must be non-empty ASCII letters, digits, '-', '_' or '.'", raw.name)));
     }
-    let kind = match (raw.input, raw.output, raw.inputs, raw.outputs, raw.detection, raw.segmentation) {
-        (Some(input), None, None, None, Some(d), None) => vision::kind(input, |i| vision::detection(i, d))?,
-        (Some(input), None, None, None, None, Some(s)) => vision::kind(input, |i| vision::segmentation(i, s))?,
-        (_, _, _, _, Some(_), _) | (_, _, _, _, _, Some(_)) => {
+    let kind = match (raw.input, raw.output, raw.inputs, raw.outputs, raw.detection, raw.segmentation, raw.iterative) {
+        (None, None, None, None, None, None, Some(t)) => iterative::kind(t)?,
+        (_, _, _, _, _, _, Some(_)) => {
+            return Err(("iterative", "[iterative] goes alone, without [input], [output], [[inputs]], [[outputs]], [detection] or [segmentation]".into()));
+        }
+        (Some(input), None, None, None, Some(d), None, None) => vision::kind(input, |i| vision::detection(i, d))?,
+        (Some(input), None, None, None, None, Some(s), None) => vision::kind(input, |i| vision::segmentation(i, s))?,
+        (_, _, _, _, Some(_), _, None) | (_, _, _, _, _, Some(_), None) => {
             return Err(("detection", "[detection] or [segmentation] (one of them) goes with [input] alone, without [output], [[inputs]] or [[outputs]]".into()));
         }
-        (input, output, inputs, outputs, None, None) => classic_kind(input, output, inputs, outputs)?,
+        (input, output, inputs, outputs, None, None, None) => classic_kind(input, output, inputs, outputs)?,
     };
     validate_batching(&raw.batching)?;
-    let decode = decode::validate(raw.decode, raw.host_decode, !matches!(kind, ModelKind::Tensors(_)))?;
+    let decode = decode::validate(raw.decode, raw.host_decode, matches!(kind, ModelKind::Classifier(_) | ModelKind::Vision(_)))?;
     Ok(ModelConfig {
         name: raw.name,
         version: raw.version,
@@ -481,6 +493,7 @@ fn validate_batching(b: &BatchingConfig) -> Result<(), Invalid> {
 }
 
 pub mod decode;
+pub mod iterative;
 mod optimization;
 #[cfg(test)]
 mod tests;
