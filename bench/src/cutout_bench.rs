@@ -1,7 +1,8 @@
 //! How fast a segmenter's answer is made on one gateway core, per image:
 //! the mask brought back to the photo's size (`masks::to_original`), then
 //! the `format=cutout` PNG (the photo as RGBA with the alpha applied) or
-//! the `format=png` alpha, for a one-channel alpha mask at the model's
+//! the `format=png` alpha, or the JSON answer's per-class pixel counts and
+//! boxes, for a one-channel alpha mask at the model's
 //! size (512x512 by default, as a background-removal network gives) and a
 //! photo of the size users send (1920x1080 by default).
 //!
@@ -89,12 +90,15 @@ fn main() -> anyhow::Result<()> {
     let (mask_ms, mask) = time(args.runs, || to_original(&outputs, &signature, &spec, &transform).expect("mask"));
     let (cutout_ms, cutout) = time(args.runs, || mask.cutout(&rgb).expect("cutout"));
     let (png_ms, png) = time(args.runs, || mask.png(MaskKind::Alpha).expect("png"));
+    let (areas_ms, _) = time(args.runs, || mask.areas(&spec.labels));
     println!("{width}x{height} photo, {0}x{0} alpha mask, one core, median of {1} runs:", args.mask, args.runs);
     println!("| step | ms | answer bytes |");
     println!("|---|---|---|");
     println!("| mask to the photo's size | {mask_ms:.2} | |");
     println!("| cut-out: alpha applied, RGBA PNG | {cutout_ms:.2} | {} |", cutout.len());
     println!("| alpha as PNG | {png_ms:.2} | {} |", png.len());
+    println!("| per-class pixels and boxes (the JSON answer) | {areas_ms:.2} | |");
     println!("| format=cutout in all | {:.2} | |", mask_ms + cutout_ms);
+    println!("| JSON in all | {:.2} | |", mask_ms + areas_ms);
     Ok(())
 }

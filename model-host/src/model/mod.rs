@@ -56,8 +56,8 @@ pub enum Launched {
 pub enum Outputs {
     /// (class index, probability), best first.
     TopK(Vec<Vec<(u32, f32)>>),
-    /// Each item's outputs, laid out at the output placements of a slot.
-    Rows(Vec<Vec<u8>>),
+    /// Each item's outputs, to be written at the output placements of its slot.
+    Rows(tensor_model::HostRows),
 }
 
 impl Outputs {

@@ -28,7 +28,7 @@ use crate::model::dtype::{datatype_of, is_floating, kind_of};
 use crate::model::optimized::OptimizedModule;
 use crate::model::readback::ToHost;
 use crate::model::warm_up::OutputCheck;
-use crate::torch_shim::OutputNames;
+use crate::torch_shim::{OutputNames, host_bytes};
 
 pub struct TensorModel {
     /// The module, its graphs and its warm-up.
@@ -115,21 +115,66 @@ impl TensorModel {
 }
 
 impl Launched {
-    /// Waits for the batch and lays out the first `rows` items' outputs,
-    /// one buffer per item, each ready to be written into that item's slot.
-    pub fn collect(self, rows: usize) -> Result<Vec<Vec<u8>>, ModelError> {
-        let mut out = vec![vec![0u8; self.row_bytes]; rows];
-        for (tensor, at) in self.outputs.wait()?.iter().zip(&self.placements) {
-            let item = at.len as usize;
-            let used = tensor.f_narrow(0, 0, rows as i64)?;
-            // Already in host memory (readback.rs); made contiguous first as needed.
-            let mut bytes = vec![0u8; rows * item];
-            used.f_copy_data_u8(&mut bytes, used.numel())?;
-            for (row, chunk) in out.iter_mut().zip(bytes.chunks_exact(item)) {
-                row[at.range()].copy_from_slice(chunk);
+    /// Waits for the batch and keeps the first `rows` items' outputs in
+    /// host memory, each item's to be written into its slot from there.
+    pub fn collect(self, rows: usize) -> Result<HostRows, ModelError> {
+        // Contiguous for host_bytes (a copy only if the model's output was not).
+        let tensors = self.outputs.wait()?.into_iter().map(|t| t.f_contiguous()).collect::<Result<Vec<_>, _>>()?;
+        for (t, at) in tensors.iter().zip(&self.placements) {
+            let have = t.numel() * t.f_kind()?.elt_size_in_bytes();
+            if have < rows * at.len as usize {
+                return Err(ModelError::Outputs(format!("an output of {have} bytes for {rows} items of {} bytes", at.len)));
             }
         }
-        Ok(out)
+        Ok(HostRows { tensors, placements: self.placements, rows, row_bytes: self.row_bytes })
+    }
+}
+
+/// A batch's outputs back in host memory (see [`Launched::collect`]).
+pub struct HostRows {
+    /// In `[[outputs]]` order, contiguous, `[batch, ...]` (padding rows last).
+    tensors: Vec<Tensor>,
+    placements: Vec<Placement>,
+    rows: usize,
+    row_bytes: usize,
+}
+
+impl HostRows {
+    pub fn len(&self) -> usize {
+        self.rows
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rows == 0
+    }
+
+    /// Item `i`'s outputs: (offset in its slot, bytes), one per output, read
+    /// in place from the read-back tensors.
+    pub fn row(&self, i: usize) -> Result<Vec<(u64, &[u8])>, ModelError> {
+        self.tensors
+            .iter()
+            .zip(&self.placements)
+            .map(|(t, at)| {
+                let item = at.len as usize;
+                let bytes = host_bytes(t).map_err(|e| ModelError::Outputs(e.0))?;
+                let part = bytes.get(i * item..(i + 1) * item).ok_or_else(|| ModelError::Outputs(format!("no item {i} in an output")))?;
+                Ok((at.offset, part))
+            })
+            .collect()
+    }
+
+    /// Every item's outputs laid out as in a slot, padding zeroed: for
+    /// tests and benchmarks.
+    pub fn to_vecs(&self) -> Result<Vec<Vec<u8>>, ModelError> {
+        (0..self.rows)
+            .map(|i| {
+                let mut row = vec![0u8; self.row_bytes];
+                for (offset, bytes) in self.row(i)? {
+                    row[offset as usize..offset as usize + bytes.len()].copy_from_slice(bytes);
+                }
+                Ok(row)
+            })
+            .collect()
     }
 }
 
@@ -300,7 +345,7 @@ for name, module in [("dict", TwoInThreeOut()), ("tuple", Tuple3()), ("single", 
 
     fn byte_rows(outputs: Outputs) -> Vec<Vec<u8>> {
         match outputs {
-            Outputs::Rows(rows) => rows,
+            Outputs::Rows(rows) => rows.to_vecs().unwrap(),
             Outputs::TopK(_) => panic!("a tensor model gave top-k rows"),
         }
     }
@@ -341,7 +386,7 @@ for name, module in [("dict", TwoInThreeOut()), ("tuple", Tuple3()), ("single", 
         let staging: Vec<u8> = (0..2).flat_map(|i| dict_item(&signature, i + 1)).collect();
         let input = Preprocessor::Tensors(pre).upload_bytes(&staging, 2).unwrap();
         assert_eq!(input.tensors.iter().map(Tensor::kind).collect::<Vec<_>>(), [Kind::BFloat16, Kind::Int64]);
-        let rows = model.launch(input).unwrap().collect(2).unwrap();
+        let rows = model.launch(input).unwrap().collect(2).unwrap().to_vecs().unwrap();
         // item*10 + j + 1 <= 26 is exact in bf16 (8 bits of mantissa).
         for (i, row) in rows.iter().enumerate() {
             check_dict_row(&signature, row, i as i64 + 1);

@@ -195,10 +195,14 @@ pub fn finish(batch: Running, counters: &Counters) {
             }
         }
         Outputs::Rows(rows) => {
-            for (job, row) in jobs.into_iter().zip(rows) {
+            for (i, job) in jobs.into_iter().enumerate() {
                 // The gateway reads the outputs when it handles the answer,
-                // so they must be in the slot before it is sent.
-                let result = match job.segment.write_slot(job.slot.index, &row) {
+                // so they must be in the slot before it is sent: each
+                // straight from the read-back memory, no copy between.
+                let written = rows.row(i).map_err(|e| e.to_string()).and_then(|parts| {
+                    parts.into_iter().try_for_each(|(offset, bytes)| job.segment.write_slot_at(job.slot.index, offset, bytes).map_err(|e| e.to_string()))
+                });
+                let result = match written {
                     Ok(()) => Ok(Prediction { output: Output::InSlot, timings: timings(&job) }),
                     Err(e) => {
                         tracing::warn!(request_id = %job.tag, error = %e, "writing the outputs into the slot failed");

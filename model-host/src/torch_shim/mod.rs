@@ -323,6 +323,24 @@ impl HostBuffer {
     }
 }
 
+/// The bytes of a contiguous CPU tensor (read-back outputs), borrowed for
+/// as long as the tensor is: read straight into a slot, with no copy to a
+/// `Vec` first.
+pub fn host_bytes(tensor: &Tensor) -> Result<&[u8], ShimError> {
+    if tensor.device() != Device::Cpu || !tensor.is_contiguous() {
+        return Err(ShimError(format!("host_bytes needs a contiguous CPU tensor; got {:?} on {:?}", tensor.size(), tensor.device())));
+    }
+    let len = tensor.numel() * tensor.kind().elt_size_in_bytes();
+    if len == 0 {
+        return Ok(&[]);
+    }
+    // SAFETY: a contiguous CPU tensor's data is `numel * element size`
+    // bytes at data_ptr, alive while the tensor (borrowed for the slice's
+    // lifetime) is; the read-back tensors this is used on have no other
+    // handle that writes them.
+    Ok(unsafe { std::slice::from_raw_parts(tensor.data_ptr().cast::<u8>(), len) })
+}
+
 /// A CUDA graph of one forward pass over fixed input tensors. Write the
 /// next batch into [`Self::inputs`] (on the stream replays run on), then
 /// [`Self::replay`]; its outputs then hold the result, until the next

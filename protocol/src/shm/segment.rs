@@ -95,6 +95,12 @@ impl Segment {
         Ok(self.mapping.copy_in(range.start, data)?)
     }
 
+    /// Copies `data` into slot `index`, `offset` bytes from its start.
+    pub fn write_slot_at(&self, index: u32, offset: u64, data: &[u8]) -> Result<(), ShmError> {
+        let range = self.layout.slot_range(index, offset.saturating_add(data.len() as u64))?;
+        Ok(self.mapping.copy_in(range.start + offset as usize, data)?)
+    }
+
     /// Copies the first `dst.len()` bytes of slot `index` into `dst`. A
     /// misbehaving gateway that writes the slot meanwhile can only change
     /// which pixel values we read.
