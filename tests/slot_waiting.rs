@@ -102,3 +102,40 @@ async fn a_slot_is_leased_while_the_body_is_still_arriving() {
     assert_eq!(top_label(&body), sample.label, "{body}");
     assert_eq!(gateway.host_status().await["leased_slots"], 0);
 }
+
+/// Overload is refused before the body is read: with this gateway's slots
+/// all leased (two requests whose bodies are still arriving) and no
+/// waiting room, a request that has sent only its headers gets the 503
+/// and its `Retry-After` at once; a gateway that read the body first would
+/// wait for a body that never comes. For a classifier and a vision model.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_overloaded_gateway_refuses_before_reading_the_body() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    for (model, name) in [(digits_model(), "digits"), (integration_tests::root().join("models/shapes-detector"), "shapes-detector")] {
+        let scratch = Scratch::new();
+        let _host = scratch.start_host(&["--model", model.to_str().unwrap(), "--slots-per-gateway", "2"]);
+        let gateway = scratch.start_gateway(&["--max-waiting", "0"]);
+        gateway.wait_ready().await;
+        let url = gateway.url(&format!("/v1/models/{name}/predict"));
+        // Two requests hold both slots: half a body each, the rest never sent.
+        let mut held = Vec::new();
+        for _ in 0..2 {
+            let (tx, rx) = futures::channel::mpsc::unbounded::<Result<Vec<u8>, std::io::Error>>();
+            tx.unbounded_send(Ok(vec![0x89, b'P', b'N', b'G'])).unwrap();
+            let request = reqwest::Client::new().post(&url).header("content-type", "image/png").body(reqwest::Body::wrap_stream(rx)).send();
+            held.push((tx, tokio::spawn(request)));
+        }
+        let leased = integration_tests::eventually(Duration::from_secs(20), async || gateway.host_status().await["leased_slots"] == 2).await;
+        assert!(leased.is_some(), "{name}: the two held requests did not lease both slots: {}", gateway.host_status().await);
+
+        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", gateway.port)).await.unwrap();
+        let head = format!("POST /v1/models/{name}/predict HTTP/1.1\r\nHost: test\r\nContent-Type: image/png\r\nContent-Length: 100000\r\n\r\n");
+        stream.write_all(head.as_bytes()).await.unwrap();
+        let mut answer = vec![0u8; 4096];
+        let n = tokio::time::timeout(Duration::from_secs(30), stream.read(&mut answer)).await.expect("no answer to the headers").unwrap();
+        let answer = String::from_utf8_lossy(&answer[..n]).to_lowercase();
+        assert!(answer.starts_with("http/1.1 503"), "{name}: {answer}");
+        assert!(answer.contains("retry-after:") && answer.contains("overloaded"), "{name}: {answer}");
+        drop(held);
+    }
+}

@@ -67,6 +67,18 @@ pub async fn run_tensors_from(
     tag: String,
 ) -> Result<(Vec<u8>, HostTimings), ApiError> {
     let lease = lease(route, deadline, budget_ms).await?;
+    run_tensors_leased(lease, inputs, payload, deadline, budget_ms, tag).await
+}
+
+/// [`run_tensors_from`] in a slot already leased.
+pub async fn run_tensors_leased(
+    lease: SlotLease,
+    inputs: &[u8],
+    payload: Payload,
+    deadline: Instant,
+    budget_ms: u64,
+    tag: String,
+) -> Result<(Vec<u8>, HostTimings), ApiError> {
     let (prediction, outputs) = send(lease, inputs, payload, Ask::Tensors, deadline, budget_ms, tag).await?;
     match prediction.output {
         Output::InSlot => Ok((outputs, prediction.timings)),

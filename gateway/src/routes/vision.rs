@@ -101,29 +101,34 @@ pub async fn predict(app: &AppState, link: &Route, params: VisionParams, request
     };
     let tag = request_id::of(&request);
     let (parts, body) = request.into_parts();
-    let body = read_body(body, &parts.headers, app.limits.max_body_bytes, app.limits.body_timeout).await?;
-    crate::metrics::record_body(body.len());
-    let upload = extract_image(&parts.headers, body).await?;
     let budget_ms = deadline.saturating_duration_since(started).as_millis() as u64;
-
-    let decode_started = Instant::now();
     let (input, resize, max_pixels) = (vision.input, vision.resize(), app.limits.max_pixels);
     let keep_rgb = answer == Answer::Cutout;
-    let prepared = match to_host_decode(&upload, model.host_decode.as_ref(), keep_rgb, max_pixels)? {
-        // The host decodes and letterboxes it on its GPU; the transform
-        // follows from the header alone (`Resize::content`, shared).
-        Some(to_host) => Prepared {
-            transform: Transform::new(resize, to_host.upright, (input.width, input.height)),
-            payload: Payload::Jpeg { len: upload.bytes.len() as u32, orientation: to_host.orientation },
-            pixels: upload.bytes.to_vec(),
-            rgb: None,
-        },
-        None => tokio::task::spawn_blocking(move || prepare(upload, input, resize, keep_rgb, max_pixels))
-            .await
-            .map_err(|e| ApiError::Internal(format!("decode task: {e}")))??,
+    let body_to_input = async {
+        let body = read_body(body, &parts.headers, app.limits.max_body_bytes, app.limits.body_timeout).await?;
+        crate::metrics::record_body(body.len());
+        let upload = extract_image(&parts.headers, body).await?;
+        let decode_started = Instant::now();
+        let prepared = match to_host_decode(&upload, model.host_decode.as_ref(), keep_rgb, max_pixels)? {
+            // The host decodes and letterboxes it on its GPU; the transform
+            // follows from the header alone (`Resize::content`, shared).
+            Some(to_host) => Prepared {
+                transform: Transform::new(resize, to_host.upright, (input.width, input.height)),
+                payload: Payload::Jpeg { len: upload.bytes.len() as u32, orientation: to_host.orientation },
+                pixels: upload.bytes.to_vec(),
+                rgb: None,
+            },
+            None => tokio::task::spawn_blocking(move || prepare(upload, input, resize, keep_rgb, max_pixels))
+                .await
+                .map_err(|e| ApiError::Internal(format!("decode task: {e}")))??,
+        };
+        Ok::<_, ApiError>((prepared, decode_started.elapsed()))
     };
-    let decode = decode_started.elapsed();
-    let (outputs, t) = host_call::run_tensors_from(link, &prepared.pixels, prepared.payload, deadline, budget_ms, tag).await?;
+    // Admission before the body: the slot is leased while the body
+    // arrives, so an overloaded host's 503 goes out before the body is read
+    // (a lease not wanted is released when the body fails).
+    let ((prepared, decode), lease) = tokio::try_join!(body_to_input, host_call::lease(link, deadline, budget_ms))?;
+    let (outputs, t) = host_call::run_tensors_leased(lease, &prepared.pixels, prepared.payload, deadline, budget_ms, tag).await?;
     let post_started = Instant::now();
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
     let timings = json!({ "decode": ms(decode), "queue": t.queue_us as f64 / 1e3, "inference": t.inference_us as f64 / 1e3 });
