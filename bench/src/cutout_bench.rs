@@ -48,14 +48,15 @@ fn photo(width: u32, height: u32) -> Vec<u8> {
     rgb
 }
 
-/// A soft-edged ellipse filling about half the mask: alpha in 0..1, little-endian f32.
+/// A soft-edged ellipse filling about half the mask: the alpha 8-bit, as
+/// the host answers (made on its device).
 fn alpha_plane(size: u32) -> Vec<u8> {
     let c = size as f32 / 2.0;
     (0..size * size)
-        .flat_map(|i| {
+        .map(|i| {
             let (x, y) = ((i % size) as f32 - c, (i / size) as f32 - c * 1.1);
             let d = ((x / (0.6 * c)).powi(2) + (y / (0.8 * c)).powi(2)).sqrt();
-            (((1.0 - d) * 8.0).clamp(0.0, 1.0)).to_le_bytes()
+            (((1.0 - d) * 8.0).clamp(0.0, 1.0) * 255.0).round() as u8
         })
         .collect()
 }
@@ -83,7 +84,7 @@ fn main() -> anyhow::Result<()> {
     let spec = SegmentationSpec { labels: vec!["background".into(), "foreground".into()], resize: Resize::Stretch, mask: MaskKind::Alpha, width: args.mask, height: args.mask };
     let input = ImageShape { width: args.mask, height: args.mask, channels: 3 };
     let signature = VisionModel::new(input, VisionTask::Segmentation(spec.clone())).signature;
-    let outputs = alpha_plane(args.mask);
+    let outputs = alpha_plane(args.mask); // the mask output is at offset 0
     let transform = Transform::new(Resize::Stretch, (width, height), (args.mask, args.mask));
     let rgb = photo(width, height);
 

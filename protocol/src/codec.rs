@@ -175,9 +175,10 @@ mod tests {
             Just(GatewayMessage::SegmentMapped),
             any::<u64>().prop_map(|request_id| GatewayMessage::Lease { request_id }),
             slot.clone().prop_map(|slot| GatewayMessage::Release { slot }),
-            (any::<u64>(), slot, proptest::option::of(any::<u32>()), any::<u64>(), "[ -~]{0,64}", proptest::option::of(any::<(u32, u8)>()))
-                .prop_map(|(request_id, slot, k, budget_us, tag, jpeg)| {
-                    let ask = k.map_or(Ask::Tensors, |k| Ask::TopK { k });
+            (any::<u64>(), slot, proptest::option::of(any::<u32>()), any::<u64>(), "[ -~]{0,64}", proptest::option::of(any::<(u32, u8)>()), any::<bool>())
+                .prop_map(|(request_id, slot, k, budget_us, tag, jpeg, answer)| {
+                    let raw = if answer { Ask::Answer } else { Ask::Tensors };
+                    let ask = k.map_or(raw, |k| Ask::TopK { k });
                     let payload = jpeg.map_or(Payload::Input, |(len, orientation)| Payload::Jpeg { len, orientation });
                     GatewayMessage::Infer(InferRequest { request_id, slot, ask, budget_us, tag, payload })
                 }),

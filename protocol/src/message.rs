@@ -80,8 +80,15 @@ pub enum Ask {
     /// A tensor model: the slot holds one batch item's inputs at the
     /// signature's placements; the host writes the outputs over them and
     /// answers [`Output::InSlot`]. A vision model's requests ask this too
-    /// (its one input is the image).
+    /// (its one input is the image) for `/v2`, which returns them raw.
     Tensors,
+    /// A vision model's answer for `/v1/.../predict`: as [`Ask::Tensors`],
+    /// except that a segmentation mask comes back 8-bit at the mask's
+    /// size, made on the device: the alpha as 0-255 for an alpha mask, or
+    /// each pixel's class index for class scores; `width * height` bytes
+    /// at the mask output's offset (a quarter of an alpha mask's fp32, and
+    /// 1/(4 x classes) of class scores, read back and copied).
+    Answer,
 }
 
 /// Longest request tag a gateway may send.

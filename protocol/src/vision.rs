@@ -126,6 +126,14 @@ impl SegmentationSpec {
             MaskKind::Alpha => 1,
         }
     }
+
+    /// Whether the answer to [`crate::Ask::Answer`] holds the mask 8-bit
+    /// (`width * height` bytes: the alpha, or each pixel's class index),
+    /// made on the host's device; else it holds the raw fp32 planes. Both
+    /// sides decide by this: an index must fit a byte.
+    pub fn answer_is_8bit(&self) -> bool {
+        self.mask == MaskKind::Alpha || self.labels.len() <= 256
+    }
 }
 
 impl VisionModel {

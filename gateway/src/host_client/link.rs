@@ -66,8 +66,9 @@ struct Waiter {
     /// None once the caller gave up; the entry stays while it holds a permit,
     /// so that the slot counts as taken until the host's answer frees it.
     answer: Option<oneshot::Sender<Answer>>,
-    /// The slot to copy a tensor model's outputs out of, for an Infer.
-    read_back: Option<u32>,
+    /// The slot to copy a tensor model's outputs out of, for an Infer, and
+    /// how many bytes of them (see [`Link::outputs_len`]).
+    read_back: Option<(u32, u64)>,
     /// The slot's permit, for a Lease or an Infer.
     permit: Option<OwnedSemaphorePermit>,
 }
@@ -207,7 +208,7 @@ impl Link {
             return self.unread(Answer { message, outputs: Vec::new(), permit: waiter.permit });
         };
         let outputs = match (&message, waiter.read_back) {
-            (HostMessage::InferDone { result: Ok(_), .. }, Some(index)) => self.read_outputs(index),
+            (HostMessage::InferDone { result: Ok(_), .. }, Some((index, len))) => self.read_outputs(index, len),
             _ => Ok(Vec::new()),
         };
         let answer_of = match outputs {
@@ -234,9 +235,25 @@ impl Link {
         drop(answer.permit);
     }
 
-    /// Copies a tensor model's outputs out of slot `index`.
-    fn read_outputs(&self, index: u32) -> Result<Vec<u8>, String> {
-        let len = self.model().tensors().map_or(0, |t| t.output_bytes());
+    /// The bytes of a slot's output area an answer to `ask` fills: all the
+    /// outputs, or for a segmenter's 8-bit answer its mask's bytes only.
+    fn outputs_len(&self, ask: Ask) -> u64 {
+        let model = self.model();
+        let all = model.tensors().map_or(0, |t| t.output_bytes());
+        match (ask, model.vision()) {
+            (Ask::Answer, Some(v)) => match &v.task {
+                protocol::vision::VisionTask::Segmentation(s) if s.answer_is_8bit() => {
+                    let at = v.signature.output_placements()[0];
+                    (at.offset + u64::from(s.width) * u64::from(s.height)).min(all)
+                }
+                _ => all,
+            },
+            _ => all,
+        }
+    }
+
+    /// Copies the first `len` bytes of a tensor model's outputs out of slot `index`.
+    fn read_outputs(&self, index: u32, len: u64) -> Result<Vec<u8>, String> {
         let mut outputs = vec![0; len as usize];
         self.segment.read_slot(index, &mut outputs).map_err(|e| format!("reading the outputs from slot {index}: {e}"))?;
         Ok(outputs)
@@ -290,7 +307,7 @@ impl Link {
     ) -> Result<oneshot::Receiver<Answer>, HostCallError> {
         let (tx, rx) = oneshot::channel();
         let read_back = match &message {
-            GatewayMessage::Infer(r) if r.ask == Ask::Tensors => Some(r.slot.index),
+            GatewayMessage::Infer(r) if matches!(r.ask, Ask::Tensors | Ask::Answer) => Some((r.slot.index, self.outputs_len(r.ask))),
             _ => None,
         };
         {

@@ -46,8 +46,37 @@ pub struct ClassArea {
     pub bbox: Option<[u32; 4]>,
 }
 
-/// Reads one item's mask from its output area and brings it to the original size.
+/// Reads one item's mask from its answer ([`protocol::Ask::Answer`]) and
+/// brings it to the original size: 8-bit as the host made it on its device
+/// (see `SegmentationSpec::answer_is_8bit`), else the raw fp32 planes.
 pub fn to_original(outputs: &[u8], signature: &TensorSignature, spec: &SegmentationSpec, t: &Transform) -> Result<Mask, String> {
+    if spec.answer_is_8bit() { small_to_original(outputs, signature, spec, t) } else { raw_to_original(outputs, signature, spec, t) }
+}
+
+/// The 8-bit mask (the alpha, or each pixel's class index) at the original
+/// size: the alpha resized bilinear, a class map nearest (an index is not
+/// a quantity to blend).
+pub fn small_to_original(outputs: &[u8], signature: &TensorSignature, spec: &SegmentationSpec, t: &Transform) -> Result<Mask, String> {
+    let at = signature.output_placements()[0];
+    let len = spec.width as usize * spec.height as usize;
+    let small = outputs.get(at.offset as usize..at.offset as usize + len).ok_or("the mask is outside the slot")?.to_vec();
+    let size = (spec.width, spec.height);
+    Ok(match spec.mask {
+        MaskKind::Alpha => {
+            let alpha = resize_plane(small, PixelType::U8, size, t, bilinear())?;
+            Mask { width: t.original.0, height: t.original.1, classes: alpha.iter().map(|&a| u8::from(a >= 128)).collect(), alpha }
+        }
+        MaskKind::Classes => {
+            let classes = resize_plane(small, PixelType::U8, size, t, ResizeAlg::Nearest)?;
+            let alpha = classes.iter().map(|&c| if c == 0 { 0 } else { 255 }).collect();
+            Mask { width: t.original.0, height: t.original.1, classes, alpha }
+        }
+    })
+}
+
+/// The raw fp32 planes (an alpha in 0..1, or one score plane per class) at
+/// the original size.
+pub fn raw_to_original(outputs: &[u8], signature: &TensorSignature, spec: &SegmentationSpec, t: &Transform) -> Result<Mask, String> {
     let at = signature.output_placements()[0];
     let bytes = outputs.get(at.range()).ok_or("the mask is outside the slot")?;
     let size = (spec.width, spec.height);
@@ -56,14 +85,14 @@ pub fn to_original(outputs: &[u8], signature: &TensorSignature, spec: &Segmentat
         MaskKind::Alpha => {
             let plane = bytes.get(..plane_len).ok_or("the alpha mask is shorter than its size")?;
             let small: Vec<u8> = plane.chunks_exact(4).map(|c| alpha_byte(f32::from_le_bytes([c[0], c[1], c[2], c[3]]))).collect();
-            let alpha = resize_plane(small, PixelType::U8, size, t)?;
+            let alpha = resize_plane(small, PixelType::U8, size, t, bilinear())?;
             (alpha.iter().map(|&a| u8::from(a >= 128)).collect(), alpha)
         }
         MaskKind::Classes => {
             let planes: Vec<Vec<f32>> = bytes
                 .chunks_exact(plane_len)
                 .map(|plane| {
-                    let resized = resize_plane(plane.to_vec(), PixelType::F32, size, t)?;
+                    let resized = resize_plane(plane.to_vec(), PixelType::F32, size, t, bilinear())?;
                     Ok(resized.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
                 })
                 .collect::<Result<_, String>>()?;
@@ -78,6 +107,10 @@ pub fn to_original(outputs: &[u8], signature: &TensorSignature, spec: &Segmentat
     Ok(Mask { width: t.original.0, height: t.original.1, classes, alpha })
 }
 
+fn bilinear() -> ResizeAlg {
+    ResizeAlg::Convolution(FilterType::Bilinear)
+}
+
 /// An alpha in 0..1 as a byte (0..255), rounded.
 fn alpha_byte(value: f32) -> u8 {
     (value.clamp(0.0, 1.0) * 255.0).round() as u8
@@ -85,11 +118,11 @@ fn alpha_byte(value: f32) -> u8 {
 
 /// One plane (`pixel` type, `size`) cropped to the content and resized to
 /// the original; its bytes.
-fn resize_plane(plane: Vec<u8>, pixel: PixelType, size: (u32, u32), t: &Transform) -> Result<Vec<u8>, String> {
+fn resize_plane(plane: Vec<u8>, pixel: PixelType, size: (u32, u32), t: &Transform, how: ResizeAlg) -> Result<Vec<u8>, String> {
     let src = Image::from_vec_u8(size.0, size.1, plane, pixel).map_err(|e| e.to_string())?;
     let mut dst = Image::new(t.original.0, t.original.1, pixel);
     let (left, top, w, h) = t.content_in(size);
-    let options = ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::Bilinear)).crop(left, top, w, h);
+    let options = ResizeOptions::new().resize_alg(how).crop(left, top, w, h);
     Resizer::new().resize(&src, &mut dst, &options).map_err(|e| e.to_string())?;
     Ok(dst.into_vec())
 }
@@ -180,6 +213,39 @@ mod tests {
         values.iter().flat_map(|v| v.to_le_bytes()).collect()
     }
 
+    /// The mask as the host sends an answer (8-bit, made on its device) at
+    /// the mask output's offset, the rest of the slot's output area zero.
+    fn small(sig: &TensorSignature, bytes: &[u8]) -> Vec<u8> {
+        let at = sig.output_placements()[0];
+        let mut out = vec![0u8; at.range().end];
+        out[at.offset as usize..at.offset as usize + bytes.len()].copy_from_slice(bytes);
+        out
+    }
+
+    /// An 8-bit alpha gives the mask its fp32 form gives (the host rounds
+    /// 255 x alpha as the gateway did), and a class map is resized nearest.
+    #[test]
+    fn the_8bit_answer_matches_the_raw_planes() {
+        let (spec, sig) = model(MaskKind::Alpha, 2, 4, Resize::Letterbox { pad: 0 });
+        let levels: Vec<u8> = (0..16).map(|i| (i * 17) as u8).collect();
+        let plane: Vec<f32> = levels.iter().map(|&v| f32::from(v) / 255.0).collect();
+        let t = Transform::new(spec.resize, (16, 8), (8, 8));
+        let raw = raw_to_original(&le(&plane), &sig, &spec, &t).unwrap();
+        let eight = to_original(&small(&sig, &levels), &sig, &spec, &t).unwrap();
+        assert_eq!((eight.alpha, eight.classes), (raw.alpha, raw.classes));
+
+        // Classes 2x2 blocks of a 4x4 map, stretched to 8x8: each block 4x4.
+        let (spec, sig) = model(MaskKind::Classes, 3, 4, Resize::Stretch);
+        let map = [0u8, 0, 1, 1, 0, 0, 1, 1, 2, 2, 0, 0, 2, 2, 0, 0];
+        let t = Transform::new(spec.resize, (8, 8), (8, 8));
+        let mask = to_original(&small(&sig, &map), &sig, &spec, &t).unwrap();
+        for y in 0..8 {
+            let want: Vec<u8> = (0..8).map(|x| map[(y / 2) * 4 + x / 2]).collect();
+            assert_eq!(mask.classes[y * 8..(y + 1) * 8], want[..], "row {y}");
+        }
+        assert_eq!(mask.areas(&spec.labels).iter().map(|a| a.pixels).collect::<Vec<_>>(), [32, 16, 16]);
+    }
+
     #[test]
     fn an_alpha_mask_is_cropped_out_of_the_letterbox_and_resized() {
         // 8x8 input, 4x4 mask; a 16x8 image letterboxes to 8x4 at (0, 2),
@@ -190,7 +256,7 @@ mod tests {
         let pad = [0.0f32, 0.0, 1.0, 1.0];
         let plane = [pad, content, content, pad].concat();
         let t = Transform::new(spec.resize, (16, 8), (8, 8));
-        let mask = to_original(&le(&plane), &sig, &spec, &t).unwrap();
+        let mask = raw_to_original(&le(&plane), &sig, &spec, &t).unwrap();
         assert_eq!((mask.width, mask.height), (16, 8));
         // (The bilinear filter's support reaches a little past the crop, so
         // the two columns at the edge are left out.)
@@ -239,7 +305,7 @@ mod tests {
         // Planes 2x2: class 2 top-left, class 1 bottom-right, class 0 elsewhere.
         let planes = [[1.0, 1.0, 1.0, 0.0], [0.0, 0.0, 0.0, 5.0], [4.0, 0.0, 0.0, 0.0]].concat();
         let t = Transform::new(spec.resize, (4, 4), (8, 8));
-        let mask = to_original(&le(&planes), &sig, &spec, &t).unwrap();
+        let mask = raw_to_original(&le(&planes), &sig, &spec, &t).unwrap();
         assert_eq!(mask.classes[0], 2);
         assert_eq!(mask.classes[15], 1);
         assert_eq!(mask.classes[3], 0);

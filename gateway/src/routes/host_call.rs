@@ -67,19 +67,22 @@ pub async fn run_tensors_from(
     tag: String,
 ) -> Result<(Vec<u8>, HostTimings), ApiError> {
     let lease = lease(route, deadline, budget_ms).await?;
-    run_tensors_leased(lease, inputs, payload, deadline, budget_ms, tag).await
+    run_tensors_leased(lease, inputs, payload, Ask::Tensors, deadline, budget_ms, tag).await
 }
 
-/// [`run_tensors_from`] in a slot already leased.
+/// [`run_tensors_from`] in a slot already leased; `ask` is
+/// [`Ask::Tensors`] (the raw outputs), or a vision model's [`Ask::Answer`]
+/// (a segmenter's mask 8-bit).
 pub async fn run_tensors_leased(
     lease: SlotLease,
     inputs: &[u8],
     payload: Payload,
+    ask: Ask,
     deadline: Instant,
     budget_ms: u64,
     tag: String,
 ) -> Result<(Vec<u8>, HostTimings), ApiError> {
-    let (prediction, outputs) = send(lease, inputs, payload, Ask::Tensors, deadline, budget_ms, tag).await?;
+    let (prediction, outputs) = send(lease, inputs, payload, ask, deadline, budget_ms, tag).await?;
     match prediction.output {
         Output::InSlot => Ok((outputs, prediction.timings)),
         Output::TopK(_) => Err(ApiError::Internal("the host answered a tensor model with classes".into())),

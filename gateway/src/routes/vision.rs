@@ -17,7 +17,7 @@ use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use image::ImageFormat;
 use protocol::vision::{DetectionSpec, Resize, SegmentationSpec, VisionModel, VisionTask};
-use protocol::{HostDecode, ImageShape, ModelInfo, Payload};
+use protocol::{Ask, HostDecode, ImageShape, ModelInfo, Payload};
 use serde_json::json;
 
 use crate::decode::host_side::{ToHost, send_to_host};
@@ -128,7 +128,8 @@ pub async fn predict(app: &AppState, link: &Route, params: VisionParams, request
     // arrives, so an overloaded host's 503 goes out before the body is read
     // (a lease not wanted is released when the body fails).
     let ((prepared, decode), lease) = tokio::try_join!(body_to_input, host_call::lease(link, deadline, budget_ms))?;
-    let (outputs, t) = host_call::run_tensors_leased(lease, &prepared.pixels, prepared.payload, deadline, budget_ms, tag).await?;
+    // The answer form: a segmenter's mask comes back 8-bit, made on the GPU.
+    let (outputs, t) = host_call::run_tensors_leased(lease, &prepared.pixels, prepared.payload, Ask::Answer, deadline, budget_ms, tag).await?;
     let post_started = Instant::now();
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
     let timings = json!({ "decode": ms(decode), "queue": t.queue_us as f64 / 1e3, "inference": t.inference_us as f64 / 1e3 });

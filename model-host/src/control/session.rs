@@ -107,7 +107,7 @@ impl<'a> Session<'a> {
         };
         let top_k = match (r.ask, &self.ctx.model.kind) {
             (Ask::TopK { k }, ModelKind::Classifier { .. }) => k,
-            (Ask::Tensors, ModelKind::Tensors(_) | ModelKind::Vision(_)) => 0,
+            (Ask::Tensors, ModelKind::Tensors(_) | ModelKind::Vision(_)) | (Ask::Answer, ModelKind::Vision(_)) => 0,
             (ask, _) => {
                 self.release_unsent(r.slot);
                 let kind = match self.ctx.model.kind {
@@ -145,6 +145,7 @@ impl<'a> Session<'a> {
             slot,
             segment: self.segment.clone(),
             top_k,
+            answer: r.ask == Ask::Answer,
             payload: r.payload,
             decoded: None,
             tag: r.tag,

@@ -39,6 +39,7 @@ use config::{ModelConfig, ModelKind};
 pub use error::ModelError;
 pub use input::Input;
 use preprocess::Preprocessor;
+pub use tensor_model::Forms;
 use tensor_model::TensorModel;
 
 pub enum Model {
@@ -91,7 +92,11 @@ impl Model {
             ModelKind::Iterative(_) => return Err(ModelError::Load("an iterative model is run by the job runner".into())),
             ModelKind::Vision(v) => {
                 let fields = v.model.signature.outputs.iter().map(|o| config::vision::declared_by(&o.name)).collect();
-                Model::Tensors(TensorModel::load_reporting(file, &v.model.signature, o, device, fields, progress)?)
+                let model = TensorModel::load_reporting(file, &v.model.signature, o, device, fields, progress)?;
+                Model::Tensors(match &v.model.task {
+                    protocol::vision::VisionTask::Segmentation(s) if s.answer_is_8bit() => model.with_mask(s.mask),
+                    _ => model,
+                })
             }
         })
     }
@@ -100,9 +105,15 @@ impl Model {
     /// on a GPU. `k`: the most classes any request of the batch asked for
     /// (ignored by a tensor model).
     pub fn launch(&self, input: Input, k: usize) -> Result<Launched, ModelError> {
+        self.launch_forms(input, k, Forms::RAW)
+    }
+
+    /// [`Self::launch`] making the output `forms` the batch's requests want
+    /// (a segmenter's raw mask, its 8-bit answer, or both).
+    pub fn launch_forms(&self, input: Input, k: usize, forms: Forms) -> Result<Launched, ModelError> {
         match self {
             Model::Classifier(model) => model.launch(input, k).map(Launched::Classifier),
-            Model::Tensors(model) => model.launch(input).map(Launched::Tensors),
+            Model::Tensors(model) => model.launch(input, forms).map(Launched::Tensors),
         }
     }
 

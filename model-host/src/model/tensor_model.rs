@@ -18,6 +18,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use protocol::vision::MaskKind;
 use protocol::{Placement, TensorSignature, TensorSpec};
 use tch::{Device, Tensor};
 
@@ -44,12 +45,32 @@ pub struct TensorModel {
     /// Per output, the model.toml fields that declared it when they are
     /// not `[[outputs]]` (a vision model's), for the mismatch error.
     declared_by: Arc<Vec<Option<&'static str>>>,
+    /// A segmenter's mask kind: its answer form is made 8-bit on the
+    /// device (see [`Forms`]).
+    mask: Option<MaskKind>,
+}
+
+/// Which forms of its outputs a batch's requests want: the raw tensors
+/// (`/v2`, and every model but a segmenter), and a segmenter's 8-bit
+/// mask (`/v1` predict's answer: [`protocol::Ask::Answer`]). Only those
+/// wanted are made and read back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Forms {
+    pub raw: bool,
+    pub small: bool,
+}
+
+impl Forms {
+    pub const RAW: Forms = Forms { raw: true, small: false };
 }
 
 /// A batch whose forward pass has been queued on the device; its outputs
 /// are checked and in `[[outputs]]` order.
 pub struct Launched {
+    /// The raw outputs (when wanted), then the 8-bit mask (when made).
     outputs: ToHost,
+    raw: bool,
+    small: bool,
     /// Bytes of one item of each output, and where it goes in the row.
     placements: Vec<Placement>,
     /// Bytes of one item's row: the outputs with their padding.
@@ -90,7 +111,14 @@ impl TensorModel {
         let check: OutputCheck = Arc::new(move |outs: &[Tensor], batch| check_all(outs, &specs, batch, cast, &fields));
         let module = OptimizedModule::load(file, optimization, device, names, check, progress)?;
         let (placements, row_bytes) = (signature.output_placements(), signature.output_bytes() as usize);
-        Ok(Self { module, placements, row_bytes, cast, declared_by, signature: signature.clone() })
+        Ok(Self { module, placements, row_bytes, cast, declared_by, signature: signature.clone(), mask: None })
+    }
+
+    /// Makes this a segmenter whose answer form is its mask made 8-bit on
+    /// the device (its one output is the mask).
+    pub fn with_mask(mut self, mask: MaskKind) -> Self {
+        self.mask = Some(mask);
+        self
     }
 
     /// The module, for warm-up and graphs.
@@ -105,12 +133,21 @@ impl TensorModel {
     /// Queues the forward pass on an uploaded batch, casts floating
     /// outputs back to their declared dtypes, and checks what it returned
     /// (dtype and shape are known before the values are).
-    pub fn launch(&self, input: Input) -> Result<Launched, ModelError> {
+    pub fn launch(&self, input: Input, forms: Forms) -> Result<Launched, ModelError> {
         let batch = input.batch;
         let outputs = tch::no_grad(|| self.module.forward(input))?;
         let outputs = if self.cast { cast_back(outputs, &self.signature.outputs)? } else { outputs };
         check_all(&outputs, &self.signature.outputs, batch, false, &self.declared_by)?;
-        Ok(Launched { outputs: ToHost::queue(outputs)?, placements: self.placements.clone(), row_bytes: self.row_bytes })
+        let small = match (self.mask, forms.small) {
+            (Some(kind), true) => Some(tch::no_grad(|| small_mask(&outputs[0], kind))?),
+            _ => None,
+        };
+        // Without a small form every request takes the raw one.
+        let raw = forms.raw || small.is_none();
+        let mut queued = if raw { outputs } else { Vec::new() };
+        let has_small = small.is_some();
+        queued.extend(small);
+        Ok(Launched { outputs: ToHost::queue(queued)?, raw, small: has_small, placements: self.placements.clone(), row_bytes: self.row_bytes })
     }
 }
 
@@ -119,21 +156,28 @@ impl Launched {
     /// host memory, each item's to be written into its slot from there.
     pub fn collect(self, rows: usize) -> Result<HostRows, ModelError> {
         // Contiguous for host_bytes (a copy only if the model's output was not).
-        let tensors = self.outputs.wait()?.into_iter().map(|t| t.f_contiguous()).collect::<Result<Vec<_>, _>>()?;
+        let mut tensors = self.outputs.wait()?.into_iter().map(|t| t.f_contiguous()).collect::<Result<Vec<_>, _>>()?;
+        let small = if self.small { tensors.pop() } else { None };
+        if !self.raw {
+            tensors.clear();
+        }
         for (t, at) in tensors.iter().zip(&self.placements) {
             let have = t.numel() * t.f_kind()?.elt_size_in_bytes();
             if have < rows * at.len as usize {
                 return Err(ModelError::Outputs(format!("an output of {have} bytes for {rows} items of {} bytes", at.len)));
             }
         }
-        Ok(HostRows { tensors, placements: self.placements, rows, row_bytes: self.row_bytes })
+        Ok(HostRows { tensors, small, placements: self.placements, rows, row_bytes: self.row_bytes })
     }
 }
 
 /// A batch's outputs back in host memory (see [`Launched::collect`]).
 pub struct HostRows {
-    /// In `[[outputs]]` order, contiguous, `[batch, ...]` (padding rows last).
+    /// In `[[outputs]]` order, contiguous, `[batch, ...]` (padding rows
+    /// last); empty when no request of the batch wanted them raw.
     tensors: Vec<Tensor>,
+    /// A segmenter's 8-bit mask, `[batch, h, w]` uint8, when made.
+    small: Option<Tensor>,
     placements: Vec<Placement>,
     rows: usize,
     row_bytes: usize,
@@ -149,8 +193,18 @@ impl HostRows {
     }
 
     /// Item `i`'s outputs: (offset in its slot, bytes), one per output, read
-    /// in place from the read-back tensors.
-    pub fn row(&self, i: usize) -> Result<Vec<(u64, &[u8])>, ModelError> {
+    /// in place from the read-back tensors: a segmenter's 8-bit mask at the
+    /// mask's offset for an `answer`, else the raw outputs.
+    pub fn row(&self, i: usize, answer: bool) -> Result<Vec<(u64, &[u8])>, ModelError> {
+        if let (true, Some(small), Some(at)) = (answer, &self.small, self.placements.first()) {
+            let bytes = host_bytes(small).map_err(|e| ModelError::Outputs(e.0))?;
+            let item = bytes.len() / small.size().first().copied().unwrap_or(1).max(1) as usize;
+            let part = bytes.get(i * item..(i + 1) * item).ok_or_else(|| ModelError::Outputs(format!("no item {i} in the mask")))?;
+            return Ok(vec![(at.offset, part)]);
+        }
+        if self.tensors.is_empty() {
+            return Err(ModelError::Outputs("the raw outputs were not read back for this batch".into()));
+        }
         self.tensors
             .iter()
             .zip(&self.placements)
@@ -169,13 +223,24 @@ impl HostRows {
         (0..self.rows)
             .map(|i| {
                 let mut row = vec![0u8; self.row_bytes];
-                for (offset, bytes) in self.row(i)? {
+                for (offset, bytes) in self.row(i, false)? {
                     row[offset as usize..offset as usize + bytes.len()].copy_from_slice(bytes);
                 }
                 Ok(row)
             })
             .collect()
     }
+}
+
+/// A segmenter's mask made 8-bit on the device: an alpha ([B, 1, h, w] in
+/// 0..1) as round(255 x alpha), class scores ([B, classes, h, w]) as each
+/// pixel's best class; [B, h, w] uint8. A new tensor (a graph's own
+/// output is overwritten by the next replay).
+fn small_mask(mask: &Tensor, kind: MaskKind) -> Result<Tensor, ModelError> {
+    Ok(match kind {
+        MaskKind::Alpha => mask.f_select(1, 0)?.f_clamp(0.0, 1.0)?.f_mul_scalar(255.0)?.f_round()?.f_to_kind(tch::Kind::Uint8)?,
+        MaskKind::Classes => mask.f_argmax(1, false)?.f_to_kind(tch::Kind::Uint8)?,
+    })
 }
 
 /// Floating outputs the module computed in another floating dtype (its
@@ -267,7 +332,12 @@ class Segment3(torch.nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.cat([x[:, :1], -x[:, :1], x[:, :1] * 0], 1)
 
-for name, module in [("dict", TwoInThreeOut()), ("tuple", Tuple3()), ("single", Single()), ("list", Listed()), ("segment3", Segment3())]:
+class Alpha1(torch.nn.Module):
+    # A vision model's alpha mask: [B, 1, H, W] in 0..1 from the first channel.
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.clamp(x[:, :1], 0.0, 1.0)
+
+for name, module in [("dict", TwoInThreeOut()), ("tuple", Tuple3()), ("single", Single()), ("list", Listed()), ("segment3", Segment3()), ("alpha1", Alpha1())]:
     torch.jit.script(module).save(f"{sys.argv[1]}/{name}.pt")
 "#;
 
@@ -386,7 +456,7 @@ for name, module in [("dict", TwoInThreeOut()), ("tuple", Tuple3()), ("single", 
         let staging: Vec<u8> = (0..2).flat_map(|i| dict_item(&signature, i + 1)).collect();
         let input = Preprocessor::Tensors(pre).upload_bytes(&staging, 2).unwrap();
         assert_eq!(input.tensors.iter().map(Tensor::kind).collect::<Vec<_>>(), [Kind::BFloat16, Kind::Int64]);
-        let rows = model.launch(input).unwrap().collect(2).unwrap().to_vecs().unwrap();
+        let rows = model.launch(input, Forms::RAW).unwrap().collect(2).unwrap().to_vecs().unwrap();
         // item*10 + j + 1 <= 26 is exact in bf16 (8 bits of mantissa).
         for (i, row) in rows.iter().enumerate() {
             check_dict_row(&signature, row, i as i64 + 1);
@@ -458,6 +528,38 @@ for name, module in [("dict", TwoInThreeOut()), ("tuple", Tuple3()), ("single", 
         let model = Model::load(&loaded.model_file, &loaded.config, Device::Cpu).unwrap();
         let err = model.run(&pre, &[0; 6], 1, 0).err().expect("a mismatch").to_string();
         assert!(err.contains("\"mask\"") && err.contains("[1, 3, 1, 2]") && err.contains("segmentation.mask"), "{err}");
+    }
+
+    /// A segmenter's answer form: its mask made 8-bit on the device (each
+    /// pixel's class, or 255 x alpha), only the forms a batch wants made,
+    /// each request's written from its own.
+    #[test]
+    fn a_segmenters_answer_is_its_mask_made_8_bit() {
+        for (file, mask, want) in [("segment3", "classes", [0u8, 1]), ("alpha1", "alpha", [255u8, 0])] {
+            let dir = tempfile::tempdir().unwrap();
+            let labels = if mask == "classes" { "[\"a\", \"b\", \"c\"]" } else { "[\"bg\", \"fg\"]" };
+            let toml = format!(
+                "name = \"seg\"\nversion = \"1\"\nfile = {:?}\n[input]\nwidth = 2\nheight = 1\nchannels = 3\nmean = [0.5, 0.5, 0.5]\nstd = [0.25, 0.25, 0.25]\n\
+                 [segmentation]\nmask = \"{mask}\"\nlabels = {labels}\nresize = \"stretch\"\n[batching]\nmax_batch_size = 2\n",
+                scripted(file)
+            );
+            std::fs::write(dir.path().join("model.toml"), toml).unwrap();
+            let loaded = crate::model::config::load(dir.path()).unwrap();
+            let pre = Preprocessor::new(&loaded.config, Device::Cpu).unwrap();
+            let model = Model::load(&loaded.model_file, &loaded.config, Device::Cpu).unwrap();
+            // Two pixels, red 255 then 0; two items.
+            let pixels = [255, 9, 9, 0, 9, 9, 255, 9, 9, 0, 9, 9];
+            for forms in [Forms { raw: false, small: true }, Forms { raw: true, small: true }] {
+                let launched = model.launch_forms(pre.upload_bytes(&pixels, 2).unwrap(), 0, forms).unwrap();
+                let crate::model::Launched::Tensors(launched) = launched else { panic!("a tensor model") };
+                let rows = launched.collect(2).unwrap();
+                for i in 0..2 {
+                    let answer = rows.row(i, true).unwrap();
+                    assert_eq!((answer.len(), answer[0].0, answer[0].1), (1, 0, &want[..]), "{file} {forms:?} item {i}");
+                    assert_eq!(rows.row(i, false).is_ok(), forms.raw, "{file} {forms:?}: raw rows only when wanted");
+                }
+            }
+        }
     }
 
     fn launch_error(file: &str, signature: &TensorSignature) -> ModelError {

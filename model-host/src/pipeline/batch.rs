@@ -15,7 +15,7 @@ use tch::Tensor;
 
 use crate::counters::{Counters, Refused};
 use crate::pipeline::jobs::Job;
-use crate::model::{Launched, Model, ModelError, Outputs};
+use crate::model::{Forms, Launched, Model, ModelError, Outputs};
 use crate::model::config::padded_batch;
 use crate::model::Input;
 use crate::model::preprocess::Preprocessor;
@@ -144,7 +144,9 @@ pub fn launch(model: &Model, batch: Uploaded) -> Running {
             uploaded.block_current().map_err(|e| ModelError::Stream(e.0))?;
         }
         borrowed.extend(input.tensors.iter().map(Tensor::shallow_clone));
-        model.launch(input, k)
+        // A segmenter makes only the mask forms its requests want.
+        let forms = Forms { raw: jobs.iter().any(|j| !j.answer), small: jobs.iter().any(|j| j.answer) };
+        model.launch_forms(input, k, forms)
     });
     Running { jobs, padded, launched, launched_at, borrowed }
 }
@@ -199,7 +201,7 @@ pub fn finish(batch: Running, counters: &Counters) {
                 // The gateway reads the outputs when it handles the answer,
                 // so they must be in the slot before it is sent: each
                 // straight from the read-back memory, no copy between.
-                let written = rows.row(i).map_err(|e| e.to_string()).and_then(|parts| {
+                let written = rows.row(i, job.answer).map_err(|e| e.to_string()).and_then(|parts| {
                     parts.into_iter().try_for_each(|(offset, bytes)| job.segment.write_slot_at(job.slot.index, offset, bytes).map_err(|e| e.to_string()))
                 });
                 let result = match written {

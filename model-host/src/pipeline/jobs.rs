@@ -30,6 +30,9 @@ pub struct Job {
     /// even if the gateway disconnects meanwhile.
     pub segment: Arc<Segment>,
     pub top_k: u32,
+    /// A vision model's answer ([`protocol::Ask::Answer`]: a segmentation
+    /// mask 8-bit) rather than its raw outputs.
+    pub answer: bool,
     /// What the slot holds: the input, or a JPEG for the host to decode
     /// (checked against the slot and the host's offer on arrival).
     pub payload: Payload,
@@ -67,6 +70,7 @@ impl Job {
             slot: SlotRef { index, generation: 1 },
             segment: segment.clone(),
             top_k: 1,
+            answer: false,
             payload,
             decoded: None,
             tag: format!("r{index}"),
