@@ -108,14 +108,7 @@ impl Runner {
     /// Device and threads, reported as the classifier's model thread does.
     fn start(&mut self) -> Result<Device, HostError> {
         let device = device::resolve(self.device)?;
-        let threads = match self.cpu_threads {
-            0 if device.is_cuda() => 1,
-            n => n as i32,
-        };
-        if threads > 0 {
-            tch::set_num_threads(threads);
-        }
-        tch::jit::set_profiling_mode(false);
+        device::set_threads(device, self.cpu_threads);
         let name = device::name(device);
         let ready = DeviceReady { name: name.clone(), host_decode: None };
         let _ = std::mem::replace(&mut self.device_ready, tokio::sync::oneshot::channel().0).send(ready);

@@ -89,3 +89,23 @@ pub fn prime_libraries(device: tch::Device, kind: tch::Kind) -> Option<std::thre
         })
         .ok()
 }
+
+/// libtorch's threads for a model on `device`: `cpu_threads` (0: one on a
+/// GPU, libtorch's default on a CPU), and TorchScript's profiling executor
+/// off. On a GPU the CPU side of a batch is two copies and kernel launches:
+/// more intra-op threads only spin-wait between them, and on an H100
+/// machine the default (one per core) kept all 16 cores busy and slowed
+/// every forward pass by half (docs/benchmarks.md). The profiling executor
+/// re-specialises the graph for each new input shape, costing seconds on
+/// the first requests of a shape (seen on an H100 with ResNet-50); batches
+/// are padded to a few warmed shapes instead.
+pub fn set_threads(device: tch::Device, cpu_threads: u32) {
+    let threads = match cpu_threads {
+        0 if device.is_cuda() => 1,
+        n => n as i32,
+    };
+    if threads > 0 {
+        tch::set_num_threads(threads);
+    }
+    tch::jit::set_profiling_mode(false);
+}

@@ -181,22 +181,7 @@ impl ModelThread {
     /// Device, weights, warm-up: each a reported phase with its timing.
     fn start(&mut self) -> Result<Started, HostError> {
         let device = device::resolve(self.device)?;
-        // On a GPU the CPU side of a batch is two copies and kernel
-        // launches: more intra-op threads only spin-wait between them, and
-        // on an H100 machine the default (one per core) kept all 16 cores
-        // busy and slowed every forward pass by half (docs/benchmarks.md).
-        let threads = match self.cpu_threads {
-            0 if device.is_cuda() => 1,
-            n => n as i32,
-        };
-        if threads > 0 {
-            tch::set_num_threads(threads);
-        }
-        // TorchScript's profiling executor re-specialises the graph for each
-        // new input shape, costing seconds on the first requests of a shape
-        // (seen on an H100 with ResNet-50); batches are padded to a few
-        // warmed shapes instead, and cuDNN may autotune each once.
-        tch::jit::set_profiling_mode(false);
+        device::set_threads(device, self.cpu_threads);
         if device.is_cuda() {
             tch::Cuda::cudnn_set_benchmark(self.model.config.optimization.cudnn_benchmark);
         }
