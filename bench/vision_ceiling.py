@@ -25,7 +25,6 @@ at batch 1 the same figure is the latency of one image.
 """
 import argparse
 import json
-import statistics
 import sys
 import time
 import tomllib
@@ -36,34 +35,9 @@ import torch.nn.functional as F
 import torchvision
 from torchvision.io import decode_jpeg
 
-
-def timed(fn, seconds, repeats):
-    """Median seconds per call of fn() over `repeats` runs of about `seconds`."""
-    for _ in range(3):
-        fn()
-    torch.cuda.synchronize()
-    runs = []
-    for _ in range(repeats):
-        calls, start = 0, time.perf_counter()
-        while time.perf_counter() - start < seconds:
-            fn()
-            calls += 1
-        torch.cuda.synchronize()
-        runs.append((time.perf_counter() - start) / calls)
-    return statistics.median(runs)
-
-
-def graph_of(module, static_in):
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side), torch.inference_mode():
-        for _ in range(3):
-            module(static_in)
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.inference_mode(), torch.cuda.graph(graph):
-        static_out = module(static_in)
-    return graph, static_out
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from ceiling import graph_of  # noqa: E402  (the same capture as the classifier's ceiling)
+from photo_ceiling import timed  # noqa: E402  (wall-clock: the decode is part CPU)
 
 
 class Task:
