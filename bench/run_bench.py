@@ -142,6 +142,25 @@ def loadgen(args, urls, images, content_type, label, jsonl, protocol="body", sta
             f.write(json.dumps(row) + "\n")
 
 
+# The split's processes by role, for their CPU time per request.
+ROLE_PIDS = {"gateway": [], "host": []}
+
+
+def process_cpu_seconds(pids):
+    """User + system CPU seconds of live processes, from /proc/PID/stat."""
+    tick, total = os.sysconf("SC_CLK_TCK"), 0.0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                # Fields after the command's closing parenthesis: state is
+                # field 3, utime 14 and stime 15.
+                fields = f.read().rsplit(")", 1)[1].split()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        total += (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
 def cpu_times():
     with open("/proc/stat") as f:
         fields = [int(x) for x in f.readline().split()[1:]]
@@ -161,7 +180,8 @@ def snapshot(urls):
                 if line.startswith("splitserve_gateway_stage_seconds_sum") or line.startswith("splitserve_gateway_stage_seconds_count"):
                     name, value = line.rsplit(" ", 1)
                     stages[name] = stages.get(name, 0.0) + float(value)
-    return {"host": host, "stages": stages, "cpu": cpu_times(), "t": time.monotonic()}
+    roles = {role: process_cpu_seconds(pids) for role, pids in ROLE_PIDS.items()}
+    return {"host": host, "stages": stages, "cpu": cpu_times(), "roles": roles, "t": time.monotonic()}
 
 
 def breakdown(a, b):
@@ -179,6 +199,10 @@ def breakdown(a, b):
         total = b["stages"].get(f"splitserve_gateway_stage_seconds_sum{key}", 0) - a["stages"].get(f"splitserve_gateway_stage_seconds_sum{key}", 0)
         if n:
             out[f"{stage}_ms_mean"] = round(1e3 * total / n, 3)
+    if requests:
+        # CPU time per request of all gateways, and of the host.
+        for role in ("gateway", "host"):
+            out[f"{role}_cpu_ms_per_request"] = round(1e3 * (b["roles"][role] - a["roles"][role]) / requests, 4)
     (ta, ia), (tb, ib) = a["cpu"], b["cpu"]
     if tb > ta:
         out["cpu_busy_pct"] = round(100 * (1 - (ib - ia) / (tb - ta)), 1)
@@ -189,15 +213,19 @@ def run_split(args, name, jpeg, pixels, servers, jsonl, startup):
     sock = Path(tempfile.mkdtemp(prefix="bench-")) / "host.sock"
     one_jpeg = sorted(jpeg.iterdir())[0].read_bytes()
     t0 = time.monotonic()
+    ROLE_PIDS["gateway"].clear()
+    ROLE_PIDS["host"].clear()
     host = servers.start("host", [str(args.host_bin or args.bin / "model-host"), "--socket", str(sock), "--model", str(args.model),
                                   "--device", args.device, "--slots-per-gateway", str(args.slots)]
                          + (["--cpu-threads", str(args.host_cpu_threads)] if args.host_cpu_threads is not None else []))
+    ROLE_PIDS["host"].append(host.pid)
     urls, v2_urls, grpc_urls = [], [], []
     for i in range(args.gateways):
         port, grpc_port = free_port(), free_port()
         g0 = time.monotonic()
         gw = servers.start(f"gateway-{i}", [str(args.bin / "gateway"), "--host-socket", str(sock),
                                              "--listen", f"127.0.0.1:{port}", "--grpc-listen", f"127.0.0.1:{grpc_port}"])
+        ROLE_PIDS["gateway"].append(gw.pid)
         v2_urls.append(f"http://127.0.0.1:{port}/v2/models/{name}/infer")
         grpc_urls.append(f"http://127.0.0.1:{grpc_port}")
         url = f"http://127.0.0.1:{port}/v1/models/{name}/predict"
@@ -260,10 +288,16 @@ def stages(r):
     return " / ".join(f"{r.get(k, 0):.2f}" for k in ("decode_ms_mean", "queue_ms_mean", "inference_ms_mean", "total_ms_mean"))
 
 
+def cpu_per_request(r):
+    if "gateway_cpu_ms_per_request" not in r:
+        return ""
+    return f"{r['gateway_cpu_ms_per_request']:.3f} / {r['host_cpu_ms_per_request']:.3f}"
+
+
 def summarise(rows, startup, out: Path, title: str):
     by = {(r["label"], r["concurrency"]): r for r in rows}
-    lines = [f"## {title}", "", "| mode | clients | img/s | p50 ms | p90 ms | p99 ms | errors | vs raw | vs baseline | mean batch | gateway decode / host queue / device / total ms (mean) | CPU busy |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [f"## {title}", "", "| mode | clients | img/s | p50 ms | p90 ms | p99 ms | errors | vs raw | vs baseline | mean batch | gateway decode / host queue / device / total ms (mean) | CPU ms a request: gateways / host | CPU busy |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         label, c = r["label"], r["concurrency"]
         raw = next((v for (l, cc), v in by.items() if cc == c and l.startswith("raw")), None)
@@ -271,7 +305,7 @@ def summarise(rows, startup, out: Path, title: str):
         ratio = lambda other: f"{r['images_per_second'] / other['images_per_second']:.2f}x" if other and other["images_per_second"] else ""
         lines.append(f"| {label} | {c} | {r['images_per_second']:,.1f} | {r['p50_ms']:.2f} | {r['p90_ms']:.2f} | "
                      f"{r['p99_ms']:.2f} | {r['errors']} | {ratio(raw)} | {ratio(base)} | {r.get('mean_batch', '')} | "
-                     f"{stages(r)} | {str(r['cpu_busy_pct']) + '%' if 'cpu_busy_pct' in r else ''} |")
+                     f"{stages(r)} | {cpu_per_request(r)} | {str(r['cpu_busy_pct']) + '%' if 'cpu_busy_pct' in r else ''} |")
     lines += ["", "| server | seconds from start to first answer |", "|---|---|"]
     lines += [f"| {s['server']} | {s['seconds']:.3f} |" for s in startup]
     text = "\n".join(lines) + "\n"
