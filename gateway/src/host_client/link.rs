@@ -47,6 +47,9 @@ pub struct Link {
     /// This connection's slots, mapped.
     segment: Segment,
     welcome: Welcome,
+    /// Bytes of a slot's output area an answer fills, for [`Ask::Tensors`]
+    /// and for [`Ask::Answer`]: fixed by the model, so worked out once.
+    outputs_len: (u64, u64),
     phase: watch::Sender<Phase>,
     next_request_id: AtomicU64,
     /// One permit per slot of `segment` (see the module's doc).
@@ -61,13 +64,26 @@ pub struct Link {
     routed: AtomicU64,
 }
 
+/// The bytes of a slot's output area an answer to `ask` fills: all the
+/// outputs, or for a segmenter's 8-bit answer its mask's bytes only.
+fn outputs_len(model: &protocol::ModelInfo, ask: Ask) -> u64 {
+    let all = model.tensors().map_or(0, |t| t.output_bytes());
+    match (ask, model.vision().map(|v| (v, &v.task))) {
+        (Ask::Answer, Some((v, protocol::vision::VisionTask::Segmentation(s)))) if s.answer_is_8bit() => {
+            let at = v.signature.output_placements()[0];
+            (at.offset + u64::from(s.width) * u64::from(s.height)).min(all)
+        }
+        _ => all,
+    }
+}
+
 /// One request waiting for its answer.
 struct Waiter {
     /// None once the caller gave up; the entry stays while it holds a permit,
     /// so that the slot counts as taken until the host's answer frees it.
     answer: Option<oneshot::Sender<Answer>>,
     /// The slot to copy a tensor model's outputs out of, for an Infer, and
-    /// how many bytes of them (see [`Link::outputs_len`]).
+    /// how many bytes of them (see [`outputs_len`]).
     read_back: Option<(u32, u64)>,
     /// The slot's permit, for a Lease or an Infer.
     permit: Option<OwnedSemaphorePermit>,
@@ -161,12 +177,14 @@ impl Link {
         let (outbox, outbox_rx) = mpsc::unbounded_channel::<GatewayMessage>();
         let (phase, _) = watch::channel(welcome.phase.clone());
         let slots = Arc::new(Semaphore::new(welcome.segment.slot_count as usize));
+        let outputs_len = (outputs_len(&welcome.model, Ask::Tensors), outputs_len(&welcome.model, Ask::Answer));
         let link = Arc::new(Link {
             outbox,
             pending: Mutex::new(HashMap::new()),
             closed: AtomicBool::new(false),
             segment,
             welcome,
+            outputs_len,
             phase,
             next_request_id: AtomicU64::new(1),
             slots,
@@ -235,23 +253,6 @@ impl Link {
         drop(answer.permit);
     }
 
-    /// The bytes of a slot's output area an answer to `ask` fills: all the
-    /// outputs, or for a segmenter's 8-bit answer its mask's bytes only.
-    fn outputs_len(&self, ask: Ask) -> u64 {
-        let model = self.model();
-        let all = model.tensors().map_or(0, |t| t.output_bytes());
-        match (ask, model.vision()) {
-            (Ask::Answer, Some(v)) => match &v.task {
-                protocol::vision::VisionTask::Segmentation(s) if s.answer_is_8bit() => {
-                    let at = v.signature.output_placements()[0];
-                    (at.offset + u64::from(s.width) * u64::from(s.height)).min(all)
-                }
-                _ => all,
-            },
-            _ => all,
-        }
-    }
-
     /// Copies the first `len` bytes of a tensor model's outputs out of slot `index`.
     fn read_outputs(&self, index: u32, len: u64) -> Result<Vec<u8>, String> {
         let mut outputs = vec![0; len as usize];
@@ -307,7 +308,8 @@ impl Link {
     ) -> Result<oneshot::Receiver<Answer>, HostCallError> {
         let (tx, rx) = oneshot::channel();
         let read_back = match &message {
-            GatewayMessage::Infer(r) if matches!(r.ask, Ask::Tensors | Ask::Answer) => Some((r.slot.index, self.outputs_len(r.ask))),
+            GatewayMessage::Infer(r) if r.ask == Ask::Tensors => Some((r.slot.index, self.outputs_len.0)),
+            GatewayMessage::Infer(r) if r.ask == Ask::Answer => Some((r.slot.index, self.outputs_len.1)),
             _ => None,
         };
         {

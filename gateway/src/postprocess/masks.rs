@@ -62,15 +62,8 @@ pub fn small_to_original(outputs: &[u8], signature: &TensorSignature, spec: &Seg
     let small = outputs.get(at.offset as usize..at.offset as usize + len).ok_or("the mask is outside the slot")?.to_vec();
     let size = (spec.width, spec.height);
     Ok(match spec.mask {
-        MaskKind::Alpha => {
-            let alpha = resize_plane(small, PixelType::U8, size, t, bilinear())?;
-            Mask { width: t.original.0, height: t.original.1, classes: alpha.iter().map(|&a| u8::from(a >= 128)).collect(), alpha }
-        }
-        MaskKind::Classes => {
-            let classes = resize_plane(small, PixelType::U8, size, t, ResizeAlg::Nearest)?;
-            let alpha = classes.iter().map(|&c| if c == 0 { 0 } else { 255 }).collect();
-            Mask { width: t.original.0, height: t.original.1, classes, alpha }
-        }
+        MaskKind::Alpha => Mask::of_alpha(resize_plane(small, PixelType::U8, size, t, bilinear())?, t),
+        MaskKind::Classes => Mask::of_classes(resize_plane(small, PixelType::U8, size, t, ResizeAlg::Nearest)?, t),
     })
 }
 
@@ -81,12 +74,11 @@ pub fn raw_to_original(outputs: &[u8], signature: &TensorSignature, spec: &Segme
     let bytes = outputs.get(at.range()).ok_or("the mask is outside the slot")?;
     let size = (spec.width, spec.height);
     let plane_len = spec.width as usize * spec.height as usize * 4;
-    let (classes, alpha) = match spec.mask {
+    Ok(match spec.mask {
         MaskKind::Alpha => {
             let plane = bytes.get(..plane_len).ok_or("the alpha mask is shorter than its size")?;
             let small: Vec<u8> = plane.chunks_exact(4).map(|c| alpha_byte(f32::from_le_bytes([c[0], c[1], c[2], c[3]]))).collect();
-            let alpha = resize_plane(small, PixelType::U8, size, t, bilinear())?;
-            (alpha.iter().map(|&a| u8::from(a >= 128)).collect(), alpha)
+            Mask::of_alpha(resize_plane(small, PixelType::U8, size, t, bilinear())?, t)
         }
         MaskKind::Classes => {
             let planes: Vec<Vec<f32>> = bytes
@@ -100,11 +92,9 @@ pub fn raw_to_original(outputs: &[u8], signature: &TensorSignature, spec: &Segme
             let classes: Vec<u8> = (0..n)
                 .map(|i| planes.iter().enumerate().fold((0, f32::NEG_INFINITY), |best, (c, p)| if p[i] > best.1 { (c, p[i]) } else { best }).0 as u8)
                 .collect();
-            let alpha = classes.iter().map(|&c| if c == 0 { 0 } else { 255 }).collect();
-            (classes, alpha)
+            Mask::of_classes(classes, t)
         }
-    };
-    Ok(Mask { width: t.original.0, height: t.original.1, classes, alpha })
+    })
 }
 
 fn bilinear() -> ResizeAlg {
@@ -128,6 +118,17 @@ fn resize_plane(plane: Vec<u8>, pixel: PixelType, size: (u32, u32), t: &Transfor
 }
 
 impl Mask {
+    /// From an alpha at the original size: foreground where >= 128 (0.5).
+    fn of_alpha(alpha: Vec<u8>, t: &Transform) -> Mask {
+        Mask { width: t.original.0, height: t.original.1, classes: alpha.iter().map(|&a| u8::from(a >= 128)).collect(), alpha }
+    }
+
+    /// From a class map at the original size: opaque where the class is not 0.
+    fn of_classes(classes: Vec<u8>, t: &Transform) -> Mask {
+        let alpha = classes.iter().map(|&c| if c == 0 { 0 } else { 255 }).collect();
+        Mask { width: t.original.0, height: t.original.1, classes, alpha }
+    }
+
     /// Pixel counts and bounding boxes, one entry per label. Row by row,
     /// with plain counters (a 1080p mask is 2 M pixels, on one gateway
     /// core per answer: `cutout_bench` times it).

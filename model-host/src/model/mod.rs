@@ -168,8 +168,13 @@ impl Model {
     /// Whether warm-up may feed varied bytes: pixels may be anything, but
     /// a tensor model's only safe value of every type is zero (arbitrary
     /// bytes make NaNs, or bools that are neither).
-    pub fn varied_input(&self) -> bool {
+    fn varied_input(&self) -> bool {
         matches!(self, Model::Classifier(_))
+    }
+
+    /// `len` bytes of warm-up input for this model (see [`warm_bytes`]).
+    pub fn warm_bytes(&self, len: usize) -> Vec<u8> {
+        warm_bytes(len, self.varied_input())
     }
 
     /// Uploads, runs and collects `batch` items laid out back to back in
@@ -180,14 +185,19 @@ impl Model {
     }
 }
 
+/// Warm-up input: varied bytes (the kernels see data, not a constant), or
+/// zeros where only zeros are valid (`varied` false).
+fn warm_bytes(len: usize, varied: bool) -> Vec<u8> {
+    if varied { (0..len).map(|i| (i * 31 % 251) as u8).collect() } else { vec![0; len] }
+}
+
 /// Each shape's warm-up input (varied bytes, or zeros) and capture input
 /// (zeros), as `pre` uploads `item_len`-byte items.
 fn warm_shapes(pre: &Preprocessor, shapes: &[u32], item_len: usize, varied: bool) -> Result<Vec<WarmShape>, ModelError> {
     shapes
         .iter()
         .map(|&n| {
-            let bytes: Vec<u8> = (0..n as usize * item_len).map(|i| if varied { (i * 31 % 251) as u8 } else { 0 }).collect();
-            let warm = pre.upload_bytes(&bytes, n as usize)?;
+            let warm = pre.upload_bytes(&warm_bytes(n as usize * item_len, varied), n as usize)?;
             let capture = pre.upload_bytes(&vec![0; n as usize * item_len], n as usize)?;
             Ok(WarmShape { warm, capture: Some(capture) })
         })

@@ -297,7 +297,7 @@ impl ModelThread {
             self.reporter.warming(step as u32, total);
             let started = Instant::now();
             let len = n as usize * item_len;
-            let bytes: Vec<u8> = if model.varied_input() { (0..len).map(|i| (i * 31 % 251) as u8).collect() } else { vec![0; len] };
+            let bytes = model.warm_bytes(len);
             model.run(pre, &bytes, n as usize, 1)?;
             tracing::info!(batch = n, ms = started.elapsed().as_secs_f64() * 1e3, "warm-up pass");
         }

@@ -14,7 +14,6 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 use std::ffi::{CStr, CString, c_char, c_int, c_void};
-use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
 use tch::{Device, Kind, Tensor};
@@ -117,11 +116,6 @@ fn tensor_ptrs(inputs: &[&Tensor]) -> Vec<*const C_tensor> {
     inputs.iter().map(|t| t.as_ptr()).collect()
 }
 
-/// The path a CString was made from.
-fn path_of(path: &CString) -> &Path {
-    Path::new(std::ffi::OsStr::from_bytes(path.as_bytes()))
-}
-
 /// A C array of pointers, or null when there are none.
 fn null_or<T>(pointers: &[*const T]) -> *const *const T {
     if pointers.is_empty() { std::ptr::null() } else { pointers.as_ptr() }
@@ -205,7 +199,7 @@ impl Module {
             let progress = unsafe { &mut *context.cast::<&mut dyn FnMut(u64, u64)>() };
             progress(read, total);
         }
-        let path = CString::new(path.as_os_str().as_encoded_bytes()).map_err(|e| ShimError(e.to_string()))?;
+        let c_path = CString::new(path.as_os_str().as_encoded_bytes()).map_err(|e| ShimError(e.to_string()))?;
         let dtype = match dtype {
             None => -1,
             Some(kind) => scalar_type(kind)?,
@@ -213,14 +207,14 @@ impl Module {
         let mut raw = std::ptr::null_mut();
         let mut progress = progress;
         let context = (&mut progress as *mut &mut dyn FnMut(u64, u64)).cast::<c_void>();
-        // SAFETY: `path` is NUL-terminated and outlives the call; `context`
+        // SAFETY: `c_path` is NUL-terminated and outlives the call; `context`
         // points at `progress`, which outlives it too; `raw` is written only
         // on success.
-        check(unsafe { shim_module_load(path.as_ptr(), device_code(device), dtype, Some(report), context, &mut raw) })?;
+        check(unsafe { shim_module_load(c_path.as_ptr(), device_code(device), dtype, Some(report), context, &mut raw) })?;
         let module = Module { raw, outputs: OutputNames::One };
         // Loaded: all of it counts as read (the archive's directory and
         // records libtorch never needed are not read at all).
-        if let Ok(size) = std::fs::metadata(path_of(&path)).map(|m| m.len()) {
+        if let Ok(size) = std::fs::metadata(path).map(|m| m.len()) {
             progress(size, size);
         }
         Ok(module)
@@ -256,7 +250,9 @@ impl Module {
         Ok(unsafe { owned_tensors(outs) })
     }
 
-    /// [`Self::forward_all`] of a module that returns one tensor.
+    /// [`Self::forward_all`] of a module that returns one tensor (the
+    /// shim's own tests; the host always goes through forward_all).
+    #[cfg(test)]
     pub fn forward(&self, inputs: &[&Tensor]) -> Result<Tensor, ShimError> {
         let mut outs = self.forward_all(inputs)?;
         outs.pop().filter(|_| outs.is_empty()).ok_or_else(|| ShimError(format!("forward() returned {} outputs, not one", outs.len() + 1)))

@@ -69,7 +69,6 @@ impl Forms {
 pub struct Launched {
     /// The raw outputs (when wanted), then the 8-bit mask (when made).
     outputs: ToHost,
-    raw: bool,
     small: bool,
     /// Bytes of one item of each output, and where it goes in the row.
     placements: Vec<Placement>,
@@ -147,7 +146,7 @@ impl TensorModel {
         let mut queued = if raw { outputs } else { Vec::new() };
         let has_small = small.is_some();
         queued.extend(small);
-        Ok(Launched { outputs: ToHost::queue(queued)?, raw, small: has_small, placements: self.placements.clone(), row_bytes: self.row_bytes })
+        Ok(Launched { outputs: ToHost::queue(queued)?, small: has_small, placements: self.placements.clone(), row_bytes: self.row_bytes })
     }
 }
 
@@ -157,10 +156,8 @@ impl Launched {
     pub fn collect(self, rows: usize) -> Result<HostRows, ModelError> {
         // Contiguous for host_bytes (a copy only if the model's output was not).
         let mut tensors = self.outputs.wait()?.into_iter().map(|t| t.f_contiguous()).collect::<Result<Vec<_>, _>>()?;
+        // What is left are the raw outputs: none when no request wanted them.
         let small = if self.small { tensors.pop() } else { None };
-        if !self.raw {
-            tensors.clear();
-        }
         for (t, at) in tensors.iter().zip(&self.placements) {
             let have = t.numel() * t.f_kind()?.elt_size_in_bytes();
             if have < rows * at.len as usize {
