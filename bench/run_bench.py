@@ -245,23 +245,24 @@ def run_split(args, name, jpeg, pixels, servers, jsonl, startup):
     if "split-grpc" in args.modes:
         loadgen(args, grpc_urls, pixels, "", f"split-grpc{args.suffix}", jsonl, "grpc", urls)
     if "split-poisson" in args.modes:
-        poisson_search(args, urls, pixels, f"split-poisson{args.suffix}")
+        poisson_search(args, urls, pixels, "application/x-pixels", f"split-poisson{args.suffix}")
+    if "split-poisson-jpeg" in args.modes:
+        poisson_search(args, urls, jpeg, "image/jpeg", f"split-poisson-jpeg{args.suffix}")
     servers.stop_all()
 
 
-def poisson_search(args, urls, pixels, label):
-    """MLPerf's server scenario on raw pixels: Poisson arrivals spread over
-    the gateways, and the highest rate whose p99 stays at or under
-    --p99-bound-ms. Its trials go to OUT/poisson.jsonl (apart from the
-    closed-loop rows: they have a rate, not a concurrency)."""
-    argv = [str(args.bin / "loadgen"), "--images", str(pixels), "--content-type", "application/x-pixels",
+def poisson_search(args, urls, images, content_type, label):
+    """MLPerf's server scenario (raw pixels or JPEGs): Poisson arrivals
+    spread over the gateways, and the highest rate whose p99 stays at or
+    under --p99-bound-ms. Its trials go to OUT/poisson.jsonl (apart from
+    the closed-loop rows: they have a rate, not a concurrency)."""
+    argv = [str(args.bin / "loadgen"), "--images", str(images), "--content-type", content_type,
             "--arrival", "poisson", "--rate", str(args.poisson_start), "--p99-bound-ms", str(args.p99_bound_ms),
             "--search-steps", str(args.search_steps), "--max-rate", str(args.poisson_max_rate),
             "--seconds", str(args.seconds), "--warmup-seconds", str(args.warmup), "--label", label,
             "--json", str(args.out / "poisson.jsonl")]
     for u in urls:
         argv += ["--url", u]
-    (args.out / "poisson.jsonl").unlink(missing_ok=True)
     log(f"{label}: Poisson arrivals from {args.poisson_start}/s, p99 bound {args.p99_bound_ms} ms")
     subprocess.run(argv, check=True)
 
@@ -354,7 +355,7 @@ def main():
     p.add_argument("--slots", type=int, default=256, help="model-host --slots-per-gateway")
     p.add_argument("--host-cpu-threads", type=int, default=None, help="model-host --cpu-threads (default: the host's own)")
     p.add_argument("--modes", default="raw,split-jpeg,split-pixels,baseline",
-                   help="any of raw, split-jpeg, split-pixels, split-v2, split-grpc, split-poisson, baseline")
+                   help="any of raw, split-jpeg, split-pixels, split-v2, split-grpc, split-poisson (raw pixels), split-poisson-jpeg, baseline")
     p.add_argument("--p99-bound-ms", type=float, default=15.0, help="split-poisson: the p99 bound of the rate search (MLPerf's is 15 ms for ResNet-50)")
     p.add_argument("--poisson-start", type=float, default=100.0, help="split-poisson: the first rate tried, requests/s (doubled until the bound breaks)")
     p.add_argument("--poisson-max-rate", type=float, default=1e6, help="split-poisson: the highest rate tried")
@@ -375,6 +376,7 @@ def main():
     if not args.append:
         jsonl.unlink(missing_ok=True)
         (args.out / "startup.jsonl").unlink(missing_ok=True)
+        (args.out / "poisson.jsonl").unlink(missing_ok=True)
     config = load_config(args.model)
     name = args.model_name = config["name"]
     # PIXELS of one image, for the v2 and gRPC modes: [1, height, width, channels].
@@ -387,13 +389,13 @@ def main():
                             "--concurrency", args.concurrency, "--seconds", str(args.seconds),
                             "--warmup-seconds", str(args.warmup), "--label", f"raw{args.suffix}",
                             "--json", str(jsonl)], check=True)
-        if args.modes & {"split-jpeg", "split-pixels", "split-v2", "split-grpc", "split-poisson"}:
+        if args.modes & {"split-jpeg", "split-pixels", "split-v2", "split-grpc", "split-poisson", "split-poisson-jpeg"}:
             run_split(args, name, jpeg, pixels, servers, jsonl, startup)
         if "baseline" in args.modes:
             run_baseline(args, name, jpeg, servers, jsonl, startup)
     finally:
         servers.stop_all()
-    rows = [json.loads(l) for l in jsonl.read_text().splitlines() if l.strip()]
+    rows = [json.loads(l) for l in jsonl.read_text().splitlines() if l.strip()] if jsonl.exists() else []
     with open(args.out / "startup.jsonl", "a") as f:
         for s in startup:
             f.write(json.dumps({**s, "suffix": args.suffix}) + "\n")

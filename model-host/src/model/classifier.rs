@@ -186,11 +186,11 @@ mod tests {
         let (file, loaded) = digits();
         let config = loaded.config.classifier().unwrap();
         let mut model = ImageClassifier::load(&file, config, &loaded.config.optimization, Device::Cpu).unwrap();
-        let report = model.module_mut().warm_up_parallel(inputs(&[1, 2, 4, 8, 16, 32]), 3).unwrap();
+        let report = model.module_mut().warm_up_parallel(inputs(&[1, 2, 4, 8, 16, 32]), 3, &|| {}).unwrap();
         assert_eq!(report, GraphReport::default(), "no graphs off the GPU");
         // More threads than shapes, and no shapes at all, are fine too.
-        model.module_mut().warm_up_parallel(inputs(&[1, 2]), 8).unwrap();
-        model.module_mut().warm_up_parallel(Vec::new(), 4).unwrap();
+        model.module_mut().warm_up_parallel(inputs(&[1, 2]), 8, &|| {}).unwrap();
+        model.module_mut().warm_up_parallel(Vec::new(), 4, &|| {}).unwrap();
     }
 
     /// The answers' priming runs on a GPU only (where it is checked to end
@@ -243,7 +243,7 @@ mod tests {
         let mut config = loaded.config.classifier().unwrap().clone();
         config.output.labels.pop();
         let mut model = ImageClassifier::load(&file, &config, &loaded.config.optimization, Device::Cpu).unwrap();
-        let err = model.module_mut().warm_up_parallel(inputs(&[1, 4, 8]), 2).unwrap_err();
+        let err = model.module_mut().warm_up_parallel(inputs(&[1, 4, 8]), 2, &|| {}).unwrap_err();
         assert!(matches!(err, ModelError::OutputShape { classes: 9, .. }), "{err:?}");
     }
 

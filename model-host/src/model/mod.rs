@@ -142,9 +142,16 @@ impl Model {
     /// The warm-up on a GPU: one pass per batch shape, on up to `threads`
     /// threads at once, each thread then capturing the CUDA graphs of the
     /// shapes it warmed (see [`OptimizedModule::warm_up_parallel`]).
-    pub fn warm_up_parallel(&mut self, pre: &Preprocessor, shapes: &[u32], item_len: usize, threads: usize) -> Result<GraphReport, ModelError> {
+    pub fn warm_up_parallel(
+        &mut self,
+        pre: &Preprocessor,
+        shapes: &[u32],
+        item_len: usize,
+        threads: usize,
+        before_capture: &(dyn Fn() + Sync),
+    ) -> Result<GraphReport, ModelError> {
         let work = warm_shapes(pre, shapes, item_len, self.varied_input())?;
-        self.module_mut().warm_up_parallel(work, threads)
+        self.module_mut().warm_up_parallel(work, threads, before_capture)
     }
 
     /// The warm-up of `shapes` after READY, beside serving (see

@@ -112,12 +112,13 @@ impl OptimizedModule {
     }
 
     /// Warms up every batch shape of `shapes` side by side on up to
-    /// `threads` threads, then captures each one's CUDA graph (see
-    /// [`warm_and_capture`]); returns what was captured.
-    pub fn warm_up_parallel(&mut self, shapes: Vec<WarmShape>, threads: usize) -> Result<GraphReport, ModelError> {
+    /// `threads` threads, then runs `before_capture` once and captures each
+    /// one's CUDA graph (see [`warm_and_capture`]); returns what was
+    /// captured.
+    pub fn warm_up_parallel(&mut self, shapes: Vec<WarmShape>, threads: usize, before_capture: &(dyn Fn() + Sync)) -> Result<GraphReport, ModelError> {
         let captured = std::sync::Mutex::new(Vec::new());
         let keep = |graph| captured.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(graph);
-        warm_and_capture(&self.module, &self.check, self.graphs_wanted, shapes, threads, None, &keep)?;
+        warm_and_capture(&self.module, &self.check, self.graphs_wanted, shapes, threads, None, before_capture, &keep)?;
         let mut report = GraphReport::default();
         for (n, graph) in captured.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner) {
             self.record(n, graph, &mut report);
@@ -153,7 +154,7 @@ impl OptimizedModule {
             // If the model thread has gone, nobody takes the graphs: they
             // are dropped, and the warm-up ends with its shapes.
             let hand_over = |graph| drop(send.send(graph));
-            warm_and_capture(&module, &check, graphs_wanted, shapes, threads, Some(device), &hand_over)
+            warm_and_capture(&module, &check, graphs_wanted, shapes, threads, Some(device), &|| {}, &hand_over)
         };
         let handle = std::thread::Builder::new()
             .name("warm-up-late".into())

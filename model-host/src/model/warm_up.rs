@@ -81,6 +81,7 @@ impl LateWarmUp {
 ///
 /// Before READY (`after_ready` None) nothing else runs: the threads stay on
 /// the default stream, every warm-up pass ends before the first capture,
+/// `before_capture` runs once (on one thread, the others waiting for it),
 /// and the captures follow one at a time. After READY (`after_ready` the
 /// device) the model serves beside them: each thread takes a stream of its own
 /// (libtorch's low-priority pool: the default priority, as the model
@@ -102,6 +103,7 @@ pub(crate) fn warm_and_capture(
     shapes: Vec<WarmShape>,
     threads: usize,
     after_ready: Option<Device>,
+    before_capture: &(dyn Fn() + Sync),
     hand_over: &(dyn Fn(Captured) + Sync),
 ) -> Result<(), ModelError> {
     let threads = threads.clamp(1, shapes.len().max(1));
@@ -110,6 +112,7 @@ pub(crate) fn warm_and_capture(
         shares[i % threads].push(shape);
     }
     let all_warm = std::sync::Barrier::new(threads);
+    let gate = std::sync::Once::new();
     let one_capture_at_a_time = std::sync::Mutex::new(());
     let capture_one_at_a_time = |shape: WarmShape| {
         if let (true, Some(input)) = (capture, shape.capture) {
@@ -130,6 +133,7 @@ pub(crate) fn warm_and_capture(
         // Every thread reaches the barrier, failed or not.
         all_warm.wait();
         warmed?;
+        gate.call_once(before_capture);
         share.into_iter().for_each(capture_one_at_a_time);
         Ok(())
     };

@@ -208,20 +208,31 @@ impl ModelThread {
         let loads = self.counters.model_loads.fetch_add(1, Relaxed) + 1;
         tracing::info!(model = %path.display(), loads, "model loaded");
         self.reporter.weights_loaded();
-        // Joined before the warm-up, which captures CUDA graphs: a capture
-        // fails (and may poison the context) if another thread calls
-        // cudaMalloc meanwhile, as nvJPEG's opening does.
-        let mut jpeg = None;
-        if let Some(opening) = opening {
-            jpeg = opening.join().ok().flatten();
-            self.send_device_ready(&name, jpeg.is_some());
-        }
-
         for primed in [primed, answers].into_iter().flatten() {
             let _ = primed.join();
         }
+        // nvJPEG's opening is joined after the warm-up's eager passes (on a
+        // segmenter it took 1.27 s, to the weights' 0.57 s: the passes fit
+        // beside it) and before the first CUDA graph capture: a capture
+        // fails (and may poison the context) if another thread calls
+        // cudaMalloc meanwhile, as nvJPEG's opening does.
+        let (opening, opened) = (std::sync::Mutex::new(opening), std::sync::Mutex::new(None));
+        let join_jpeg = || {
+            let handle = opening.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+            if let Some(handle) = handle {
+                *opened.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(handle.join().ok().flatten());
+            }
+        };
         let ready = self.shapes_before_ready(device);
-        self.warm_up(&mut model, &pre, device, &ready)?;
+        let warmed = self.warm_up(&mut model, &pre, device, &ready, &join_jpeg);
+        join_jpeg();
+        let opened = opened.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let was_opening = opened.is_some();
+        let jpeg = opened.flatten();
+        if was_opening {
+            self.send_device_ready(&name, jpeg.is_some());
+        }
+        warmed?;
         self.capture_graphs(&mut model, &pre, &ready);
         self.reporter.ready();
         Ok(Started { model, pre, device, jpeg, ready })
@@ -281,14 +292,15 @@ impl ModelThread {
     /// graph capture follows, which runs its own), and checks the
     /// outputs (a classifier's shape; a tensor model's every output's dtype
     /// and shape) against the config before any client sees them.
-    fn warm_up(&self, model: &mut Model, pre: &Preprocessor, device: tch::Device, sizes: &[u32]) -> Result<(), HostError> {
+    /// `before_capture` runs before the first CUDA graph is captured.
+    fn warm_up(&self, model: &mut Model, pre: &Preprocessor, device: tch::Device, sizes: &[u32], before_capture: &(dyn Fn() + Sync)) -> Result<(), HostError> {
         // A model bound for CUDA graphs gets one eager pass per shape:
         // the capture runs another itself before it records.
         // Side by side only when each shape is then replayed from a graph:
         // cuDNN's set-up is kept per thread, so a shape run eagerly on the
         // model thread must be warmed there.
         if self.replays_graphs(device) {
-            return self.warm_up_side_by_side(model, pre, sizes);
+            return self.warm_up_side_by_side(model, pre, sizes, before_capture);
         }
         let passes = 2;
         let total = passes * sizes.len() as u32;
@@ -345,13 +357,13 @@ impl ModelThread {
     /// several threads (their first passes are CPU-bound set-up that runs
     /// in parallel), so that start-up costs about the slowest shape's, not
     /// the sum of all.
-    fn warm_up_side_by_side(&self, model: &mut Model, pre: &Preprocessor, sizes: &[u32]) -> Result<(), HostError> {
+    fn warm_up_side_by_side(&self, model: &mut Model, pre: &Preprocessor, sizes: &[u32], before_capture: &(dyn Fn() + Sync)) -> Result<(), HostError> {
         let total = sizes.len() as u32;
         let threads = std::thread::available_parallelism().map_or(4, |n| n.get()).min(WARM_UP_THREADS);
         self.reporter.warming(0, total);
         let started = Instant::now();
         let item_len = self.model.config.item_input_bytes();
-        let report = model.warm_up_parallel(pre, sizes, item_len, threads)?;
+        let report = model.warm_up_parallel(pre, sizes, item_len, threads, before_capture)?;
         tracing::info!(shapes = total, threads, captured = ?report.captured, ms = started.elapsed().as_secs_f64() * 1e3, "warm-up and capture done");
         self.reporter.warming(total, total);
         Ok(())
