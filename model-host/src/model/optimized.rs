@@ -13,7 +13,7 @@ use std::sync::Arc;
 use tch::{Device, Kind, Tensor};
 
 use crate::model::config::OptimizationConfig;
-use crate::model::warm_up::{Captured, GraphReport, LateWarmUp, OutputCheck, WarmShape, warm_and_capture};
+use crate::model::warm_up::{Captured, GraphReport, LateWarmUp, OutputCheck, WarmShape, WarmUpTime, warm_and_capture};
 use crate::model::{Input, ModelError};
 use crate::torch_shim::stream::{CudaEvent, Priority, use_own_stream};
 use crate::torch_shim::{self, CudaGraph, Module, OutputNames};
@@ -118,7 +118,7 @@ impl OptimizedModule {
     pub fn warm_up_parallel(&mut self, shapes: Vec<WarmShape>, threads: usize, before_capture: &(dyn Fn() + Sync)) -> Result<GraphReport, ModelError> {
         let captured = std::sync::Mutex::new(Vec::new());
         let keep = |graph| captured.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(graph);
-        warm_and_capture(&self.module, &self.check, self.graphs_wanted, shapes, threads, None, before_capture, &keep)?;
+        warm_and_capture(&self.module, &self.check, self.graphs_wanted, shapes, threads, WarmUpTime::BeforeReady { before_capture }, &keep)?;
         let mut report = GraphReport::default();
         for (n, graph) in captured.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner) {
             self.record(n, graph, &mut report);
@@ -154,7 +154,7 @@ impl OptimizedModule {
             // If the model thread has gone, nobody takes the graphs: they
             // are dropped, and the warm-up ends with its shapes.
             let hand_over = |graph| drop(send.send(graph));
-            warm_and_capture(&module, &check, graphs_wanted, shapes, threads, Some(device), &|| {}, &hand_over)
+            warm_and_capture(&module, &check, graphs_wanted, shapes, threads, WarmUpTime::AfterReady(device), &hand_over)
         };
         let handle = std::thread::Builder::new()
             .name("warm-up-late".into())

@@ -37,6 +37,15 @@ pub struct WarmShape {
     pub capture: Option<Input>,
 }
 
+/// When a warm-up runs, and what that asks of it (see [`warm_and_capture`]).
+pub(crate) enum WarmUpTime<'a> {
+    /// Nothing else runs on the device but what `before_capture` joins,
+    /// once, before the first capture.
+    BeforeReady { before_capture: &'a (dyn Fn() + Sync) },
+    /// The model serves on `Device` beside the warm-up.
+    AfterReady(Device),
+}
+
 /// The warm-up of the shapes left for after READY (see
 /// [`OptimizedModule::warm_up_later`](crate::model::optimized::OptimizedModule::warm_up_later)).
 pub struct LateWarmUp {
@@ -79,11 +88,11 @@ impl LateWarmUp {
 /// capture input and `capture` is set) on the same thread that warmed it,
 /// handing each capture over as it is made.
 ///
-/// Before READY (`after_ready` None) nothing else runs: the threads stay on
+/// Before READY ([`WarmUpTime::BeforeReady`]) the threads stay on
 /// the default stream, every warm-up pass ends before the first capture,
 /// `before_capture` runs once (on one thread, the others waiting for it),
-/// and the captures follow one at a time. After READY (`after_ready` the
-/// device) the model serves beside them: each thread takes a stream of its own
+/// and the captures follow one at a time. After READY the model serves
+/// beside them: each thread takes a stream of its own
 /// (libtorch's low-priority pool: the default priority, as the model
 /// thread's) and captures each shape right after warming it, one
 /// capture at a time across the threads, so that each shape is ready as
@@ -102,8 +111,7 @@ pub(crate) fn warm_and_capture(
     capture: bool,
     shapes: Vec<WarmShape>,
     threads: usize,
-    after_ready: Option<Device>,
-    before_capture: &(dyn Fn() + Sync),
+    when: WarmUpTime,
     hand_over: &(dyn Fn(Captured) + Sync),
 ) -> Result<(), ModelError> {
     let threads = threads.clamp(1, shapes.len().max(1));
@@ -121,14 +129,17 @@ pub(crate) fn warm_and_capture(
         }
     };
     let worker = |share: Vec<WarmShape>| -> Result<(), ModelError> {
-        if let Some(device) = after_ready {
-            use_own_stream(device, Priority::Low).map_err(|e| ModelError::Stream(e.0))?;
-            for shape in share {
-                warm_one(module, &shape.warm, check)?;
-                capture_one_at_a_time(shape);
+        let before_capture = match when {
+            WarmUpTime::BeforeReady { before_capture } => before_capture,
+            WarmUpTime::AfterReady(device) => {
+                use_own_stream(device, Priority::Low).map_err(|e| ModelError::Stream(e.0))?;
+                for shape in share {
+                    warm_one(module, &shape.warm, check)?;
+                    capture_one_at_a_time(shape);
+                }
+                return Ok(());
             }
-            return Ok(());
-        }
+        };
         let warmed = share.iter().try_for_each(|s| warm_one(module, &s.warm, check));
         // Every thread reaches the barrier, failed or not.
         all_warm.wait();
