@@ -14,8 +14,9 @@ run on one GPU (docs/benchmarks.md, "Big models").
              of the copy, and of both overlapped
   pytorch    a fresh python: import torch, torch.jit.load(map_location=
              "cuda"), freeze + fp16, the first answer at batch 1
-  host       model-host to READY: its own breakdown (device, weights,
-             warm-up) and its peak RSS
+  host       model-host to READY twice, with an empty frozen-module cache
+             (it freezes and stores) and then from the cache: its own
+             breakdown (device, weights, warm-up) and its peak RSS
 
     python3 bench/load_floor.py --out /tmp/big --host .carry/model-host --json out.jsonl
     python3 bench/load_floor.py --out /tmp/huge --layers 48 --width 2048 --host .carry/model-host
@@ -25,7 +26,7 @@ import concurrent.futures
 import json
 import os
 import re
-import resource
+import shutil
 import subprocess
 import sys
 import time
@@ -142,30 +143,45 @@ def pytorch(path: Path):
     return {k: round(v, 3) for k, v in row.items()}
 
 
-def host(binary: Path, model: Path, work: Path):
+def peak_rss_gb(pid):
+    """The process's peak resident set (VmHWM), GB."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) * 1024 / 1e9, 3)
+    except OSError:
+        pass
+    return None
+
+
+def host(binary: Path, model: Path, work: Path, cache: Path, label: str):
     sock = work / "host.sock"
     sock.unlink(missing_ok=True)
-    log = open(work / "host.log", "w")
+    log_path = work / f"host-{label}.log"
+    log = open(log_path, "w")
     t = time.perf_counter()
-    proc = subprocess.Popen([str(binary), "--socket", str(sock), "--model", str(model), "--device", "cuda:0"], stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen([str(binary), "--socket", str(sock), "--model", str(model), "--device", "cuda:0", "--cache-dir", str(cache)],
+                            stdout=log, stderr=subprocess.STDOUT)
     ready = None
     while proc.poll() is None and time.perf_counter() - t < 600:
-        text = (work / "host.log").read_text()
+        text = log_path.read_text()
         if "startup breakdown" in text:
             ready = time.perf_counter() - t
             break
         time.sleep(0.02)
+    rss = peak_rss_gb(proc.pid)
     proc.terminate()
     proc.wait()
-    text = (work / "host.log").read_text()
+    text = log_path.read_text()
     if ready is None:
         print("   host did not get ready; its log ends:\n" + text[-3000:], file=sys.stderr)
-    row = {"ready_s": round(ready, 3) if ready else None, "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1e6, 3)}
+    row = {"ready_s": round(ready, 3) if ready else None, "peak_rss_gb": rss,
+           "file_gb": round((model / "model.pt").stat().st_size / 1e9, 3)}
     for key in ("device_ready_ms", "weights_loaded_ms", "warmup_done_ms"):
         found = re.search(key + r"=(\d+(\.\d+)?)", text)
         row[key] = float(found.group(1)) if found else None
     for line in text.splitlines():
-        if any(k in line for k in ("frozen", "warm-up and capture done", "CUDA graphs", "model loaded", "cannot")):
+        if any(k in line for k in ("frozen", "warm-up and capture done", "CUDA graphs", "model loaded", "cannot", "cuDNN", "device ready")):
             print("   host:", re.sub(r"\x1b\[[0-9;]*m", "", line)[:220], file=sys.stderr)
     return row
 
@@ -187,8 +203,13 @@ def main():
     row = {"model": args.out.name}
     steps = args.steps.split(",")
     # The host and PyTorch first: the floor's process holds a CUDA context.
+    # Twice: the first start freezes and stores the frozen module in an
+    # empty cache, the second loads it from there.
     if "host" in steps and args.host:
-        row["host"] = host(args.host, args.out, args.out)
+        cache = args.out / "frozen-cache"
+        shutil.rmtree(cache, ignore_errors=True)
+        row["host"] = host(args.host, args.out, args.out, cache, "first")
+        row["host_cached"] = host(args.host, args.out, args.out, cache, "cached")
     if "pytorch" in steps:
         row["pytorch"] = pytorch(args.out / "model.pt")
     if "floor" in steps:

@@ -20,6 +20,7 @@
 #include <caffe2/serialize/file_adapter.h>
 #include <torch/script.h>
 #include <torch/csrc/jit/api/module.h>
+#include <torch/headeronly/version.h>
 
 #ifdef SHIM_WITH_CUDA
 #include <dlfcn.h>
@@ -177,6 +178,21 @@ char* shim_module_freeze(ShimModule* m, int optimize) {
     m->module = frozen;
   });
 }
+
+// optimize_for_inference on a module already frozen (one loaded from the
+// frozen-module cache), in place. On error the module is left as it was.
+char* shim_module_optimize(ShimModule* m) {
+  return guarded([&] { m->module = torch::jit::optimize_for_inference(m->module); });
+}
+
+// Writes the module as a TorchScript archive to `path` (a frozen, cast
+// module, before optimize_for_inference: its fused ops are not portable).
+char* shim_module_save(ShimModule* m, const char* path) {
+  return guarded([&] { m->module.save(path); });
+}
+
+// libtorch's version as major * 10000 + minor * 100 + patch.
+int shim_torch_version() { return TORCH_VERSION_MAJOR * 10000 + TORCH_VERSION_MINOR * 100 + TORCH_VERSION_PATCH; }
 
 // forward(inputs...) under InferenceMode; its result as `expected` new
 // tensors in `outs`, in the order of `names` (see flatten_outputs).

@@ -111,6 +111,14 @@ pub struct Config {
     #[arg(long, env = "MODEL_HOST_STATE_DIR", default_value_os_t = default_state_dir())]
     pub state_dir: PathBuf,
 
+    /// Where frozen modules are kept between starts (the model cast to its
+    /// precision and frozen, keyed by the model file and libtorch's
+    /// version): later starts load that instead of freezing again. Under
+    /// systemd, CacheDirectory= sets $CACHE_DIRECTORY, used when this is
+    /// not given; with neither, nothing is cached.
+    #[arg(long, env = "MODEL_HOST_CACHE_DIR")]
+    pub cache_dir: Option<PathBuf>,
+
     /// Iterative models: seconds a finished job's status and result are kept.
     #[arg(long, env = "MODEL_HOST_JOB_RETENTION_SECS", default_value_t = 3600)]
     pub job_retention_secs: u64,
@@ -144,6 +152,11 @@ pub struct Config {
     /// for log collectors). Verbosity comes from RUST_LOG (default info).
     #[arg(long, env = "MODEL_HOST_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+}
+
+/// `--cache-dir`, else systemd's CacheDirectory= (its first entry).
+pub fn cache_dir(flag: Option<&std::path::Path>) -> Option<PathBuf> {
+    flag.map(PathBuf::from).or_else(|| std::env::var_os("CACHE_DIRECTORY").and_then(|dirs| std::env::split_paths(&dirs).next()))
 }
 
 /// systemd's StateDirectory= (its first entry), else /var/lib/model-host.

@@ -24,6 +24,7 @@ pub mod config;
 pub mod device;
 pub mod dtype;
 mod error;
+pub mod frozen_cache;
 mod input;
 pub mod jpeg_input;
 pub mod optimized;

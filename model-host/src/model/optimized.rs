@@ -13,6 +13,7 @@ use std::sync::Arc;
 use tch::{Device, Kind, Tensor};
 
 use crate::model::config::OptimizationConfig;
+use crate::model::frozen_cache;
 use crate::model::warm_up::{Captured, GraphReport, LateWarmUp, OutputCheck, WarmShape, WarmUpTime, warm_and_capture};
 use crate::model::{Input, ModelError};
 use crate::torch_shim::stream::{CudaEvent, Priority, use_own_stream};
@@ -31,7 +32,8 @@ pub struct OptimizedModule {
 
 impl OptimizedModule {
     /// Loads `file` onto `device` as `optimization` says: cast to its
-    /// precision, then frozen. `progress` hears (bytes read, file size)
+    /// precision, then frozen (through the frozen-module cache when the
+    /// host has one). `progress` hears (bytes read, file size)
     /// as the file is read.
     pub fn load(
         file: &Path,
@@ -43,13 +45,12 @@ impl OptimizedModule {
     ) -> Result<Self, ModelError> {
         let dtype = optimization.precision.kind();
         let cast = (dtype != Kind::Float).then_some(dtype);
-        let mut module = Module::load_reporting(file, device, cast, progress).map_err(|e| ModelError::Load(e.0))?.with_outputs(outputs);
-        if optimization.freeze {
-            match module.freeze(true) {
-                Ok(()) => tracing::info!("module frozen and optimized for inference"),
-                Err(e) => tracing::warn!(error = %e.0, "cannot freeze the module; it runs as saved"),
-            }
-        }
+        let module = match (optimization.freeze, frozen_cache::configured()) {
+            (true, Some(cache)) => cache.load(file, device, cast, progress),
+            (true, None) => frozen_cache::load_and_freeze(file, device, cast, progress, None),
+            (false, _) => Module::load_reporting(file, device, cast, progress),
+        };
+        let module = module.map_err(|e| ModelError::Load(e.0))?.with_outputs(outputs);
         let graphs_wanted = optimization.cuda_graphs && device.is_cuda();
         if graphs_wanted && !torch_shim::has_cuda_graphs() {
             tracing::warn!("this model-host was built without CUDA graph support; batches run eagerly");

@@ -42,6 +42,9 @@ unsafe extern "C" {
         out: *mut *mut ShimModule,
     ) -> *mut c_char;
     fn shim_module_freeze(module: *mut ShimModule, optimize: c_int) -> *mut c_char;
+    fn shim_module_optimize(module: *mut ShimModule) -> *mut c_char;
+    fn shim_module_save(module: *mut ShimModule, path: *const c_char) -> *mut c_char;
+    fn shim_torch_version() -> c_int;
     fn shim_module_forward(
         module: *mut ShimModule,
         inputs: *const *const C_tensor,
@@ -78,6 +81,13 @@ fn check(error: *mut c_char) -> Result<(), ShimError> {
     // SAFETY: `error` came from the shim and is freed exactly once.
     unsafe { shim_free_error(error) };
     Err(ShimError(message))
+}
+
+/// libtorch's version, as "2.11.0".
+pub fn torch_version() -> String {
+    // SAFETY: a pure function of the shim's build, no arguments.
+    let v = unsafe { shim_torch_version() };
+    format!("{}.{}.{}", v / 10000, v / 100 % 100, v % 100)
 }
 
 /// Whether this build of the shim can capture CUDA graphs.
@@ -231,6 +241,22 @@ impl Module {
     pub fn freeze(&mut self, optimize: bool) -> Result<(), ShimError> {
         // SAFETY: `self.raw` is a live module owned by this handle.
         check(unsafe { shim_module_freeze(self.raw, c_int::from(optimize)) })
+    }
+
+    /// `optimize_for_inference` on a module that is frozen already (as
+    /// one saved frozen and loaded again is). On error the module is
+    /// unchanged and still usable.
+    pub fn optimize(&mut self) -> Result<(), ShimError> {
+        // SAFETY: `self.raw` is a live module owned by this handle.
+        check(unsafe { shim_module_optimize(self.raw) })
+    }
+
+    /// Writes the module to `path` as a TorchScript archive.
+    pub fn save(&self, path: &Path) -> Result<(), ShimError> {
+        let c_path = CString::new(path.as_os_str().as_encoded_bytes()).map_err(|e| ShimError(e.to_string()))?;
+        // SAFETY: `self.raw` is a live module owned by this handle;
+        // `c_path` is NUL-terminated and outlives the call.
+        check(unsafe { shim_module_save(self.raw, c_path.as_ptr()) })
     }
 
     /// `forward(inputs...)` under InferenceMode: its outputs, in the
