@@ -56,7 +56,7 @@ impl PhaseReporter {
     /// happen: a new phase (logged, told to systemd and the gateways) at
     /// each 5% of the file, and when it is all read.
     pub fn loading(&mut self, read: u64, total: u64) {
-        let step = if total == 0 { 0 } else { read.min(total) * 20 / total };
+        let step = (read.min(total) * 20).checked_div(total).unwrap_or(0);
         if self.loading_step.replace(step) == Some(step) {
             return;
         }
