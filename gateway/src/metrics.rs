@@ -15,6 +15,7 @@ use axum::response::{IntoResponse, Response};
 use metrics::{counter, gauge, histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use protocol::HostStatus;
+use service::telemetry;
 
 use crate::AppState;
 
@@ -27,6 +28,9 @@ pub const STAGE_SECONDS: &str = "splitserve_gateway_stage_seconds";
 /// or a stream's at its start), and their durations.
 pub const GRPC_REQUESTS: &str = "splitserve_gateway_grpc_requests_total";
 pub const GRPC_DURATION: &str = "splitserve_gateway_grpc_request_duration_seconds";
+/// Finished spans never exported, by reason (`queue_full`, `export_failed`);
+/// present only while traces are exported.
+pub const SPANS_DROPPED: &str = "splitserve_gateway_spans_dropped_total";
 
 /// Latency buckets from 100 us to 30 s.
 const SECONDS_BUCKETS: &[f64] =
@@ -59,6 +63,12 @@ pub async fn track_http(request: Request, next: Next) -> Response {
         .get::<MatchedPath>()
         .map(|p| p.as_str().to_string())
         .unwrap_or_else(|| "unmatched".to_string());
+    if telemetry::enabled() {
+        // The request's span (request_id.rs) was made before routing.
+        let span = tracing::Span::current();
+        span.record("http.route", route.as_str());
+        telemetry::context::rename(&span, format!("{} {route}", request.method()));
+    }
     let started = Instant::now();
     let in_flight = InFlightGauge::enter();
     let response = next.run(request).await;
@@ -129,6 +139,11 @@ pub async fn render(State(app): State<AppState>) -> impl IntoResponse {
         gauge!("splitserve_gateway_host_outstanding", &labels).set(link.outstanding() as f64);
     });
     futures::future::join_all(scrapes).await;
+    if telemetry::enabled() {
+        for (reason, spans) in telemetry::DROPPED.by_reason() {
+            counter!(SPANS_DROPPED, "reason" => reason).absolute(spans);
+        }
+    }
     ([("content-type", "text/plain; version=0.0.4")], app.metrics.render())
 }
 

@@ -58,6 +58,10 @@ pub struct InferRequest {
     /// What the slot holds: the model's input, or an image for the host to
     /// decode (only to a host whose [`ModelInfo::host_decode`] says so).
     pub payload: Payload,
+    /// The gateway's span that waits for this answer, when the gateway
+    /// exports traces: the host's spans for the request become its
+    /// children. None costs one byte.
+    pub trace: Option<crate::TraceParent>,
 }
 
 /// The form of a request's input in its slot.
