@@ -3,7 +3,8 @@
 //! (`splitserve_host_*`, fetched over the control channel at each scrape,
 //! labelled `model`, `version` and `host`: the control socket's path, so
 //! the label set is bounded by the sockets this gateway has known).
-//! An iterative model's host adds its jobs and steps ([`export_jobs`]).
+//! An iterative model's host adds its jobs and steps ([`export_jobs`]); a
+//! host on a GPU adds Triton's `nv_gpu_*` gauges ([`export_memory`]).
 //! Exposition by metrics-exporter-prometheus; durations in seconds.
 
 use std::sync::OnceLock;
@@ -173,6 +174,10 @@ fn export_host(s: &HostStatus, host: &[(&'static str, String); 3]) {
     if let Some(jobs) = &s.jobs {
         export_jobs(jobs, host);
     }
+    export_memory(&s.memory, host);
+    for (reason, n) in &s.spans_dropped {
+        counter!("splitserve_host_spans_dropped_total", &with(("reason", reason.clone()))).absolute(*n);
+    }
     if let protocol::Phase::Ready(t) = s.phase {
         for (milestone, ms) in
             [("device_ready", t.device_ready_ms), ("weights_loaded", t.weights_loaded_ms), ("warmup_done", t.warmup_done_ms)]
@@ -180,6 +185,23 @@ fn export_host(s: &HostStatus, host: &[(&'static str, String); 3]) {
             gauge!("splitserve_host_startup_seconds", &with(("milestone", milestone.to_string()))).set(ms / 1e3);
         }
     }
+}
+
+/// A host's memory, and its GPU's figures under Triton's names (so that
+/// Triton's dashboards read them), labelled with the host's labels and
+/// the GPU's NVML index and UUID. A host without a GPU (or NVML) has no
+/// `nv_gpu_*` series.
+fn export_memory(m: &protocol::HostMemory, host: &[(&'static str, String); 3]) {
+    gauge!("splitserve_host_resident_memory_bytes", host).set(m.resident_bytes as f64);
+    gauge!("splitserve_host_model_device_bytes", host).set(m.model_bytes as f64);
+    let Some(gpu) = &m.gpu else { return };
+    let mut labels = host.to_vec();
+    labels.push(("gpu", gpu.index.to_string()));
+    labels.push(("gpu_uuid", gpu.uuid.clone()));
+    gauge!("nv_gpu_memory_used_bytes", &labels).set(gpu.memory_used_bytes as f64);
+    gauge!("nv_gpu_memory_total_bytes", &labels).set(gpu.memory_total_bytes as f64);
+    gauge!("nv_gpu_utilization", &labels).set(gpu.utilization);
+    gauge!("nv_gpu_power_usage", &labels).set(gpu.power_watts);
 }
 
 /// An iterative model's jobs (in the host's table, by state) and steps:

@@ -12,6 +12,7 @@
 //!   only things either side may say; [`handshake`] is the first exchange.
 //! - [`jobs`]: the messages' types for iterative models, whose requests
 //!   run for many steps as jobs the host keeps.
+//! - [`memory`]: the host's memory and GPU figures, for metrics.
 //! - [`trace`]: a request's W3C trace context, so that the host's spans
 //!   join the gateway's trace.
 //!
@@ -21,6 +22,7 @@
 pub mod codec;
 pub mod handshake;
 pub mod jobs;
+pub mod memory;
 pub mod message;
 pub mod shm;
 pub mod tag;
@@ -29,6 +31,7 @@ pub mod trace;
 pub mod vision;
 
 pub use codec::{CodecError, ControlCodec, GatewayCodec, HostCodec, MAX_FRAME_LEN};
+pub use memory::{GpuStats, HostMemory};
 pub use jobs::{IterativeModel, JobError, JobOutput, JobState, JobSubmit, JobView};
 pub use handshake::{HandshakeError, PROTOCOL_VERSION, check_hello};
 pub use message::*;

@@ -426,6 +426,12 @@ pub struct HostStatus {
     pub graph_batch_sizes: Vec<u32>,
     /// An iterative model's jobs and steps; None for other kinds.
     pub jobs: Option<crate::jobs::JobCounts>,
+    /// The host's resident memory, its model's bytes on the device, and
+    /// its GPU's memory, utilisation and power.
+    pub memory: crate::memory::HostMemory,
+    /// (reason, spans) the host never exported; empty with traces off.
+    #[cfg_attr(feature = "openapi", schema(value_type = Vec<Vec<Value>>))]
+    pub spans_dropped: Vec<(String, u64)>,
 }
 
 impl GatewayMessage {

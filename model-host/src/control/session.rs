@@ -230,8 +230,18 @@ impl<'a> Session<'a> {
             jpegs_decoded: Counters::get64(&c.jpegs_decoded),
             graph_batch_sizes: c.graphs(),
             jobs: self.ctx.job_table.as_ref().map(|t| t.counts()),
+            memory: self.ctx.resources.report(c),
+            spans_dropped: spans_dropped(),
         }
     }
+}
+
+/// The spans this host never exported, by reason, while it exports any.
+fn spans_dropped() -> Vec<(String, u64)> {
+    if !service::telemetry::enabled() {
+        return Vec::new();
+    }
+    service::telemetry::DROPPED.by_reason().into_iter().map(|(reason, n)| (reason.to_string(), n)).collect()
 }
 
 impl Drop for Session<'_> {

@@ -27,6 +27,9 @@ pub struct OptimizedModule {
     graphs_wanted: bool,
     /// What every warm-up pass and capture is checked against.
     check: OutputCheck,
+    /// Bytes of the weights on the device, counted at load (0 if the
+    /// shim could not count them).
+    pub weight_bytes: u64,
 }
 
 impl OptimizedModule {
@@ -44,6 +47,11 @@ impl OptimizedModule {
         let dtype = optimization.precision.kind();
         let cast = (dtype != Kind::Float).then_some(dtype);
         let mut module = Module::load_reporting(file, device, cast, progress).map_err(|e| ModelError::Load(e.0))?.with_outputs(outputs);
+        // Before freezing, which folds the weights into the graph.
+        let weight_bytes = module.weight_bytes().unwrap_or_else(|e| {
+            tracing::warn!(error = %e.0, "cannot count the model's weights; model bytes reported as 0");
+            0
+        });
         if optimization.freeze {
             match module.freeze(true) {
                 Ok(()) => tracing::info!("module frozen and optimized for inference"),
@@ -54,7 +62,7 @@ impl OptimizedModule {
         if graphs_wanted && !torch_shim::has_cuda_graphs() {
             tracing::warn!("this model-host was built without CUDA graph support; batches run eagerly");
         }
-        Ok(Self { module: Arc::new(module), graphs: BTreeMap::new(), graphs_wanted: graphs_wanted && torch_shim::has_cuda_graphs(), check })
+        Ok(Self { module: Arc::new(module), graphs: BTreeMap::new(), graphs_wanted: graphs_wanted && torch_shim::has_cuda_graphs(), check, weight_bytes })
     }
 
     /// Queues the forward pass on an uploaded batch: a replay of its
