@@ -18,7 +18,7 @@ use protocol::{Ask, GatewayMessage, HostMessage, InferError, InferRequest, MAX_F
 const WAIT: Duration = Duration::from_secs(5);
 
 fn infer(request_id: u64, slot: SlotRef, ask: Ask) -> GatewayMessage {
-    GatewayMessage::Infer(InferRequest { request_id, slot, ask, budget_us: 5_000_000, tag: "hostile-test".into(), payload: protocol::Payload::Input })
+    GatewayMessage::Infer(InferRequest { request_id, slot, ask, budget_us: 5_000_000, tag: "hostile-test".into(), payload: protocol::Payload::Input, trace: None })
 }
 
 /// What the digits model (a classifier) is asked.

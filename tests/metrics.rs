@@ -68,6 +68,14 @@ async fn metrics_cover_gateway_and_host_and_request_ids_cross_the_socket() {
     assert_eq!(value(&text, "splitserve_host_refused_total{reason=\"queue_full\"}"), 0.0);
     assert!(value(&text, "splitserve_host_startup_seconds{milestone=\"warmup_done\"}") > 0.0);
     assert!(value(&text, "splitserve_host_inference_seconds_total") > 0.0);
+    // The host's memory: the digits model's weights (about 0.6 MB in fp32)
+    // and a process that holds libtorch (well over 50 MB resident).
+    let weights = value(&text, "splitserve_host_model_device_bytes");
+    assert!((100_000.0..10_000_000.0).contains(&weights), "model bytes {weights}");
+    assert!(value(&text, "splitserve_host_resident_memory_bytes") > 50e6);
+    // A CPU host has no GPU: no nv_gpu_* series, and nothing failed for it.
+    assert!(!text.contains("nv_gpu_"), "GPU series from a CPU host:\n{text}");
+    assert!(!host.log().contains("NVML"), "a CPU host does not try NVML:\n{}", host.log());
 
     assert!(gateway.process.log().contains("trace-me-4711"), "gateway log lacks the id:\n{}", gateway.process.log());
     assert!(host.log().contains("trace-me-4711"), "host log lacks the id:\n{}", host.log());

@@ -143,6 +143,11 @@ pub struct Config {
     /// for log collectors). Verbosity comes from RUST_LOG (default info).
     #[arg(long, env = "GATEWAY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+
+    /// OpenTelemetry traces (docs/observability.md), set by the standard
+    /// OTEL_* variables: off unless an OTLP endpoint is given.
+    #[command(flatten)]
+    pub traces: service::telemetry::TraceFlags,
 }
 
 impl Config {

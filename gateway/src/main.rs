@@ -12,7 +12,7 @@ async fn main() -> anyhow::Result<()> {
     let started = Instant::now();
     let config = Config::parse();
     config.validate().map_err(anyhow::Error::msg)?;
-    config.log_format.init();
+    let telemetry = service::telemetry::init(config.log_format, &config.traces, "splitserve-gateway")?;
     let held = held_sockets().context("LISTEN_FDS sockets")?;
     let (listener, source) = http_listener(&config, held.http).await?;
     let grpc = grpc_listener(&config, held.grpc).await?;
@@ -27,7 +27,9 @@ async fn main() -> anyhow::Result<()> {
     );
     raise_fd_limit();
     let listeners = gateway::Listeners { http: listener, grpc };
-    gateway::run(config, listeners, service::shutdown_signal("finishing in-flight requests")).await.map_err(anyhow::Error::msg)?;
+    let ran = gateway::run(config, listeners, service::shutdown_signal("finishing in-flight requests")).await;
+    telemetry.shutdown().await;
+    ran.map_err(anyhow::Error::msg)?;
     tracing::info!("gateway stopped");
     Ok(())
 }

@@ -3,7 +3,8 @@
 //! (`splitserve_host_*`, fetched over the control channel at each scrape,
 //! labelled `model`, `version` and `host`: the control socket's path, so
 //! the label set is bounded by the sockets this gateway has known).
-//! An iterative model's host adds its jobs and steps ([`export_jobs`]).
+//! An iterative model's host adds its jobs and steps ([`export_jobs`]); a
+//! host on a GPU adds Triton's `nv_gpu_*` gauges ([`export_memory`]).
 //! Exposition by metrics-exporter-prometheus; durations in seconds.
 
 use std::sync::OnceLock;
@@ -15,6 +16,7 @@ use axum::response::{IntoResponse, Response};
 use metrics::{counter, gauge, histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use protocol::HostStatus;
+use service::telemetry;
 
 use crate::AppState;
 
@@ -27,6 +29,9 @@ pub const STAGE_SECONDS: &str = "splitserve_gateway_stage_seconds";
 /// or a stream's at its start), and their durations.
 pub const GRPC_REQUESTS: &str = "splitserve_gateway_grpc_requests_total";
 pub const GRPC_DURATION: &str = "splitserve_gateway_grpc_request_duration_seconds";
+/// Finished spans never exported, by reason (`queue_full`, `export_failed`);
+/// present only while traces are exported.
+pub const SPANS_DROPPED: &str = "splitserve_gateway_spans_dropped_total";
 
 /// Latency buckets from 100 us to 30 s.
 const SECONDS_BUCKETS: &[f64] =
@@ -59,6 +64,12 @@ pub async fn track_http(request: Request, next: Next) -> Response {
         .get::<MatchedPath>()
         .map(|p| p.as_str().to_string())
         .unwrap_or_else(|| "unmatched".to_string());
+    if telemetry::enabled() {
+        // The request's span (request_id.rs) was made before routing.
+        let span = tracing::Span::current();
+        span.record("http.route", route.as_str());
+        telemetry::context::rename(&span, format!("{} {route}", request.method()));
+    }
     let started = Instant::now();
     let in_flight = InFlightGauge::enter();
     let response = next.run(request).await;
@@ -129,6 +140,11 @@ pub async fn render(State(app): State<AppState>) -> impl IntoResponse {
         gauge!("splitserve_gateway_host_outstanding", &labels).set(link.outstanding() as f64);
     });
     futures::future::join_all(scrapes).await;
+    if telemetry::enabled() {
+        for (reason, spans) in telemetry::DROPPED.by_reason() {
+            counter!(SPANS_DROPPED, "reason" => reason).absolute(spans);
+        }
+    }
     ([("content-type", "text/plain; version=0.0.4")], app.metrics.render())
 }
 
@@ -158,6 +174,10 @@ fn export_host(s: &HostStatus, host: &[(&'static str, String); 3]) {
     if let Some(jobs) = &s.jobs {
         export_jobs(jobs, host);
     }
+    export_memory(&s.memory, host);
+    for (reason, n) in &s.spans_dropped {
+        counter!("splitserve_host_spans_dropped_total", &with(("reason", reason.clone()))).absolute(*n);
+    }
     if let protocol::Phase::Ready(t) = s.phase {
         for (milestone, ms) in
             [("device_ready", t.device_ready_ms), ("weights_loaded", t.weights_loaded_ms), ("warmup_done", t.warmup_done_ms)]
@@ -165,6 +185,23 @@ fn export_host(s: &HostStatus, host: &[(&'static str, String); 3]) {
             gauge!("splitserve_host_startup_seconds", &with(("milestone", milestone.to_string()))).set(ms / 1e3);
         }
     }
+}
+
+/// A host's memory, and its GPU's figures under Triton's names (so that
+/// Triton's dashboards read them), labelled with the host's labels and
+/// the GPU's NVML index and UUID. A host without a GPU (or NVML) has no
+/// `nv_gpu_*` series.
+fn export_memory(m: &protocol::HostMemory, host: &[(&'static str, String); 3]) {
+    gauge!("splitserve_host_resident_memory_bytes", host).set(m.resident_bytes as f64);
+    gauge!("splitserve_host_model_device_bytes", host).set(m.model_bytes as f64);
+    let Some(gpu) = &m.gpu else { return };
+    let mut labels = host.to_vec();
+    labels.push(("gpu", gpu.index.to_string()));
+    labels.push(("gpu_uuid", gpu.uuid.clone()));
+    gauge!("nv_gpu_memory_used_bytes", &labels).set(gpu.memory_used_bytes as f64);
+    gauge!("nv_gpu_memory_total_bytes", &labels).set(gpu.memory_total_bytes as f64);
+    gauge!("nv_gpu_utilization", &labels).set(gpu.utilization);
+    gauge!("nv_gpu_power_usage", &labels).set(gpu.power_watts);
 }
 
 /// An iterative model's jobs (in the host's table, by state) and steps:

@@ -1,14 +1,23 @@
 //! X-Request-Id: taken from the client when it sends a sane one, made up
 //! otherwise; echoed in the response, put on the request's tracing span (so
 //! on every log line about it) and sent to the host with the request.
+//!
+//! With traces exported, that span is also the request's OpenTelemetry
+//! server span: a child of the client's `traceparent` when it sent one,
+//! with HTTP's semantic-convention attributes (the route is filled in by
+//! [`crate::metrics::track_http`], which knows it, and names the span
+//! `{method} {route}` as the conventions do).
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
-use axum::http::{HeaderName, HeaderValue, Request};
+use std::time::Duration;
+
+use axum::http::{HeaderName, HeaderValue, Request, Response};
+use service::telemetry;
 use tower::ServiceBuilder;
 use tower::layer::util::{Identity, Stack};
 use tower_http::request_id::{MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer};
-use tower_http::trace::{DefaultOnResponse, TraceLayer};
+use tower_http::trace::{DefaultOnResponse, OnResponse, TraceLayer};
 use tower_http::classify::{ServerErrorsAsFailures, SharedClassifier};
 
 pub const HEADER: HeaderName = HeaderName::from_static("x-request-id");
@@ -33,10 +42,65 @@ pub fn of<B>(request: &Request<B>) -> String {
 }
 
 fn span_for<B>(request: &Request<B>) -> tracing::Span {
-    tracing::info_span!("http", request_id = %of(request), method = %request.method(), path = %request.uri().path())
+    if !telemetry::enabled() {
+        return tracing::info_span!("http", request_id = %of(request), method = %request.method(), path = %request.uri().path());
+    }
+    let method = request.method();
+    let span = tracing::info_span!(
+        "http",
+        request_id = %of(request),
+        method = %method,
+        path = %request.uri().path(),
+        otel.name = %method,
+        otel.kind = "server",
+        otel.status_code = tracing::field::Empty,
+        http.request.method = %method,
+        http.route = tracing::field::Empty,
+        http.response.status_code = tracing::field::Empty,
+        url.path = %request.uri().path(),
+        url.scheme = "http",
+        network.protocol.version = protocol_version(request.version()),
+    );
+    let header = |name: &str| request.headers().get(name).and_then(|v| v.to_str().ok());
+    telemetry::context::adopt_client_parent(&span, header("traceparent"), header("tracestate"));
+    span
 }
 
-type Trace = TraceLayer<SharedClassifier<ServerErrorsAsFailures>, fn(&Request<axum::body::Body>) -> tracing::Span>;
+/// HTTP's version as the semantic conventions spell it.
+fn protocol_version(version: axum::http::Version) -> &'static str {
+    match version {
+        axum::http::Version::HTTP_09 => "0.9",
+        axum::http::Version::HTTP_10 => "1.0",
+        axum::http::Version::HTTP_2 => "2",
+        axum::http::Version::HTTP_3 => "3",
+        _ => "1.1",
+    }
+}
+
+/// The response's status on the request's span (as a debug log line, as
+/// before; and, with traces exported, as attributes: a 5xx marks the
+/// server span failed, a 4xx does not, as the conventions say).
+#[derive(Clone, Copy)]
+pub struct RecordStatus;
+
+impl<B> OnResponse<B> for RecordStatus {
+    fn on_response(self, response: &Response<B>, latency: Duration, span: &tracing::Span) {
+        DefaultOnResponse::new().level(tracing::Level::DEBUG).on_response(response, latency, span);
+        if telemetry::enabled() {
+            span.record("http.response.status_code", i64::from(response.status().as_u16()));
+            if response.status().is_server_error() {
+                span.record("otel.status_code", "error");
+            }
+        }
+    }
+}
+
+type Trace = TraceLayer<
+    SharedClassifier<ServerErrorsAsFailures>,
+    fn(&Request<axum::body::Body>) -> tracing::Span,
+    tower_http::trace::DefaultOnRequest,
+    RecordStatus,
+>;
 
 /// The three layers, innermost last, as `ServiceBuilder` stacks them.
 type Layers = ServiceBuilder<Stack<PropagateRequestIdLayer, Stack<Trace, Stack<SetRequestIdLayer<Sequential>, Identity>>>>;
@@ -45,7 +109,7 @@ type Layers = ServiceBuilder<Stack<PropagateRequestIdLayer, Stack<Trace, Stack<S
 pub fn layers() -> Layers {
     let trace: Trace = TraceLayer::new_for_http()
         .make_span_with(span_for as fn(&Request<axum::body::Body>) -> tracing::Span)
-        .on_response(DefaultOnResponse::new().level(tracing::Level::DEBUG));
+        .on_response(RecordStatus);
     ServiceBuilder::new()
         .layer(SetRequestIdLayer::new(HEADER, Sequential::default()))
         .layer(trace)

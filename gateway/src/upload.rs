@@ -12,6 +12,8 @@ use http_body_util::BodyExt;
 use image::ImageFormat;
 
 use crate::error::ApiError;
+use service::telemetry;
+use tracing::Instrument;
 
 /// An image body whose format we know how to decode.
 pub struct Upload {
@@ -34,12 +36,18 @@ pub const PIXELS_CONTENT_TYPE: &str = "application/x-pixels";
 
 /// Reads the body, refusing it from Content-Length before reading when the
 /// header already says it is too large, and stopping at `limit` otherwise
-/// (chunked bodies have no Content-Length).
+/// (chunked bodies have no Content-Length). Traced as `read_body`.
 pub async fn read_body(body: Body, headers: &HeaderMap, limit: usize, within: Duration) -> Result<Bytes, ApiError> {
     let ms = within.as_millis() as u64;
-    tokio::time::timeout(within, read_limited(body, headers, limit))
+    let span = telemetry::span(|| tracing::info_span!("read_body", http.request.body.size = tracing::field::Empty));
+    let read = tokio::time::timeout(within, read_limited(body, headers, limit))
+        .instrument(span.clone())
         .await
-        .map_err(|_| ApiError::BodyTimeout { ms })?
+        .map_err(|_| ApiError::BodyTimeout { ms })?;
+    if let Ok(body) = &read {
+        span.record("http.request.body.size", body.len() as i64);
+    }
+    read
 }
 
 async fn read_limited(body: Body, headers: &HeaderMap, limit: usize) -> Result<Bytes, ApiError> {

@@ -13,6 +13,7 @@
 #include <cstring>
 #include <memory>
 #include <string>
+#include <unordered_set>
 #include <vector>
 
 #include <atomic>
@@ -205,6 +206,23 @@ char* shim_module_forward(ShimModule* m, const at::Tensor* const* inputs, int co
 }
 
 void shim_module_free(ShimModule* m) { delete m; }
+
+// Bytes the module's parameters and buffers hold, each storage counted
+// once, on whatever device they were loaded to: the model's weights there.
+// Read before freezing, which turns them into constants of the graph.
+char* shim_module_weight_bytes(ShimModule* m, uint64_t* out) {
+  return guarded([&] {
+    std::unordered_set<const void*> seen;
+    uint64_t total = 0;
+    auto count = [&](const at::Tensor& t) {
+      if (!t.defined() || !t.has_storage()) return;
+      if (seen.insert(t.storage().data()).second) total += t.storage().nbytes();
+    };
+    for (const at::Tensor& p : m->module.parameters(/*recurse=*/true)) count(p);
+    for (const at::Tensor& b : m->module.buffers(/*recurse=*/true)) count(b);
+    *out = total;
+  });
+}
 
 // An uninitialised uint8 CPU tensor of `len` bytes in page-locked memory,
 // from libtorch's caching host allocator: a block still read by an earlier

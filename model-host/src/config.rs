@@ -152,6 +152,11 @@ pub struct Config {
     /// for log collectors). Verbosity comes from RUST_LOG (default info).
     #[arg(long, env = "MODEL_HOST_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+
+    /// OpenTelemetry traces (docs/observability.md), set by the standard
+    /// OTEL_* variables: off unless an OTLP endpoint is given.
+    #[command(flatten)]
+    pub traces: service::telemetry::TraceFlags,
 }
 
 /// `--cache-dir`, else systemd's CacheDirectory= (its first entry).

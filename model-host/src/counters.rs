@@ -54,6 +54,8 @@ pub struct Counters {
     pub jpegs_decoded: AtomicU64,
     /// Connections dropped by the peer-credential check.
     pub peers_refused: AtomicU64,
+    /// Bytes of the model's weights on its device, set once it is loaded.
+    pub model_bytes: AtomicU64,
     /// (batch shape, batches run at it); shapes fixed at startup.
     batches_by_size: Vec<(u32, AtomicU64)>,
     refused: [AtomicU64; 6],

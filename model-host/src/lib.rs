@@ -14,7 +14,8 @@
 //!   that steps every running job together.
 //!
 //! Around it: [`config`] (flags), [`startup`] (phases and timings),
-//! [`notify`] (systemd), [`counters`], [`error`].
+//! [`notify`] (systemd), [`counters`], [`resources`] (memory and GPU
+//! figures), [`error`].
 // `unsafe` lives in one module, [`torch_shim`] (the libtorch shim).
 #![deny(unsafe_code)]
 
@@ -28,6 +29,7 @@ pub(crate) mod jobs;
 pub mod model;
 pub(crate) mod notify;
 pub(crate) mod pipeline;
+pub(crate) mod resources;
 pub(crate) mod startup;
 pub(crate) mod torch_shim;
 
@@ -103,6 +105,7 @@ pub async fn run(
         Err(_) => return Err(startup_failure(&phase)),
     };
     let model = model_info(&model_config, device, job_table.as_deref());
+    let resources = resources::Resources::open(&model.device);
     let ctx = Arc::new(HostContext {
         model,
         phase: phase.clone(),
@@ -113,6 +116,7 @@ pub async fn run(
         shm_mode: config.shm_mode,
         host_pid: std::process::id(),
         peers,
+        resources,
     });
 
     let mut failed = phase.clone();

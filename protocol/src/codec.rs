@@ -175,12 +175,22 @@ mod tests {
             Just(GatewayMessage::SegmentMapped),
             any::<u64>().prop_map(|request_id| GatewayMessage::Lease { request_id }),
             slot.clone().prop_map(|slot| GatewayMessage::Release { slot }),
-            (any::<u64>(), slot, proptest::option::of(any::<u32>()), any::<u64>(), "[ -~]{0,64}", proptest::option::of(any::<(u32, u8)>()), any::<bool>())
-                .prop_map(|(request_id, slot, k, budget_us, tag, jpeg, answer)| {
+            (
+                any::<u64>(),
+                slot,
+                proptest::option::of(any::<u32>()),
+                any::<u64>(),
+                "[ -~]{0,64}",
+                proptest::option::of(any::<(u32, u8)>()),
+                any::<bool>(),
+                proptest::option::of(any::<([u8; 16], [u8; 8], u8)>()),
+            )
+                .prop_map(|(request_id, slot, k, budget_us, tag, jpeg, answer, trace)| {
                     let raw = if answer { Ask::Answer } else { Ask::Tensors };
                     let ask = k.map_or(raw, |k| Ask::TopK { k });
                     let payload = jpeg.map_or(Payload::Input, |(len, orientation)| Payload::Jpeg { len, orientation });
-                    GatewayMessage::Infer(InferRequest { request_id, slot, ask, budget_us, tag, payload })
+                    let trace = trace.map(|(trace_id, span_id, flags)| crate::TraceParent { trace_id, span_id, flags });
+                    GatewayMessage::Infer(InferRequest { request_id, slot, ask, budget_us, tag, payload, trace })
                 }),
             any::<u64>().prop_map(|request_id| GatewayMessage::Cancel { request_id }),
         ]

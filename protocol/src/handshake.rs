@@ -14,7 +14,7 @@ use thiserror::Error;
 use crate::message::GatewayMessage;
 
 /// Bumped on any change to a message, the framing or the segment layout.
-pub const PROTOCOL_VERSION: u32 = 9;
+pub const PROTOCOL_VERSION: u32 = 10;
 
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum HandshakeError {

@@ -12,6 +12,9 @@
 //!   only things either side may say; [`handshake`] is the first exchange.
 //! - [`jobs`]: the messages' types for iterative models, whose requests
 //!   run for many steps as jobs the host keeps.
+//! - [`memory`]: the host's memory and GPU figures, for metrics.
+//! - [`trace`]: a request's W3C trace context, so that the host's spans
+//!   join the gateway's trace.
 //!
 //! This crate never links libtorch or CUDA: the gateway depends on it.
 #![deny(unsafe_code)]
@@ -19,16 +22,20 @@
 pub mod codec;
 pub mod handshake;
 pub mod jobs;
+pub mod memory;
 pub mod message;
 pub mod shm;
 pub mod tag;
 pub mod tensor;
+pub mod trace;
 pub mod vision;
 
 pub use codec::{CodecError, ControlCodec, GatewayCodec, HostCodec, MAX_FRAME_LEN};
+pub use memory::{GpuStats, HostMemory};
 pub use jobs::{IterativeModel, JobError, JobOutput, JobState, JobSubmit, JobView};
 pub use handshake::{HandshakeError, PROTOCOL_VERSION, check_hello};
 pub use message::*;
 pub use tag::{item_tag, request_tag};
 pub use tensor::{DataType, Placement, TensorSignature, TensorSpec};
+pub use trace::TraceParent;
 pub use vision::{VisionModel, VisionTask};

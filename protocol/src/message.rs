@@ -58,6 +58,10 @@ pub struct InferRequest {
     /// What the slot holds: the model's input, or an image for the host to
     /// decode (only to a host whose [`ModelInfo::host_decode`] says so).
     pub payload: Payload,
+    /// The gateway's span that waits for this answer, when the gateway
+    /// exports traces: the host's spans for the request become its
+    /// children. None costs one byte.
+    pub trace: Option<crate::TraceParent>,
 }
 
 /// The form of a request's input in its slot.
@@ -422,6 +426,12 @@ pub struct HostStatus {
     pub graph_batch_sizes: Vec<u32>,
     /// An iterative model's jobs and steps; None for other kinds.
     pub jobs: Option<crate::jobs::JobCounts>,
+    /// The host's resident memory, its model's bytes on the device, and
+    /// its GPU's memory, utilisation and power.
+    pub memory: crate::memory::HostMemory,
+    /// (reason, spans) the host never exported; empty with traces off.
+    #[cfg_attr(feature = "openapi", schema(value_type = Vec<Vec<Value>>))]
+    pub spans_dropped: Vec<(String, u64)>,
 }
 
 impl GatewayMessage {

@@ -1,12 +1,15 @@
 //! What the two daemons, model-host and gateway, do the same way: install
-//! their logging ([`LogFormat`]), wait for the signal that stops them
-//! ([`shutdown_signal`]), and name users on the command line ([`IdSpec`]). Kept out of `protocol`, which must stay free of
-//! clap and tracing-subscriber.
+//! their logging ([`LogFormat`]) and traces ([`telemetry`]), wait for the
+//! signal that stops them ([`shutdown_signal`]), and name users on the
+//! command line ([`IdSpec`]). Kept out of `protocol`, which must stay free
+//! of clap, tracing-subscriber and OpenTelemetry.
 #![forbid(unsafe_code)]
 
 mod ids;
+pub mod telemetry;
 
 use clap::ValueEnum;
+use tracing_subscriber::Layer;
 pub use ids::IdSpec;
 
 /// How log lines are written to stderr (journald keeps them either way).
@@ -19,14 +22,15 @@ pub enum LogFormat {
 }
 
 impl LogFormat {
-    /// Installs the global tracing subscriber (`RUST_LOG` filters; `info`
-    /// when it is unset or invalid).
-    pub fn init(self) {
-        let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-        let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    /// The log layer alone, for [`telemetry::init`] to stack beside spans.
+    pub fn layer<S>(self) -> Box<dyn Layer<S> + Send + Sync>
+    where
+        S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    {
+        let layer = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
         match self {
-            LogFormat::Text => builder.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).init(),
-            LogFormat::Json => builder.json().with_current_span(true).with_span_list(true).init(),
+            LogFormat::Text => layer.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).boxed(),
+            LogFormat::Json => layer.json().with_current_span(true).with_span_list(true).boxed(),
         }
     }
 }

@@ -8,6 +8,7 @@
 
 pub mod netns;
 pub mod nspawn;
+pub mod otlp;
 pub mod raw_control;
 pub mod silent_host;
 

@@ -124,5 +124,7 @@ fn status() -> HostStatus {
         refused: vec![],
         jpegs_decoded: 0,
         graph_batch_sizes: vec![],
+        memory: Default::default(),
+        spans_dropped: vec![],
     }
 }

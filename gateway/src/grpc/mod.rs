@@ -46,6 +46,8 @@ use tonic_health::ServingStatus;
 
 use crate::AppState;
 use crate::error::ApiError;
+use ::service::telemetry;
+use tracing::Instrument;
 use proto::grpc_inference_service_server::GrpcInferenceServiceServer;
 
 /// The service's name, as health checks ask for it.
@@ -93,15 +95,45 @@ const METHODS: &[&str] = &[
 /// Middleware: count and time every call by method and gRPC code. A
 /// unary call's error travels in the headers (trailers-only); a success's
 /// code, 0, in the trailers, which a stream's too: both count as headers say.
+/// With traces exported, each call is a server span (RPC semantic
+/// conventions), a child of the `traceparent` the client's metadata carries.
 async fn track_grpc(request: Request, next: Next) -> Response {
     let last = request.uri().path().rsplit('/').next().unwrap_or_default();
     let method: &'static str = METHODS.iter().copied().find(|m| *m == last).unwrap_or("other");
+    let span = telemetry::span(|| call_span(&request, method));
     let started = std::time::Instant::now();
-    let response = next.run(request).await;
+    let response = next.run(request).instrument(span.clone()).await;
     let code = response.headers().get("grpc-status").and_then(|c| c.to_str().ok()).unwrap_or("0").to_string();
+    if telemetry::enabled() {
+        span.record("rpc.grpc.status_code", code.parse::<i64>().unwrap_or(2));
+        // The codes the conventions count as a server's failure.
+        if matches!(code.as_str(), "2" | "4" | "12" | "13" | "14" | "15") {
+            span.record("otel.status_code", "error");
+        }
+    }
     metrics::counter!(crate::metrics::GRPC_REQUESTS, "method" => method, "code" => code).increment(1);
     metrics::histogram!(crate::metrics::GRPC_DURATION, "method" => method).record(started.elapsed().as_secs_f64());
     response
+}
+
+/// One call's server span. The service is named from the path (health
+/// checks are their own service), the method from the bounded list.
+fn call_span(request: &Request, method: &'static str) -> tracing::Span {
+    let service = request.uri().path().trim_start_matches('/').split('/').next().unwrap_or_default();
+    let service = if service == "grpc.health.v1.Health" { service } else { SERVICE_NAME };
+    let span = tracing::info_span!(
+        "grpc",
+        otel.name = format!("{service}/{method}"),
+        otel.kind = "server",
+        otel.status_code = tracing::field::Empty,
+        rpc.system = "grpc",
+        rpc.service = service,
+        rpc.method = method,
+        rpc.grpc.status_code = tracing::field::Empty,
+    );
+    let header = |name: &str| request.headers().get(name).and_then(|v| v.to_str().ok());
+    telemetry::context::adopt_client_parent(&span, header("traceparent"), header("tracestate"));
+    span
 }
 
 /// A unary call's message must arrive whole within the body timeout and

@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 
-use protocol::{Ask, GatewayMessage, HostMessage, InferError, InferRequest, Payload, Prediction, Refusal, SlotRef};
+use protocol::{Ask, GatewayMessage, HostMessage, InferError, InferRequest, Payload, Prediction, Refusal, SlotRef, TraceParent};
 use tokio::sync::OwnedSemaphorePermit;
 
 use super::HostCallError;
@@ -59,9 +59,10 @@ impl SlotLease {
     }
 
     /// Sends the request; the slot now belongs to the host until it answers.
-    pub fn infer(mut self, ask: Ask, payload: Payload, budget_us: u64, tag: String) -> Result<InFlight, HostCallError> {
+    /// `trace` is the span that waits for the answer, for the host's spans.
+    pub fn infer(mut self, ask: Ask, payload: Payload, budget_us: u64, tag: String, trace: Option<TraceParent>) -> Result<InFlight, HostCallError> {
         let request_id = self.link.next_request_id();
-        let request = InferRequest { request_id, slot: self.slot, ask, budget_us, tag, payload };
+        let request = InferRequest { request_id, slot: self.slot, ask, budget_us, tag, payload, trace };
         let answer = self.link.request(request_id, GatewayMessage::Infer(request), self.permit.take())?;
         self.owned = false;
         Ok(InFlight { link: self.link.clone(), request_id, answer: Some(answer) })

@@ -530,7 +530,7 @@ mod tests {
         let (link, mut outbox) = link(4);
         let permit = link.slot_permit().await.unwrap();
         let lease = SlotLease::new_for_test(link.clone(), SlotRef { index: 0, generation: 1 }, permit);
-        let in_flight = lease.infer(Ask::TopK { k: 1 }, protocol::Payload::Input, 1_000_000, "t".into()).unwrap();
+        let in_flight = lease.infer(Ask::TopK { k: 1 }, protocol::Payload::Input, 1_000_000, "t".into(), None).unwrap();
         let GatewayMessage::Infer(request) = sent(&mut outbox).await else { panic!("expected an Infer") };
         drop(in_flight);
         assert_eq!(sent(&mut outbox).await, GatewayMessage::Cancel { request_id: request.request_id });

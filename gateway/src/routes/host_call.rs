@@ -11,6 +11,8 @@
 use std::time::Instant;
 
 use protocol::{Ask, HostTimings, Output, Payload, Prediction};
+use service::telemetry;
+use tracing::Instrument;
 
 use crate::error::ApiError;
 use crate::host_client::{HostCallError, Route, SlotLease};
@@ -91,7 +93,8 @@ pub async fn run_tensors_leased(
 
 /// A slot at the route's host, within the deadline.
 pub async fn lease(route: &Route, deadline: Instant, budget_ms: u64) -> Result<SlotLease, ApiError> {
-    let lease = tokio::time::timeout_at(deadline.into(), route.lease()).await.map_err(|_| ApiError::DeadlineExceeded { budget_ms })?;
+    let span = telemetry::span(|| tracing::info_span!("lease"));
+    let lease = tokio::time::timeout_at(deadline.into(), route.lease()).instrument(span).await.map_err(|_| ApiError::DeadlineExceeded { budget_ms })?;
     Ok(lease?)
 }
 
@@ -110,8 +113,22 @@ async fn send(
     if remaining.is_zero() {
         return Err(timeout());
     }
-    let in_flight = lease.infer(ask, payload, remaining.as_micros() as u64, tag)?;
-    let answer = tokio::time::timeout(remaining, in_flight.result_with_outputs()).await.map_err(|_| timeout())?;
+    // The client side of the call to the host; the host's spans for this
+    // request are its children (the Infer message carries its context).
+    let waiting = telemetry::span(|| {
+        tracing::info_span!(
+            "wait_for_host",
+            otel.kind = "client",
+            rpc.system = "splitserve",
+            rpc.service = "model-host",
+            rpc.method = "Infer",
+            splitserve.slot_bytes = input.len() as i64,
+            splitserve.host_decodes = matches!(payload, Payload::Jpeg { .. }),
+        )
+    });
+    let trace = telemetry::context::trace_parent_of(&waiting);
+    let in_flight = lease.infer(ask, payload, remaining.as_micros() as u64, tag, trace)?;
+    let answer = tokio::time::timeout(remaining, in_flight.result_with_outputs()).instrument(waiting).await.map_err(|_| timeout())?;
     answer.map_err(|e| match e {
         HostCallError::DeadlineExceeded => timeout(),
         other => other.into(),

@@ -24,6 +24,8 @@ use crate::openapi::{Binary, InferErrors};
 use crate::routes::{host_call, vision};
 use crate::upload::{Format, PIXELS_CONTENT_TYPE, Upload, extract_image, read_body};
 use protocol::{HostDecode, ImageShape, Payload};
+use service::telemetry;
+use tracing::Instrument;
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -163,7 +165,8 @@ pub async fn predict(
         metrics::record_body(body.len());
         let upload = extract_image(&parts.headers, body).await?;
         let decode_started = Instant::now();
-        let (bytes, payload) = model_input(upload, input, app.limits.max_pixels, model.host_decode.as_ref()).await?;
+        let decoding = telemetry::span(|| tracing::info_span!("decode", splitserve.image.bytes = upload.bytes.len() as i64));
+        let (bytes, payload) = model_input(upload, input, app.limits.max_pixels, model.host_decode.as_ref()).instrument(decoding).await?;
         Ok::<_, ApiError>((bytes, payload, decode_started.elapsed()))
     };
     // The body first: a JPEG small enough to decode in place blocks this
@@ -175,6 +178,7 @@ pub async fn predict(
     let ((bytes, payload, decode), lease) = tokio::try_join!(prepare, host_call::lease(&link, deadline, budget_ms))?;
 
     let (top, t) = host_call::classify_leased(lease, &bytes, payload, top_k, deadline, budget_ms, tag).await?;
+    let _answering = telemetry::span(|| tracing::info_span!("answer")).entered();
 
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
     let (queue, inference) = (Duration::from_micros(t.queue_us), Duration::from_micros(t.inference_us));

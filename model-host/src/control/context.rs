@@ -21,6 +21,8 @@ pub struct HostContext {
     pub host_pid: u32,
     /// Who may connect (SO_PEERCRED check in the accept loop).
     pub peers: crate::control::peer_auth::PeerPolicy,
+    /// Memory and GPU figures for Status.
+    pub resources: crate::resources::Resources,
 }
 
 #[cfg(test)]
@@ -42,6 +44,7 @@ impl HostContext {
             shm_mode: 0o600,
             host_pid: std::process::id(),
             peers: crate::control::peer_auth::PeerPolicy::new(&[], &[]).expect("own uid"),
+            resources: crate::resources::Resources::open("cpu"),
         };
         (ctx, job_rx)
     }

@@ -20,6 +20,7 @@ use super::context::HostContext;
 use super::leases::LeaseTable;
 use crate::counters::{Counters, Refused};
 use crate::pipeline::jobs::{Completion, Job};
+use crate::pipeline::spans::RequestSpans;
 
 /// The gateway broke the protocol: the connection is closed after saying so.
 #[derive(Debug, Error)]
@@ -140,6 +141,7 @@ impl<'a> Session<'a> {
         let cancelled = Arc::new(AtomicBool::new(false));
         let slot = r.slot;
         let request_id = r.request_id;
+        let spans = RequestSpans::start(r.trace, &r.tag, r.payload != Payload::Input);
         let job = Job {
             request_id,
             slot,
@@ -153,6 +155,7 @@ impl<'a> Session<'a> {
             deadline: arrived + Duration::from_micros(r.budget_us),
             cancelled: cancelled.clone(),
             reply: self.done_tx.clone(),
+            spans,
         };
         match self.ctx.jobs.submit(job) {
             Ok(()) => {
@@ -227,8 +230,18 @@ impl<'a> Session<'a> {
             jpegs_decoded: Counters::get64(&c.jpegs_decoded),
             graph_batch_sizes: c.graphs(),
             jobs: self.ctx.job_table.as_ref().map(|t| t.counts()),
+            memory: self.ctx.resources.report(c),
+            spans_dropped: spans_dropped(),
         }
     }
+}
+
+/// The spans this host never exported, by reason, while it exports any.
+fn spans_dropped() -> Vec<(String, u64)> {
+    if !service::telemetry::enabled() {
+        return Vec::new();
+    }
+    service::telemetry::DROPPED.by_reason().into_iter().map(|(reason, n)| (reason.to_string(), n)).collect()
 }
 
 impl Drop for Session<'_> {
@@ -271,7 +284,7 @@ mod tests {
     }
 
     fn infer(request_id: u64, slot: SlotRef, ask: Ask) -> GatewayMessage {
-        GatewayMessage::Infer(InferRequest { request_id, slot, ask, budget_us: 5_000_000, tag: "t".into(), payload: Payload::Input })
+        GatewayMessage::Infer(InferRequest { request_id, slot, ask, budget_us: 5_000_000, tag: "t".into(), payload: Payload::Input, trace: None })
     }
 
     fn leased(reply: Option<HostMessage>) -> SlotRef {
@@ -326,7 +339,7 @@ mod tests {
             let (done_tx, _done_rx) = mpsc::unbounded_channel();
             let mut session = Session::new(ctx, segment(), done_tx);
             let slot = leased(session.handle(GatewayMessage::Lease { request_id: 1 }).unwrap());
-            let request = InferRequest { request_id: 2, slot, ask: Ask::TopK { k: 1 }, budget_us: 5_000_000, tag: "t".into(), payload };
+            let request = InferRequest { request_id: 2, slot, ask: Ask::TopK { k: 1 }, budget_us: 5_000_000, tag: "t".into(), payload, trace: None };
             match session.handle(GatewayMessage::Infer(request)).unwrap() {
                 Some(HostMessage::InferDone { result: Err(InferError::InvalidRequest(why)), .. }) => Some(why),
                 None => None,

@@ -70,12 +70,17 @@ pub struct Key {
 struct Sidecar {
     key: Key,
     sha256: String,
+    /// The module's parameters and buffers before freezing (a frozen
+    /// module has them as constants, which are not counted).
+    #[serde(default)]
+    weight_bytes: u64,
 }
 
 /// A usable entry.
 pub struct Hit {
     pub module: PathBuf,
     sha256: String,
+    weight_bytes: u64,
 }
 
 impl Key {
@@ -113,13 +118,13 @@ impl FrozenCache {
         let name = key.name();
         let module = self.dir.join(format!("{name}.pt"));
         let sidecar: Sidecar = serde_json::from_slice(&std::fs::read(self.dir.join(format!("{name}.json"))).ok()?).ok()?;
-        (sidecar.key == *key && module.is_file()).then_some(Hit { module, sha256: sidecar.sha256 })
+        (sidecar.key == *key && module.is_file()).then_some(Hit { module, sha256: sidecar.sha256, weight_bytes: sidecar.weight_bytes })
     }
 
     /// Saves `module` (frozen, not yet optimized) as the entry for `key`,
-    /// the model file's content hashing to `sha256`; removes the same
-    /// model's other entries.
-    pub fn store(&self, module: &Module, key: &Key, sha256: &str) -> Result<PathBuf, String> {
+    /// the model file's content hashing to `sha256`, its weights
+    /// `weight_bytes`; removes the same model's other entries.
+    pub fn store(&self, module: &Module, key: &Key, sha256: &str, weight_bytes: u64) -> Result<PathBuf, String> {
         std::fs::create_dir_all(&self.dir).map_err(|e| format!("creating {}: {e}", self.dir.display()))?;
         let name = key.name();
         let (pt, json) = (self.dir.join(format!("{name}.pt")), self.dir.join(format!("{name}.json")));
@@ -128,7 +133,7 @@ impl FrozenCache {
             path.with_file_name(format!("{name}.tmp.{}", std::process::id()))
         };
         module.save(&tmp(&pt)).map_err(|e| format!("saving the frozen module: {}", e.0))?;
-        let sidecar = serde_json::to_vec_pretty(&Sidecar { key: key.clone(), sha256: sha256.to_string() }).map_err(|e| e.to_string())?;
+        let sidecar = serde_json::to_vec_pretty(&Sidecar { key: key.clone(), sha256: sha256.to_string(), weight_bytes }).map_err(|e| e.to_string())?;
         std::fs::write(tmp(&json), sidecar).map_err(|e| format!("writing {}: {e}", json.display()))?;
         std::fs::rename(tmp(&pt), &pt).map_err(|e| format!("renaming into {}: {e}", pt.display()))?;
         std::fs::rename(tmp(&json), &json).map_err(|e| format!("renaming into {}: {e}", json.display()))?;
@@ -218,8 +223,8 @@ impl FrozenCache {
     /// inference, through the cache: from the entry when there is a good
     /// one, else from the file, storing the frozen module for next time.
     /// Nothing about the cache fails a load: each problem is a log line
-    /// and the slow path.
-    pub fn load(&self, file: &Path, device: tch::Device, cast: Option<tch::Kind>, progress: &mut dyn FnMut(u64, u64)) -> Result<Module, ShimError> {
+    /// and the slow path. With the module, its weights' bytes.
+    pub fn load(&self, file: &Path, device: tch::Device, cast: Option<tch::Kind>, progress: &mut dyn FnMut(u64, u64)) -> Result<(Module, u64), ShimError> {
         let key = match Key::of(file, device, cast) {
             Ok(key) => key,
             Err(e) => {
@@ -239,7 +244,7 @@ impl FrozenCache {
                     if hashing.result().is_ok_and(|h| hit.matches(h)) {
                         optimize(&mut module);
                         tracing::info!(entry = %hit.module.display(), ms = started.elapsed().as_secs_f64() * 1e3, "frozen module loaded from the cache");
-                        return Ok(module);
+                        return Ok((module, hit.weight_bytes));
                     }
                     tracing::warn!(entry = %hit.module.display(), "the model file's content differs from the cached module's; loading the file");
                 }
@@ -279,28 +284,39 @@ impl Hashing {
 
 /// The slow path: the file loaded and cast, frozen, stored in the cache
 /// when one is given (before `optimize_for_inference`), then optimized.
-/// A module that cannot be frozen runs as saved.
+/// A module that cannot be frozen runs as saved. With the module, its
+/// weights' bytes, counted before freezing.
 pub fn load_and_freeze(
     file: &Path,
     device: tch::Device,
     cast: Option<tch::Kind>,
     progress: &mut dyn FnMut(u64, u64),
     cache: Option<(&FrozenCache, &Key, String)>,
-) -> Result<Module, ShimError> {
+) -> Result<(Module, u64), ShimError> {
     let mut module = Module::load_reporting(file, device, cast, progress)?;
+    let bytes = weight_bytes(&module);
     if let Err(e) = module.freeze(false) {
         tracing::warn!(error = %e.0, "cannot freeze the module; it runs as saved");
-        return Ok(module);
+        return Ok((module, bytes));
     }
     if let Some((cache, key, sha256)) = cache {
         let started = std::time::Instant::now();
-        match cache.store(&module, key, &sha256) {
+        match cache.store(&module, key, &sha256, bytes) {
             Ok(entry) => tracing::info!(entry = %entry.display(), ms = started.elapsed().as_secs_f64() * 1e3, "frozen module stored in the cache"),
             Err(e) => tracing::warn!(error = %e, "frozen-module cache not written"),
         }
     }
     optimize(&mut module);
-    Ok(module)
+    Ok((module, bytes))
+}
+
+/// The module's parameters and buffers in bytes (0, with a log line, if
+/// they cannot be counted).
+pub fn weight_bytes(module: &Module) -> u64 {
+    module.weight_bytes().unwrap_or_else(|e| {
+        tracing::warn!(error = %e.0, "cannot count the model's weights; model bytes reported as 0");
+        0
+    })
 }
 
 fn optimize(module: &mut Module) {

@@ -28,7 +28,7 @@ fn entries(dir: &Path) -> Vec<String> {
 }
 
 fn load(cache: &FrozenCache, file: &Path) -> Module {
-    cache.load(file, Device::Cpu, None, &mut |_, _| {}).unwrap()
+    cache.load(file, Device::Cpu, None, &mut |_, _| {}).unwrap().0
 }
 
 #[test]
@@ -36,7 +36,7 @@ fn a_hit_answers_as_the_slow_path_and_needs_no_freeze() {
     let (models, dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let file = digits_copy(models.path());
     let cache = FrozenCache::new(dir.path().to_path_buf());
-    let want = answer(&load_and_freeze(&file, Device::Cpu, None, &mut |_, _| {}, None).unwrap());
+    let want = answer(&load_and_freeze(&file, Device::Cpu, None, &mut |_, _| {}, None).unwrap().0);
 
     let key = Key::of(&file, Device::Cpu, None).unwrap();
     assert!(cache.lookup(&key).is_none());
@@ -50,6 +50,11 @@ fn a_hit_answers_as_the_slow_path_and_needs_no_freeze() {
     let cached = Module::load_reporting(&hit.module, Device::Cpu, None, &mut |read, _| read_bytes = read).unwrap();
     assert!(read_bytes > 0);
     let stored = std::fs::metadata(&hit.module).unwrap().modified().unwrap();
+    // The weights' count survives freezing through the entry.
+    let (_, slow_bytes) = load_and_freeze(&file, Device::Cpu, None, &mut |_, _| {}, None).unwrap();
+    let (_, hit_bytes) = cache.load(&file, Device::Cpu, None, &mut |_, _| {}).unwrap();
+    assert!(slow_bytes > 0);
+    assert_eq!(hit_bytes, slow_bytes);
     let second = answer(&load(&cache, &file));
     assert_eq!(std::fs::metadata(&hit.module).unwrap().modified().unwrap(), stored, "a hit does not write the entry again");
     for got in [first, second, answer(&cached)] {

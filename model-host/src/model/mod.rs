@@ -118,6 +118,11 @@ impl Model {
         }
     }
 
+    /// Bytes of the model's weights on its device, as loaded.
+    pub fn weight_bytes(&self) -> u64 {
+        self.module().weight_bytes
+    }
+
     /// The module as it runs, whichever the kind.
     fn module(&self) -> &OptimizedModule {
         match self {

@@ -28,6 +28,9 @@ pub struct OptimizedModule {
     graphs_wanted: bool,
     /// What every warm-up pass and capture is checked against.
     check: OutputCheck,
+    /// Bytes of the weights on the device, counted at load (0 if the
+    /// shim could not count them).
+    pub weight_bytes: u64,
 }
 
 impl OptimizedModule {
@@ -45,17 +48,23 @@ impl OptimizedModule {
     ) -> Result<Self, ModelError> {
         let dtype = optimization.precision.kind();
         let cast = (dtype != Kind::Float).then_some(dtype);
-        let module = match (optimization.freeze, frozen_cache::configured()) {
+        // Weights are counted before freezing, which folds them into the
+        // graph (a cached frozen module's count was kept with it).
+        let loaded = match (optimization.freeze, frozen_cache::configured()) {
             (true, Some(cache)) => cache.load(file, device, cast, progress),
             (true, None) => frozen_cache::load_and_freeze(file, device, cast, progress, None),
-            (false, _) => Module::load_reporting(file, device, cast, progress),
+            (false, _) => Module::load_reporting(file, device, cast, progress).map(|m| {
+                let bytes = frozen_cache::weight_bytes(&m);
+                (m, bytes)
+            }),
         };
-        let module = module.map_err(|e| ModelError::Load(e.0))?.with_outputs(outputs);
+        let (module, weight_bytes) = loaded.map_err(|e| ModelError::Load(e.0))?;
+        let module = module.with_outputs(outputs);
         let graphs_wanted = optimization.cuda_graphs && device.is_cuda();
         if graphs_wanted && !torch_shim::has_cuda_graphs() {
             tracing::warn!("this model-host was built without CUDA graph support; batches run eagerly");
         }
-        Ok(Self { module: Arc::new(module), graphs: BTreeMap::new(), graphs_wanted: graphs_wanted && torch_shim::has_cuda_graphs(), check })
+        Ok(Self { module: Arc::new(module), graphs: BTreeMap::new(), graphs_wanted: graphs_wanted && torch_shim::has_cuda_graphs(), check, weight_bytes })
     }
 
     /// Queues the forward pass on an uploaded batch: a replay of its

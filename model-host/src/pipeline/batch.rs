@@ -20,7 +20,9 @@ use crate::model::config::padded_batch;
 use crate::model::Input;
 use crate::model::preprocess::Preprocessor;
 use crate::torch_shim::HostBuffer;
+use crate::pipeline::spans::{self, Step};
 use crate::torch_shim::stream::CudaEvent;
+use tracing::Span;
 
 /// Slots copied into one staging buffer, padded to a warmed shape.
 pub struct Gathered {
@@ -35,6 +37,9 @@ pub struct Gathered {
     /// Rows whose input the decode stage made from a JPEG, already on the
     /// device; their rows of `staging` are left as they are.
     decoded: Vec<(usize, Tensor)>,
+    /// The batch's span, when one of its requests is traced; it ends
+    /// with the batch.
+    span: Option<Span>,
 }
 
 /// Device memory a batch reads and that was made on another thread's
@@ -54,6 +59,7 @@ pub struct Running {
     /// `inference_us`) includes the rest of that batch.
     launched_at: Instant,
     borrowed: Borrowed,
+    span: Option<Span>,
 }
 
 /// Copies the first `slot_len` bytes of each job's slot (its input) into a
@@ -106,7 +112,8 @@ pub fn gather(batch: Vec<Job>, slot_len: usize, shapes: &[u32], pre: &Preprocess
     bytes[jobs.len() * slot_len..padded * slot_len].fill(0);
     counters.copy_us_total.fetch_add(started.elapsed().as_micros() as u64, Relaxed);
     let k = jobs.iter().map(|j| j.top_k as usize).max().unwrap_or(1);
-    Some(Gathered { jobs, padded, k, staging, decoded })
+    let span = spans::start_batch(&mut jobs, padded);
+    Some(Gathered { jobs, padded, k, staging, decoded, span })
 }
 
 /// A batch whose inputs are on their way to the device.
@@ -119,26 +126,30 @@ pub struct Uploaded {
     /// model's stream waits for before the forward pass.
     uploaded: Option<CudaEvent>,
     borrowed: Borrowed,
+    span: Option<Span>,
 }
 
 /// Starts the gathered batch's copy to the device. On a GPU this only
 /// queues the copy and the pre-processing on the calling thread's stream
 /// (the feeder's own: beside the batch still running, not behind it).
 pub fn upload(pre: &Preprocessor, batch: Gathered) -> Uploaded {
+    let step = spans::step(batch.span.as_ref(), Step::Upload).entered();
     let mut uploaded = None;
     let input = pre.upload(batch.staging, batch.padded, &batch.decoded).map_err(ModelError::from).and_then(|input| {
         uploaded = CudaEvent::record(pre.device()).map_err(|e| ModelError::Stream(e.0))?;
         Ok(input)
     });
     let borrowed = batch.decoded.into_iter().map(|(_, t)| t).collect();
-    Uploaded { jobs: batch.jobs, padded: batch.padded, k: batch.k, input, uploaded, borrowed }
+    drop(step);
+    Uploaded { jobs: batch.jobs, padded: batch.padded, k: batch.k, input, uploaded, borrowed, span: batch.span }
 }
 
 /// Queues the forward pass of an uploaded batch on the calling thread's
 /// stream, after its upload.
 pub fn launch(model: &Model, batch: Uploaded) -> Running {
     let launched_at = Instant::now();
-    let Uploaded { jobs, padded, k, input, uploaded, mut borrowed } = batch;
+    let Uploaded { jobs, padded, k, input, uploaded, mut borrowed, span } = batch;
+    let _forward = spans::step(span.as_ref(), Step::Forward).entered();
     let launched = input.and_then(|input| {
         if let Some(uploaded) = &uploaded {
             uploaded.block_current().map_err(|e| ModelError::Stream(e.0))?;
@@ -148,14 +159,16 @@ pub fn launch(model: &Model, batch: Uploaded) -> Running {
         let forms = Forms { raw: jobs.iter().any(|j| !j.answer), small: jobs.iter().any(|j| j.answer) };
         model.launch_forms(input, k, forms)
     });
-    Running { jobs, padded, launched, launched_at, borrowed }
+    Running { jobs, padded, launched, launched_at, borrowed, span }
 }
 
 /// Waits for a running batch and answers each of its jobs: a classifier's
 /// with its top-k, a tensor model's once its outputs are in its slot.
 pub fn finish(batch: Running, counters: &Counters) {
-    let Running { jobs, padded, launched, launched_at, borrowed } = batch;
+    let Running { jobs, padded, launched, launched_at, borrowed, span } = batch;
+    let reading = spans::step(span.as_ref(), Step::ReadBack).entered();
     let result = launched.and_then(|l| l.collect(jobs.len()));
+    drop(reading);
     // With the outputs back, the batch's copies out of these have run; a
     // batch that failed first waits for its device here.
     if let (Err(_), Some(tch::Device::Cuda(index))) = (&result, borrowed.first().map(Tensor::device)) {

@@ -22,6 +22,7 @@ use tch::Tensor;
 use tokio::sync::mpsc;
 
 use crate::counters::Counters;
+use crate::pipeline::spans::RequestSpans;
 
 pub struct Job {
     pub request_id: u64,
@@ -46,6 +47,9 @@ pub struct Job {
     /// Set when the gateway cancels or disconnects: skip before GPU work.
     pub cancelled: Arc<AtomicBool>,
     pub reply: mpsc::UnboundedSender<Completion>,
+    /// The request's spans, when the gateway traced it and traces are
+    /// exported; they end when the job is answered (dropped).
+    pub spans: Option<RequestSpans>,
 }
 
 impl Job {
@@ -55,6 +59,9 @@ impl Job {
 
     /// Answers the job; a gone connection is fine (its slots went with it).
     pub fn finish(self, result: Result<Prediction, InferError>) {
+        if let (Some(spans), Err(e)) = (&self.spans, &result) {
+            spans.failed(&format!("{e:?}"));
+        }
         let _ = self.reply.send(Completion { request_id: self.request_id, slot: self.slot, result });
     }
 }
@@ -78,6 +85,7 @@ impl Job {
             deadline: now + std::time::Duration::from_secs(60),
             cancelled: Arc::new(AtomicBool::new(false)),
             reply: reply.clone(),
+            spans: None,
         }
     }
 }

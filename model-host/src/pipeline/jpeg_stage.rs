@@ -113,6 +113,8 @@ pub fn decode_group(decoder: &mut impl DecodeJpegs, group: Vec<Job>, counters: &
         return jobs;
     }
     let images: Vec<Encoded> = files.iter().map(|(bytes, orientation)| Encoded { bytes, orientation: *orientation }).collect();
+    // Traced requests' decode spans: the group decodes together.
+    let decoding: Vec<_> = jobs.iter().filter_map(|j| j.spans.as_ref().map(|s| s.jpeg_decode())).collect();
     // A panic in the decode (a libtorch call that panics rather than
     // erring) fails this group as the decoder's fault, not the thread: its
     // jobs are answered and the decoder serves on.
@@ -120,6 +122,7 @@ pub fn decode_group(decoder: &mut impl DecodeJpegs, group: Vec<Job>, counters: &
         tracing::error!(files = images.len(), "a JPEG decode panicked; its group is answered as failed");
         images.iter().map(|_| Err(DecodeFailure::Decoder("the JPEG decode panicked".into()))).collect()
     });
+    drop(decoding);
     let mut decoded = Vec::with_capacity(jobs.len());
     for (mut job, outcome) in jobs.into_iter().zip(outcomes) {
         match outcome {

@@ -9,6 +9,7 @@
 //! - [`batch`]: gather slots, upload, launch, answer.
 //! - [`model_thread`]: load, warm up, then run batches forever.
 //! - [`spin`]: the two threads' waits, polling briefly before sleeping.
+//! - [`spans`]: a traced request's and batch's OpenTelemetry spans.
 
 pub mod batch;
 pub mod batch_policy;
@@ -18,4 +19,5 @@ pub mod jobs;
 pub mod jpeg_stage;
 pub mod model_thread;
 pub mod ready_shapes;
+pub mod spans;
 pub mod spin;

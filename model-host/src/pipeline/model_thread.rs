@@ -206,7 +206,8 @@ impl ModelThread {
         let mut model = Model::load_reporting(path, &self.model.config, device, &mut |read, total| reporter.loading(read, total)).map_err(load_error)?;
         let pre = Preprocessor::new(&self.model.config, device).map_err(|e| load_error(e.into()))?;
         let loads = self.counters.model_loads.fetch_add(1, Relaxed) + 1;
-        tracing::info!(model = %path.display(), loads, "model loaded");
+        self.counters.model_bytes.store(model.weight_bytes(), Relaxed);
+        tracing::info!(model = %path.display(), loads, weight_bytes = model.weight_bytes(), "model loaded");
         self.reporter.weights_loaded();
         for primed in [primed, answers].into_iter().flatten() {
             let _ = primed.join();

@@ -45,6 +45,7 @@ unsafe extern "C" {
     fn shim_module_optimize(module: *mut ShimModule) -> *mut c_char;
     fn shim_module_save(module: *mut ShimModule, path: *const c_char) -> *mut c_char;
     fn shim_torch_version() -> c_int;
+    fn shim_module_weight_bytes(module: *mut ShimModule, out: *mut u64) -> *mut c_char;
     fn shim_module_forward(
         module: *mut ShimModule,
         inputs: *const *const C_tensor,
@@ -238,6 +239,18 @@ impl Module {
 
     /// `torch.jit.freeze`, then `optimize_for_inference` if asked. On
     /// error the module is unchanged and still usable.
+    /// Bytes the module's parameters and buffers hold on its device, each
+    /// storage once. Read it before [`Self::freeze`], which makes them
+    /// constants that this no longer sees.
+    pub fn weight_bytes(&self) -> Result<u64, ShimError> {
+        let mut bytes = 0u64;
+        // SAFETY: `self.raw` is a live module owned by this handle, only
+        // read; the out-pointer is valid for the call and written only on
+        // success; the shim catches every C++ exception.
+        check(unsafe { shim_module_weight_bytes(self.raw, &mut bytes) })?;
+        Ok(bytes)
+    }
+
     pub fn freeze(&mut self, optimize: bool) -> Result<(), ShimError> {
         // SAFETY: `self.raw` is a live module owned by this handle.
         check(unsafe { shim_module_freeze(self.raw, c_int::from(optimize)) })
