@@ -14,8 +14,9 @@ run on one GPU (docs/benchmarks.md, "Big models").
              of the copy, and of both overlapped
   pytorch    a fresh python: import torch, torch.jit.load(map_location=
              "cuda"), freeze + fp16, the first answer at batch 1
-  host       model-host to READY twice, with an empty frozen-module cache
-             (it freezes and stores) and then from the cache: its own
+  host       model-host to READY as it starts by default (no frozen-module
+             cache), then twice with --cache-dir: an empty cache (it
+             freezes and stores) and then from the cache: each start's own
              breakdown (device, weights, warm-up) and its peak RSS
 
     python3 bench/load_floor.py --out /tmp/big --host .carry/model-host --json out.jsonl
@@ -154,14 +155,14 @@ def peak_rss_gb(pid):
     return None
 
 
-def host(binary: Path, model: Path, work: Path, cache: Path, label: str):
+def host(binary: Path, model: Path, work: Path, cache: Path | None, label: str):
     sock = work / "host.sock"
     sock.unlink(missing_ok=True)
     log_path = work / f"host-{label}.log"
     log = open(log_path, "w")
     t = time.perf_counter()
-    proc = subprocess.Popen([str(binary), "--socket", str(sock), "--model", str(model), "--device", "cuda:0", "--cache-dir", str(cache)],
-                            stdout=log, stderr=subprocess.STDOUT)
+    argv = [str(binary), "--socket", str(sock), "--model", str(model), "--device", "cuda:0"]
+    proc = subprocess.Popen(argv + (["--cache-dir", str(cache)] if cache else []), stdout=log, stderr=subprocess.STDOUT)
     ready = None
     while proc.poll() is None and time.perf_counter() - t < 600:
         text = log_path.read_text()
@@ -203,12 +204,14 @@ def main():
     row = {"model": args.out.name}
     steps = args.steps.split(",")
     # The host and PyTorch first: the floor's process holds a CUDA context.
-    # Twice: the first start freezes and stores the frozen module in an
-    # empty cache, the second loads it from there.
+    # As it starts by default, then with the frozen-module cache twice: the
+    # first start freezes and stores the frozen module in an empty cache,
+    # the second loads it from there.
     if "host" in steps and args.host:
+        row["host"] = host(args.host, args.out, args.out, None, "default")
         cache = args.out / "frozen-cache"
         shutil.rmtree(cache, ignore_errors=True)
-        row["host"] = host(args.host, args.out, args.out, cache, "first")
+        row["host_storing"] = host(args.host, args.out, args.out, cache, "first")
         row["host_cached"] = host(args.host, args.out, args.out, cache, "cached")
     if "pytorch" in steps:
         row["pytorch"] = pytorch(args.out / "model.pt")

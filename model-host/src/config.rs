@@ -113,9 +113,12 @@ pub struct Config {
 
     /// Where frozen modules are kept between starts (the model cast to its
     /// precision and frozen, keyed by the model file and libtorch's
-    /// version): later starts load that instead of freezing again. Under
-    /// systemd, CacheDirectory= sets $CACHE_DIRECTORY, used when this is
-    /// not given; with neither, nothing is cached.
+    /// version): later starts load that instead of freezing again. Off by
+    /// default: loading a frozen archive recompiles its one inlined
+    /// function, superlinear in the model's depth, and for deep models
+    /// costs more than freezing again. Under systemd, CacheDirectory= sets
+    /// $CACHE_DIRECTORY, used when this is not given (the units leave it
+    /// out); with neither, nothing is cached.
     #[arg(long, env = "MODEL_HOST_CACHE_DIR")]
     pub cache_dir: Option<PathBuf>,
 
