@@ -24,14 +24,16 @@ use serde::Serialize;
 
 use super::Transform;
 
-/// The mask at the original size.
+/// The mask at the original size: one plane, row-major, the alpha (0..255)
+/// or each pixel's class, as the model gives. The other form is made
+/// only for an answer that needs it (a cut-out of a class map, a PNG of
+/// an alpha's classes): the JSON answer reads the plane as it is, which on
+/// a 1080p photo saves a pass over 2 M pixels and their copy.
 pub struct Mask {
     pub width: u32,
     pub height: u32,
-    /// The class of each pixel, row-major.
-    pub classes: Vec<u8>,
-    /// 0..255 per pixel: the alpha itself, or 255 where the class is not 0.
-    pub alpha: Vec<u8>,
+    kind: MaskKind,
+    plane: Vec<u8>,
 }
 
 /// One class's share of the image.
@@ -117,31 +119,64 @@ fn resize_plane(plane: Vec<u8>, pixel: PixelType, size: (u32, u32), t: &Transfor
     Ok(dst.into_vec())
 }
 
+/// An alpha's class: foreground where it is >= 128 (0.5).
+fn alpha_class(a: u8) -> u8 {
+    u8::from(a >= 128)
+}
+
+/// A class's alpha: opaque where the class is not 0.
+fn class_alpha(c: u8) -> u8 {
+    if c == 0 { 0 } else { 255 }
+}
+
 impl Mask {
-    /// From an alpha at the original size: foreground where >= 128 (0.5).
+    /// From an alpha at the original size.
     fn of_alpha(alpha: Vec<u8>, t: &Transform) -> Mask {
-        Mask { width: t.original.0, height: t.original.1, classes: alpha.iter().map(|&a| u8::from(a >= 128)).collect(), alpha }
+        Mask { width: t.original.0, height: t.original.1, kind: MaskKind::Alpha, plane: alpha }
     }
 
-    /// From a class map at the original size: opaque where the class is not 0.
+    /// From a class map at the original size.
     fn of_classes(classes: Vec<u8>, t: &Transform) -> Mask {
-        let alpha = classes.iter().map(|&c| if c == 0 { 0 } else { 255 }).collect();
-        Mask { width: t.original.0, height: t.original.1, classes, alpha }
+        Mask { width: t.original.0, height: t.original.1, kind: MaskKind::Classes, plane: classes }
+    }
+
+    /// The class of each pixel, row-major.
+    pub fn classes(&self) -> std::borrow::Cow<'_, [u8]> {
+        match self.kind {
+            MaskKind::Classes => (&self.plane[..]).into(),
+            MaskKind::Alpha => self.plane.iter().map(|&a| alpha_class(a)).collect::<Vec<_>>().into(),
+        }
+    }
+
+    /// 0..255 per pixel: the alpha itself, or 255 where the class is not 0.
+    pub fn alpha(&self) -> std::borrow::Cow<'_, [u8]> {
+        match self.kind {
+            MaskKind::Alpha => (&self.plane[..]).into(),
+            MaskKind::Classes => self.plane.iter().map(|&c| class_alpha(c)).collect::<Vec<_>>().into(),
+        }
     }
 
     /// Pixel counts and bounding boxes, one entry per label. Row by row,
-    /// with plain counters (a 1080p mask is 2 M pixels, on one gateway
-    /// core per answer: `cutout_bench` times it).
+    /// with plain counters, on the plane as it is (a 1080p mask is 2 M
+    /// pixels, on one gateway core per answer: `cutout_bench` times it).
     pub fn areas(&self, labels: &[String]) -> Vec<ClassArea> {
+        // One loop for each kind, so that the class of a pixel is inlined.
+        match self.kind {
+            MaskKind::Alpha => self.areas_by(labels, alpha_class),
+            MaskKind::Classes => self.areas_by(labels, |c| c),
+        }
+    }
+
+    fn areas_by(&self, labels: &[String], class_of: impl Fn(u8) -> u8) -> Vec<ClassArea> {
         let n = labels.len();
         let (mut pixels, mut x0, mut y0, mut x1, mut y1) = (vec![0u64; n], vec![u32::MAX; n], vec![u32::MAX; n], vec![0u32; n], vec![0u32; n]);
         let w = self.width as usize;
         // Per row: where each class is first and last.
         let (mut first, mut last) = (vec![u32::MAX; n], vec![0u32; n]);
-        for (y, row) in self.classes.chunks_exact(w.max(1)).enumerate() {
+        for (y, row) in self.plane.chunks_exact(w.max(1)).enumerate() {
             first.fill(u32::MAX);
-            for (x, &c) in row.iter().enumerate() {
-                let c = c as usize;
+            for (x, &v) in row.iter().enumerate() {
+                let c = class_of(v) as usize;
                 if c >= n {
                     continue;
                 }
@@ -170,16 +205,17 @@ impl Mask {
     /// The PNG answer: the class index map (class scores) or the alpha (an alpha mask).
     pub fn png(&self, kind: MaskKind) -> Result<Vec<u8>, String> {
         let gray = match kind {
-            MaskKind::Classes => &self.classes,
-            MaskKind::Alpha => &self.alpha,
+            MaskKind::Classes => self.classes(),
+            MaskKind::Alpha => self.alpha(),
         };
-        encode(gray, self.width, self.height, ExtendedColorType::L8)
+        encode(&gray, self.width, self.height, ExtendedColorType::L8)
     }
 
     /// The client's image (RGB, original size) with the alpha applied, as an RGBA PNG.
     pub fn cutout(&self, rgb: &[u8]) -> Result<Vec<u8>, String> {
-        let mut rgba = vec![0u8; self.alpha.len() * 4];
-        for ((out, p), &a) in rgba.chunks_exact_mut(4).zip(rgb.chunks_exact(3)).zip(&self.alpha) {
+        let alpha = self.alpha();
+        let mut rgba = vec![0u8; alpha.len() * 4];
+        for ((out, p), &a) in rgba.chunks_exact_mut(4).zip(rgb.chunks_exact(3)).zip(alpha.iter()) {
             out.copy_from_slice(&[p[0], p[1], p[2], a]);
         }
         encode(&rgba, self.width, self.height, ExtendedColorType::Rgba8)
@@ -233,7 +269,7 @@ mod tests {
         let t = Transform::new(spec.resize, (16, 8), (8, 8));
         let raw = raw_to_original(&le(&plane), &sig, &spec, &t).unwrap();
         let eight = to_original(&small(&sig, &levels), &sig, &spec, &t).unwrap();
-        assert_eq!((eight.alpha, eight.classes), (raw.alpha, raw.classes));
+        assert_eq!((eight.alpha(), eight.classes()), (raw.alpha(), raw.classes()));
 
         // Classes 2x2 blocks of a 4x4 map, stretched to 8x8: each block 4x4.
         let (spec, sig) = model(MaskKind::Classes, 3, 4, Resize::Stretch);
@@ -242,7 +278,7 @@ mod tests {
         let mask = to_original(&small(&sig, &map), &sig, &spec, &t).unwrap();
         for y in 0..8 {
             let want: Vec<u8> = (0..8).map(|x| map[(y / 2) * 4 + x / 2]).collect();
-            assert_eq!(mask.classes[y * 8..(y + 1) * 8], want[..], "row {y}");
+            assert_eq!(mask.classes()[y * 8..(y + 1) * 8], want[..], "row {y}");
         }
         assert_eq!(mask.areas(&spec.labels).iter().map(|a| a.pixels).collect::<Vec<_>>(), [32, 16, 16]);
     }
@@ -261,15 +297,16 @@ mod tests {
         assert_eq!((mask.width, mask.height), (16, 8));
         // (The bilinear filter's support reaches a little past the crop, so
         // the two columns at the edge are left out.)
+        let classes = mask.classes();
         for y in 0..8 {
-            let row = &mask.classes[y * 16..(y + 1) * 16];
+            let row = &classes[y * 16..(y + 1) * 16];
             assert_eq!((&row[..7], &row[9..]), (&[1u8; 7][..], &[0u8; 7][..]), "row {y}");
         }
         let areas = mask.areas(&spec.labels);
         assert_eq!(areas[0].pixels + areas[1].pixels, 128);
         assert_eq!(areas[1].bbox.map(|b| (b[0], b[1], b[3])), Some((0, 0, 8)));
         assert_eq!(areas[0].bbox.map(|b| (b[1], b[2], b[3])), Some((0, 16, 8)));
-        assert_eq!(mask.alpha[4 * 16], 255);
+        assert_eq!(mask.alpha()[4 * 16], 255);
     }
 
     /// The row-by-row counts and boxes equal a pixel-by-pixel walk's, for
@@ -285,7 +322,7 @@ mod tests {
             })
             .collect();
         let labels: Vec<String> = ["a", "b", "c", "d"].map(String::from).to_vec();
-        let mask = Mask { width: w, height: h, alpha: Vec::new(), classes: classes.clone() };
+        let mask = Mask { width: w, height: h, kind: MaskKind::Classes, plane: classes.clone() };
         let got = mask.areas(&labels);
         for (c, area) in got.iter().enumerate() {
             let at: Vec<(u32, u32)> = (0..w * h).filter(|&i| classes[i as usize] as usize == c).map(|i| (i % w, i / w)).collect();
@@ -300,6 +337,27 @@ mod tests {
         assert_eq!(got[3].pixels, 0);
     }
 
+    /// An alpha's areas, counted on the alpha itself, equal those of its
+    /// class map (foreground at >= 128), the edge values included.
+    #[test]
+    fn an_alphas_areas_are_its_class_maps() {
+        let (w, h) = (41u32, 19u32);
+        let mut state = 11u32;
+        let alpha: Vec<u8> = (0..w * h)
+            .map(|_| {
+                state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                [0, 127, 128, 200, 255][(state >> 28) as usize % 5]
+            })
+            .collect();
+        let labels: Vec<String> = ["background", "foreground"].map(String::from).to_vec();
+        let of_alpha = Mask { width: w, height: h, kind: MaskKind::Alpha, plane: alpha.clone() };
+        let classes: Vec<u8> = alpha.iter().map(|&a| u8::from(a >= 128)).collect();
+        assert_eq!(of_alpha.classes()[..], classes[..]);
+        let of_classes = Mask { width: w, height: h, kind: MaskKind::Classes, plane: classes };
+        assert_eq!(of_alpha.areas(&labels), of_classes.areas(&labels));
+        assert_eq!(of_alpha.areas(&labels)[1].pixels, alpha.iter().filter(|&&a| a >= 128).count() as u64);
+    }
+
     #[test]
     fn class_scores_take_the_best_plane_after_a_stretch() {
         let (spec, sig) = model(MaskKind::Classes, 3, 2, Resize::Stretch);
@@ -307,12 +365,11 @@ mod tests {
         let planes = [[1.0, 1.0, 1.0, 0.0], [0.0, 0.0, 0.0, 5.0], [4.0, 0.0, 0.0, 0.0]].concat();
         let t = Transform::new(spec.resize, (4, 4), (8, 8));
         let mask = raw_to_original(&le(&planes), &sig, &spec, &t).unwrap();
-        assert_eq!(mask.classes[0], 2);
-        assert_eq!(mask.classes[15], 1);
-        assert_eq!(mask.classes[3], 0);
+        let classes = mask.classes();
+        assert_eq!((classes[0], classes[15], classes[3]), (2, 1, 0));
         let png = mask.png(MaskKind::Classes).unwrap();
         let decoded = image::load_from_memory(&png).unwrap().into_luma8();
-        assert_eq!(decoded.into_raw(), mask.classes);
+        assert_eq!(decoded.into_raw(), &classes[..]);
         let cut = image::load_from_memory(&mask.cutout(&[9; 48]).unwrap()).unwrap().into_rgba8();
         assert_eq!(cut.get_pixel(0, 0).0, [9, 9, 9, 255]);
         assert_eq!(cut.get_pixel(3, 0).0, [9, 9, 9, 0]);
