@@ -160,11 +160,44 @@ impl Mask {
     /// with plain counters, on the plane as it is (a 1080p mask is 2 M
     /// pixels, on one gateway core per answer: `cutout_bench` times it).
     pub fn areas(&self, labels: &[String]) -> Vec<ClassArea> {
-        // One loop for each kind, so that the class of a pixel is inlined.
         match self.kind {
+            MaskKind::Alpha if labels.len() >= 2 => self.alpha_areas(labels),
             MaskKind::Alpha => self.areas_by(labels, alpha_class),
             MaskKind::Classes => self.areas_by(labels, |c| c),
         }
+    }
+
+    /// An alpha's two classes, a row at a time with slice scans the
+    /// compiler vectorises (a count, then the first and last foreground
+    /// and background pixel), instead of a branch per pixel: on a 1080p
+    /// mask a fraction of the general loop's time (`cutout_bench`).
+    fn alpha_areas(&self, labels: &[String]) -> Vec<ClassArea> {
+        let w = (self.width as usize).max(1);
+        // [background, foreground]: pixels, x0, y0, x1, y1.
+        let mut pixels = [0u64; 2];
+        let mut boxes = [[u32::MAX, u32::MAX, 0, 0]; 2];
+        for (y, row) in self.plane.chunks_exact(w).enumerate() {
+            let fg = row.iter().map(|&a| u32::from(a >= 128)).sum::<u32>() as usize;
+            for (class, count) in [(0, w - fg), (1, fg)] {
+                if count == 0 {
+                    continue;
+                }
+                let is = |a: &u8| alpha_class(*a) == class as u8;
+                let (first, last) = (row.iter().position(is).unwrap_or(0), row.iter().rposition(is).unwrap_or(0));
+                pixels[class] += count as u64;
+                let b = &mut boxes[class];
+                (b[0], b[2]) = (b[0].min(first as u32), b[2].max(last as u32 + 1));
+                (b[1], b[3]) = (b[1].min(y as u32), y as u32 + 1);
+            }
+        }
+        labels
+            .iter()
+            .enumerate()
+            .map(|(i, l)| {
+                let count = pixels.get(i).copied().unwrap_or(0);
+                ClassArea { label: l.clone(), index: i as u32, pixels: count, bbox: (count > 0).then(|| boxes[i]) }
+            })
+            .collect()
     }
 
     fn areas_by(&self, labels: &[String], class_of: impl Fn(u8) -> u8) -> Vec<ClassArea> {
@@ -355,6 +388,14 @@ mod tests {
         assert_eq!(of_alpha.classes()[..], classes[..]);
         let of_classes = Mask { width: w, height: h, kind: MaskKind::Classes, plane: classes };
         assert_eq!(of_alpha.areas(&labels), of_classes.areas(&labels));
+        // A third label has no pixels; one label alone counts only class 0.
+        for labels in [["background", "foreground", "other"].map(String::from).to_vec(), vec!["background".to_string()]] {
+            assert_eq!(of_alpha.areas(&labels), of_classes.areas(&labels));
+        }
+        // Rows of one class only, and a mask with no foreground at all.
+        let solid = Mask { width: w, height: h, kind: MaskKind::Alpha, plane: vec![255; (w * h) as usize] };
+        assert_eq!(solid.areas(&labels)[1].bbox, Some([0, 0, w, h]));
+        assert_eq!(solid.areas(&labels)[0].bbox, None);
         assert_eq!(of_alpha.areas(&labels)[1].pixels, alpha.iter().filter(|&&a| a >= 128).count() as u64);
     }
 
