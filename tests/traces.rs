@@ -131,7 +131,7 @@ async fn one_request_is_one_trace_from_the_client_through_the_batch() {
     });
     call.metadata_mut().insert("traceparent", format!("00-{GRPC_TRACE_ID}-{GRPC_CLIENT_SPAN}-01").parse().unwrap());
     grpc.model_infer(call).await.expect("a gRPC inference");
-    let spans = wait_for_trace(&receiver, GRPC_TRACE_ID, &["server", "wait_for_host", "model-host/Infer", "batch"]).await;
+    let spans = wait_for_trace(&receiver, GRPC_TRACE_ID, &["server", "decode", "wait_for_host", "answer", "model-host/Infer", "batch"]).await;
     let span = by_name(&spans);
     let call = span["server"];
     assert_eq!(call.parent_span_id, GRPC_CLIENT_SPAN);
@@ -139,7 +139,9 @@ async fn one_request_is_one_trace_from_the_client_through_the_batch() {
     assert_eq!(call.attribute("rpc.system"), Some(&"grpc".into()));
     assert_eq!(call.attribute("rpc.method"), Some(&"ModelInfer".into()));
     assert_eq!(call.attribute("rpc.grpc.status_code"), Some(&0.into()));
-    assert!(descends(&spans, span["wait_for_host"], call));
+    for child in ["decode", "wait_for_host", "answer"] {
+        assert!(descends(&spans, span[child], call), "{child} is not inside the gRPC call's span");
+    }
     assert_eq!(span["model-host/Infer"].parent_span_id, span["wait_for_host"].span_id);
 
     // A request without a traceparent starts a trace of its own.

@@ -27,6 +27,7 @@ use crate::host_client::Route;
 use crate::openapi::{Binary, InferErrors};
 use crate::upload::read_body;
 use crate::{AppState, request_id};
+use service::telemetry;
 
 /// The answer's JSON (the whole body, or the binary extension's header).
 #[derive(utoipa::ToSchema)]
@@ -162,6 +163,10 @@ pub async fn execute<R>(
     let Stage { app, link, stats, started, input_started, tag } = stage;
     let model = link.model();
     let ValidRequest { id, timeout, inputs, outputs, default, mut data } = request;
+    // The request's tensors checked against the model and read out of the
+    // body or the shared-memory regions (an image classifier's encoded
+    // images are decoded later, in its run): the trace's `decode`, as v1's.
+    let decoding = telemetry::span(|| tracing::info_span!("decode", splitserve.v2.inputs = inputs.len() as i64)).entered();
     let plan = match &model.kind {
         ModelKind::Classifier { input, labels } => {
             let classifier = classifier::Classifier::new(*input, labels, model.max_batch_size);
@@ -183,6 +188,7 @@ pub async fn execute<R>(
     // Held (in use, so not unregistered) until the answer is written.
     let _input_regions = data.finish()?;
     let parsed = input_started.elapsed();
+    drop(decoding);
 
     // The client may shorten the gateway's budget, never lengthen it.
     let budget = timeout.map_or(app.limits.request_timeout, |t| t.min(app.limits.request_timeout));
@@ -197,7 +203,10 @@ pub async fn execute<R>(
         Plan::Tensors(signature, plan) => tensor_model::run(link, signature, plan, deadline, budget_ms, tag, app.limits.max_pixels).await?,
     };
     let output_started = Instant::now();
-    let response = format(id, model, ran.outputs)?;
+    let response = {
+        let _answering = telemetry::span(|| tracing::info_span!("answer")).entered();
+        format(id, model, ran.outputs)?
+    };
     let n = ran.elements as u64;
     stats.compute_input.add(1, parsed + ran.decode);
     stats.queue.add(n, ran.queue);
