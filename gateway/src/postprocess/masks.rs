@@ -342,18 +342,23 @@ mod tests {
         assert_eq!(mask.alpha()[4 * 16], 255);
     }
 
+    /// `n` pixels, each one of `values`, picked by a seeded LCG.
+    fn scattered(n: u32, seed: u32, values: &[u8]) -> Vec<u8> {
+        let mut state = seed;
+        (0..n)
+            .map(|_| {
+                state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                values[(state >> 28) as usize % values.len()]
+            })
+            .collect()
+    }
+
     /// The row-by-row counts and boxes equal a pixel-by-pixel walk's, for
     /// classes anywhere (and a label with no pixels, and indexes past the labels).
     #[test]
     fn areas_match_a_pixel_by_pixel_count() {
         let (w, h) = (37u32, 23u32);
-        let mut state = 7u32;
-        let classes: Vec<u8> = (0..w * h)
-            .map(|_| {
-                state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
-                [0, 0, 1, 2, 5][(state >> 28) as usize % 5]
-            })
-            .collect();
+        let classes = scattered(w * h, 7, &[0, 0, 1, 2, 5]);
         let labels: Vec<String> = ["a", "b", "c", "d"].map(String::from).to_vec();
         let mask = Mask { width: w, height: h, kind: MaskKind::Classes, plane: classes.clone() };
         let got = mask.areas(&labels);
@@ -375,13 +380,7 @@ mod tests {
     #[test]
     fn an_alphas_areas_are_its_class_maps() {
         let (w, h) = (41u32, 19u32);
-        let mut state = 11u32;
-        let alpha: Vec<u8> = (0..w * h)
-            .map(|_| {
-                state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
-                [0, 127, 128, 200, 255][(state >> 28) as usize % 5]
-            })
-            .collect();
+        let alpha = scattered(w * h, 11, &[0, 127, 128, 200, 255]);
         let labels: Vec<String> = ["background", "foreground"].map(String::from).to_vec();
         let of_alpha = Mask { width: w, height: h, kind: MaskKind::Alpha, plane: alpha.clone() };
         let classes: Vec<u8> = alpha.iter().map(|&a| u8::from(a >= 128)).collect();
