@@ -177,7 +177,7 @@ impl Mask {
         let mut pixels = [0u64; 2];
         let mut boxes = [[u32::MAX, u32::MAX, 0, 0]; 2];
         for (y, row) in self.plane.chunks_exact(w).enumerate() {
-            let fg = row.iter().map(|&a| u32::from(a >= 128)).sum::<u32>() as usize;
+            let fg = row.iter().map(|&a| u32::from(alpha_class(a))).sum::<u32>() as usize;
             for (class, count) in [(0, w - fg), (1, fg)] {
                 if count == 0 {
                     continue;
