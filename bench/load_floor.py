@@ -182,7 +182,7 @@ def host(binary: Path, model: Path, work: Path, cache: Path | None, label: str):
         found = re.search(key + r"=(\d+(\.\d+)?)", text)
         row[key] = float(found.group(1)) if found else None
     for line in text.splitlines():
-        if any(k in line for k in ("frozen", "warm-up and capture done", "CUDA graphs", "model loaded", "cannot", "cuDNN", "device ready")):
+        if any(k in line for k in ("frozen", "read onto the device", "warm-up and capture done", "CUDA graphs", "model loaded", "cannot", "cuDNN", "device ready")):
             print("   host:", re.sub(r"\x1b\[[0-9;]*m", "", line)[:220], file=sys.stderr)
     return row
 
@@ -191,6 +191,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, required=True, help="the model directory (exported there if missing)")
     ap.add_argument("--host", type=Path, help="a model-host binary")
+    ap.add_argument("--before", type=Path, help="another model-host binary, started the same way first (host_before): a change's A/B in one run")
+    ap.add_argument("--no-cache-runs", action="store_true", help="skip the two starts with the frozen-module cache")
     ap.add_argument("--layers", type=int, default=0, help="a ViT of this many layers instead of ViT-H/14")
     ap.add_argument("--width", type=int, default=2048)
     ap.add_argument("--heads", type=int, default=16)
@@ -207,8 +209,11 @@ def main():
     # As it starts by default, then with the frozen-module cache twice: the
     # first start freezes and stores the frozen module in an empty cache,
     # the second loads it from there.
+    if "host" in steps and args.before:
+        row["host_before"] = host(args.before, args.out, args.out, None, "before")
     if "host" in steps and args.host:
         row["host"] = host(args.host, args.out, args.out, None, "default")
+    if "host" in steps and args.host and not args.no_cache_runs:
         cache = args.out / "frozen-cache"
         shutil.rmtree(cache, ignore_errors=True)
         row["host_storing"] = host(args.host, args.out, args.out, cache, "first")

@@ -21,6 +21,7 @@
 #include <caffe2/serialize/file_adapter.h>
 #include <torch/script.h>
 #include <torch/csrc/jit/api/module.h>
+#include <torch/csrc/jit/runtime/graph_executor.h>
 #include <torch/headeronly/version.h>
 
 #ifdef SHIM_WITH_CUDA
@@ -135,6 +136,21 @@ void hand_out(const std::vector<at::Tensor>& tensors, at::Tensor** outs) {
 
 struct ShimModule {
   torch::jit::Module module;
+  // Frozen (and so inlined and folded): its forward passes are planned
+  // without the graph executor's optimisation passes (see `Planned`).
+  bool frozen = false;
+};
+
+// A forward pass of `m` on this thread. TorchScript's graph executor plans
+// a graph on its first run; with its optimisation on (libtorch's default,
+// a thread-local flag) that re-optimises the whole inlined graph (and
+// compiles fusion groups on a GPU) although freezing and
+// optimize_for_inference did that already: a 48-block transformer's first
+// pass took 0.16 s on a CPU core against 0.016 s with it off, the steady
+// passes the same (bench/executor_probe.py). An unfrozen module keeps it.
+struct Planned {
+  explicit Planned(const ShimModule* m) : guard(!m->frozen) {}
+  torch::jit::GraphOptimizerEnabledGuard guard;
 };
 
 #ifdef SHIM_WITH_CUDA
@@ -177,13 +193,17 @@ char* shim_module_freeze(ShimModule* m, int optimize) {
     torch::jit::Module frozen = torch::jit::freeze(m->module);
     if (optimize) frozen = torch::jit::optimize_for_inference(frozen);
     m->module = frozen;
+    m->frozen = true;
   });
 }
 
 // optimize_for_inference on a module already frozen (one loaded from the
 // frozen-module cache), in place. On error the module is left as it was.
 char* shim_module_optimize(ShimModule* m) {
-  return guarded([&] { m->module = torch::jit::optimize_for_inference(m->module); });
+  return guarded([&] {
+    m->module = torch::jit::optimize_for_inference(m->module);
+    m->frozen = true;
+  });
 }
 
 // Writes the module as a TorchScript archive to `path` (a frozen, cast
@@ -201,6 +221,7 @@ char* shim_module_forward(ShimModule* m, const at::Tensor* const* inputs, int co
                           at::Tensor** outs) {
   return guarded([&] {
     c10::InferenceMode inference;
+    Planned planned(m);
     hand_out(flatten_outputs(m->module.forward(ivalues(inputs, count)), names, expected), outs);
   });
 }
@@ -245,6 +266,7 @@ char* shim_graph_capture(ShimModule* m, const at::Tensor* const* inputs, int cou
 #ifdef SHIM_WITH_CUDA
   return guarded([&] {
     c10::InferenceMode inference;
+    Planned planned(m);
     std::vector<c10::IValue> values = ivalues(inputs, count);
     if (count == 0 || !inputs[0]->is_cuda()) throw std::runtime_error("CUDA graph inputs must be CUDA tensors");
     c10::DeviceIndex device = inputs[0]->device().index();

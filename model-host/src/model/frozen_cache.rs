@@ -293,12 +293,16 @@ pub fn load_and_freeze(
     progress: &mut dyn FnMut(u64, u64),
     cache: Option<(&FrozenCache, &Key, String)>,
 ) -> Result<(Module, u64), ShimError> {
+    let started = std::time::Instant::now();
     let mut module = Module::load_reporting(file, device, cast, progress)?;
     let bytes = weight_bytes(&module);
+    tracing::info!(ms = ms_since(started), cast = ?cast, "module read onto the device");
+    let started = std::time::Instant::now();
     if let Err(e) = module.freeze(false) {
         tracing::warn!(error = %e.0, "cannot freeze the module; it runs as saved");
         return Ok((module, bytes));
     }
+    tracing::info!(ms = ms_since(started), "module frozen");
     if let Some((cache, key, sha256)) = cache {
         let started = std::time::Instant::now();
         match cache.store(&module, key, &sha256, bytes) {
@@ -308,6 +312,10 @@ pub fn load_and_freeze(
     }
     optimize(&mut module);
     Ok((module, bytes))
+}
+
+fn ms_since(started: std::time::Instant) -> f64 {
+    started.elapsed().as_secs_f64() * 1e3
 }
 
 /// The module's parameters and buffers in bytes (0, with a log line, if
@@ -320,8 +328,9 @@ pub fn weight_bytes(module: &Module) -> u64 {
 }
 
 fn optimize(module: &mut Module) {
+    let started = std::time::Instant::now();
     match module.optimize() {
-        Ok(()) => tracing::info!("module frozen and optimized for inference"),
+        Ok(()) => tracing::info!(ms = ms_since(started), "module frozen and optimized for inference"),
         Err(e) => tracing::warn!(error = %e.0, "cannot optimize the frozen module for inference; it runs frozen"),
     }
 }
