@@ -11,6 +11,7 @@ use axum::response::{IntoResponse, Response};
 use thiserror::Error;
 
 use crate::decode::DecodeError;
+use crate::failure_log::Failure;
 use crate::host_client::{HostCallError, JobCallError};
 use crate::system_shm::RegistryError;
 
@@ -200,13 +201,17 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
-        if let ApiError::Internal(detail) = &self {
-            tracing::error!(%detail, "internal error");
-        } else if status.is_server_error() {
-            tracing::warn!(error = %self, "request failed");
-        }
         let body = ErrorBody { error: self.to_string(), kind: self.kind() };
+        let failure = match &self {
+            ApiError::Internal(detail) => Some(Failure { error: detail.clone(), internal: true }),
+            _ if status.is_server_error() => Some(Failure { error: body.error.clone(), internal: false }),
+            _ => None,
+        };
         let mut response = (status, Json(body)).into_response();
+        // Logged, with the request's id, method and route, by failure_log.
+        if let Some(failure) = failure {
+            response.extensions_mut().insert(failure);
+        }
         if status == StatusCode::SERVICE_UNAVAILABLE || status == StatusCode::TOO_MANY_REQUESTS {
             response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER_SECS));
         }

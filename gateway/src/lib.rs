@@ -24,6 +24,7 @@ pub(crate) mod compression;
 pub mod config;
 pub mod decode;
 pub(crate) mod error;
+pub(crate) mod failure_log;
 pub mod grpc;
 pub(crate) mod host_client;
 pub(crate) mod metrics;

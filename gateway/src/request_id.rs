@@ -1,6 +1,7 @@
 //! X-Request-Id: taken from the client when it sends a sane one, made up
-//! otherwise; echoed in the response, put on the request's tracing span (so
-//! on every log line about it) and sent to the host with the request.
+//! otherwise; echoed in the response, logged with a failed request
+//! (failure_log.rs), put on the request's trace span when traces are
+//! exported, and sent to the host with the request.
 //!
 //! With traces exported, that span is also the request's OpenTelemetry
 //! server span: a child of the client's `traceparent` when it sent one,
@@ -41,9 +42,12 @@ pub fn of<B>(request: &Request<B>) -> String {
     protocol::request_tag(id)
 }
 
+/// The request's span, when traces are exported; else none: a span the log
+/// layer formats costs every request (failure_log.rs says why, and logs
+/// each failed request with its id instead).
 fn span_for<B>(request: &Request<B>) -> tracing::Span {
     if !telemetry::enabled() {
-        return tracing::info_span!("http", request_id = %of(request), method = %request.method(), path = %request.uri().path());
+        return tracing::Span::none();
     }
     let method = request.method();
     let span = tracing::info_span!(
@@ -100,6 +104,9 @@ type Trace = TraceLayer<
     fn(&Request<axum::body::Body>) -> tracing::Span,
     tower_http::trace::DefaultOnRequest,
     RecordStatus,
+    tower_http::trace::DefaultOnBodyChunk,
+    tower_http::trace::DefaultOnEos,
+    (),
 >;
 
 /// The three layers, innermost last, as `ServiceBuilder` stacks them.
@@ -109,7 +116,9 @@ type Layers = ServiceBuilder<Stack<PropagateRequestIdLayer, Stack<Trace, Stack<S
 pub fn layers() -> Layers {
     let trace: Trace = TraceLayer::new_for_http()
         .make_span_with(span_for as fn(&Request<axum::body::Body>) -> tracing::Span)
-        .on_response(RecordStatus);
+        .on_response(RecordStatus)
+        // failure_log.rs logs a failed request, with more than this would.
+        .on_failure(());
     ServiceBuilder::new()
         .layer(SetRequestIdLayer::new(HEADER, Sequential::default()))
         .layer(trace)

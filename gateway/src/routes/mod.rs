@@ -30,7 +30,7 @@ use axum::Router;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::{AppState, compression, metrics, openapi, request_id};
+use crate::{AppState, compression, failure_log, metrics, openapi, request_id};
 use crate::error::ApiError;
 
 pub fn router(state: AppState) -> Router {
@@ -42,6 +42,7 @@ pub fn router(state: AppState) -> Router {
         .layer(axum::middleware::from_fn(compression::check_content_encoding))
         .layer(compression::response_compression())
         .layer(axum::middleware::from_fn(metrics::track_http))
+        .layer(axum::middleware::from_fn(failure_log::log_failures))
         .layer(request_id::layers())
         .with_state(state)
 }
