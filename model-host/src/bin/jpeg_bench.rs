@@ -58,7 +58,7 @@ fn main() -> anyhow::Result<()> {
     println!("|---|---|---|---|---|---|");
     for &threads in &args.threads {
         let limits = HostDecodeConfig { threads, ..HostDecodeConfig::default() };
-        let mut decoders = open_decoders(&input, protocol::vision::Resize::Stretch, &limits, Device::Cuda(args.cuda), args.nvjpeg.as_deref()).map_err(anyhow::Error::msg)?;
+        let mut decoders = open_decoders(&input, protocol::vision::Resize::Stretch, &limits, limits.threads, Device::Cuda(args.cuda), args.nvjpeg.as_deref()).map_err(anyhow::Error::msg)?;
         for &batch in &args.batches {
             let counts = |decoders: &[JpegInput]| decoders.iter().map(JpegInput::counts).fold((0, 0), |(h, d), (h2, d2)| (h + h2, d + d2));
             let (engines_before, default_before) = counts(&decoders);

@@ -14,7 +14,7 @@
 //! have written, give or take rounding.
 //!
 //! One [`JpegInput`] is one decoder (nvJPEG state and stream), used by one
-//! thread of the decode stage; [`open_decoders`] opens them all at once.
+//! thread of the decode stage; [`open_decoders`] opens several at once.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -47,13 +47,13 @@ pub struct Encoded<'a> {
     pub orientation: u8,
 }
 
-/// Opens `limits.threads` decoders for `device`, each on a thread of its
-/// own (opening and warming one takes 0.4-0.5 s on an H200, nearly all of
-/// it waiting on the driver); the error says why the host cannot decode
-/// (no GPU, no library).
-pub fn open_decoders(input: &InputConfig, resize: Resize, limits: &HostDecodeConfig, device: Device, library: Option<&Path>) -> Result<Vec<JpegInput>, String> {
+/// Opens `count` decoders for `device`, each on a thread of its own
+/// (opening and warming one takes 0.4-0.5 s on an H200, nearly all of it
+/// waiting on the driver; four side by side took 2.2 s on an H100); the
+/// error says why the host cannot decode (no GPU, no library).
+pub fn open_decoders(input: &InputConfig, resize: Resize, limits: &HostDecodeConfig, count: usize, device: Device, library: Option<&Path>) -> Result<Vec<JpegInput>, String> {
     let opened: Vec<Result<JpegInput, String>> = std::thread::scope(|scope| {
-        let opening: Vec<_> = (0..limits.threads.max(1)).map(|_| scope.spawn(|| JpegInput::open(input, resize, limits, device, library))).collect();
+        let opening: Vec<_> = (0..count.max(1)).map(|_| scope.spawn(|| JpegInput::open(input, resize, limits, device, library))).collect();
         opening.into_iter().map(|t| t.join().unwrap_or_else(|_| Err("opening a decoder panicked".into()))).collect()
     });
     let decoders = opened.into_iter().collect::<Result<Vec<_>, _>>()?;

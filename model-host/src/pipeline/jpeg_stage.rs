@@ -1,7 +1,8 @@
 //! The decode stage: JPEGs decoded on the device as they arrive, before
 //! batching, so that decoding overlaps the batches running.
 //!
-//! One thread per decoder (model.toml's `[host_decode] threads`). A thread
+//! One thread per decoder (model.toml's `[host_decode] threads`: one open
+//! at READY, the others joining once opened after it). A thread
 //! takes whatever JPEG jobs are queued, up to [`MAX_GROUP`] (one when the
 //! host is quiet: no wait to fill a group), decodes and resizes them on its
 //! own CUDA stream, and passes each job on to the batcher with its input
@@ -43,17 +44,42 @@ impl DecodeJpegs for JpegInput {
     }
 }
 
+/// The running stage, to which more decoders can be added (those opened
+/// after READY). It holds a sender of the batcher's queue: drop it once no
+/// more decoders are coming, or the model thread never sees that queue
+/// close.
+pub struct Stage {
+    jpegs: Arc<Mutex<Receiver<Job>>>,
+    ready: SyncSender<Job>,
+    counters: Arc<Counters>,
+    threads: usize,
+}
+
 /// Starts one thread per decoder, taking jobs from `jpegs` and passing
 /// them on to `ready`. The threads end when `jpegs` closes (every
 /// connection's queue is gone), dropping their hold on `ready`.
-pub fn spawn(decoders: Vec<JpegInput>, jpegs: Receiver<Job>, ready: SyncSender<Job>, counters: Arc<Counters>) {
-    let jpegs = Arc::new(Mutex::new(jpegs));
-    for (i, decoder) in decoders.into_iter().enumerate() {
-        let (jpegs, ready, counters) = (jpegs.clone(), ready.clone(), counters.clone());
-        std::thread::Builder::new()
-            .name(format!("jpeg-{i}"))
-            .spawn(move || run(decoder, &jpegs, &ready, &counters))
-            .expect("spawning a thread only fails when the process is out of resources");
+pub fn spawn(decoders: Vec<JpegInput>, jpegs: Receiver<Job>, ready: SyncSender<Job>, counters: Arc<Counters>) -> Stage {
+    let mut stage = Stage { jpegs: Arc::new(Mutex::new(jpegs)), ready, counters, threads: 0 };
+    stage.add(decoders);
+    stage
+}
+
+impl Stage {
+    /// One more thread per decoder, sharing the queue with the others.
+    pub fn add(&mut self, decoders: Vec<JpegInput>) {
+        for decoder in decoders {
+            let (jpegs, ready, counters) = (self.jpegs.clone(), self.ready.clone(), self.counters.clone());
+            std::thread::Builder::new()
+                .name(format!("jpeg-{}", self.threads))
+                .spawn(move || run(decoder, &jpegs, &ready, &counters))
+                .expect("spawning a thread only fails when the process is out of resources");
+            self.threads += 1;
+        }
+    }
+
+    /// Decoder threads running.
+    pub fn threads(&self) -> usize {
+        self.threads
     }
 }
 

@@ -89,13 +89,16 @@ impl ModelThread {
         let Some(Queues { ready, jpegs, decoded }) = self.queues.take() else {
             return self.reporter.failed("the model thread was started without its job queue".into());
         };
-        match jpeg {
-            Some(decoders) => jpeg_stage::spawn(decoders, jpegs, decoded, self.counters.clone()),
-            // Else no JPEG comes (none was offered), and `decoded` must
-            // go now: it would hold the batcher's queue open past the
-            // last connection, and the thread would never see it close.
-            None => drop((jpegs, decoded)),
-        }
+        // Without decoders no JPEG comes (none was offered), and `decoded`
+        // must go now: it would hold the batcher's queue open past the last
+        // connection, and the thread would never see it close.
+        let mut stage = match jpeg {
+            Some(decoders) => Some(jpeg_stage::spawn(decoders, jpegs, decoded, self.counters.clone())),
+            None => {
+                drop((jpegs, decoded));
+                None
+            }
+        };
         let shapes = batching.shapes();
         let late: Vec<u32> = shapes.iter().copied().filter(|n| !before_ready.contains(n)).collect();
         let ready_shapes = Arc::new(ReadyShapes::new(before_ready));
@@ -132,6 +135,13 @@ impl ModelThread {
                 && adopt_late_graphs(late, &mut model, &ready_shapes, &self.counters)
             {
                 warming = None;
+            }
+            // The other decoders open once no capture is left to come: an
+            // opening's cudaMalloc beside a capture breaks the capture.
+            if warming.is_none()
+                && let Some(stage) = stage.take()
+            {
+                self.open_more_decoders(stage, device);
             }
             let Some(current) = running.take() else {
                 // Nothing on the device: wait for a batch.
@@ -187,10 +197,10 @@ impl ModelThread {
         }
         device::check_room(device, &self.model.model_file, self.load_headroom_mb)?;
         let name = device::name(device);
-        // nvJPEG takes 0.8-1.8 s to open and warm on an H200 (1-4
-        // decoders): beside the weights' load, not before it. Gateways
-        // learn of the decoder in the handshake, so that waits for it;
-        // without one it goes at once.
+        // nvJPEG's first decoder opens beside the weights' load, not before
+        // it (0.4-0.5 s to open and warm one on an H200; the others open
+        // after READY). Gateways learn of the decoder in the handshake, so
+        // that waits for it; without one it goes at once.
         let opening = self.open_jpeg(device);
         if opening.is_none() {
             self.send_device_ready(&name, false);
@@ -261,7 +271,7 @@ impl ModelThread {
         }
         let library = self.nvjpeg.clone();
         let started = Instant::now();
-        let open = move || match open_decoders(&input, resize, &decode.host, device, library.as_deref()) {
+        let open = move || match open_decoders(&input, resize, &decode.host, 1, device, library.as_deref()) {
             Ok(jpeg) => {
                 tracing::info!(decode = ?decode.place, ms = started.elapsed().as_secs_f64() * 1e3, "gateways may send JPEGs to decode here");
                 Some(jpeg)
@@ -272,6 +282,34 @@ impl ModelThread {
             }
         };
         std::thread::Builder::new().name("nvjpeg-open".into()).spawn(open).ok()
+    }
+
+    /// Opens the decoders model.toml asks for beyond the one open at READY,
+    /// on a thread of its own, and adds them to the running stage: READY
+    /// waits for one decoder only (four opened side by side took 2.2 s on
+    /// an H100, one 0.4-0.5 s on an H200). The stage's hold on the
+    /// batcher's queue goes with that thread.
+    fn open_more_decoders(&self, mut stage: jpeg_stage::Stage, device: tch::Device) {
+        let config = &self.model.config;
+        let wanted = config.decode.host.threads;
+        let Some((input, resize)) = config.image_input().map(|(input, resize)| (input.clone(), resize)) else { return };
+        if wanted <= stage.threads() {
+            return;
+        }
+        let (limits, library) = (config.decode.host, self.nvjpeg.clone());
+        let open = move || {
+            let started = Instant::now();
+            match open_decoders(&input, resize, &limits, wanted - stage.threads(), device, library.as_deref()) {
+                Ok(more) => {
+                    stage.add(more);
+                    tracing::info!(threads = stage.threads(), ms = started.elapsed().as_secs_f64() * 1e3, "more JPEG decoders open");
+                }
+                Err(why) => tracing::warn!(%why, threads = stage.threads(), "no more JPEG decoders; decoding on those open"),
+            }
+        };
+        if let Err(e) = std::thread::Builder::new().name("nvjpeg-open".into()).spawn(open) {
+            tracing::warn!(error = %e, "cannot start opening more JPEG decoders");
+        }
     }
 
     /// On a GPU, one CUDA graph per batch shape of `shapes` (after warm-up,
