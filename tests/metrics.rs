@@ -27,7 +27,9 @@ fn value(metrics: &str, series: &str) -> f64 {
 async fn metrics_cover_gateway_and_host_and_request_ids_cross_the_socket() {
     let scratch = Scratch::new();
     let host = scratch.start_host_with_env(&[], &[("RUST_LOG", "info,model_host=debug".into())]);
-    let gateway = scratch.start_gateway_with_env(&[], &[("RUST_LOG", "info,tower_http=debug".into())]);
+    // Debug logging gives each request a log span, so that every line about
+    // it carries its id (at the default level only a failed request's does).
+    let gateway = scratch.start_gateway_with_env(&[], &[("RUST_LOG", "info,gateway=debug,tower_http=debug".into())]);
     gateway.wait_ready().await;
     let client = reqwest::Client::new();
     let sample = testset("gray8").remove(0);

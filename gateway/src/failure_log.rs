@@ -6,9 +6,9 @@
 //! Why here and not in the request's log span: a span whose fields a log
 //! layer formats costs every request, also the ones that log nothing:
 //! about 13,000 instructions of a raw-pixels request's 137,000
-//! (bench/gateway_instructions.py). The request's span is made only when
-//! traces are exported (`request_id.rs`); this middleware, which has the
-//! request and the answer, says what the span's fields said.
+//! (bench/gateway_instructions.py). At the default log level the request
+//! has no span (`request_id.rs`); this middleware, which has the request
+//! and the answer, says what the span's fields said.
 
 use axum::extract::{MatchedPath, Request};
 use axum::http::{HeaderValue, Method};

@@ -7,13 +7,6 @@ use anyhow::Context;
 use clap::Parser;
 use gateway::Config;
 
-/// mimalloc instead of glibc's malloc: a request allocates and frees about
-/// 150 small blocks (headers, the body, JSON, futures), and glibc's
-/// malloc and free were about a quarter of a raw-pixels request's
-/// instructions (bench/gateway_instructions.py).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let started = Instant::now();

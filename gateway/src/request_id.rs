@@ -1,7 +1,8 @@
 //! X-Request-Id: taken from the client when it sends a sane one, made up
 //! otherwise; echoed in the response, logged with a failed request
-//! (failure_log.rs), put on the request's trace span when traces are
-//! exported, and sent to the host with the request.
+//! (failure_log.rs), put on the request's span (exported with traces; on
+//! every log line about the request with debug logging), and sent to the
+//! host with the request.
 //!
 //! With traces exported, that span is also the request's OpenTelemetry
 //! server span: a child of the client's `traceparent` when it sent one,
@@ -42,12 +43,14 @@ pub fn of<B>(request: &Request<B>) -> String {
     protocol::request_tag(id)
 }
 
-/// The request's span, when traces are exported; else none: a span the log
-/// layer formats costs every request (failure_log.rs says why, and logs
-/// each failed request with its id instead).
+/// The request's span. Without exported traces it is a DEBUG span: made
+/// (its fields formatted) only when debug logging is on, where it puts the
+/// id on every line about the request; at the default level a span the
+/// log layer formats would cost every request (failure_log.rs says how
+/// much, and logs each failed request with its id instead).
 fn span_for<B>(request: &Request<B>) -> tracing::Span {
     if !telemetry::enabled() {
-        return tracing::Span::none();
+        return tracing::debug_span!("http", request_id = %of(request), method = %request.method(), path = %request.uri().path());
     }
     let method = request.method();
     let span = tracing::info_span!(
