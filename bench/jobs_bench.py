@@ -49,19 +49,28 @@ def in_process(model, n, steps, device, repeats):
     return best
 
 
-def metric(gateway, name):
+def metric(gateway, name, label=""):
+    """The sum of `name`'s series (those whose labels include `label`)."""
     text = urllib.request.urlopen(f"{gateway}/metrics").read().decode()
-    values = [float(m.group(1)) for m in re.finditer(rf"^{re.escape(name)}(?:{{[^}}]*}})? (\S+)$", text, re.M)]
-    return sum(values)
+    found = re.finditer(rf"^{re.escape(name)}(?:{{([^}}]*)}})? (\S+)$", text, re.M)
+    return sum(float(m.group(2)) for m in found if label in (m.group(1) or ""))
+
+
+def full_batches(gateway, n):
+    """Step batches of exactly n jobs the host has run."""
+    return metric(gateway, "splitserve_host_job_step_batches_by_size_total", f'size="{n}"')
 
 
 def served(gateway, model_name, n, steps, repeats):
     """Best of `repeats`: steps per second of n jobs submitted together, by
-    the host's clock and by the wall clock."""
-    best, best_wall = 0.0, 0.0
+    the host's clock and by the wall clock, and while all n ran in one batch
+    (the step batches of n in the window from the last job's start to the
+    first one's end: the submits' spread left out)."""
+    best, best_wall, spread, best_full = 0.0, 0.0, 0, None
     for r in range(repeats):
         ids = [None] * n
         done_before = metric(gateway, "splitserve_host_job_steps_total")
+        full_before = full_batches(gateway, n)
         body = lambda i: json.dumps({"class": i % 10, "seed": r * 1000 + i, "steps": steps}).encode()
 
         def submit(i):
@@ -83,8 +92,16 @@ def served(gateway, model_name, n, steps, repeats):
         jobs = [json.loads(urllib.request.urlopen(f"{gateway}/v1/jobs/{i}").read()) for i in ids]
         assert all(j["status"] == "succeeded" for j in jobs), jobs
         host_ms = max(j["finished_ms"] for j in jobs) - min(j["started_ms"] for j in jobs)
-        best = max(best, n * steps / (max(host_ms, 1) / 1e3))
-    return best, best_wall
+        rate = n * steps / (max(host_ms, 1) / 1e3)
+        window_ms = min(j["finished_ms"] for j in jobs) - max(j["started_ms"] for j in jobs)
+        full = full_batches(gateway, n) - full_before
+        if window_ms >= 20 and full > 0:
+            best_full = max(best_full or 0.0, full * n / (window_ms / 1e3))
+        if rate > best:
+            # How far apart the jobs joined: the submits' own spread, during
+            # which the batch runs part full.
+            best, spread = rate, max(j["started_ms"] for j in jobs) - min(j["started_ms"] for j in jobs)
+    return best, best_wall, spread, best_full
 
 
 def main():
@@ -108,8 +125,12 @@ def main():
         row = {"jobs": n, "steps": steps, "device": args.device,
                "in_process_steps_per_s": round(in_process(model, n, steps, args.device, args.repeats), 1)}
         if args.gateway:
-            host, wall = served(args.gateway, config["name"], n, steps, args.repeats)
+            host, wall, spread, full = served(args.gateway, config["name"], n, steps, args.repeats)
             row["served_steps_per_s"] = round(host, 1)
+            if full:
+                row["served_full_batch_steps_per_s"] = round(full, 1)
+                row["served_full_batch_share"] = round(full / row["in_process_steps_per_s"], 3)
+            row["joined_within_ms"] = spread
             row["served_share"] = round(host / row["in_process_steps_per_s"], 3)
             row["served_wall_steps_per_s"] = round(wall, 1)
         print(json.dumps(row), flush=True)

@@ -23,6 +23,7 @@ use crate::model::config::iterative::IterativeConfig;
 use crate::model::device;
 use crate::pipeline::model_thread::DeviceReady;
 use crate::startup::PhaseReporter;
+use crate::torch_shim::stream::CudaEvent;
 
 /// How long the idle loop sleeps before it sweeps expired results again.
 const IDLE_TICK: Duration = Duration::from_secs(1);
@@ -91,6 +92,12 @@ impl Runner {
         let _no_grad = tch::no_grad_guard();
         let mut batch = Batch { jobs: Vec::new(), state: None, counters: None };
         let mut last_sweep = Instant::now();
+        // The step before the last one launched: waited for after each
+        // launch, so that the device has the next step queued while this
+        // thread launches another, but no more. Run further ahead and a job
+        // submitted now would join only after every step queued before it,
+        // tens of them, run at the old batch's size.
+        let mut previous: Option<CudaEvent> = None;
         loop {
             let room = self.max_batch - batch.jobs.len();
             let joining = self.table.take(room, batch.jobs.is_empty(), IDLE_TICK);
@@ -105,6 +112,10 @@ impl Runner {
                 continue;
             }
             self.step(&model, &mut batch);
+            let launched = CudaEvent::record(device).ok().flatten();
+            if let Some(before) = std::mem::replace(&mut previous, launched) {
+                let _ = before.synchronize();
+            }
             if !self.step_interval.is_zero() {
                 std::thread::sleep(self.step_interval);
             }
