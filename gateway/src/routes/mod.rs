@@ -27,6 +27,8 @@ pub mod v2;
 pub mod vision;
 
 use axum::Router;
+use tower::ServiceBuilder;
+use tower_http::decompression::DecompressionBody;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -36,14 +38,23 @@ use crate::error::ApiError;
 pub fn router(state: AppState) -> Router {
     openapi::serve(documented())
         .fallback(|| async { ApiError::InvalidRequest { field: "path", problem: "no such route".into() }.not_found() })
-        // Inner to outer: decompress bodies, refuse unknown encodings first,
-        // compress answers.
-        .layer(compression::request_decompression())
-        .layer(axum::middleware::from_fn(compression::check_content_encoding))
-        .layer(compression::response_compression())
-        .layer(axum::middleware::from_fn(metrics::track_http))
-        .layer(axum::middleware::from_fn(failure_log::log_failures))
-        .layer(request_id::layers())
+        // One `layer` call for the whole stack: axum boxes each route once
+        // per call and clones every box on every request, so six calls cost
+        // a raw-pixels request about 50 allocations more than one.
+        .layer(
+            ServiceBuilder::new()
+                // Outer to inner: the request's id, its failure log line, its
+                // metrics; compress answers, refuse unknown encodings, then
+                // decompress bodies.
+                .layer(request_id::layers())
+                .layer(axum::middleware::from_fn(failure_log::log_failures))
+                .layer(axum::middleware::from_fn(metrics::track_http))
+                .layer(compression::response_compression())
+                .layer(axum::middleware::from_fn(compression::check_content_encoding))
+                .layer(compression::request_decompression())
+                // The routes take axum's body; decompression hands on its own.
+                .map_request(|request: axum::http::Request<DecompressionBody<axum::body::Body>>| request.map(axum::body::Body::new)),
+        )
         .with_state(state)
 }
 
