@@ -15,7 +15,8 @@
 //! compressed when asked ([`crate::compression`]).
 //!
 //! Every request gets an X-Request-Id (the client's, or a new one), echoed
-//! in the response and on every log line about it; and is counted and timed.
+//! in the response and on the log line of a request that fails
+//! ([`crate::failure_log`]); and is counted and timed.
 
 pub mod health;
 pub mod host_call;
