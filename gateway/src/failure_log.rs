@@ -3,23 +3,23 @@
 //! wrong. A client's mistake (a 4xx) is the client's to read in its answer
 //! and is not logged.
 //!
-//! Why here and not in the request's log span: a span whose fields a log
-//! layer formats costs every request, also the ones that log nothing:
-//! about 13,000 instructions of a raw-pixels request's 137,000
+//! Why not in the request's log span: a span whose fields a log layer
+//! formats costs every request, also the ones that log nothing: about
+//! 13,000 instructions of a raw-pixels request's 137,000
 //! (bench/gateway_instructions.py). At the default log level the request
-//! has no span (`request_id.rs`); this middleware, which has the request
-//! and the answer, says what the span's fields said.
+//! has no span (`request_id.rs`); [`crate::metrics::track_http`], which
+//! has the request's route and its answer already, logs here what the
+//! span's fields said.
 
-use axum::extract::{MatchedPath, Request};
+use axum::extract::Request;
 use axum::http::{HeaderValue, Method};
-use axum::middleware::Next;
 use axum::response::Response;
 
 use crate::request_id;
 
-/// What went wrong, put on a 5xx answer by [`crate::error::ApiError`] for
-/// [`log_failures`] to log: the answer's body says less (an internal
-/// error's detail stays in the log).
+/// What went wrong, put on a 5xx answer by [`crate::error::ApiError`] to
+/// be logged: the answer's body says less (an internal error's detail
+/// stays in the log).
 #[derive(Clone, Debug)]
 pub struct Failure {
     pub error: String,
@@ -27,25 +27,27 @@ pub struct Failure {
     pub internal: bool,
 }
 
-pub async fn log_failures(request: Request, next: Next) -> Response {
-    // Taken before the request moves on: a header value's clone shares its
-    // bytes, and a method is an enum.
-    let id = request.headers().get(request_id::HEADER).cloned();
-    let method = request.method().clone();
-    let route = request.extensions().get::<MatchedPath>().cloned();
-    let response = next.run(request).await;
-    if let Some(failure) = response.extensions().get::<Failure>() {
-        log(failure, id.as_ref(), &method, route.as_ref().map_or("unmatched", MatchedPath::as_str), response.status().as_u16());
-    }
-    response
+/// What the log line names of the request, kept while it runs: a header
+/// value's clone shares its bytes, and a method is an enum.
+pub struct Asked {
+    id: Option<HeaderValue>,
+    method: Method,
 }
 
-fn log(failure: &Failure, id: Option<&HeaderValue>, method: &Method, route: &str, status: u16) {
-    let request_id = id.and_then(|v| v.to_str().ok()).map_or_else(|| "-".to_string(), protocol::request_tag);
-    if failure.internal {
-        tracing::error!(request_id, %method, route, status, detail = %failure.error, "internal error");
-    } else {
-        tracing::warn!(request_id, %method, route, status, error = %failure.error, "request failed");
+impl Asked {
+    pub fn of(request: &Request) -> Self {
+        Asked { id: request.headers().get(request_id::HEADER).cloned(), method: request.method().clone() }
+    }
+
+    /// The one line for `response`, if it carries a [`Failure`].
+    pub fn log_if_failed(&self, response: &Response, route: &str) {
+        let Some(failure) = response.extensions().get::<Failure>() else { return };
+        let (request_id, method, status) = (request_id::tag(self.id.as_ref()), &self.method, response.status().as_u16());
+        if failure.internal {
+            tracing::error!(request_id, %method, route, status, detail = %failure.error, "internal error");
+        } else {
+            tracing::warn!(request_id, %method, route, status, error = %failure.error, "request failed");
+        }
     }
 }
 
@@ -85,7 +87,7 @@ mod tests {
             .route("/boom/{what}", get(|| async { ApiError::Internal("the disk is on fire".into()) }))
             .route("/busy", get(|| async { ApiError::HostUnavailable { phase: "loading".into() } }))
             .route("/bad", get(|| async { ApiError::InvalidRequest { field: "top_k", problem: "must be at least 1".into() } }))
-            .layer(axum::middleware::from_fn(log_failures))
+            .layer(axum::middleware::from_fn(crate::metrics::track_http))
             .layer(request_id::layers());
         let request = axum::http::Request::get(path).header(request_id::HEADER, id).body(Body::empty()).unwrap();
         let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();

@@ -18,7 +18,7 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use protocol::HostStatus;
 use service::telemetry;
 
-use crate::AppState;
+use crate::{AppState, failure_log};
 
 pub const HTTP_REQUESTS: &str = "splitserve_gateway_http_requests_total";
 pub const HTTP_DURATION: &str = "splitserve_gateway_http_request_duration_seconds";
@@ -57,7 +57,9 @@ pub fn handle() -> PrometheusHandle {
         .clone()
 }
 
-/// Middleware: count, time and track every request by route and status.
+/// Middleware: count, time and track every request by route and status,
+/// and log it if it failed (`failure_log`: one middleware, which has the
+/// route already, rather than a second one that looks it up again).
 pub async fn track_http(request: Request, next: Next) -> Response {
     let route = request
         .extensions()
@@ -70,10 +72,12 @@ pub async fn track_http(request: Request, next: Next) -> Response {
         span.record("http.route", route.as_str());
         telemetry::context::rename(&span, format!("{} {route}", request.method()));
     }
+    let asked = failure_log::Asked::of(&request);
     let started = Instant::now();
     let in_flight = InFlightGauge::enter();
     let response = next.run(request).await;
     drop(in_flight);
+    asked.log_if_failed(&response, &route);
     let status = response.status().as_u16().to_string();
     counter!(HTTP_REQUESTS, "route" => route.clone(), "status" => status).increment(1);
     histogram!(HTTP_DURATION, "route" => route).record(started.elapsed().as_secs_f64());

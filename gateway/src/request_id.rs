@@ -39,8 +39,12 @@ impl MakeRequestId for Sequential {
 
 /// The id of a request, bounded for logs and the control channel.
 pub fn of<B>(request: &Request<B>) -> String {
-    let id = request.headers().get(HEADER).and_then(|v| v.to_str().ok()).unwrap_or("-");
-    protocol::request_tag(id)
+    tag(request.headers().get(HEADER))
+}
+
+/// An X-Request-Id header's value as [`of`] gives it ("-" without one).
+pub fn tag(header: Option<&HeaderValue>) -> String {
+    protocol::request_tag(header.and_then(|v| v.to_str().ok()).unwrap_or("-"))
 }
 
 /// The request's span. Without exported traces it is a DEBUG span: made

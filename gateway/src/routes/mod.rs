@@ -33,7 +33,7 @@ use tower_http::decompression::DecompressionBody;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::{AppState, compression, failure_log, metrics, openapi, request_id};
+use crate::{AppState, compression, metrics, openapi, request_id};
 use crate::error::ApiError;
 
 pub fn router(state: AppState) -> Router {
@@ -44,11 +44,10 @@ pub fn router(state: AppState) -> Router {
         // a raw-pixels request about 50 allocations more than one.
         .layer(
             ServiceBuilder::new()
-                // Outer to inner: the request's id, its failure log line, its
-                // metrics; compress answers, refuse unknown encodings, then
+                // Outer to inner: the request's id; its metrics and failure
+                // log line; compress answers, refuse unknown encodings, then
                 // decompress bodies.
                 .layer(request_id::layers())
-                .layer(axum::middleware::from_fn(failure_log::log_failures))
                 .layer(axum::middleware::from_fn(metrics::track_http))
                 .layer(compression::response_compression())
                 .layer(axum::middleware::from_fn(compression::check_content_encoding))

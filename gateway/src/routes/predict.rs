@@ -124,10 +124,10 @@ pub async fn predict(
     params: Result<Query<PredictParams>, QueryRejection>,
     request: Request,
 ) -> Result<Response, ApiError> {
-    // A span of its own only for exported traces: the request's log span
-    // already names the model in its path, and each span a log layer
+    // A span of its own only for exported traces: each span a log layer
     // formats costs a raw-pixels request about 5% of its CPU
-    // (bench/gateway_instructions.py).
+    // (bench/gateway_instructions.py), and a failed request's log line
+    // names its route (failure_log.rs).
     let span = telemetry::span(|| tracing::info_span!("predict", model = %name));
     predict_model(app, name, params, request).instrument(span).await
 }

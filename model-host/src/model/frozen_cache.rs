@@ -243,7 +243,7 @@ impl FrozenCache {
                 Ok(mut module) => {
                     if hashing.result().is_ok_and(|h| hit.matches(h)) {
                         optimize(&mut module);
-                        tracing::info!(entry = %hit.module.display(), ms = started.elapsed().as_secs_f64() * 1e3, "frozen module loaded from the cache");
+                        tracing::info!(entry = %hit.module.display(), ms = ms_since(started), "frozen module loaded from the cache");
                         return Ok((module, hit.weight_bytes));
                     }
                     tracing::warn!(entry = %hit.module.display(), "the model file's content differs from the cached module's; loading the file");
@@ -306,7 +306,7 @@ pub fn load_and_freeze(
     if let Some((cache, key, sha256)) = cache {
         let started = std::time::Instant::now();
         match cache.store(&module, key, &sha256, bytes) {
-            Ok(entry) => tracing::info!(entry = %entry.display(), ms = started.elapsed().as_secs_f64() * 1e3, "frozen module stored in the cache"),
+            Ok(entry) => tracing::info!(entry = %entry.display(), ms = ms_since(started), "frozen module stored in the cache"),
             Err(e) => tracing::warn!(error = %e, "frozen-module cache not written"),
         }
     }

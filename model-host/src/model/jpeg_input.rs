@@ -58,7 +58,7 @@ pub fn open_decoders(input: &InputConfig, resize: Resize, limits: &HostDecodeCon
     });
     let decoders = opened.into_iter().collect::<Result<Vec<_>, _>>()?;
     let first = &decoders[0].decoder;
-    tracing::info!(library = %first.library.display(), hardware_engines = first.hardware, threads = decoders.len(), "host-side JPEG decode on");
+    tracing::info!(library = %first.library.display(), hardware_engines = first.hardware, threads = decoders.len(), "nvJPEG decoders open");
     Ok(decoders)
 }
 

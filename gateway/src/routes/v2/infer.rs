@@ -28,6 +28,7 @@ use crate::openapi::{Binary, InferErrors};
 use crate::upload::read_body;
 use crate::{AppState, request_id};
 use service::telemetry;
+use tracing::Instrument;
 
 /// The answer's JSON (the whole body, or the binary extension's header).
 #[derive(utoipa::ToSchema)]
@@ -67,8 +68,13 @@ pub struct ResponseOutput {
         headers(("Inference-Header-Content-Length" = u64, description = "With binary outputs: the JSON header's length in bytes."))),
         InferErrors),
 )]
-#[tracing::instrument(skip_all, fields(model = %path.name))]
 pub async fn infer(State(app): State<AppState>, Path(path): Path<ModelPath>, request: Request) -> Result<Response, ApiError> {
+    // As predict's: a span of its own only for exported traces.
+    let span = telemetry::span(|| tracing::info_span!("infer", model = %path.name));
+    infer_model(app, path, request).instrument(span).await
+}
+
+async fn infer_model(app: AppState, path: ModelPath, request: Request) -> Result<Response, ApiError> {
     let started = Instant::now();
     // Admission before work: no body is read for a host that cannot serve.
     let link = app.fleet.route(&path.name, path.version.as_deref())?;
