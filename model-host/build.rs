@@ -26,6 +26,10 @@ fn main() {
     println!("cargo:rerun-if-changed=shim/jpeg_shim.cpp");
     println!("cargo:rerun-if-changed=shim/stream_shim.cpp");
     println!("cargo:rerun-if-changed=shim/shim_errors.h");
+    println!("cargo:rerun-if-changed=shim/freeze_equal.cpp");
+    println!("cargo:rerun-if-changed=shim/freeze_equal.h");
+    println!("cargo:rerun-if-changed=shim/weights_stream.cpp");
+    println!("cargo:rerun-if-changed=shim/weights_stream.h");
     let Ok(lib) = std::env::var("DEP_TCH_LIBTORCH_LIB") else {
         panic!("torch-sys did not say where libtorch is (DEP_TCH_LIBTORCH_LIB)");
     };
@@ -52,6 +56,8 @@ fn build_shim(lib: &Path, cuda: bool) {
         .file("shim/torch_shim.cpp")
         .file("shim/jpeg_shim.cpp")
         .file("shim/stream_shim.cpp")
+        .file("shim/freeze_equal.cpp")
+        .file("shim/weights_stream.cpp")
         .include(root.join("include"))
         .include(root.join("include/torch/csrc/api/include"))
         .flag("-std=c++17")

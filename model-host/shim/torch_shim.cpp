@@ -32,7 +32,9 @@
 #include <torch/cuda.h>
 #endif
 
+#include "freeze_equal.h"
 #include "shim_errors.h"
+#include "weights_stream.h"
 
 namespace {
 
@@ -174,12 +176,28 @@ int shim_has_cuda_graphs() {
 
 // Loads `path` onto `device` (tch's device code: -1 CPU, n >= 0 cuda:n),
 // in eval mode, cast to `dtype` (c10::ScalarType; -1 keeps the file's).
-// `report` (may be null) hears of every read of the file, on this thread.
-char* shim_module_load(const char* path, int device, int dtype, CountingAdapter::Report report, void* context, ShimModule** out) {
+// `report` (may be null) hears of the bytes read so far, on this thread.
+// The tensor records are streamed (weights_stream.cpp): `streamed` gets
+// how many records and bytes were; where the streaming loader cannot take
+// the file it is loaded the plain way, and `fallback` gets why (malloc'd,
+// freed by shim_free_error; null when streamed).
+char* shim_module_load(const char* path, int device, int dtype, CountingAdapter::Report report, void* context, uint64_t* streamed,
+                       char** fallback, ShimModule** out) {
   return guarded([&] {
     c10::Device where = device < 0 ? c10::Device(c10::kCPU) : c10::Device(c10::kCUDA, static_cast<c10::DeviceIndex>(device));
-    auto file = std::make_shared<CountingAdapter>(path, report, context);
-    auto loaded = std::make_unique<ShimModule>(ShimModule{torch::jit::load(file, where)});
+    std::unique_ptr<ShimModule> loaded;
+    shim::StreamedWeights weights;
+    *fallback = guarded([&] { loaded = std::make_unique<ShimModule>(ShimModule{shim::load_streaming(path, where, report, context, &weights)}); });
+    if (*fallback != nullptr) {
+      try {
+        auto file = std::make_shared<CountingAdapter>(path, report, context);
+        loaded = std::make_unique<ShimModule>(ShimModule{torch::jit::load(file, where)});
+      } catch (const c10::Error& e) {
+        throw std::runtime_error(std::string(path) + ": " + e.what_without_backtrace());
+      }
+    }
+    streamed[0] = weights.records;
+    streamed[1] = weights.bytes;
     loaded->module.eval();
     if (dtype >= 0) loaded->module.to(static_cast<c10::ScalarType>(dtype));
     *out = loaded.release();
@@ -187,13 +205,18 @@ char* shim_module_load(const char* path, int device, int dtype, CountingAdapter:
 }
 
 // torch.jit.freeze, then (if `optimize`) torch.jit.optimize_for_inference,
-// in place. On error the module is left as it was.
-char* shim_module_freeze(ShimModule* m, int optimize) {
+// in place, their constant comparisons settled by fingerprints where they
+// can be (freeze_equal.cpp); how many there were in `counts` (2 values:
+// compared, settled by fingerprint). On error the module is left as it was.
+char* shim_module_freeze(ShimModule* m, int optimize, uint64_t* counts) {
   return guarded([&] {
+    shim::FreezeEqualScope fingerprints;
     torch::jit::Module frozen = torch::jit::freeze(m->module);
     if (optimize) frozen = torch::jit::optimize_for_inference(frozen);
     m->module = frozen;
     m->frozen = true;
+    counts[0] = fingerprints.counts().compared;
+    counts[1] = fingerprints.counts().by_fingerprint;
   });
 }
 
@@ -201,9 +224,16 @@ char* shim_module_freeze(ShimModule* m, int optimize) {
 // frozen-module cache), in place. On error the module is left as it was.
 char* shim_module_optimize(ShimModule* m) {
   return guarded([&] {
+    shim::FreezeEqualScope fingerprints;
     m->module = torch::jit::optimize_for_inference(m->module);
     m->frozen = true;
   });
+}
+
+// at::equal(*a, *b) as a frozen module's constants are compared, on any
+// device (the tests' way to reach the fingerprint path on a CPU).
+char* shim_fingerprinted_equal(const at::Tensor* a, const at::Tensor* b, int* out) {
+  return guarded([&] { *out = shim::fingerprinted_equal(*a, *b, /*any_device=*/true) ? 1 : 0; });
 }
 
 // Writes the module as a TorchScript archive to `path` (a frozen, cast

@@ -296,13 +296,29 @@ pub fn load_and_freeze(
     let started = std::time::Instant::now();
     let mut module = Module::load_reporting(file, device, cast, progress)?;
     let bytes = weight_bytes(&module);
-    tracing::info!(ms = ms_since(started), cast = ?cast, "module read onto the device");
+    let streamed = module.streamed();
+    tracing::info!(
+        ms = ms_since(started),
+        cast = ?cast,
+        streamed_records = streamed.records,
+        streamed_bytes = streamed.bytes,
+        read_plain_because = streamed.plain_because.as_deref().unwrap_or(""),
+        "module read onto the device"
+    );
     let started = std::time::Instant::now();
-    if let Err(e) = module.freeze(false) {
-        tracing::warn!(error = %e.0, "cannot freeze the module; it runs as saved");
-        return Ok((module, bytes));
-    }
-    tracing::info!(ms = ms_since(started), "module frozen");
+    let comparisons = match module.freeze(false) {
+        Ok(comparisons) => comparisons,
+        Err(e) => {
+            tracing::warn!(error = %e.0, "cannot freeze the module; it runs as saved");
+            return Ok((module, bytes));
+        }
+    };
+    tracing::info!(
+        ms = ms_since(started),
+        constants_compared = comparisons.compared,
+        settled_by_fingerprint = comparisons.by_fingerprint,
+        "module frozen"
+    );
     if let Some((cache, key, sha256)) = cache {
         let started = std::time::Instant::now();
         match cache.store(&module, key, &sha256, bytes) {

@@ -39,10 +39,14 @@ unsafe extern "C" {
         dtype: c_int,
         report: Option<extern "C" fn(context: *mut c_void, read: u64, total: u64)>,
         context: *mut c_void,
+        streamed: *mut u64,
+        fallback: *mut *mut c_char,
         out: *mut *mut ShimModule,
     ) -> *mut c_char;
-    fn shim_module_freeze(module: *mut ShimModule, optimize: c_int) -> *mut c_char;
+    fn shim_module_freeze(module: *mut ShimModule, optimize: c_int, counts: *mut u64) -> *mut c_char;
     fn shim_module_optimize(module: *mut ShimModule) -> *mut c_char;
+    #[cfg(test)]
+    fn shim_fingerprinted_equal(a: *const C_tensor, b: *const C_tensor, out: *mut c_int) -> *mut c_char;
     fn shim_module_save(module: *mut ShimModule, path: *const c_char) -> *mut c_char;
     fn shim_torch_version() -> c_int;
     fn shim_module_weight_bytes(module: *mut ShimModule, out: *mut u64) -> *mut c_char;
@@ -104,6 +108,28 @@ pub fn cuda_memory(index: usize) -> Result<(u64, u64), ShimError> {
     // only on success and catches every C++ exception.
     check(unsafe { shim_cuda_mem_info(index as c_int, &mut free, &mut total) })?;
     Ok((free, total))
+}
+
+/// What freezing did with its constant comparisons: how many pairs of
+/// tensor constants libtorch's passes compared, and how many of those a
+/// fingerprint of each tensor settled without a comparison on the device
+/// (`shim/freeze_equal.cpp`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConstantComparisons {
+    pub compared: u64,
+    pub by_fingerprint: u64,
+}
+
+/// `a.equal(b)` as freezing compares constants: settled by fingerprints
+/// where they differ, on any device. Exposed for the tests: freezing uses
+/// it on the GPU only.
+#[cfg(test)]
+pub fn fingerprinted_equal(a: &Tensor, b: &Tensor) -> Result<bool, ShimError> {
+    let mut out: c_int = 0;
+    // SAFETY: both tensors are live and only read for the call; the
+    // out-pointer is valid for it; the shim catches every C++ exception.
+    check(unsafe { shim_fingerprinted_equal(a.as_ptr(), b.as_ptr(), &mut out) })?;
+    Ok(out != 0)
 }
 
 fn device_code(device: Device) -> c_int {
@@ -178,6 +204,17 @@ pub struct Module {
     raw: *mut ShimModule,
     /// How forward()'s result is flattened into tensors.
     outputs: OutputNames,
+    streamed: Streamed,
+}
+
+/// How a module's tensor records reached its device: streamed by offset
+/// (`shim/weights_stream.cpp`), or, where that loader could not take the
+/// file, read by `torch::jit::load` (`plain_because` says why).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Streamed {
+    pub records: u64,
+    pub bytes: u64,
+    pub plain_because: Option<String>,
 }
 
 // SAFETY: a torch::jit::Module may be moved between threads; this handle is
@@ -218,17 +255,42 @@ impl Module {
         let mut raw = std::ptr::null_mut();
         let mut progress = progress;
         let context = (&mut progress as *mut &mut dyn FnMut(u64, u64)).cast::<c_void>();
+        let mut streamed = [0u64; 2];
+        let mut fallback: *mut c_char = std::ptr::null_mut();
         // SAFETY: `c_path` is NUL-terminated and outlives the call; `context`
-        // points at `progress`, which outlives it too; `raw` is written only
-        // on success.
-        check(unsafe { shim_module_load(c_path.as_ptr(), device_code(device), dtype, Some(report), context, &mut raw) })?;
-        let module = Module { raw, outputs: OutputNames::One };
+        // points at `progress`, which outlives it too; `streamed` has the two
+        // slots the shim writes; `fallback` and `raw` are written by the shim
+        // (`raw` only on success).
+        let loaded = check(unsafe {
+            shim_module_load(c_path.as_ptr(), device_code(device), dtype, Some(report), context, streamed.as_mut_ptr(), &mut fallback, &mut raw)
+        });
+        // Taken (and freed) whatever the outcome: check() frees only the error.
+        let plain_because = (!fallback.is_null()).then(|| {
+            // SAFETY: a non-null `fallback` is a NUL-terminated message the
+            // shim malloc'd for us; it is read once, then freed once.
+            let message = unsafe { CStr::from_ptr(fallback) }.to_string_lossy().into_owned();
+            // SAFETY: as above; not used after this.
+            unsafe { shim_free_error(fallback) };
+            message
+        });
+        loaded?;
+        let streamed = Streamed { records: streamed[0], bytes: streamed[1], plain_because };
+        match &streamed.plain_because {
+            None => tracing::debug!(records = streamed.records, bytes = streamed.bytes, "tensor records streamed onto the device"),
+            Some(why) => tracing::info!(reason = %why, "model read by torch::jit::load"),
+        }
+        let module = Module { raw, outputs: OutputNames::One, streamed };
         // Loaded: all of it counts as read (the archive's directory and
         // records libtorch never needed are not read at all).
         if let Ok(size) = std::fs::metadata(path).map(|m| m.len()) {
             progress(size, size);
         }
         Ok(module)
+    }
+
+    /// How the tensor records were read.
+    pub fn streamed(&self) -> &Streamed {
+        &self.streamed
     }
 
     /// Declares what forward() returns (one tensor until this is called).
@@ -251,9 +313,12 @@ impl Module {
         Ok(bytes)
     }
 
-    pub fn freeze(&mut self, optimize: bool) -> Result<(), ShimError> {
-        // SAFETY: `self.raw` is a live module owned by this handle.
-        check(unsafe { shim_module_freeze(self.raw, c_int::from(optimize)) })
+    pub fn freeze(&mut self, optimize: bool) -> Result<ConstantComparisons, ShimError> {
+        let mut counts = [0u64; 2];
+        // SAFETY: `self.raw` is a live module owned by this handle;
+        // `counts` has the two slots the shim writes, and outlives the call.
+        check(unsafe { shim_module_freeze(self.raw, c_int::from(optimize), counts.as_mut_ptr()) })?;
+        Ok(ConstantComparisons { compared: counts[0], by_fingerprint: counts[1] })
     }
 
     /// `optimize_for_inference` on a module that is frozen already (as

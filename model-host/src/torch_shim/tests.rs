@@ -40,6 +40,97 @@ fn forward_matches_tch_before_and_after_freezing() {
     assert!(max_diff(&frozen, &want) < 1e-3, "frozen differs by {}", max_diff(&frozen, &want));
 }
 
+/// Freezing routes libtorch's constant comparisons through the shim's
+/// scope (`shim/freeze_equal.cpp`); on a CPU they keep libtorch's own
+/// comparison, and the frozen module answers as the eager one.
+#[test]
+fn freezing_counts_its_constant_comparisons() {
+    let file = crate::model::tensor_model::tests::scripted("twins");
+    let x = Tensor::rand([3, 8], (Kind::Float, Device::Cpu));
+    let mut module = Module::load(&file, Device::Cpu, None).unwrap();
+    let eager = module.forward(&[&x]).unwrap();
+    let comparisons = module.freeze(true).unwrap();
+    assert!(comparisons.compared > 0, "no constant comparison reached the scope: {comparisons:?}");
+    assert_eq!(comparisons.by_fingerprint, 0, "CPU tensors keep libtorch's comparison");
+    assert!(max_diff(&module.forward(&[&x]).unwrap(), &eager) < 1e-6);
+}
+
+/// The fingerprint only ever says "different" when at::equal would: for
+/// equal values in other strides, +0 against -0, NaNs, infinities, every
+/// dtype it sums and those it leaves to libtorch.
+#[test]
+fn a_fingerprint_answers_as_libtorch_equal() {
+    let x = Tensor::randn([6, 5], (Kind::Float, Device::Cpu));
+    let zeros = Tensor::zeros([4], (Kind::Float, Device::Cpu));
+    let minus_zeros = Tensor::from_slice(&[-0.0f32, 0.0, -0.0, 0.0]);
+    let nan = Tensor::from_slice(&[1.0f32, f32::NAN]);
+    let infinities = Tensor::from_slice(&[f32::INFINITY, f32::NEG_INFINITY, 1.0]);
+    let mut cases: Vec<(Tensor, Tensor)> = vec![
+        (x.copy(), x.copy()),
+        (x.copy(), x.tr().contiguous().tr()),
+        (x.copy(), &x + 1e-3),
+        (x.narrow(0, 1, 4), x.narrow(0, 2, 4)),
+        (zeros.copy(), minus_zeros),
+        (nan.copy(), nan.copy()),
+        (infinities.copy(), infinities.copy()),
+        (Tensor::zeros([0, 3], (Kind::Float, Device::Cpu)), Tensor::zeros([0, 3], (Kind::Float, Device::Cpu))),
+        (x.copy(), x.view([5, 6])),
+    ];
+    for kind in [Kind::Half, Kind::BFloat16, Kind::Double, Kind::Int64, Kind::Int8, Kind::Uint8, Kind::Bool, Kind::ComplexFloat] {
+        let t = (&x * 3).to_kind(kind);
+        cases.push((t.copy(), t.copy()));
+        cases.push((t.copy(), (&x * 3 + 1).to_kind(kind)));
+    }
+    for (i, (a, b)) in cases.iter().enumerate() {
+        assert_eq!(fingerprinted_equal(a, b).unwrap(), a.equal(b), "case {i}: {a:?} against {b:?}");
+    }
+}
+
+/// The streaming loader (`shim/weights_stream.cpp`) takes the example
+/// models, and what it loads answers exactly as `torch::jit::load`'s.
+#[test]
+fn streamed_weights_answer_exactly_as_torch_jit_load() {
+    let twins = crate::model::tensor_model::tests::scripted("twins");
+    for (file, x) in [(digits(), batch()), (twins, Tensor::rand([3, 8], (Kind::Float, Device::Cpu)))] {
+        let module = Module::load(&file, Device::Cpu, None).unwrap();
+        let streamed = module.streamed();
+        assert_eq!(streamed.plain_because, None, "{}", file.display());
+        assert!(streamed.records > 0 && streamed.bytes > 0, "{streamed:?}");
+        let mut reference = CModule::load(&file).unwrap();
+        reference.set_eval();
+        let want = tch::no_grad(|| reference.forward_ts(&[&x])).unwrap();
+        assert!(module.forward(&[&x]).unwrap().equal(&want), "{} answers differently", file.display());
+    }
+}
+
+/// Tensors the module holds in a list are left to torch::jit::load, which
+/// loads the whole file then; it says why.
+#[test]
+fn a_model_the_streaming_loader_cannot_take_loads_the_plain_way() {
+    let module = Module::load(&crate::model::tensor_model::tests::scripted("held"), Device::Cpu, None).unwrap();
+    let why = module.streamed().plain_because.clone().expect("a list of tensors is not streamed");
+    assert!(why.contains("ws") && why.contains("container"), "{why}");
+    let x = Tensor::from_slice(&[1.0f32, 2.0, 3.0]);
+    assert!(module.forward(&[&x]).unwrap().equal(&Tensor::from_slice(&[3.0f32, 4.0, 5.0])));
+}
+
+/// A truncated or corrupt archive is refused with its path in the message.
+#[test]
+fn a_truncated_or_corrupt_archive_is_refused_naming_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = std::fs::read(digits()).unwrap();
+    let truncated = dir.path().join("truncated.pt");
+    std::fs::write(&truncated, &bytes[..bytes.len() / 2]).unwrap();
+    let mut garbled = bytes.clone();
+    garbled[bytes.len() - 200..].fill(0x5a);
+    let corrupt = dir.path().join("corrupt.pt");
+    std::fs::write(&corrupt, garbled).unwrap();
+    for file in [truncated, corrupt] {
+        let error = Module::load(&file, Device::Cpu, None).err().expect("a broken archive must be refused");
+        assert!(error.0.contains(&file.display().to_string()), "{error}");
+    }
+}
+
 #[test]
 fn a_cast_module_runs_in_its_dtype() {
     let module = Module::load(&digits(), Device::Cpu, Some(Kind::BFloat16)).unwrap();

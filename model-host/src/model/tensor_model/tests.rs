@@ -45,11 +45,36 @@ class Alpha1(torch.nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.clamp(x[:, :1], 0.0, 1.0)
 
-for name, module in [("dict", TwoInThreeOut()), ("tuple", Tuple3()), ("single", Single()), ("list", Listed()), ("segment3", Segment3()), ("alpha1", Alpha1())]:
+class Twins(torch.nn.Module):
+    # Four same-shaped layers, two of them equal copies (separate storage):
+    # freezing compares every pair of same-typed constants.
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.layers = torch.nn.ModuleList([torch.nn.Linear(8, 8) for _ in range(4)])
+        self.layers[3].load_state_dict(self.layers[1].state_dict())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for layer in self.layers:
+            x = torch.relu(layer(x))
+        return x
+
+class Held(torch.nn.Module):
+    # Tensors in a list attribute: left to torch::jit::load by the
+    # streaming loader, which remakes only the slots' own tensors.
+    def __init__(self):
+        super().__init__()
+        self.ws: List[torch.Tensor] = [torch.ones(3), torch.full((3,), 2.0)]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.ws[0] + self.ws[1]
+
+for name, module in [("twins", Twins()), ("held", Held()), ("dict", TwoInThreeOut()), ("tuple", Tuple3()), ("single", Single()), ("list", Listed()), ("segment3", Segment3()), ("alpha1", Alpha1())]:
     torch.jit.script(module).save(f"{sys.argv[1]}/{name}.pt")
 "#;
 
-/// The path of a scripted test model: dict, tuple, single or list.
+/// The path of a scripted test model: dict, tuple, single, list,
+/// segment3, alpha1, twins or held.
 pub(crate) fn scripted(name: &str) -> PathBuf {
     static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
     let dir = DIR.get_or_init(|| {
