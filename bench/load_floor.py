@@ -183,7 +183,7 @@ def host(binary: Path, model: Path, work: Path, cache: Path | None, label: str):
         row[key] = float(found.group(1)) if found else None
     for line in text.splitlines():
         if any(k in line for k in ("frozen", "read onto the device", "warm-up and capture done", "CUDA graphs", "model loaded", "cannot", "cuDNN", "device ready")):
-            print("   host:", re.sub(r"\x1b\[[0-9;]*m", "", line)[:220], file=sys.stderr)
+            print("   host:", re.sub(r"\x1b\[[0-9;]*m", "", line)[:400], file=sys.stderr)
     return row
 
 
