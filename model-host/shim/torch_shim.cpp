@@ -256,6 +256,18 @@ char* shim_module_forward(ShimModule* m, const at::Tensor* const* inputs, int co
   });
 }
 
+// The module's method `name`(inputs...) returning one tensor, in the
+// caller's grad mode (as tch's CModule::method_ts): an iterative model's
+// start, step and finish. The result is a new tensor in `out`.
+char* shim_module_method(ShimModule* m, const char* name, const at::Tensor* const* inputs, int count, at::Tensor** out) {
+  return guarded([&] {
+    Planned planned(m);
+    c10::IValue result = m->module.get_method(name)(ivalues(inputs, count));
+    if (!result.isTensor()) throw std::runtime_error(std::string("method ") + name + " returned " + result.tagKind() + ", expected a tensor");
+    *out = new at::Tensor(result.toTensor());
+  });
+}
+
 void shim_module_free(ShimModule* m) { delete m; }
 
 // Bytes the module's parameters and buffers hold, each storage counted

@@ -12,7 +12,10 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
 use protocol::jobs::JobOutput;
-use tch::{CModule, Device, Kind, Tensor};
+use tch::{Device, Kind, Tensor};
+
+use crate::model::ModelError;
+use crate::torch_shim::{Module, ShimError};
 
 use super::table::{Admitted, JobTable, now_ms};
 use crate::config::DeviceChoice;
@@ -65,7 +68,7 @@ struct Row {
 
 /// The loaded module and the names of its three methods.
 struct Iterative<'a> {
-    module: CModule,
+    module: Module,
     config: &'a IterativeConfig,
     device: Device,
 }
@@ -138,8 +141,11 @@ impl Runner {
     fn load<'a>(&mut self, config: &'a IterativeConfig, device: Device) -> Result<Iterative<'a>, HostError> {
         let path = self.model.model_file.display().to_string();
         let load_error = |source| HostError::ModelLoad { path: path.clone(), source };
-        let mut module = CModule::load_on_device(&self.model.model_file, device).map_err(|e| load_error(e.into()))?;
-        module.f_set_eval().map_err(|e| load_error(e.into()))?;
+        // Through the shim: the tensor records streamed onto the device, with
+        // the bytes read so far in the host's status as it goes.
+        let reporter = &mut self.reporter;
+        let module = Module::load_reporting(&self.model.model_file, device, None, &mut |read, total| reporter.loading(read, total))
+            .map_err(|e| load_error(ModelError::Load(e.0)))?;
         self.counters.model_loads.fetch_add(1, Relaxed);
         self.reporter.weights_loaded();
         let model = Iterative { module, config, device };
@@ -251,13 +257,18 @@ impl Runner {
     }
 }
 
+/// The shim's message as tch's error, which the runner's callers report.
+fn torch_error(e: ShimError) -> tch::TchError {
+    tch::TchError::Torch(e.0)
+}
+
 impl Iterative<'_> {
     /// `start` on one row of parameters per job.
     fn start(&self, params: &[Vec<i64>]) -> Result<Tensor, tch::TchError> {
         let (jobs, width) = (params.len() as i64, self.config.params.len() as i64);
         let flat: Vec<i64> = params.iter().flatten().copied().collect();
         let params = Tensor::from_slice(&flat).view([jobs, width]).to_device(self.device);
-        let state = self.module.method_ts(&self.config.start, &[params])?;
+        let state = self.module.method(&self.config.start, &[&params]).map_err(torch_error)?;
         if state.dim() < 1 || state.size()[0] != jobs {
             return Err(tch::TchError::Shape(format!("start returned {:?} for {jobs} jobs; the state needs one row per job", state.size())));
         }
@@ -273,8 +284,7 @@ impl Iterative<'_> {
 
     /// `step` with each row's steps done (`index`) and steps in all.
     fn step(&self, state: &Tensor, index: &Tensor, steps: &Tensor) -> Result<Tensor, tch::TchError> {
-        let args = [state.shallow_clone(), index.shallow_clone(), steps.shallow_clone()];
-        let next = self.module.method_ts(&self.config.step, &args)?;
+        let next = self.module.method(&self.config.step, &[state, index, steps]).map_err(torch_error)?;
         if next.size() != state.size() {
             return Err(tch::TchError::Shape(format!("step returned {:?} for a state of {:?}", next.size(), state.size())));
         }
@@ -283,7 +293,7 @@ impl Iterative<'_> {
 
     /// `finish`: each of the `n` rows' image, as height x width x channels bytes.
     fn finish(&self, state: &Tensor, n: usize) -> Result<Vec<Vec<u8>>, tch::TchError> {
-        let images = self.module.method_ts(&self.config.finish, &[state.shallow_clone()])?;
+        let images = self.module.method(&self.config.finish, &[state]).map_err(torch_error)?;
         let o = self.config.output;
         let want = [n as i64, i64::from(o.channels), i64::from(o.height), i64::from(o.width)];
         if images.size() != want || images.kind() != Kind::Uint8 {

@@ -58,6 +58,7 @@ unsafe extern "C" {
         expected: c_int,
         outs: *mut *mut C_tensor,
     ) -> *mut c_char;
+    fn shim_module_method(module: *mut ShimModule, name: *const c_char, inputs: *const *const C_tensor, count: c_int, out: *mut *mut C_tensor) -> *mut c_char;
     fn shim_module_free(module: *mut ShimModule);
     fn shim_pinned_empty(len: i64, out: *mut *mut C_tensor) -> *mut c_char;
     fn shim_graph_capture(
@@ -286,6 +287,20 @@ impl Module {
             progress(size, size);
         }
         Ok(module)
+    }
+
+    /// The module's method `name`(inputs...), which returns one tensor,
+    /// in the caller's grad mode (an iterative model's start, step, finish).
+    pub fn method(&self, name: &str, inputs: &[&Tensor]) -> Result<Tensor, ShimError> {
+        let c_name = CString::new(name).map_err(|e| ShimError(e.to_string()))?;
+        let ptrs = tensor_ptrs(inputs);
+        let mut out = std::ptr::null_mut();
+        // SAFETY: `self.raw` is a live module; `c_name` and the input
+        // tensors outlive the call and are only read; `out` is written only
+        // on success, with a new tensor that we then own.
+        check(unsafe { shim_module_method(self.raw, c_name.as_ptr(), null_or(&ptrs), ptrs.len() as c_int, &mut out) })?;
+        // SAFETY: on success `out` is an owned at::Tensor* from the shim.
+        Ok(unsafe { Tensor::from_ptr(out) })
     }
 
     /// How the tensor records were read.
