@@ -61,11 +61,28 @@ def export(out: Path, layers: int, width: int, heads: int):
         "[batching]\nmax_batch_size = 16\n[optimization]\nprecision = \"fp16\"\n")
 
 
-def floor(path: Path, readers: int):
+def evict(path: Path):
+    """Drops the file's pages from the page cache (posix_fadvise DONTNEED:
+    no privilege needed, unlike /proc/sys/vm/drop_caches), so the next read
+    comes from the disk; says how much is still resident where fincore is
+    installed."""
+    fd = os.open(path, os.O_RDONLY)
+    os.fsync(fd)
+    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    os.close(fd)
+    if shutil.which("fincore"):
+        out = subprocess.run(["fincore", "--bytes", "--noheadings", "--output", "RES", str(path)], capture_output=True, text=True).stdout.strip()
+        print(f"   evicted {path.name}: {out or '?'} bytes still resident", file=sys.stderr)
+
+
+def floor(path: Path, readers: int, cold: bool):
     size = path.stat().st_size
-    with open(path, "rb") as f:  # page cache warm: the same state the host and PyTorch find
-        while f.read(CHUNK):
-            pass
+    if cold:
+        evict(path)
+    else:
+        with open(path, "rb") as f:  # page cache warm: the same state the host and PyTorch find
+            while f.read(CHUNK):
+                pass
     t = time.perf_counter()
     torch.cuda.init()
     torch.zeros(1, device="cuda")
@@ -103,6 +120,8 @@ def floor(path: Path, readers: int):
         copy_stream.synchronize()
         copy_s = time.perf_counter() - t
         # Both, overlapped: chunk i is copied while chunk i+1 is read.
+        if cold:
+            evict(path)
         t = time.perf_counter()
         for i, offset in enumerate(range(0, size, CHUNK)):
             b, n = i % 2, min(CHUNK, size - offset)
@@ -117,7 +136,7 @@ def floor(path: Path, readers: int):
     gb = size / 1e9
     return {"file_gb": round(gb, 3), "cuda_init_s": round(cuda_init, 3), "read_gb_s": round(gb / read_s, 2),
             "copy_gb_s": round(gb / copy_s, 2), "read_and_copy_s": round(both_s, 3), "read_and_copy_gb_s": round(gb / both_s, 2),
-            "readers": readers, "chunk_mb": CHUNK >> 20}
+            "readers": readers, "chunk_mb": CHUNK >> 20, "page_cache": "cold" if cold else "warm"}
 
 
 PYTORCH = r"""
@@ -136,7 +155,9 @@ print({"import_s": t1 - t0, "load_s": t2 - t1, "freeze_fp16_s": t3 - t2, "first_
 """
 
 
-def pytorch(path: Path):
+def pytorch(path: Path, cold: bool):
+    if cold:
+        evict(path)
     t = time.perf_counter()
     out = subprocess.run([sys.executable, "-c", PYTORCH, str(path)], capture_output=True, text=True, check=True).stdout
     row = eval(out.strip().splitlines()[-1])  # noqa: S307 (our own child's dict)
@@ -155,7 +176,9 @@ def peak_rss_gb(pid):
     return None
 
 
-def host(binary: Path, model: Path, work: Path, cache: Path | None, label: str):
+def host(binary: Path, model: Path, work: Path, cache: Path | None, label: str, cold: bool = False):
+    if cold:
+        evict(model / "model.pt")
     sock = work / "host.sock"
     sock.unlink(missing_ok=True)
     log_path = work / f"host-{label}.log"
@@ -198,30 +221,31 @@ def main():
     ap.add_argument("--heads", type=int, default=16)
     ap.add_argument("--readers", type=int, default=4)
     ap.add_argument("--steps", default="floor,pytorch,host")
+    ap.add_argument("--cold", action="store_true", help="drop the file from the page cache before each timed step (read from the disk)")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     t = time.perf_counter()
     export(args.out, args.layers, args.width, args.heads)
     print(f"[load] model in {time.perf_counter() - t:.1f} s: {args.out}", file=sys.stderr)
-    row = {"model": args.out.name}
+    row = {"model": args.out.name, "page_cache": "cold" if args.cold else "warm"}
     steps = args.steps.split(",")
     # The host and PyTorch first: the floor's process holds a CUDA context.
     # As it starts by default, then with the frozen-module cache twice: the
     # first start freezes and stores the frozen module in an empty cache,
     # the second loads it from there.
     if "host" in steps and args.before:
-        row["host_before"] = host(args.before, args.out, args.out, None, "before")
+        row["host_before"] = host(args.before, args.out, args.out, None, "before", args.cold)
     if "host" in steps and args.host:
-        row["host"] = host(args.host, args.out, args.out, None, "default")
+        row["host"] = host(args.host, args.out, args.out, None, "default", args.cold)
     if "host" in steps and args.host and not args.no_cache_runs:
         cache = args.out / "frozen-cache"
         shutil.rmtree(cache, ignore_errors=True)
         row["host_storing"] = host(args.host, args.out, args.out, cache, "first")
         row["host_cached"] = host(args.host, args.out, args.out, cache, "cached")
     if "pytorch" in steps:
-        row["pytorch"] = pytorch(args.out / "model.pt")
+        row["pytorch"] = pytorch(args.out / "model.pt", args.cold)
     if "floor" in steps:
-        row["floor"] = floor(args.out / "model.pt", args.readers)
+        row["floor"] = floor(args.out / "model.pt", args.readers, args.cold)
     print(json.dumps(row), flush=True)
     if args.json:
         with open(args.json, "a") as f:
