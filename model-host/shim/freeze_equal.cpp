@@ -37,10 +37,16 @@ namespace {
 constexpr auto kModeKey = c10::DispatchKey::TESTING_ONLY_GenericMode;
 
 struct Fingerprint {
-  at::Tensor held;  // keeps the TensorImpl (the map's key) alive
+  // The map's key, weakly: a tensor the passes replace is freed as it
+  // would be, and an address reused by a new tensor is not mistaken for it.
+  c10::weak_intrusive_ptr<c10::TensorImpl> of;
   int64_t version;
   std::optional<int64_t> sum;
 };
+
+// Above this many elements libtorch compares: the fingerprint's temporary
+// (the tensor plus 0) must not be what runs the device out of memory.
+constexpr int64_t kMaxFingerprinted = int64_t{1} << 26;
 
 struct ScopeState {
   std::unordered_map<const c10::TensorImpl*, Fingerprint> fingerprints;
@@ -74,26 +80,30 @@ std::optional<at::ScalarType> bits_of(at::ScalarType dtype) {
 
 std::optional<int64_t> compute(const at::Tensor& t) {
   auto bits = bits_of(t.scalar_type());
-  if (!bits || t.layout() != at::kStrided || t.is_quantized() || t.numel() == 0) return std::nullopt;
+  if (!bits || t.layout() != at::kStrided || t.is_quantized() || t.numel() == 0 || t.numel() > kMaxFingerprinted) return std::nullopt;
   at::NoGradGuard no_grad;
   at::Tensor values = t;
   // x + 0 turns -0 into +0 (equal to each other, different bits); a NaN
   // stays a NaN, and a tensor holding one is equal to nothing anyway.
   if (t.is_floating_point()) values = (t + 0).view(*bits);
-  return values.to(at::kLong).sum().item<int64_t>();
+  return values.sum(at::kLong).item<int64_t>();
 }
 
 std::optional<int64_t> fingerprint(ScopeState& state, const at::Tensor& t) {
   int64_t version = t.is_inference() ? 0 : t._version();
   auto found = state.fingerprints.find(t.unsafeGetTensorImpl());
-  if (found != state.fingerprints.end() && found->second.version == version) return found->second.sum;
+  if (found != state.fingerprints.end() && !found->second.of.expired() && found->second.version == version) return found->second.sum;
   auto sum = compute(t);
-  state.fingerprints.insert_or_assign(t.unsafeGetTensorImpl(), Fingerprint{t, version, sum});
+  state.fingerprints.insert_or_assign(t.unsafeGetTensorImpl(), Fingerprint{c10::weak_intrusive_ptr<c10::TensorImpl>(t.getIntrusivePtr()), version, sum});
   return sum;
 }
 
+// Worth a fingerprint: the same dtype, device and sizes, and not two views
+// of the same bytes (at::equal answers those without reading them).
 bool comparable(const at::Tensor& a, const at::Tensor& b) {
-  return a.scalar_type() == b.scalar_type() && a.device() == b.device() && a.sizes().equals(b.sizes()) && !a.is_same(b);
+  if (a.scalar_type() != b.scalar_type() || a.device() != b.device() || !a.sizes().equals(b.sizes())) return false;
+  bool same_bytes = a.is_alias_of(b) && a.storage_offset() == b.storage_offset() && a.strides().equals(b.strides());
+  return !same_bytes;
 }
 
 bool settled_apart(ScopeState& state, const at::Tensor& a, const at::Tensor& b) {
@@ -115,12 +125,15 @@ bool equal_in_scope(const at::Tensor& a, const at::Tensor& b) {
   return a.equal(b);
 }
 
+// Each registration once (a second fallback for the key would throw), and
+// leaked on purpose: a registration lasts as long as its Library.
 void register_once() {
-  static std::once_flag once;
-  std::call_once(once, [] {
-    // Leaked on purpose: a registration lasts as long as its Library.
+  static std::once_flag fallback, equal;
+  std::call_once(fallback, [] {
     auto* every_op = new torch::Library(torch::Library::IMPL, "_", kModeKey, __FILE__, __LINE__);
     every_op->fallback(torch::CppFunction::makeFallthrough());
+  });
+  std::call_once(equal, [] {
     auto* aten = new torch::Library(torch::Library::IMPL, "aten", kModeKey, __FILE__, __LINE__);
     aten->impl("equal", TORCH_FN(equal_in_scope));
   });

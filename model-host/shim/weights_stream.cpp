@@ -51,6 +51,7 @@
 
 #ifdef SHIM_WITH_CUDA
 #include <c10/cuda/CUDAStream.h>
+#include <torch/cuda.h>
 #endif
 
 namespace shim {
@@ -77,11 +78,29 @@ bool is_tensor_record(const std::string& name) {
 
 bool is_constant_record(const std::string& name) { return name.rfind("constants/", 0) == 0 || name.find("/constants/") != std::string::npos; }
 
-std::vector<Record> tensor_records(const std::string& path, c10::Device device) {
-  caffe2::serialize::PyTorchStreamReader reader(path);
+bool is_code_record(const std::string& name) {
+  return (name.rfind("code/", 0) == 0 || name.find("/code/") != std::string::npos) && name.size() > 3 && name.compare(name.size() - 3, 3, ".py") == 0;
+}
+
+bool is_pickle_record(const std::string& name) { return name.size() > 4 && name.compare(name.size() - 4, 4, ".pkl") == 0; }
+
+std::string record_text(caffe2::serialize::PyTorchStreamReader& reader, const std::string& name) {
+  auto [data, size] = reader.getRecord(name);
+  return std::string(static_cast<const char*>(data.get()), size);
+}
+
+// The tensor records, or why the placeholder load must not run at all: a
+// __setstate__ (TorchScript's or a C++ class's, as quantized modules'
+// packed parameters have) would compute from the unwritten bytes while
+// torch::jit::load runs, and could crash rather than throw.
+std::vector<Record> tensor_records(caffe2::serialize::PyTorchStreamReader& reader, c10::Device device) {
   std::vector<Record> records;
   for (const auto& name : reader.getAllRecords()) {
     if (is_constant_record(name) && !device.is_cpu()) throw refused("the archive has tensor constants (" + name + ")");
+    if (is_code_record(name) && record_text(reader, name).find("__setstate__") != std::string::npos)
+      throw refused(name + " defines __setstate__");
+    if (is_pickle_record(name) && record_text(reader, name).find("torch.classes") != std::string::npos)
+      throw refused(name + " holds a C++ class (torch.classes)");
     if (!is_tensor_record(name)) continue;
     uint64_t size = reader.getRecordSize(name);
     if (size == 0) continue;
@@ -94,8 +113,8 @@ std::vector<Record> tensor_records(const std::string& path, c10::Device device) 
 // record asked for whole: those are left unwritten, and the buffer noted.
 class PlaceholderAdapter final : public caffe2::serialize::ReadAdapterInterface {
  public:
-  PlaceholderAdapter(const std::string& path, const std::vector<Record>& records, Report report, void* context)
-      : file_(path), report_(report), context_(context) {
+  PlaceholderAdapter(const std::string& same_file, const std::vector<Record>& records, Report report, void* context)
+      : file_(same_file), report_(report), context_(context) {
     for (size_t i = 0; i < records.size(); ++i) by_offset_.emplace(records[i].offset, std::make_pair(records[i].size, i));
   }
   size_t size() const override { return file_.size(); }
@@ -155,26 +174,32 @@ bool holds_tensor_or_object(const c10::IValue& v) {
 struct Targets {
   std::map<size_t, at::Tensor> bytes;  // record -> uint8 tensor of its size, on the device
   std::vector<c10::weak_intrusive_ptr<c10::StorageImpl>> placeholders;
+  // Each tensor remade once: a tensor in two slots (tied weights) stays one
+  // tensor, as torch::jit::load gives it.
+  // Keyed by the slot's tensor, held (first) so that its address is not
+  // reused meanwhile; dropped before the placeholders are checked.
+  std::unordered_map<const c10::TensorImpl*, std::pair<at::Tensor, at::Tensor>> remade;
 };
 
 at::Tensor remade(const at::Tensor& t, const PlaceholderAdapter& adapter, const std::vector<Record>& records, c10::Device device,
                   Targets& targets) {
   if (t.is_quantized() || t.layout() != at::kStrided) throw refused("a tensor that is quantized or not strided");
+  if (t.is_conj() || t.is_neg()) throw refused("a tensor with a lazy conjugate or negation");
+  if (auto done = targets.remade.find(t.unsafeGetTensorImpl()); done != targets.remade.end()) return done->second.second;
   at::NoGradGuard no_grad;
   at::Tensor moved;
   auto record = t.has_storage() ? adapter.placed(t.storage().data(), t.storage().nbytes(), records) : std::nullopt;
   if (record) {
     auto [slot, fresh] = targets.bytes.try_emplace(*record);
-    if (fresh) {
-      slot->second = at::empty({static_cast<int64_t>(records[*record].size)}, at::TensorOptions().dtype(at::kByte).device(device));
-      targets.placeholders.push_back(t.storage().getWeakStorageImpl());
-    }
+    if (fresh) slot->second = at::empty({static_cast<int64_t>(records[*record].size)}, at::TensorOptions().dtype(at::kByte).device(device));
+    targets.placeholders.push_back(t.storage().getWeakStorageImpl());
     moved = at::empty({0}, at::TensorOptions().dtype(t.dtype()).device(device));
     moved.set_(slot->second.storage(), t.storage_offset(), t.sizes(), t.strides());
   } else {
     moved = t.to(device);
   }
   if (t.requires_grad()) moved.set_requires_grad(true);
+  targets.remade.emplace(t.unsafeGetTensorImpl(), std::make_pair(t, moved));
   return moved;
 }
 
@@ -219,9 +244,10 @@ struct Chunk {
 };
 
 // Reads every record into its target, kReaders threads taking chunks in
-// file order; the calling thread reports progress meanwhile.
-void fill(const std::string& path, const std::vector<Record>& records, Targets& targets, c10::Device device, Report report, void* context,
-          uint64_t already_read, uint64_t file_size) {
+// file order; the calling thread reports progress meanwhile. Returns only
+// once every copy has landed, on success and on failure alike.
+void fill(int fd, const std::string& path, const std::vector<Record>& records, Targets& targets, c10::Device device, Report report,
+          void* context, uint64_t already_read, uint64_t file_size) {
   std::vector<Chunk> chunks;
   for (const auto& [record, _] : targets.bytes)
     for (uint64_t within = 0; within < records[record].size; within += kChunkBytes)
@@ -229,29 +255,33 @@ void fill(const std::string& path, const std::vector<Record>& records, Targets& 
   std::sort(chunks.begin(), chunks.end(), [&](const Chunk& a, const Chunk& b) {
     return records[a.record].offset + a.within < records[b.record].offset + b.within;
   });
-  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) throw std::runtime_error(path + ": " + std::strerror(errno));
   std::atomic<size_t> next{0};
   std::atomic<uint64_t> filled{0};
   std::atomic<bool> failed{false};
   std::mutex mutex;
   std::condition_variable finished;
-  int running = kReaders;
+  int running = 0;
   std::string error;
+  auto fail = [&](const std::string& why) {
+    std::lock_guard<std::mutex> lock(mutex);
+    if (!failed.exchange(true)) error = why;
+  };
 
   auto reader = [&] {
+#ifdef SHIM_WITH_CUDA
+    // Device-generic guard and events (libc10_cuda's backend): nothing
+    // here calls the CUDA runtime itself, as in torch_shim.cpp.
+    std::optional<c10::StreamGuard> on_stream;
+    at::Tensor staging[2];
+    c10::Event copied[2] = {c10::Event(c10::DeviceType::CUDA), c10::Event(c10::DeviceType::CUDA)};
+    int turn = 0;
+#endif
     try {
 #ifdef SHIM_WITH_CUDA
-      // Device-generic guard and events (libc10_cuda's backend): nothing
-      // here calls the CUDA runtime itself, as in torch_shim.cpp.
-      std::optional<c10::StreamGuard> on_stream;
-      at::Tensor staging[2];
-      c10::Event copied[2] = {c10::Event(c10::DeviceType::CUDA), c10::Event(c10::DeviceType::CUDA)};
       if (device.is_cuda()) {
         on_stream.emplace(c10::cuda::getStreamFromPool(/*isHighPriority=*/false, device.index()).unwrap());
         for (auto& s : staging) s = at::empty({static_cast<int64_t>(kChunkBytes)}, at::TensorOptions().dtype(at::kByte).pinned_memory(true));
       }
-      int turn = 0;
 #endif
       for (size_t i = next++; i < chunks.size() && !failed; i = next++) {
         const Chunk& c = chunks[i];
@@ -274,18 +304,40 @@ void fill(const std::string& path, const std::vector<Record>& records, Targets& 
         }
         filled += c.n;
       }
-#ifdef SHIM_WITH_CUDA
-      if (on_stream) on_stream->current_stream().synchronize();
-#endif
     } catch (const std::exception& e) {
-      std::lock_guard<std::mutex> lock(mutex);
-      if (!failed.exchange(true)) error = e.what();
+      fail(e.what());
+    } catch (...) {
+      fail("unknown C++ exception while reading the weights");
     }
+#ifdef SHIM_WITH_CUDA
+    // Every copy this thread queued has landed before it says it is done,
+    // whether or not it failed: the targets may be freed right after.
+    for (auto& event : copied) {
+      try {
+        event.synchronize();
+      } catch (const std::exception& e) {
+        fail(e.what());
+      }
+    }
+#endif
     std::lock_guard<std::mutex> lock(mutex);
     if (--running == 0) finished.notify_all();
   };
   std::vector<std::thread> threads;
-  for (int i = 0; i < kReaders; ++i) threads.emplace_back(reader);
+  for (int i = 0; i < kReaders; ++i) {
+    try {
+      {
+        std::lock_guard<std::mutex> lock(mutex);
+        ++running;
+      }
+      threads.emplace_back(reader);
+    } catch (const std::exception& e) {
+      fail(std::string("starting a reader thread: ") + e.what());
+      std::lock_guard<std::mutex> lock(mutex);
+      --running;
+      break;
+    }
+  }
   {
     std::unique_lock<std::mutex> lock(mutex);
     while (!finished.wait_for(lock, std::chrono::milliseconds(100), [&] { return running == 0; })) {
@@ -295,24 +347,53 @@ void fill(const std::string& path, const std::vector<Record>& records, Targets& 
     }
   }
   for (auto& t : threads) t.join();
-  ::close(fd);
   if (failed) throw std::runtime_error(error);
 }
+
+// The file, open once: every read (the zip directory, the placeholder
+// load, the records) is of the same file, even if the path is replaced
+// meanwhile (a model update renames a new file over it).
+class OpenFile {
+ public:
+  explicit OpenFile(const std::string& path) : fd_(::open(path.c_str(), O_RDONLY | O_CLOEXEC)) {
+    if (fd_ < 0) throw std::runtime_error(path + ": " + std::strerror(errno));
+  }
+  ~OpenFile() { ::close(fd_); }
+  OpenFile(const OpenFile&) = delete;
+  OpenFile& operator=(const OpenFile&) = delete;
+  int fd() const { return fd_; }
+  // A path naming this open file, for libtorch's readers.
+  std::string same_file() const { return "/proc/self/fd/" + std::to_string(fd_); }
+
+ private:
+  int fd_;
+};
 
 }  // namespace
 
 torch::jit::Module load_streaming(const std::string& path, c10::Device device, Report report, void* context, StreamedWeights* streamed) {
-  auto records = tensor_records(path, device);
-  auto adapter = std::make_shared<PlaceholderAdapter>(path, records, report, context);
+  OpenFile file(path);
+  std::vector<Record> records;
+  {
+    caffe2::serialize::PyTorchStreamReader reader(file.same_file());
+    records = tensor_records(reader, device);
+  }
+  auto adapter = std::make_shared<PlaceholderAdapter>(file.same_file(), records, report, context);
   torch::jit::Module module = torch::jit::load(adapter, c10::Device(c10::kCPU));
   Targets targets;
   std::unordered_set<const void*> seen;
   remake_slots(module._ivalue(), *adapter, records, device, targets, seen);
+  targets.remade.clear();
   for (size_t record : adapter->placed_records())
     if (targets.bytes.count(record) == 0) throw refused(records[record].name + " is not the storage of any attribute");
   for (const auto& placeholder : targets.placeholders)
     if (!placeholder.expired()) throw refused("a tensor record is referenced outside the module's attributes");
-  fill(path, records, targets, device, report, context, adapter->bytes_read(), adapter->size());
+#ifdef SHIM_WITH_CUDA
+  // The targets were allocated on this thread's stream; the readers copy on
+  // streams of their own, which must not overtake work queued before.
+  if (device.is_cuda()) torch::cuda::synchronize(device.index());
+#endif
+  fill(file.fd(), path, records, targets, device, report, context, adapter->bytes_read(), adapter->size());
   module.eval();
   streamed->records = targets.bytes.size();
   streamed->bytes = 0;

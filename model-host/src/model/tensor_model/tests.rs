@@ -46,13 +46,15 @@ class Alpha1(torch.nn.Module):
         return torch.clamp(x[:, :1], 0.0, 1.0)
 
 class Twins(torch.nn.Module):
-    # Four same-shaped layers, two of them equal copies (separate storage):
-    # freezing compares every pair of same-typed constants.
+    # Four same-shaped layers, two of them equal copies (separate storage)
+    # and two sharing one weight: freezing compares every pair of
+    # same-typed constants; loading keeps the tie.
     def __init__(self):
         super().__init__()
         torch.manual_seed(0)
         self.layers = torch.nn.ModuleList([torch.nn.Linear(8, 8) for _ in range(4)])
         self.layers[3].load_state_dict(self.layers[1].state_dict())
+        self.layers[2].weight = self.layers[0].weight  # tied: one tensor in two slots
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for layer in self.layers:
