@@ -114,6 +114,18 @@ fn a_model_the_streaming_loader_cannot_take_loads_the_plain_way() {
     assert!(module.forward(&[&x]).unwrap().equal(&Tensor::from_slice(&[3.0f32, 4.0, 5.0])));
 }
 
+/// A module whose __setstate__ computes from its tensors while it loads is
+/// refused before the placeholder load (it would compute from unwritten
+/// bytes) and loaded the plain way: w = 1 + 1.
+#[test]
+fn a_module_with_setstate_is_loaded_the_plain_way() {
+    let module = Module::load(&crate::model::tensor_model::tests::scripted("stateful"), Device::Cpu, None).unwrap();
+    let why = module.streamed().plain_because.clone().expect("__setstate__ is not streamed");
+    assert!(why.contains("__setstate__"), "{why}");
+    let x = Tensor::from_slice(&[1.0f32, 2.0, 3.0]);
+    assert!(module.forward(&[&x]).unwrap().equal(&Tensor::from_slice(&[2.0f32, 4.0, 6.0])));
+}
+
 /// A truncated or corrupt archive is refused with its path in the message.
 #[test]
 fn a_truncated_or_corrupt_archive_is_refused_naming_the_file() {

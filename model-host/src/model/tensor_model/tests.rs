@@ -71,12 +71,31 @@ class Held(torch.nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x * self.ws[0] + self.ws[1]
 
-for name, module in [("twins", Twins()), ("held", Held()), ("dict", TwoInThreeOut()), ("tuple", Tuple3()), ("single", Single()), ("list", Listed()), ("segment3", Segment3()), ("alpha1", Alpha1())]:
+class Stateful(torch.nn.Module):
+    # Its __setstate__ computes from the saved tensor while the file loads:
+    # the streaming loader must not run it on unwritten bytes.
+    def __init__(self):
+        super().__init__()
+        self.w = torch.ones(3)
+
+    @torch.jit.export
+    def __getstate__(self):
+        return (self.w, self.training)
+
+    @torch.jit.export
+    def __setstate__(self, state: Tuple[torch.Tensor, bool]):
+        self.w = state[0] + 1
+        self.training = state[1]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.w
+
+for name, module in [("twins", Twins()), ("held", Held()), ("stateful", Stateful()), ("dict", TwoInThreeOut()), ("tuple", Tuple3()), ("single", Single()), ("list", Listed()), ("segment3", Segment3()), ("alpha1", Alpha1())]:
     torch.jit.script(module).save(f"{sys.argv[1]}/{name}.pt")
 "#;
 
 /// The path of a scripted test model: dict, tuple, single, list,
-/// segment3, alpha1, twins or held.
+/// segment3, alpha1, twins, held or stateful.
 pub(crate) fn scripted(name: &str) -> PathBuf {
     static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
     let dir = DIR.get_or_init(|| {
