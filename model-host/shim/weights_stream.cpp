@@ -16,6 +16,7 @@
 // 4. The records are read by offset, a few threads at once, into those
 //    storages: on a GPU through two small pinned buffers per thread, each
 //    chunk copied asynchronously while the next is read.
+// 5. Every chunk's two ends are read back and compared with the file.
 //
 // Whatever this cannot prove equivalent to torch::jit::load it refuses (the
 // caller loads the plain way): a placed buffer not found as a slot
@@ -243,6 +244,33 @@ struct Chunk {
   size_t n;
 };
 
+// Every chunk's first and last bytes, read back from the device in one
+// copy and compared with the file: a copy that never landed, landed in the
+// wrong place, or came from a staging buffer already refilled would show
+// at a chunk's ends. A mismatch is an error (the caller then loads the
+// plain way), never a model with wrong weights.
+void verify(int fd, const std::string& path, const std::vector<Record>& records, const std::vector<Chunk>& chunks, Targets& targets) {
+  constexpr size_t kEnd = 64;
+  std::vector<at::Tensor> ends;
+  std::vector<uint8_t> expected;
+  ends.reserve(2 * chunks.size());
+  for (const Chunk& c : chunks) {
+    const Record& record = records[c.record];
+    at::Tensor& target = targets.bytes.at(c.record);
+    size_t k = std::min(kEnd, c.n);
+    for (uint64_t at : {c.within, c.within + c.n - k}) {
+      ends.push_back(target.narrow(0, static_cast<int64_t>(at), static_cast<int64_t>(k)));
+      size_t had = expected.size();
+      expected.resize(had + k);
+      read_exactly(fd, expected.data() + had, k, record.offset + at, path, record);
+    }
+  }
+  if (ends.empty()) return;
+  at::Tensor got = at::cat(ends).cpu();
+  if (static_cast<size_t>(got.numel()) != expected.size() || std::memcmp(got.data_ptr<uint8_t>(), expected.data(), expected.size()) != 0)
+    throw std::runtime_error(path + ": the streamed weights do not match the file at a chunk's ends");
+}
+
 // Reads every record into its target, kReaders threads taking chunks in
 // file order; the calling thread reports progress meanwhile. Returns only
 // once every copy has landed, on success and on failure alike.
@@ -348,6 +376,7 @@ void fill(int fd, const std::string& path, const std::vector<Record>& records, T
   }
   for (auto& t : threads) t.join();
   if (failed) throw std::runtime_error(error);
+  verify(fd, path, records, chunks, targets);
 }
 
 // The file, open once: every read (the zip directory, the placeholder
