@@ -22,6 +22,7 @@ pub mod health;
 pub mod host_call;
 pub mod job_events;
 pub mod jobs;
+pub mod json_answer;
 pub mod models;
 pub mod predict;
 pub mod v2;

@@ -9,8 +9,7 @@
 
 use std::time::{Duration, Instant};
 
-use axum::Json;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, Request, State};
 use serde::{Deserialize, Serialize};
@@ -199,7 +198,7 @@ async fn predict_model(app: AppState, name: String, params: Result<Query<Predict
             score,
         })
         .collect();
-    Ok(Json(PredictResponse {
+    Ok(super::json_answer::json_answer(&PredictResponse {
         model: model.name.clone(),
         version: model.version.clone(),
         predictions,
@@ -210,8 +209,7 @@ async fn predict_model(app: AppState, name: String, params: Result<Query<Predict
             total: ms(started.elapsed()),
         },
         batch_size: t.batch_size,
-    })
-    .into_response())
+    }))
 }
 
 /// What goes into the slot for an upload: raw pixels checked for length,

@@ -11,7 +11,6 @@
 
 use std::time::{Duration, Instant};
 
-use axum::Json;
 use axum::extract::Request;
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
@@ -142,7 +141,7 @@ pub async fn predict(app: &AppState, link: &Route, params: VisionParams, request
         timings["total"] = json!(ms(started.elapsed()));
         record();
         body["timings_ms"] = timings;
-        Json(body).into_response()
+        super::json_answer::json_answer(&body)
     };
     match &vision.task {
         VisionTask::Detection(spec) => {

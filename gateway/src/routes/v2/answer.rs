@@ -93,7 +93,7 @@ pub fn respond(id: Option<String>, model: &ModelInfo, outputs: Vec<(OutputTensor
         body["id"] = json!(id);
     }
     if !has_binary {
-        return Ok(axum::Json(body).into_response());
+        return Ok(crate::routes::json_answer::json_answer(&body));
     }
     let header = body.to_string().into_bytes();
     let length = header.len().to_string();
