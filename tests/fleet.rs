@@ -134,11 +134,11 @@ fn assert_only_fast_503s_after(killed_at: Instant, answers: &[(Instant, Outcome)
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn replicas_share_the_load_and_survive_a_sigkill() {
     let scratch = Scratch::new();
-    let segments_before = our_segments();
     let hosts = scratch.hosts_dir();
     let (a, b) = (sock(&hosts, "a.sock"), sock(&hosts, "b.sock"));
     let mut host_a = start_host_on(&scratch, &a, &digits_model());
     let _host_b = start_host_on(&scratch, &b, &digits_model());
+    let mut pids = vec![host_a.pid(), _host_b.pid()];
     let gateway = scratch.start_gateway_for(&["--host-socket", &a, "--host-socket", &b]);
     let client = reqwest::Client::new();
     let both_ready = eventually(Duration::from_secs(120), async || {
@@ -204,10 +204,11 @@ async fn replicas_share_the_load_and_survive_a_sigkill() {
 
     // Back on the same socket: served again, no gateway restart.
     let _host_a = start_host_on(&scratch, &a, &digits_model());
+    pids.push(_host_a.pid());
     let back = eventually(Duration::from_secs(60), async || host_status(&client, &gateway, &a).await["phase"].get("Ready").is_some());
     assert!(back.await.is_some(), "the restarted replica is used again");
     drop((_host_a, _host_b, gateway));
-    assert_eq!(our_segments(), segments_before, "segments left in /dev/shm");
+    assert_eq!(segments_of(&pids), Vec::<String>::new(), "segments left in /dev/shm");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -25,7 +25,6 @@ async fn gateway_survives_host_absence_and_restarts() {
     let scratch = Scratch::new();
     let client = reqwest::Client::new();
     let sample = &testset("gray8")[0];
-    let segments_before = our_segments();
 
     // No host yet: the gateway serves HTTP regardless.
     let spawned = Instant::now();
@@ -43,6 +42,7 @@ async fn gateway_survives_host_absence_and_restarts() {
 
     // The host arrives: no gateway restart needed.
     let mut host = scratch.start_host(&[]);
+    let killed_pid = host.pid();
     gateway.wait_ready().await;
     let (status, _, body) = post_image(&client, &gateway.predict_url(), sample.bytes.clone(), "image/png").await;
     assert_eq!(status, 200, "{body}");
@@ -64,10 +64,10 @@ async fn gateway_survives_host_absence_and_restarts() {
     assert!(median < Duration::from_millis(100), "503 took {median:?}");
 
     // A new host (stale socket file left by the killed one is replaced).
-    let _host = scratch.start_host(&[]);
+    let host = scratch.start_host(&[]);
     gateway.wait_ready().await;
     let (status, _, body) = post_image(&client, &gateway.predict_url(), sample.bytes.clone(), "image/png").await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(top_label(&body), sample.label);
-    assert_eq!(our_segments(), segments_before, "shared memory left behind in /dev/shm");
+    assert_eq!(segments_of(&[killed_pid, host.pid()]), Vec::<String>::new(), "shared memory left behind in /dev/shm");
 }

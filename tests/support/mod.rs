@@ -370,6 +370,15 @@ pub fn top_label(body: &serde_json::Value) -> String {
 }
 
 /// Names of our segments currently in /dev/shm.
+/// The named segments in /dev/shm of the hosts with these pids. A test
+/// asks only about its own hosts: the other tests of its binary run at the
+/// same time, and their hosts' names exist for a moment during each
+/// gateway's handshake (created, mapped by the gateway, unlinked), so a
+/// snapshot of all of /dev/shm sees them now and then.
+pub fn segments_of(pids: &[u32]) -> Vec<String> {
+    our_segments().into_iter().filter(|name| pids.iter().any(|pid| name.starts_with(&format!("model-host.{pid}.")))).collect()
+}
+
 pub fn our_segments() -> Vec<String> {
     std::fs::read_dir("/dev/shm")
         .map(|d| {
