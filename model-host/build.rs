@@ -30,6 +30,7 @@ fn main() {
     println!("cargo:rerun-if-changed=shim/freeze_equal.h");
     println!("cargo:rerun-if-changed=shim/weights_stream.cpp");
     println!("cargo:rerun-if-changed=shim/weights_stream.h");
+    println!("cargo:rerun-if-changed=shim/counting_adapter.h");
     let Ok(lib) = std::env::var("DEP_TCH_LIBTORCH_LIB") else {
         panic!("torch-sys did not say where libtorch is (DEP_TCH_LIBTORCH_LIB)");
     };

@@ -16,9 +16,6 @@
 #include <unordered_set>
 #include <vector>
 
-#include <atomic>
-
-#include <caffe2/serialize/file_adapter.h>
 #include <torch/script.h>
 #include <torch/csrc/jit/api/module.h>
 #include <torch/csrc/jit/runtime/graph_executor.h>
@@ -32,6 +29,7 @@
 #include <torch/cuda.h>
 #endif
 
+#include "counting_adapter.h"
 #include "freeze_equal.h"
 #include "shim_errors.h"
 #include "weights_stream.h"
@@ -108,28 +106,6 @@ std::vector<at::Tensor> flatten_outputs(const c10::IValue& out, const char* cons
   throw std::runtime_error("the model returned a " + out.tagKind() + "; expected a tensor, a tuple or list of tensors, or a dict of name -> tensor");
 }
 
-// The model file through libtorch's own FileAdapter, each read's bytes
-// added up and reported (bytes read so far, the file's size) to `report`,
-// on the loading thread: the host's "loading weights 43% (1.1 of 2.5 GB)".
-class CountingAdapter final : public caffe2::serialize::ReadAdapterInterface {
- public:
-  using Report = void (*)(void* context, uint64_t read, uint64_t total);
-  CountingAdapter(const std::string& path, Report report, void* context) : file_(path), report_(report), context_(context) {}
-  size_t size() const override { return file_.size(); }
-  size_t read(uint64_t pos, void* buf, size_t n, const char* what = "") const override {
-    size_t got = file_.read(pos, buf, n, what);
-    uint64_t so_far = read_.fetch_add(got) + got;
-    if (report_ != nullptr) report_(context_, so_far, file_.size());
-    return got;
-  }
-
- private:
-  caffe2::serialize::FileAdapter file_;
-  Report report_;
-  void* context_;
-  mutable std::atomic<uint64_t> read_{0};
-};
-
 void hand_out(const std::vector<at::Tensor>& tensors, at::Tensor** outs) {
   for (size_t i = 0; i < tensors.size(); ++i) outs[i] = new at::Tensor(tensors[i]);
 }
@@ -181,7 +157,7 @@ int shim_has_cuda_graphs() {
 // how many records and bytes were; where the streaming loader cannot take
 // the file it is loaded the plain way, and `fallback` gets why (malloc'd,
 // freed by shim_free_error; null when streamed).
-char* shim_module_load(const char* path, int device, int dtype, CountingAdapter::Report report, void* context, uint64_t* streamed,
+char* shim_module_load(const char* path, int device, int dtype, shim::Report report, void* context, uint64_t* streamed,
                        char** fallback, ShimModule** out) {
   return guarded([&] {
     c10::Device where = device < 0 ? c10::Device(c10::kCPU) : c10::Device(c10::kCUDA, static_cast<c10::DeviceIndex>(device));
@@ -190,7 +166,7 @@ char* shim_module_load(const char* path, int device, int dtype, CountingAdapter:
     *fallback = guarded([&] { loaded = std::make_unique<ShimModule>(ShimModule{shim::load_streaming(path, where, report, context, &weights)}); });
     if (*fallback != nullptr) {
       try {
-        auto file = std::make_shared<CountingAdapter>(path, report, context);
+        auto file = std::make_shared<shim::CountingAdapter>(path, report, context);
         loaded = std::make_unique<ShimModule>(ShimModule{torch::jit::load(file, where)});
       } catch (const c10::Error& e) {
         throw std::runtime_error(std::string(path) + ": " + e.what_without_backtrace());

@@ -44,7 +44,6 @@
 #include <vector>
 
 #include <ATen/ATen.h>
-#include <caffe2/serialize/file_adapter.h>
 #include <caffe2/serialize/inline_container.h>
 
 #include <c10/core/Event.h>
@@ -110,12 +109,12 @@ std::vector<Record> tensor_records(caffe2::serialize::PyTorchStreamReader& reade
   return records;
 }
 
-// The file through libtorch's FileAdapter, except the bytes of a tensor
-// record asked for whole: those are left unwritten, and the buffer noted.
+// The file through a CountingAdapter, except the bytes of a tensor record
+// asked for whole: those are left unwritten, and the buffer noted.
 class PlaceholderAdapter final : public caffe2::serialize::ReadAdapterInterface {
  public:
   PlaceholderAdapter(const std::string& same_file, const std::vector<Record>& records, Report report, void* context)
-      : file_(same_file), report_(report), context_(context) {
+      : file_(same_file, report, context) {
     for (size_t i = 0; i < records.size(); ++i) by_offset_.emplace(records[i].offset, std::make_pair(records[i].size, i));
   }
   size_t size() const override { return file_.size(); }
@@ -126,10 +125,7 @@ class PlaceholderAdapter final : public caffe2::serialize::ReadAdapterInterface 
       placed_[buf] = found->second.second;
       return n;
     }
-    size_t got = file_.read(pos, buf, n, what);
-    read_ += got;
-    if (report_ != nullptr) report_(context_, read_, file_.size());
-    return got;
+    return file_.read(pos, buf, n, what);
   }
   // The record whose bytes were to go to `data` (a storage of `nbytes`).
   std::optional<size_t> placed(const void* data, size_t nbytes, const std::vector<Record>& records) const {
@@ -144,16 +140,13 @@ class PlaceholderAdapter final : public caffe2::serialize::ReadAdapterInterface 
     for (const auto& [_, record] : placed_) all.insert(record);
     return all;
   }
-  uint64_t bytes_read() const { return read_; }
+  uint64_t bytes_read() const { return file_.bytes_read(); }
 
  private:
-  caffe2::serialize::FileAdapter file_;
-  Report report_;
-  void* context_;
+  CountingAdapter file_;
   std::map<uint64_t, std::pair<uint64_t, size_t>> by_offset_;  // offset -> (size, record)
   mutable std::mutex mutex_;
   mutable std::unordered_map<const void*, size_t> placed_;
-  mutable uint64_t read_ = 0;
 };
 
 bool holds_tensor_or_object(const c10::IValue& v) {
@@ -423,7 +416,6 @@ torch::jit::Module load_streaming(const std::string& path, c10::Device device, R
   if (device.is_cuda()) torch::cuda::synchronize(device.index());
 #endif
   fill(file.fd(), path, records, targets, device, report, context, adapter->bytes_read(), adapter->size());
-  module.eval();
   streamed->records = targets.bytes.size();
   streamed->bytes = 0;
   for (const auto& [record, _] : targets.bytes) streamed->bytes += records[record].size;

@@ -8,17 +8,16 @@
 
 #include <torch/script.h>
 
-namespace shim {
+#include "counting_adapter.h"
 
-// Hears (bytes read so far, the file's size), on the loading thread.
-using Report = void (*)(void* context, uint64_t read, uint64_t total);
+namespace shim {
 
 struct StreamedWeights {
   uint64_t records = 0;
   uint64_t bytes = 0;
 };
 
-// The archive at `path`, loaded onto `device`, in eval mode, as
+// The archive at `path`, loaded onto `device` (not yet in eval mode), as
 // torch::jit::load(path, device) would, its tensor records streamed. Throws
 // std::runtime_error naming what the streaming loader cannot take (the
 // caller then loads the plain way) or what is wrong with the file.
