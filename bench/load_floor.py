@@ -193,21 +193,43 @@ def host(binary: Path, model: Path, work: Path, cache: Path | None, label: str, 
             ready = time.perf_counter() - t
             break
         time.sleep(0.02)
+    # What the host does after READY (the freeze, when it comes after
+    # READY, and the shapes left for then) runs to its end before the
+    # host is stopped: its time, and the peak RSS with it.
+    settled = None
+    while ready is not None and proc.poll() is None and time.perf_counter() - t < 600:
+        if "warm-up after READY done" in log_path.read_text():
+            settled = time.perf_counter() - t
+            break
+        time.sleep(0.02)
     rss = peak_rss_gb(proc.pid)
     proc.terminate()
     proc.wait()
     text = log_path.read_text()
     if ready is None:
         print("   host did not get ready; its log ends:\n" + text[-3000:], file=sys.stderr)
-    row = {"ready_s": round(ready, 3) if ready else None, "peak_rss_gb": rss,
+    row = {"ready_s": round(ready, 3) if ready else None, "after_ready_done_s": round(settled, 3) if settled else None, "peak_rss_gb": rss,
            "file_gb": round((model / "model.pt").stat().st_size / 1e9, 3)}
     for key in ("device_ready_ms", "weights_loaded_ms", "warmup_done_ms"):
         found = re.search(key + r"=(\d+(\.\d+)?)", text)
         row[key] = float(found.group(1)) if found else None
     for line in text.splitlines():
-        if any(k in line for k in ("frozen", "read onto the device", "warm-up and capture done", "CUDA graphs", "model loaded", "cannot", "cuDNN", "device ready")):
+        if any(k in line for k in ("frozen", "read onto the device", "warm-up and capture done", "CUDA graphs", "model loaded", "cannot", "cuDNN", "device ready", "after READY done")):
             print("   host:", re.sub(r"\x1b\[[0-9;]*m", "", line)[:400], file=sys.stderr)
     return row
+
+
+def libtorch_start(binary: Path) -> float:
+    """What any program linking libtorch pays before its main: the host's
+    `--help` (libtorch's static initialisers register thousands of
+    operators; the floor's CUDA init is timed after `import torch` has
+    paid the same). The median of three."""
+    times = []
+    for _ in range(3):
+        t = time.perf_counter()
+        subprocess.run([str(binary), "--help"], capture_output=True, check=True)
+        times.append(time.perf_counter() - t)
+    return round(sorted(times)[1], 3)
 
 
 def main():
@@ -246,6 +268,8 @@ def main():
         row["pytorch"] = pytorch(args.out / "model.pt", args.cold)
     if "floor" in steps:
         row["floor"] = floor(args.out / "model.pt", args.readers, args.cold)
+        if args.host:
+            row["floor"]["libtorch_start_s"] = libtorch_start(args.host)
     print(json.dumps(row), flush=True)
     if args.json:
         with open(args.json, "a") as f:

@@ -114,9 +114,10 @@ void hand_out(const std::vector<at::Tensor>& tensors, at::Tensor** outs) {
 
 struct ShimModule {
   torch::jit::Module module;
-  // Frozen (and so inlined and folded): its forward passes are planned
-  // without the graph executor's optimisation passes (see `Planned`).
-  bool frozen = false;
+  // Its forward passes are planned without the graph executor's
+  // optimisation passes (see `Planned`): a frozen module (inlined and
+  // folded already), or one served until its freeze after READY is done.
+  bool plan_plainly = false;
 };
 
 // A forward pass of `m` on this thread. TorchScript's graph executor plans
@@ -125,9 +126,10 @@ struct ShimModule {
 // compiles fusion groups on a GPU) although freezing and
 // optimize_for_inference did that already: a 48-block transformer's first
 // pass took 0.16 s on a CPU core against 0.016 s with it off, the steady
-// passes the same (bench/executor_probe.py). An unfrozen module keeps it.
+// passes the same (bench/executor_probe.py). An unfrozen module keeps it,
+// unless it only serves until its frozen copy is ready.
 struct Planned {
-  explicit Planned(const ShimModule* m) : guard(!m->frozen) {}
+  explicit Planned(const ShimModule* m) : guard(!m->plan_plainly) {}
   torch::jit::GraphOptimizerEnabledGuard guard;
 };
 
@@ -190,7 +192,7 @@ char* shim_module_freeze(ShimModule* m, int optimize, uint64_t* counts) {
     torch::jit::Module frozen = torch::jit::freeze(m->module);
     if (optimize) frozen = torch::jit::optimize_for_inference(frozen);
     m->module = frozen;
-    m->frozen = true;
+    m->plan_plainly = true;
     counts[0] = fingerprints.counts().compared;
     counts[1] = fingerprints.counts().by_fingerprint;
   });
@@ -202,9 +204,33 @@ char* shim_module_optimize(ShimModule* m) {
   return guarded([&] {
     shim::FreezeEqualScope fingerprints;
     m->module = torch::jit::optimize_for_inference(m->module);
-    m->frozen = true;
+    m->plan_plainly = true;
   });
 }
+
+// torch.jit.freeze of `m` into a new module `out`, then (if `optimize`)
+// optimize_for_inference; `m` is left as it was and may serve meanwhile
+// on other threads (freezing works on a clone whose tensors are `m`'s, so
+// the copy costs no weight memory). Counts as in shim_module_freeze. The
+// freeze after READY: the host serves `m` until `out` replaces it.
+char* shim_module_frozen_copy(const ShimModule* m, int optimize, uint64_t* counts, ShimModule** out) {
+  return guarded([&] {
+    shim::FreezeEqualScope fingerprints;
+    auto copy = std::make_unique<ShimModule>();
+    copy->module = torch::jit::freeze(m->module);
+    if (optimize) copy->module = torch::jit::optimize_for_inference(copy->module);
+    copy->plan_plainly = true;
+    counts[0] = fingerprints.counts().compared;
+    counts[1] = fingerprints.counts().by_fingerprint;
+    *out = copy.release();
+  });
+}
+
+// Plans `m`'s forward passes without the graph executor's optimisation,
+// as a frozen module's are: for a module served only until its frozen copy
+// replaces it, whose first passes would otherwise re-optimise (and on a
+// GPU compile fusion groups for) a graph about to be frozen anyway.
+void shim_module_plan_plainly(ShimModule* m) { m->plan_plainly = true; }
 
 // at::equal(*a, *b) as a frozen module's constants are compared, on any
 // device (the tests' way to reach the fingerprint path on a CPU).

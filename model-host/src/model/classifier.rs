@@ -165,7 +165,7 @@ mod tests {
     use tch::{Device, Kind, Tensor};
 
     use super::*;
-    use crate::model::warm_up::{Captured, GraphReport, LatePoll, LateWarmUp, WarmShape};
+    use crate::model::warm_up::{GraphReport, Late, LatePoll, LateWarmUp, WarmShape};
     use crate::model::config as model_config;
 
     fn digits() -> (PathBuf, model_config::LoadedConfig) {
@@ -248,7 +248,7 @@ mod tests {
     }
 
     /// Polls until the warm-up after READY is over; what it handed over.
-    fn poll_to_the_end(late: &mut LateWarmUp) -> Vec<Captured> {
+    fn poll_to_the_end(late: &mut LateWarmUp) -> Vec<Late> {
         let mut all = Vec::new();
         loop {
             match late.poll() {
@@ -271,7 +271,7 @@ mod tests {
         let (warming, finish) = (std::sync::Arc::new(std::sync::Barrier::new(2)), std::sync::Arc::new(std::sync::Barrier::new(2)));
         let (w, f) = (warming.clone(), finish.clone());
         let mut late = model
-            .module().warm_up_later(Device::Cpu, move || {
+            .module().warm_up_later(Device::Cpu, move |_| {
                 w.wait();
                 f.wait();
                 Ok(inputs(&[2, 8, 16]))
@@ -285,7 +285,7 @@ mod tests {
         finish.wait();
         assert!(poll_to_the_end(&mut late).is_empty(), "no graphs off the GPU");
 
-        let mut failing = model.module().warm_up_later(Device::Cpu, || Err(ModelError::Forward("no inputs".into())), 2).unwrap();
+        let mut failing = model.module().warm_up_later(Device::Cpu, |_| Err(ModelError::Forward("no inputs".into())), 2).unwrap();
         assert!(poll_to_the_end(&mut failing).is_empty());
     }
 }

@@ -293,18 +293,7 @@ pub fn load_and_freeze(
     progress: &mut dyn FnMut(u64, u64),
     cache: Option<(&FrozenCache, &Key, String)>,
 ) -> Result<(Module, u64), ShimError> {
-    let started = std::time::Instant::now();
-    let mut module = Module::load_reporting(file, device, cast, progress)?;
-    let bytes = weight_bytes(&module);
-    let streamed = module.streamed();
-    tracing::info!(
-        ms = ms_since(started),
-        cast = ?cast,
-        streamed_records = streamed.records,
-        streamed_bytes = streamed.bytes,
-        read_plain_because = streamed.plain_because.as_deref().unwrap_or(""),
-        "module read onto the device"
-    );
+    let (mut module, bytes) = load_cast(file, device, cast, progress)?;
     let started = std::time::Instant::now();
     let comparisons = match module.freeze(false) {
         Ok(comparisons) => comparisons,
@@ -328,6 +317,46 @@ pub fn load_and_freeze(
     }
     optimize(&mut module);
     Ok((module, bytes))
+}
+
+/// The file loaded onto `device` and cast, not frozen, with a log line of
+/// how it was read; with its weights' bytes.
+pub fn load_cast(file: &Path, device: tch::Device, cast: Option<tch::Kind>, progress: &mut dyn FnMut(u64, u64)) -> Result<(Module, u64), ShimError> {
+    let started = std::time::Instant::now();
+    let module = Module::load_reporting(file, device, cast, progress)?;
+    let bytes = weight_bytes(&module);
+    let streamed = module.streamed();
+    tracing::info!(
+        ms = ms_since(started),
+        cast = ?cast,
+        streamed_records = streamed.records,
+        streamed_bytes = streamed.bytes,
+        read_plain_because = streamed.plain_because.as_deref().unwrap_or(""),
+        "module read onto the device"
+    );
+    Ok((module, bytes))
+}
+
+/// A frozen, optimised copy of `module`, made beside it serving (the
+/// freeze after READY); None, with a log line saying why, where it cannot
+/// be: the module then goes on serving as loaded.
+pub fn frozen_copy(module: &Module) -> Option<Module> {
+    let started = std::time::Instant::now();
+    match module.frozen_copy(true) {
+        Ok((frozen, comparisons)) => {
+            tracing::info!(
+                ms = ms_since(started),
+                constants_compared = comparisons.compared,
+                settled_by_fingerprint = comparisons.by_fingerprint,
+                "module frozen and optimized for inference after READY"
+            );
+            Some(frozen)
+        }
+        Err(e) => {
+            tracing::warn!(error = %e.0, "cannot freeze the module after READY; it goes on serving as loaded");
+            None
+        }
+    }
 }
 
 fn ms_since(started: std::time::Instant) -> f64 {

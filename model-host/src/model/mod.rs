@@ -35,7 +35,7 @@ pub mod warm_up;
 
 use classifier::ImageClassifier;
 use optimized::OptimizedModule;
-use warm_up::{Captured, GraphReport, LateWarmUp, WarmShape};
+use warm_up::{Captured, GraphReport, Late, LateWarmUp, WarmShape};
 use config::{ModelConfig, ModelKind};
 pub use error::ModelError;
 pub use input::Input;
@@ -160,22 +160,47 @@ impl Model {
         self.module_mut().warm_up_parallel(work, threads, before_capture)
     }
 
-    /// The warm-up of `shapes` after READY, beside serving (see
+    /// The warm-up of the `late` shapes after READY, beside serving, and
+    /// where the freeze is pending, the freeze and every shape again (see
     /// [`OptimizedModule::warm_up_later`]); its inputs are made by a
     /// preprocessor of its own for `config`.
-    pub fn warm_up_later(&self, config: &ModelConfig, device: Device, shapes: &[u32], threads: usize) -> Result<LateWarmUp, ModelError> {
-        let (config, shapes, item_len, varied) = (config.clone(), shapes.to_vec(), config.item_input_bytes(), self.varied_input());
-        let make = move || {
+    pub fn warm_up_later(&self, config: &ModelConfig, device: Device, late: &[u32], threads: usize) -> Result<LateWarmUp, ModelError> {
+        let (all, late) = (config.batching.shapes(), late.to_vec());
+        let (config, item_len, varied) = (config.clone(), config.item_input_bytes(), self.varied_input());
+        let make = move |frozen: bool| {
             let pre = Preprocessor::new(&config, device)?;
-            warm_shapes(&pre, &shapes, item_len, varied)
+            warm_shapes(&pre, if frozen { &all } else { &late }, item_len, varied)
         };
         self.module().warm_up_later(device, make, threads)
+    }
+
+    /// Whether the module is still to be frozen after READY.
+    pub fn freeze_pending(&self) -> bool {
+        self.module().freeze_pending()
     }
 
     /// Takes a graph captured after READY: its batch size if it replays
     /// from now on.
     pub fn adopt(&mut self, captured: Captured) -> Option<i64> {
         self.module_mut().adopt(captured)
+    }
+
+    /// Takes what the warm-up after READY handed over: a frozen module
+    /// (None back), or a graph (its batch size if it replays from now on).
+    pub fn adopt_late(&mut self, late: Late) -> Option<i64> {
+        match late {
+            Late::Frozen(module) => {
+                self.module_mut().adopt_frozen(module);
+                None
+            }
+            Late::Graph(captured) => self.adopt(captured),
+        }
+    }
+
+    /// Drops what the frozen module replaced, once no batch launched
+    /// before can be using it (see [`OptimizedModule::drop_retired`]).
+    pub fn drop_retired(&mut self) {
+        self.module_mut().drop_retired();
     }
 
     /// Whether warm-up may feed varied bytes: pixels may be anything, but

@@ -1,12 +1,15 @@
 //! One optimisation path for every kind of model: the module loaded
 //! through [`crate::torch_shim`], cast to model.toml's precision, frozen and
 //! `optimize_for_inference`d, run under InferenceMode, and on a GPU
-//! replayed from one CUDA graph per warmed batch shape. Each optimisation
+//! replayed from one CUDA graph per warmed batch shape. On a GPU the
+//! freeze comes after READY (model.toml's `freeze_after_ready`): the model
+//! serves as loaded and cast until its frozen copy's graphs replace the
+//! first ones, shape by shape. Each optimisation
 //! that fails for a model is skipped with a log line saying why; the model
 //! still serves. A classifier and a tensor (or vision) model differ only
 //! in what they do with the outputs.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -14,7 +17,7 @@ use tch::{Device, Kind, Tensor};
 
 use crate::model::config::OptimizationConfig;
 use crate::model::frozen_cache;
-use crate::model::warm_up::{Captured, GraphReport, LateWarmUp, OutputCheck, WarmShape, WarmUpTime, warm_and_capture};
+use crate::model::warm_up::{Captured, GraphReport, Late, LateWarmUp, OutputCheck, WarmShape, WarmUpTime, warm_and_capture};
 use crate::model::{Input, ModelError};
 use crate::torch_shim::stream::{CudaEvent, Priority, use_own_stream};
 use crate::torch_shim::{self, CudaGraph, Module, OutputNames};
@@ -31,6 +34,24 @@ pub struct OptimizedModule {
     /// Bytes of the weights on the device, counted at load (0 if the
     /// shim could not count them).
     pub weight_bytes: u64,
+    /// Loaded unfrozen, to be frozen after READY (see [`freezes_after_ready`]).
+    freeze_pending: bool,
+    /// Until the frozen copy's graphs have replaced all of them: the module
+    /// as loaded, whose weights the first graphs read (a graph holds no
+    /// reference to the tensors it reads), and the shapes still replayed
+    /// from those graphs.
+    loaded: Option<(Arc<Module>, BTreeSet<i64>)>,
+    /// Graphs replaced by the frozen copy's, kept until no batch can be
+    /// using them (see [`Self::drop_retired`]).
+    retired: Vec<CudaGraph>,
+}
+
+/// Whether the module is loaded unfrozen and frozen after READY: asked
+/// for (`freeze` and `freeze_after_ready`), on a GPU (on a CPU an answer
+/// must not depend on when it came), and not through the frozen-module
+/// cache (its entry is frozen already).
+pub fn freezes_after_ready(optimization: &OptimizationConfig, device: Device, cache_configured: bool) -> bool {
+    optimization.freeze && optimization.freeze_after_ready && device.is_cuda() && !cache_configured
 }
 
 impl OptimizedModule {
@@ -50,7 +71,16 @@ impl OptimizedModule {
         let cast = (dtype != Kind::Float).then_some(dtype);
         // Weights are counted before freezing, which folds them into the
         // graph (a cached frozen module's count was kept with it).
-        let loaded = match (optimization.freeze, frozen_cache::configured()) {
+        let cache = frozen_cache::configured();
+        let freeze_pending = freezes_after_ready(optimization, device, cache.is_some());
+        let loaded = match (optimization.freeze, cache) {
+            _ if freeze_pending => frozen_cache::load_cast(file, device, cast, progress).map(|(mut m, bytes)| {
+                // Served only until its frozen copy is ready: planned as that
+                // will be, without re-optimising a graph about to be frozen.
+                m.plan_plainly();
+                tracing::info!("the module is frozen after READY; until then it serves as loaded");
+                (m, bytes)
+            }),
             (true, Some(cache)) => cache.load(file, device, cast, progress),
             (true, None) => frozen_cache::load_and_freeze(file, device, cast, progress, None),
             (false, _) => Module::load_reporting(file, device, cast, progress).map(|m| {
@@ -64,7 +94,14 @@ impl OptimizedModule {
         if graphs_wanted && !torch_shim::has_cuda_graphs() {
             tracing::warn!("this model-host was built without CUDA graph support; batches run eagerly");
         }
-        Ok(Self { module: Arc::new(module), graphs: BTreeMap::new(), graphs_wanted: graphs_wanted && torch_shim::has_cuda_graphs(), check, weight_bytes })
+        let graphs_wanted = graphs_wanted && torch_shim::has_cuda_graphs();
+        let module = Arc::new(module);
+        Ok(Self { module, graphs: BTreeMap::new(), graphs_wanted, check, weight_bytes, freeze_pending, loaded: None, retired: Vec::new() })
+    }
+
+    /// Whether the module is still to be frozen after READY.
+    pub fn freeze_pending(&self) -> bool {
+        self.freeze_pending
     }
 
     /// Queues the forward pass on an uploaded batch: a replay of its
@@ -140,21 +177,32 @@ impl OptimizedModule {
     /// Starts warming up and capturing more batch shapes on threads of
     /// their own, each on a CUDA stream of its own on `device`, while
     /// the model serves: `make` builds the shapes' inputs, on the thread
-    /// that then starts `threads` workers (see [`warm_and_capture`]). Take
-    /// each captured graph with [`Self::adopt`] as
-    /// [`LateWarmUp::poll`](crate::model::warm_up::LateWarmUp::poll) hands it over.
+    /// that then starts `threads` workers (see [`warm_and_capture`]). Where
+    /// the freeze is pending, that thread first freezes a copy of the
+    /// module and hands it over, then `make(true)` builds every shape's
+    /// input, to be captured again with the frozen module; else (or if the
+    /// freeze fails) `make(false)` builds those left for after READY. Take
+    /// what [`LateWarmUp::poll`](crate::model::warm_up::LateWarmUp::poll)
+    /// hands over with [`Self::adopt`] and [`Self::adopt_frozen`].
     pub fn warm_up_later(
         &self,
         device: Device,
-        make: impl FnOnce() -> Result<Vec<WarmShape>, ModelError> + Send + 'static,
+        make: impl FnOnce(bool) -> Result<Vec<WarmShape>, ModelError> + Send + 'static,
         threads: usize,
     ) -> Result<LateWarmUp, ModelError> {
-        let (module, check, graphs_wanted) = (self.module.clone(), self.check.clone(), self.graphs_wanted);
+        let (module, check, graphs_wanted, freeze) = (self.module.clone(), self.check.clone(), self.graphs_wanted, self.freeze_pending);
         let (send, captured) = std::sync::mpsc::channel();
         let started = std::time::Instant::now();
         let warm = move || -> Result<(), ModelError> {
+            // Freezing's own work on the device (fingerprints of constants)
+            // goes on this stream too, beside the batches being served.
             use_own_stream(device, Priority::Low).map_err(|e| ModelError::Stream(e.0))?;
-            let shapes = make()?;
+            let frozen = freeze.then(|| frozen_cache::frozen_copy(&module)).flatten().map(Arc::new);
+            if let Some(frozen) = &frozen {
+                drop(send.send(Late::Frozen(frozen.clone())));
+            }
+            let shapes = make(frozen.is_some())?;
+            let module = frozen.unwrap_or(module);
             // The inputs were made on this thread's stream; the warm-up
             // threads read them on theirs. Waiting for this stream alone,
             // not the device, leaves the batches being served alone.
@@ -163,7 +211,7 @@ impl OptimizedModule {
             }
             // If the model thread has gone, nobody takes the graphs: they
             // are dropped, and the warm-up ends with its shapes.
-            let hand_over = |graph| drop(send.send(graph));
+            let hand_over = |graph| drop(send.send(Late::Graph(graph)));
             warm_and_capture(&module, &check, graphs_wanted, shapes, threads, WarmUpTime::AfterReady(device), &hand_over)
         };
         let handle = std::thread::Builder::new()
@@ -186,16 +234,125 @@ impl OptimizedModule {
         report.captured.first().copied()
     }
 
+    /// Serves the module frozen after READY from now on: batch shapes
+    /// without a graph run it eagerly, and its graphs replace the loaded
+    /// module's as [`Self::adopt`] takes them. The loaded module is kept
+    /// while any of its graphs is left.
+    pub fn adopt_frozen(&mut self, frozen: Arc<Module>) {
+        let loaded = std::mem::replace(&mut self.module, frozen);
+        self.freeze_pending = false;
+        self.loaded = Some((loaded, self.graphs.keys().copied().collect()));
+    }
+
+    /// Drops the graphs the frozen module's replaced, and the loaded module
+    /// once none of its graphs is left: call only once every batch
+    /// launched before they were replaced is finished (one may still be
+    /// reading a replaced graph's memory, or the loaded module's weights).
+    pub fn drop_retired(&mut self) {
+        self.retired.clear();
+        if self.loaded.as_ref().is_some_and(|(_, shapes)| shapes.is_empty()) {
+            self.loaded = None;
+        }
+    }
+
     fn record(&mut self, n: i64, captured: Result<CudaGraph, ModelError>, report: &mut GraphReport) {
         match captured {
             Ok(graph) => {
-                self.graphs.insert(n, graph);
+                if let Some(replaced) = self.graphs.insert(n, graph) {
+                    self.retired.push(replaced);
+                }
+                if let Some((_, shapes)) = &mut self.loaded {
+                    shapes.remove(&n);
+                }
                 report.captured.push(n);
+            }
+            Err(e) if self.graphs.contains_key(&n) => {
+                tracing::warn!(batch = n, error = %e, "cannot capture a CUDA graph of the frozen module; this batch size keeps the graph it had");
+                report.failed.push((n, e.to_string()));
             }
             Err(e) => {
                 tracing::warn!(batch = n, error = %e, "cannot capture a CUDA graph; this batch size runs eagerly");
                 report.failed.push((n, e.to_string()));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::model::warm_up::LatePoll;
+
+    fn digits_file() -> PathBuf {
+        let file = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../models/digits/model.pt"));
+        assert!(file.exists(), "models/digits is missing: run scripts/setup first");
+        file
+    }
+
+    fn batch(n: i64) -> Input {
+        tch::manual_seed(n);
+        Input { tensors: vec![Tensor::rand([n, 1, 32, 32], (Kind::Float, Device::Cpu))], batch: n }
+    }
+
+    #[test]
+    fn the_freeze_comes_after_ready_on_a_gpu_only_and_never_through_the_cache() {
+        let on = OptimizationConfig::default();
+        assert!(freezes_after_ready(&on, Device::Cuda(0), false));
+        assert!(!freezes_after_ready(&on, Device::Cpu, false), "a CPU freezes before READY");
+        assert!(!freezes_after_ready(&on, Device::Cuda(0), true), "the cache holds a frozen module");
+        for off in [OptimizationConfig { freeze_after_ready: false, ..on.clone() }, OptimizationConfig { freeze: false, ..on.clone() }] {
+            assert!(!freezes_after_ready(&off, Device::Cuda(0), false));
+        }
+    }
+
+    /// The freeze after READY as a GPU runs it, on the CPU (where no graph
+    /// is captured: the freeze, the hand-over and the swap): the frozen
+    /// copy comes first, then every shape is warmed again with it; the
+    /// loaded module serves meanwhile, and once adopted the frozen one
+    /// answers as it did.
+    #[test]
+    fn a_module_frozen_after_ready_is_handed_over_and_answers_alike() {
+        let unfrozen = OptimizationConfig { freeze: false, ..OptimizationConfig::default() };
+        let check: OutputCheck = Arc::new(|_, _| Ok(()));
+        let mut module = OptimizedModule::load(&digits_file(), &unfrozen, Device::Cpu, OutputNames::One, check, &mut |_, _| {}).unwrap();
+        // As a load on a GPU leaves it.
+        module.freeze_pending = true;
+        Arc::get_mut(&mut module.module).unwrap().plan_plainly();
+        assert!(module.module.weight_bytes().unwrap() > 0);
+        let before = module.forward(batch(4)).unwrap().remove(0);
+
+        let asked = Arc::new(Mutex::new(Vec::new()));
+        let record = asked.clone();
+        let make = move |all: bool| {
+            record.lock().unwrap().push(all);
+            Ok(vec![WarmShape { warm: batch(2), capture: None }, WarmShape { warm: batch(8), capture: None }])
+        };
+        let mut late = module.warm_up_later(Device::Cpu, make, 2).unwrap();
+        let mut handed = Vec::new();
+        loop {
+            match late.poll() {
+                LatePoll::Captured(more) => handed.extend(more),
+                LatePoll::Done(_) => break,
+            }
+            // Serving goes on beside the freeze.
+            assert_eq!(module.forward(batch(3)).unwrap()[0].size(), [3, 10]);
+            std::thread::yield_now();
+        }
+        assert_eq!(*asked.lock().unwrap(), [true], "every shape is warmed again with the frozen module");
+        assert_eq!(handed.len(), 1, "a frozen module, and no graph off the GPU");
+        let Some(Late::Frozen(frozen)) = handed.pop() else { panic!("no frozen module handed over") };
+        assert_eq!(frozen.weight_bytes().unwrap(), 0, "a frozen module's weights are constants, not parameters");
+
+        module.adopt_frozen(frozen);
+        assert!(!module.freeze_pending());
+        let after = module.forward(batch(4)).unwrap().remove(0);
+        let worst = (&after - &before).abs().max().double_value(&[]);
+        assert!(worst < 1e-4, "the frozen module answers {worst} away from the loaded one");
+        assert!(module.loaded.is_some(), "kept until no graph of it is left");
+        module.drop_retired();
+        assert!(module.loaded.is_none(), "no graph of the loaded module is left");
     }
 }

@@ -28,6 +28,14 @@ pub struct GraphReport {
 /// A batch size and what capturing its graph gave.
 pub type Captured = (i64, Result<CudaGraph, ModelError>);
 
+/// What the warm-up after READY hands over to the model thread.
+pub enum Late {
+    /// The module frozen after READY, to serve from now on.
+    Frozen(Arc<Module>),
+    /// A batch shape's graph (of the frozen module, once one was handed over).
+    Graph(Captured),
+}
+
 /// One batch shape to warm up.
 pub struct WarmShape {
     /// A batch for the eager warm-up pass.
@@ -49,15 +57,16 @@ pub(crate) enum WarmUpTime<'a> {
 /// The warm-up of the shapes left for after READY (see
 /// [`OptimizedModule::warm_up_later`](crate::model::optimized::OptimizedModule::warm_up_later)).
 pub struct LateWarmUp {
-    pub(crate) captured: std::sync::mpsc::Receiver<Captured>,
+    pub(crate) captured: std::sync::mpsc::Receiver<Late>,
     /// Gives how long the warm-up took.
     pub(crate) handle: Option<std::thread::JoinHandle<std::time::Duration>>,
 }
 
 /// What [`LateWarmUp::poll`] found.
 pub enum LatePoll {
-    /// Captured graphs to adopt; more may come.
-    Captured(Vec<Captured>),
+    /// A frozen module and captured graphs to adopt, in the order they
+    /// came; more may come.
+    Captured(Vec<Late>),
     /// The warm-up is over (after how long), all it captured handed over.
     Done(std::time::Duration),
 }

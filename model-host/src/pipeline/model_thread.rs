@@ -25,7 +25,7 @@ use crate::model::Model;
 use crate::model::jpeg_input::{JpegInput, open_decoders};
 use crate::model::preprocess::Preprocessor;
 use crate::model::classifier::prime_answers;
-use crate::model::warm_up::{LatePoll, LateWarmUp};
+use crate::model::warm_up::{Late, LatePoll, LateWarmUp};
 use crate::model::config::{LoadedConfig, shapes_before_ready};
 use crate::pipeline::ready_shapes::ReadyShapes;
 use crate::startup::PhaseReporter;
@@ -144,7 +144,6 @@ impl ModelThread {
                 self.open_more_decoders(stage, device);
             }
             let Some(current) = running.take() else {
-                // Nothing on the device: wait for a batch.
                 if ask.send(tick).is_err() {
                     break;
                 }
@@ -174,6 +173,11 @@ impl ModelThread {
             if let Some(current) = unanswered {
                 batch::finish(current, &self.counters);
             }
+            // The graphs the frozen module's replaced (and the loaded module,
+            // once none of its graphs is left) go once every batch launched
+            // before they were replaced is finished: they are replaced only
+            // at the top of this loop, and `running` was launched after it.
+            model.drop_retired();
             self.notifier.watchdog_ping();
             if closed {
                 break;
@@ -378,11 +382,12 @@ impl ModelThread {
 
     /// Starts the warm-up of the `late` shapes beside serving, if any.
     fn warm_up_later(&self, model: &Model, device: tch::Device, late: &[u32]) -> Option<LateWarmUp> {
-        if late.is_empty() {
+        let freeze = model.freeze_pending();
+        if late.is_empty() && !freeze {
             return None;
         }
         let threads = self.warm_up_threads_after_ready;
-        tracing::info!(shapes = ?late, threads, "warming up after READY; until a shape is ready, its batches pad to the next ready one");
+        tracing::info!(shapes = ?late, threads, freeze, "warming up after READY; until a shape is ready, its batches pad to the next ready one");
         match model.warm_up_later(&self.model.config, device, late, threads) {
             Ok(late) => Some(late),
             Err(e) => {
@@ -419,12 +424,16 @@ const WARM_UP_THREADS: usize = 16;
 /// True once that warm-up is over.
 fn adopt_late_graphs(late: &mut LateWarmUp, model: &mut Model, ready: &ReadyShapes, counters: &Counters) -> bool {
     match late.poll() {
-        LatePoll::Captured(graphs) => {
-            for graph in graphs {
-                if let Some(n) = model.adopt(graph) {
+        LatePoll::Captured(handed) => {
+            for late in handed {
+                let frozen = matches!(late, Late::Frozen(_));
+                if let Some(n) = model.adopt_late(late) {
                     ready.add(n as u32);
                     counters.add_graphs(&[n]);
                     tracing::info!(batch = n, "batch shape warmed up and captured after READY");
+                }
+                if frozen {
+                    tracing::info!("serving the module frozen after READY; its graphs replace the first ones as they are captured");
                 }
             }
             false

@@ -45,6 +45,8 @@ unsafe extern "C" {
     ) -> *mut c_char;
     fn shim_module_freeze(module: *mut ShimModule, optimize: c_int, counts: *mut u64) -> *mut c_char;
     fn shim_module_optimize(module: *mut ShimModule) -> *mut c_char;
+    fn shim_module_frozen_copy(module: *const ShimModule, optimize: c_int, counts: *mut u64, out: *mut *mut ShimModule) -> *mut c_char;
+    fn shim_module_plan_plainly(module: *mut ShimModule);
     #[cfg(test)]
     fn shim_fingerprinted_equal(a: *const C_tensor, b: *const C_tensor, out: *mut c_int) -> *mut c_char;
     fn shim_module_save(module: *mut ShimModule, path: *const c_char) -> *mut c_char;
@@ -334,6 +336,30 @@ impl Module {
         // `counts` has the two slots the shim writes, and outlives the call.
         check(unsafe { shim_module_freeze(self.raw, c_int::from(optimize), counts.as_mut_ptr()) })?;
         Ok(ConstantComparisons { compared: counts[0], by_fingerprint: counts[1] })
+    }
+
+    /// A frozen copy of this module (then `optimize_for_inference`d if
+    /// asked), this one left as it was: it may go on serving on other
+    /// threads meanwhile. The copy's tensors are this module's (freezing
+    /// clones the module, not its weights), its outputs declared alike.
+    pub fn frozen_copy(&self, optimize: bool) -> Result<(Module, ConstantComparisons), ShimError> {
+        let mut counts = [0u64; 2];
+        let mut raw = std::ptr::null_mut();
+        // SAFETY: `self.raw` is a live module, only read (the shim's freeze
+        // clones it; forward passes on other threads only read it too);
+        // `counts` has the two slots the shim writes; `raw` is written only
+        // on success, with a new module that we then own.
+        check(unsafe { shim_module_frozen_copy(self.raw, c_int::from(optimize), counts.as_mut_ptr(), &mut raw) })?;
+        let copy = Module { raw, outputs: self.outputs.clone(), streamed: self.streamed.clone() };
+        Ok((copy, ConstantComparisons { compared: counts[0], by_fingerprint: counts[1] }))
+    }
+
+    /// Plans this module's forward passes without TorchScript's graph
+    /// executor optimisation, as a frozen module's are: for a module that
+    /// serves only until [`Self::frozen_copy`] replaces it.
+    pub fn plan_plainly(&mut self) {
+        // SAFETY: `self.raw` is a live module owned by this handle.
+        unsafe { shim_module_plan_plainly(self.raw) }
     }
 
     /// `optimize_for_inference` on a module that is frozen already (as
