@@ -1,10 +1,10 @@
 //! One optimisation path for every kind of model: the module loaded
 //! through [`crate::torch_shim`], cast to model.toml's precision, frozen and
 //! `optimize_for_inference`d, run under InferenceMode, and on a GPU
-//! replayed from one CUDA graph per warmed batch shape. On a GPU the
-//! freeze comes after READY (model.toml's `freeze_after_ready`): the model
-//! serves as loaded and cast until its frozen copy's graphs replace the
-//! first ones, shape by shape. Each optimisation
+//! replayed from one CUDA graph per warmed batch shape. Where model.toml
+//! says `freeze_after_ready`, the freeze comes after READY: the model
+//! serves as loaded and cast until its frozen copy takes over, its graphs
+//! replacing the first ones shape by shape. Each optimisation
 //! that fails for a model is skipped with a log line saying why; the model
 //! still serves. A classifier and a tensor (or vision) model differ only
 //! in what they do with the outputs.
@@ -47,11 +47,10 @@ pub struct OptimizedModule {
 }
 
 /// Whether the module is loaded unfrozen and frozen after READY: asked
-/// for (`freeze` and `freeze_after_ready`), on a GPU (on a CPU an answer
-/// must not depend on when it came), and not through the frozen-module
-/// cache (its entry is frozen already).
-pub fn freezes_after_ready(optimization: &OptimizationConfig, device: Device, cache_configured: bool) -> bool {
-    optimization.freeze && optimization.freeze_after_ready && device.is_cuda() && !cache_configured
+/// for (`freeze` and `freeze_after_ready`), and not through the
+/// frozen-module cache (its entry is frozen already).
+pub fn freezes_after_ready(optimization: &OptimizationConfig, cache_configured: bool) -> bool {
+    optimization.freeze && optimization.freeze_after_ready && !cache_configured
 }
 
 impl OptimizedModule {
@@ -72,7 +71,7 @@ impl OptimizedModule {
         // Weights are counted before freezing, which folds them into the
         // graph (a cached frozen module's count was kept with it).
         let cache = frozen_cache::configured();
-        let freeze_pending = freezes_after_ready(optimization, device, cache.is_some());
+        let freeze_pending = freezes_after_ready(optimization, cache.is_some());
         let loaded = match (optimization.freeze, cache) {
             _ if freeze_pending => frozen_cache::load_cast(file, device, cast, progress).map(|(mut m, bytes)| {
                 // Served only until its frozen copy is ready: planned as that
@@ -298,14 +297,12 @@ mod tests {
     }
 
     #[test]
-    fn the_freeze_comes_after_ready_on_a_gpu_only_and_never_through_the_cache() {
-        let on = OptimizationConfig::default();
-        assert!(freezes_after_ready(&on, Device::Cuda(0), false));
-        assert!(!freezes_after_ready(&on, Device::Cpu, false), "a CPU freezes before READY");
-        assert!(!freezes_after_ready(&on, Device::Cuda(0), true), "the cache holds a frozen module");
-        for off in [OptimizationConfig { freeze_after_ready: false, ..on.clone() }, OptimizationConfig { freeze: false, ..on.clone() }] {
-            assert!(!freezes_after_ready(&off, Device::Cuda(0), false));
-        }
+    fn the_freeze_comes_after_ready_when_asked_and_never_through_the_cache() {
+        assert!(!freezes_after_ready(&OptimizationConfig::default(), false), "off by default");
+        let on = OptimizationConfig { freeze_after_ready: true, ..OptimizationConfig::default() };
+        assert!(freezes_after_ready(&on, false));
+        assert!(!freezes_after_ready(&on, true), "the cache holds a frozen module");
+        assert!(!freezes_after_ready(&OptimizationConfig { freeze: false, ..on }, false), "nothing to freeze");
     }
 
     /// The freeze after READY as a GPU runs it, on the CPU (where no graph
@@ -315,12 +312,10 @@ mod tests {
     /// answers as it did.
     #[test]
     fn a_module_frozen_after_ready_is_handed_over_and_answers_alike() {
-        let unfrozen = OptimizationConfig { freeze: false, ..OptimizationConfig::default() };
+        let later = OptimizationConfig { freeze_after_ready: true, ..OptimizationConfig::default() };
         let check: OutputCheck = Arc::new(|_, _| Ok(()));
-        let mut module = OptimizedModule::load(&digits_file(), &unfrozen, Device::Cpu, OutputNames::One, check, &mut |_, _| {}).unwrap();
-        // As a load on a GPU leaves it.
-        module.freeze_pending = true;
-        Arc::get_mut(&mut module.module).unwrap().plan_plainly();
+        let mut module = OptimizedModule::load(&digits_file(), &later, Device::Cpu, OutputNames::One, check, &mut |_, _| {}).unwrap();
+        assert!(module.freeze_pending());
         assert!(module.module.weight_bytes().unwrap() > 0);
         let before = module.forward(batch(4)).unwrap().remove(0);
 

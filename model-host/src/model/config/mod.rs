@@ -36,7 +36,7 @@
 //! precision = "fp32"           # "fp32", "fp16" or "bf16": weights and floating inputs on the device
 //! channels_last = false        # feed NHWC-strided input (with channels-last weights)
 //! freeze = true                # freeze + optimize_for_inference at load (every kind)
-//! freeze_after_ready = true    # on a GPU, freeze beside serving once READY
+//! freeze_after_ready = false   # freeze beside serving, once READY
 //! cuda_graphs = true           # capture each batch shape as a CUDA graph (GPU, every kind)
 //! cudnn_benchmark = false      # time cuDNN's kernels per shape at warm-up (slow start)
 //! ```

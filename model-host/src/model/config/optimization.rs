@@ -40,16 +40,17 @@ pub struct OptimizationConfig {
     /// READY.
     #[serde(default = "enabled")]
     pub warm_up_after_ready: bool,
-    /// On a GPU, with `freeze`, the module is frozen after READY instead
-    /// of before it: until its frozen copy is ready the model serves as
-    /// loaded and cast (its shapes warmed and captured as usual), then the
-    /// frozen module's graphs replace those shape by shape. Freezing is
-    /// TorchScript's graph passes on a CPU core, 1.2 s of a 2.5 GB ViT's
-    /// start on an H100 (docs/benchmarks.md, "Big models"). false: frozen
-    /// before READY. Ignored on the CPU (frozen before READY, so that a
-    /// request's answer never depends on when it came) and with the
-    /// frozen-module cache (which holds the frozen module already).
-    #[serde(default = "enabled")]
+    /// With `freeze`, the module is frozen after READY instead of before
+    /// it: until its frozen copy is ready the model serves as loaded and
+    /// cast (its shapes warmed, and on a GPU captured, as usual), then the
+    /// frozen module serves and its graphs replace the first ones shape by
+    /// shape. Freezing is TorchScript's graph passes on a CPU core: 1.2 s
+    /// of a 2.5 GB ViT's start on an H100 (docs/benchmarks.md, "Big
+    /// models"). An answer may then depend on when it came, by the
+    /// rounding that freezing changes (conv + batch norm folded). Off by
+    /// default: not yet measured on a GPU. Ignored with the frozen-module
+    /// cache, whose entry is frozen already.
+    #[serde(default)]
     pub freeze_after_ready: bool,
 }
 
@@ -59,7 +60,7 @@ fn enabled() -> bool {
 
 impl Default for OptimizationConfig {
     fn default() -> Self {
-        Self { precision: Precision::default(), channels_last: false, freeze: true, cuda_graphs: true, cudnn_benchmark: false, warm_up_after_ready: true, freeze_after_ready: true }
+        Self { precision: Precision::default(), channels_last: false, freeze: true, cuda_graphs: true, cudnn_benchmark: false, warm_up_after_ready: true, freeze_after_ready: false }
     }
 }
 
