@@ -198,6 +198,12 @@ impl OptimizedModule {
             use_own_stream(device, Priority::Low).map_err(|e| ModelError::Stream(e.0))?;
             let frozen = freeze.then(|| frozen_cache::frozen_copy(&module)).flatten().map(Arc::new);
             if let Some(frozen) = &frozen {
+                // The constants freezing made (folded, transposed weights)
+                // were written on this stream: done before the model
+                // thread may run the module on its own.
+                if let Some(made) = CudaEvent::record(device).map_err(|e| ModelError::Stream(e.0))? {
+                    made.synchronize().map_err(|e| ModelError::Stream(e.0))?;
+                }
                 drop(send.send(Late::Frozen(frozen.clone())));
             }
             let shapes = make(frozen.is_some())?;
