@@ -20,12 +20,9 @@ pub mod infer;
 pub mod service;
 pub mod status;
 
-/// The messages and service generated from gateway/proto (Triton's names
-/// and field numbers); the client half is for tests and bench.
-pub mod proto {
-    #![allow(clippy::all, missing_docs)]
-    tonic::include_proto!("inference");
-}
+/// The messages and service generated from gateway/grpc-proto/proto
+/// (Triton's names and field numbers); the client half is for tests and bench.
+pub use gateway_grpc_proto as proto;
 
 use std::future::Future;
 use std::time::Duration;
