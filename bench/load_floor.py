@@ -15,9 +15,12 @@ run on one GPU (docs/benchmarks.md, "Big models").
   pytorch    a fresh python: import torch, torch.jit.load(map_location=
              "cuda"), freeze + fp16, the first answer at batch 1
   host       model-host to READY as it starts by default (no frozen-module
-             cache), then twice with --cache-dir: an empty cache (it
+             cache), with --also once more with one model.toml setting
+             changed, then twice with --cache-dir: an empty cache (it
              freezes and stores) and then from the cache: each start's own
-             breakdown (device, weights, warm-up) and its peak RSS
+             breakdown (device, weights, warm-up), how long its work after
+             READY took (the shapes left for then, and the freeze with
+             freeze_after_ready), and its peak RSS
 
     python3 bench/load_floor.py --out /tmp/big --host .carry/model-host --json out.jsonl
     python3 bench/load_floor.py --out /tmp/huge --layers 48 --width 2048 --host .carry/model-host
@@ -219,6 +222,22 @@ def host(binary: Path, model: Path, work: Path, cache: Path | None, label: str, 
     return row
 
 
+def with_setting(model: Path, setting: str) -> Path:
+    """A sibling of the model directory whose model.toml sets one more
+    [optimization] key (KEY=VALUE, VALUE as TOML writes it), over the same
+    model.pt (a link: the same file, the same page cache)."""
+    key, value = setting.split("=", 1)
+    other = model.parent / f"{model.name}-{key}"
+    other.mkdir(exist_ok=True)
+    link = other / "model.pt"
+    if not link.exists():
+        link.symlink_to((model / "model.pt").resolve())
+    toml = (model / "model.toml").read_text()
+    assert "[optimization]\n" in toml, "model.toml has no [optimization] table"
+    (other / "model.toml").write_text(toml.replace("[optimization]\n", f"[optimization]\n{key} = {value}\n", 1))
+    return other
+
+
 def libtorch_start(binary: Path) -> float:
     """What any program linking libtorch pays before its main: the host's
     `--help` (libtorch's static initialisers register thousands of
@@ -237,6 +256,8 @@ def main():
     ap.add_argument("--out", type=Path, required=True, help="the model directory (exported there if missing)")
     ap.add_argument("--host", type=Path, help="a model-host binary")
     ap.add_argument("--before", type=Path, help="another model-host binary, started the same way first (host_before): a change's A/B in one run")
+    ap.add_argument("--also", metavar="KEY=VALUE",
+                    help="start --host once more with model.toml's [optimization] KEY = VALUE (host_also): a setting's A/B in one run, e.g. freeze_after_ready=true")
     ap.add_argument("--no-cache-runs", action="store_true", help="skip the two starts with the frozen-module cache")
     ap.add_argument("--layers", type=int, default=0, help="a ViT of this many layers instead of ViT-H/14")
     ap.add_argument("--width", type=int, default=2048)
@@ -259,6 +280,9 @@ def main():
         row["host_before"] = host(args.before, args.out, args.out, None, "before", args.cold)
     if "host" in steps and args.host:
         row["host"] = host(args.host, args.out, args.out, None, "default", args.cold)
+    if "host" in steps and args.host and args.also:
+        row["also"] = args.also
+        row["host_also"] = host(args.host, with_setting(args.out, args.also), args.out, None, "also", args.cold)
     if "host" in steps and args.host and not args.no_cache_runs:
         cache = args.out / "frozen-cache"
         shutil.rmtree(cache, ignore_errors=True)
