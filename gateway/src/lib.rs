@@ -3,10 +3,16 @@
 //! Request path, in file order:
 //! - [`routes`]: the axum router; [`routes::predict`] is the main handler.
 //! - [`upload`]: body size and type checks at the edge (413, 415).
-//! - [`decode`]: decode and resize to the model's input on the CPU (400, 413).
+//! - [`decode`]: decode and resize to the model's input on the CPU (400,
+//!   413), and [`postprocess`]: a vision model's answer back on the
+//!   client's image; both in the crate `gateway-imaging` (gateway/imaging/).
 //! - [`host_client`]: the hosts this gateway knows (found and kept linked
 //!   on their own) and the route to one for each request; lease a slot,
-//!   write the pixels, send the request, await the answer.
+//!   write the pixels, send the request, await the answer; the crate
+//!   `gateway-host-client` (gateway/host-client/).
+//!
+//! Those two, and the generated gRPC code (gateway/grpc-proto/), are crates
+//! of their own so that a save in `scripts/dev` recompiles only this one.
 //! - [`system_shm`]: client shared-memory regions registered by name
 //!   (`--system-shared-memory`), for tensors that travel outside the body.
 //! - [`compression`]: gzip/deflate request bodies in, compressed answers out.
@@ -22,14 +28,14 @@
 
 pub(crate) mod compression;
 pub mod config;
-pub mod decode;
+pub use gateway_imaging::decode;
 pub(crate) mod error;
 pub(crate) mod failure_log;
 pub mod grpc;
-pub(crate) mod host_client;
+pub(crate) use gateway_host_client as host_client;
 pub(crate) mod metrics;
 pub(crate) mod openapi;
-pub mod postprocess;
+pub use gateway_imaging::postprocess;
 pub(crate) mod request_id;
 pub(crate) mod routes;
 pub(crate) mod serve;

@@ -450,7 +450,7 @@ mod tests {
     use protocol::{ImageShape, ModelKind, Output, Prediction, Refusal, SegmentInfo, SlotRef, StartupTimings};
 
     use super::*;
-    use crate::host_client::SlotLease;
+    use crate::SlotLease;
 
     /// A link to no host: two slots, a 2x2 gray classifier; what it sends
     /// arrives on the receiver.
