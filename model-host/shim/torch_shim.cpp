@@ -210,8 +210,10 @@ char* shim_module_optimize(ShimModule* m) {
 
 // torch.jit.freeze of `m` into a new module `out`, then (if `optimize`)
 // optimize_for_inference; `m` is left as it was and may serve meanwhile
-// on other threads (freezing works on a clone whose tensors are `m`'s, so
-// the copy costs no weight memory). Counts as in shim_module_freeze. The
+// on other threads (freezing works on a clone that shares `m`'s tensors and
+// never writes them; but the weights that freezing and optimisation remake,
+// folded or transposed, are new tensors: until `m` is dropped those are
+// held twice). Counts as in shim_module_freeze. The
 // freeze after READY: the host serves `m` until `out` replaces it.
 char* shim_module_frozen_copy(const ShimModule* m, int optimize, uint64_t* counts, ShimModule** out) {
   return guarded([&] {

@@ -197,13 +197,19 @@ impl OptimizedModule {
             // goes on this stream too, beside the batches being served.
             use_own_stream(device, Priority::Low).map_err(|e| ModelError::Stream(e.0))?;
             let frozen = freeze.then(|| frozen_cache::frozen_copy(&module)).flatten().map(Arc::new);
-            if let Some(frozen) = &frozen {
-                // The constants freezing made (folded, transposed weights)
-                // were written on this stream: done before the model
-                // thread may run the module on its own.
-                if let Some(made) = CudaEvent::record(device).map_err(|e| ModelError::Stream(e.0))? {
-                    made.synchronize().map_err(|e| ModelError::Stream(e.0))?;
+            // The constants freezing made (folded, transposed weights) were
+            // written on this stream: done before the model thread may run
+            // the module on its own. If that wait fails the copy is not
+            // handed over: the loaded module serves on, and the shapes left
+            // for after READY still warm up.
+            let frozen = frozen.filter(|_| match CudaEvent::record(device).and_then(|made| made.map_or(Ok(()), |e| e.synchronize())) {
+                Ok(()) => true,
+                Err(e) => {
+                    tracing::warn!(error = %e.0, "cannot wait for the frozen module's constants; the module goes on serving as loaded");
+                    false
                 }
+            });
+            if let Some(frozen) = &frozen {
                 drop(send.send(Late::Frozen(frozen.clone())));
             }
             let shapes = make(frozen.is_some())?;

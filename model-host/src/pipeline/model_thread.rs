@@ -144,6 +144,9 @@ impl ModelThread {
                 self.open_more_decoders(stage, device);
             }
             let Some(current) = running.take() else {
+                // Nothing on the device: what the frozen module replaced can
+                // go now, not only after the next batch.
+                model.drop_retired();
                 if ask.send(tick).is_err() {
                     break;
                 }

@@ -340,8 +340,10 @@ impl Module {
 
     /// A frozen copy of this module (then `optimize_for_inference`d if
     /// asked), this one left as it was: it may go on serving on other
-    /// threads meanwhile. The copy's tensors are this module's (freezing
-    /// clones the module, not its weights), its outputs declared alike.
+    /// threads meanwhile. The copy shares this module's tensors, except
+    /// those freezing remakes (folded batch norms, transposed linear
+    /// weights: held twice while both modules live); its outputs are
+    /// declared alike.
     pub fn frozen_copy(&self, optimize: bool) -> Result<(Module, ConstantComparisons), ShimError> {
         let mut counts = [0u64; 2];
         let mut raw = std::ptr::null_mut();
