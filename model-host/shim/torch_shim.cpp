@@ -182,19 +182,25 @@ char* shim_module_load(const char* path, int device, int dtype, shim::Report rep
   });
 }
 
-// torch.jit.freeze, then (if `optimize`) torch.jit.optimize_for_inference,
-// in place, their constant comparisons settled by fingerprints where they
-// can be (freeze_equal.cpp); how many there were in `counts` (2 values:
-// compared, settled by fingerprint). On error the module is left as it was.
+// torch.jit.freeze of `module` (which freezing clones: `module` is left as
+// it was), then (if `optimize`) torch.jit.optimize_for_inference, their
+// constant comparisons settled by fingerprints where they can be
+// (freeze_equal.cpp); how many there were in `counts` (2 values: compared,
+// settled by fingerprint).
+static torch::jit::Module frozen_of(const torch::jit::Module& module, int optimize, uint64_t* counts) {
+  shim::FreezeEqualScope fingerprints;
+  torch::jit::Module frozen = torch::jit::freeze(module);
+  if (optimize) frozen = torch::jit::optimize_for_inference(frozen);
+  counts[0] = fingerprints.counts().compared;
+  counts[1] = fingerprints.counts().by_fingerprint;
+  return frozen;
+}
+
+// frozen_of(m), in place. On error the module is left as it was.
 char* shim_module_freeze(ShimModule* m, int optimize, uint64_t* counts) {
   return guarded([&] {
-    shim::FreezeEqualScope fingerprints;
-    torch::jit::Module frozen = torch::jit::freeze(m->module);
-    if (optimize) frozen = torch::jit::optimize_for_inference(frozen);
-    m->module = frozen;
+    m->module = frozen_of(m->module, optimize, counts);
     m->plan_plainly = true;
-    counts[0] = fingerprints.counts().compared;
-    counts[1] = fingerprints.counts().by_fingerprint;
   });
 }
 
@@ -208,22 +214,17 @@ char* shim_module_optimize(ShimModule* m) {
   });
 }
 
-// torch.jit.freeze of `m` into a new module `out`, then (if `optimize`)
-// optimize_for_inference; `m` is left as it was and may serve meanwhile
-// on other threads (freezing works on a clone that shares `m`'s tensors and
-// never writes them; but the weights that freezing and optimisation remake,
-// folded or transposed, are new tensors: until `m` is dropped those are
-// held twice). Counts as in shim_module_freeze. The
-// freeze after READY: the host serves `m` until `out` replaces it.
+// frozen_of(m) as a new module `out`; `m` is left as it was and may serve
+// meanwhile on other threads (freezing works on a clone that shares `m`'s
+// tensors and never writes them; but the weights that freezing and
+// optimisation remake, folded or transposed, are new tensors: until `m` is
+// dropped those are held twice). The freeze after READY: the host serves
+// `m` until `out` replaces it.
 char* shim_module_frozen_copy(const ShimModule* m, int optimize, uint64_t* counts, ShimModule** out) {
   return guarded([&] {
-    shim::FreezeEqualScope fingerprints;
     auto copy = std::make_unique<ShimModule>();
-    copy->module = torch::jit::freeze(m->module);
-    if (optimize) copy->module = torch::jit::optimize_for_inference(copy->module);
+    copy->module = frozen_of(m->module, optimize, counts);
     copy->plan_plainly = true;
-    counts[0] = fingerprints.counts().compared;
-    counts[1] = fingerprints.counts().by_fingerprint;
     *out = copy.release();
   });
 }

@@ -82,10 +82,7 @@ impl OptimizedModule {
             }),
             (true, Some(cache)) => cache.load(file, device, cast, progress),
             (true, None) => frozen_cache::load_and_freeze(file, device, cast, progress, None),
-            (false, _) => Module::load_reporting(file, device, cast, progress).map(|m| {
-                let bytes = frozen_cache::weight_bytes(&m);
-                (m, bytes)
-            }),
+            (false, _) => frozen_cache::load_cast(file, device, cast, progress),
         };
         let (module, weight_bytes) = loaded.map_err(|e| ModelError::Load(e.0))?;
         let module = module.with_outputs(outputs);
@@ -202,7 +199,7 @@ impl OptimizedModule {
             // the module on its own. If that wait fails the copy is not
             // handed over: the loaded module serves on, and the shapes left
             // for after READY still warm up.
-            let frozen = frozen.filter(|_| match CudaEvent::record(device).and_then(|made| made.map_or(Ok(()), |e| e.synchronize())) {
+            let frozen = frozen.filter(|_| match CudaEvent::wait_for_current_stream(device) {
                 Ok(()) => true,
                 Err(e) => {
                     tracing::warn!(error = %e.0, "cannot wait for the frozen module's constants; the module goes on serving as loaded");
@@ -215,11 +212,8 @@ impl OptimizedModule {
             let shapes = make(frozen.is_some())?;
             let module = frozen.unwrap_or(module);
             // The inputs were made on this thread's stream; the warm-up
-            // threads read them on theirs. Waiting for this stream alone,
-            // not the device, leaves the batches being served alone.
-            if let Some(made) = CudaEvent::record(device).map_err(|e| ModelError::Stream(e.0))? {
-                made.synchronize().map_err(|e| ModelError::Stream(e.0))?;
-            }
+            // threads read them on theirs.
+            CudaEvent::wait_for_current_stream(device).map_err(|e| ModelError::Stream(e.0))?;
             // If the model thread has gone, nobody takes the graphs: they
             // are dropped, and the warm-up ends with its shapes.
             let hand_over = |graph| drop(send.send(Late::Graph(graph)));

@@ -114,6 +114,16 @@ impl CudaEvent {
         // SAFETY: `raw` is a live event owned by this handle.
         check(unsafe { shim_event_synchronize(self.raw) })
     }
+
+    /// Waits on the CPU for what the calling thread has queued so far on
+    /// its current stream on `device`: that stream alone, not the device,
+    /// so other threads' work goes on. A no-op off the GPU.
+    pub fn wait_for_current_stream(device: Device) -> Result<(), ShimError> {
+        match Self::record(device)? {
+            Some(event) => event.synchronize(),
+            None => Ok(()),
+        }
+    }
 }
 
 impl Drop for CudaEvent {
