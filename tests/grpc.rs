@@ -10,9 +10,9 @@
 use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
-use gateway::grpc::proto::grpc_inference_service_client::GrpcInferenceServiceClient;
-use gateway::grpc::proto::model_infer_request::InferInputTensor;
-use gateway::grpc::proto::{ModelInferRequest, RepositoryModelLoadRequest};
+use gateway_grpc_proto::grpc_inference_service_client::GrpcInferenceServiceClient;
+use gateway_grpc_proto::model_infer_request::InferInputTensor;
+use gateway_grpc_proto::{ModelInferRequest, RepositoryModelLoadRequest};
 use integration_tests::{Gateway, Scratch, free_port};
 use prost::Message;
 use tonic::Code;
@@ -256,7 +256,7 @@ async fn held_sockets_are_told_apart_by_their_names() {
     let live = loop {
         let client = GrpcInferenceServiceClient::connect(format!("http://127.0.0.1:{grpc}")).await;
         if let Ok(mut client) = client
-            && let Ok(live) = client.server_live(gateway::grpc::proto::ServerLiveRequest {}).await
+            && let Ok(live) = client.server_live(gateway_grpc_proto::ServerLiveRequest {}).await
         {
             break live.into_inner().live;
         }

@@ -9,9 +9,9 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use bytes::Bytes;
-use gateway::grpc::proto::ModelInferRequest;
-use gateway::grpc::proto::grpc_inference_service_client::GrpcInferenceServiceClient;
-use gateway::grpc::proto::model_infer_request::InferInputTensor;
+use gateway_grpc_proto::ModelInferRequest;
+use gateway_grpc_proto::grpc_inference_service_client::GrpcInferenceServiceClient;
+use gateway_grpc_proto::model_infer_request::InferInputTensor;
 use integration_tests::otlp::{OtlpReceiver, ReceivedSpan};
 use integration_tests::*;
 

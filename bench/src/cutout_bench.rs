@@ -15,8 +15,8 @@
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use gateway::postprocess::Transform;
-use gateway::postprocess::masks::to_original;
+use gateway_imaging::postprocess::Transform;
+use gateway_imaging::postprocess::masks::to_original;
 use protocol::ImageShape;
 use protocol::vision::{MaskKind, Resize, SegmentationSpec, VisionModel, VisionTask};
 

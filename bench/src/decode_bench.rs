@@ -1,6 +1,6 @@
 //! How fast the gateway's CPU work is, per image, single-threaded: the
 //! JPEG decoders we could use and the gateway's own decode-and-resize
-//! path (`gateway::decode::decode_to_input`), for photos of the sizes users
+//! path (`gateway_imaging::decode::decode_to_input`), for photos of the sizes users
 //! send (docs/benchmarks.md, "Real photos").
 //!
 //! JPEG, each to a 224x224 RGB input where it applies:
@@ -20,7 +20,7 @@ use std::io::Cursor;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use gateway::decode::{Target, decode_to_input};
+use gateway_imaging::decode::{Target, decode_to_input};
 use image::{ImageFormat, RgbImage};
 use turbojpeg::{Decompressor, Image, PixelFormat};
 
@@ -108,7 +108,7 @@ fn main() {
             d.decode().expect("decoding");
         }));
         row("libjpeg-turbo, full", median(args.runs, || turbo(jpeg, turbojpeg::ScalingFactor::ONE)));
-        let factor = gateway::decode::jpeg::scale_for(w, h, (args.target, args.target));
+        let factor = gateway_imaging::decode::jpeg::scale_for(w, h, (args.target, args.target));
         row(&format!("libjpeg-turbo, scaled {factor}"), median(args.runs, || turbo(jpeg, factor)));
         row("gateway path (to 224x224x3)", median(args.runs, || {
             decode_to_input(jpeg, ImageFormat::Jpeg, target, 100_000_000).expect("decoding");

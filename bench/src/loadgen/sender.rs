@@ -5,9 +5,9 @@
 //! channel (gRPC) and the prepared requests.
 
 use anyhow::Context;
-use gateway::grpc::proto::ModelInferRequest;
-use gateway::grpc::proto::grpc_inference_service_client::GrpcInferenceServiceClient;
-use gateway::grpc::proto::model_infer_request::InferInputTensor;
+use gateway_grpc_proto::ModelInferRequest;
+use gateway_grpc_proto::grpc_inference_service_client::GrpcInferenceServiceClient;
+use gateway_grpc_proto::model_infer_request::InferInputTensor;
 
 use crate::{Args, Protocol};
 
