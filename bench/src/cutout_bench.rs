@@ -1,4 +1,6 @@
-//! How fast a segmenter's answer is made on one gateway core, per image:
+//! How fast a segmenter's answer is made by a gateway, per image, with the
+//! mask's resize and counts on the masks' threads as in the gateway (as
+//! many as the cores it may use: `taskset -c 0` gives one core's figures):
 //! the mask brought back to the photo's size (`masks::to_original`), then
 //! the `format=cutout` PNG (the photo as RGBA with the alpha applied) or
 //! the `format=png` alpha, or the JSON answer's per-class pixel counts and
@@ -20,7 +22,7 @@ use gateway_imaging::postprocess::masks::to_original;
 use protocol::ImageShape;
 use protocol::vision::{MaskKind, Resize, SegmentationSpec, VisionModel, VisionTask};
 
-/// Per-image mask, cut-out and PNG time on one core.
+/// Per-image mask, cut-out and PNG time.
 #[derive(Debug, Parser)]
 struct Args {
     /// The photo's size, WIDTHxHEIGHT.
@@ -79,6 +81,8 @@ fn time<T>(runs: usize, mut f: impl FnMut() -> T) -> (f64, T) {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    // As in the gateway: a resize runs on its caller's thread, a mask on the masks' threads.
+    gateway_imaging::threads::keep_resizes_on_their_thread();
     let (width, height) = args.photo.split_once('x').map(|(w, h)| (w.parse(), h.parse())).ok_or_else(|| anyhow::anyhow!("--photo is WIDTHxHEIGHT"))?;
     let (width, height): (u32, u32) = (width?, height?);
     let spec = SegmentationSpec { labels: vec!["background".into(), "foreground".into()], resize: Resize::Stretch, mask: MaskKind::Alpha, width: args.mask, height: args.mask };

@@ -8,6 +8,7 @@ use crate::Config;
 
 /// The gateway's whole run, on tokio's multi-threaded runtime.
 pub fn main() -> anyhow::Result<()> {
+    gateway_imaging::threads::keep_resizes_on_their_thread();
     tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the tokio runtime")?.block_on(run())
 }
 

@@ -6,8 +6,11 @@
 //!   host that decodes JPEGs on its GPU, the file's header read and checked;
 //! - [`postprocess`]: a vision model's boxes and masks brought back onto
 //!   the client's image (the inverse of the stretch or letterbox), and the
-//!   PNGs and cut-outs made from a mask.
+//!   PNGs and cut-outs made from a mask;
+//! - [`threads`]: small resizes on the request's thread, a big mask over
+//!   the idle cores.
 #![forbid(unsafe_code)]
 
 pub mod decode;
 pub mod postprocess;
+pub mod threads;

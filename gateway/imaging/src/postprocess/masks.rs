@@ -20,9 +20,10 @@ use image::codecs::png::{CompressionType, FilterType as PngFilter, PngEncoder};
 use image::{ExtendedColorType, ImageEncoder};
 use protocol::TensorSignature;
 use protocol::vision::{MaskKind, SegmentationSpec};
-use serde::Serialize;
-
+pub use super::areas::ClassArea;
 use super::Transform;
+use super::areas::{self, alpha_class};
+use crate::threads::on_mask_threads;
 
 /// The mask at the original size: one plane, row-major, the alpha (0..255)
 /// or each pixel's class, as the model gives. The other form is made
@@ -34,18 +35,6 @@ pub struct Mask {
     pub height: u32,
     kind: MaskKind,
     plane: Vec<u8>,
-}
-
-/// One class's share of the image.
-/// One class's pixels in the client's image.
-#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
-pub struct ClassArea {
-    pub label: String,
-    pub index: u32,
-    pub pixels: u64,
-    /// x0, y0, x1, y1 (pixel edges) around its pixels; None when it has none.
-    #[serde(rename = "box")]
-    pub bbox: Option<[u32; 4]>,
 }
 
 /// Reads one item's mask from its answer ([`protocol::Ask::Answer`]) and
@@ -109,19 +98,20 @@ fn alpha_byte(value: f32) -> u8 {
 }
 
 /// One plane (`pixel` type, `size`) cropped to the content and resized to
-/// the original; its bytes.
+/// the original, on the masks' threads (a 1080p plane is 2 M pixels one
+/// request waits for); its bytes.
 fn resize_plane(plane: Vec<u8>, pixel: PixelType, size: (u32, u32), t: &Transform, how: ResizeAlg) -> Result<Vec<u8>, String> {
+    on_mask_threads(|| resize_in_this_pool(plane, pixel, size, t, how))
+}
+
+/// [`resize_plane`]'s work, split over the rayon pool it runs in.
+fn resize_in_this_pool(plane: Vec<u8>, pixel: PixelType, size: (u32, u32), t: &Transform, how: ResizeAlg) -> Result<Vec<u8>, String> {
     let src = Image::from_vec_u8(size.0, size.1, plane, pixel).map_err(|e| e.to_string())?;
     let mut dst = Image::new(t.original.0, t.original.1, pixel);
     let (left, top, w, h) = t.content_in(size);
     let options = ResizeOptions::new().resize_alg(how).crop(left, top, w, h);
     Resizer::new().resize(&src, &mut dst, &options).map_err(|e| e.to_string())?;
     Ok(dst.into_vec())
-}
-
-/// An alpha's class: foreground where it is >= 128 (0.5).
-fn alpha_class(a: u8) -> u8 {
-    u8::from(a >= 128)
 }
 
 /// A class's alpha: opaque where the class is not 0.
@@ -156,83 +146,13 @@ impl Mask {
         }
     }
 
-    /// Pixel counts and bounding boxes, one entry per label. Row by row,
-    /// with plain counters, on the plane as it is (a 1080p mask is 2 M
-    /// pixels, on one gateway core per answer: `cutout_bench` times it).
+    /// Pixel counts and boxes, one entry per label, on the plane as it is
+    /// (see [`super::areas`]).
     pub fn areas(&self, labels: &[String]) -> Vec<ClassArea> {
         match self.kind {
-            MaskKind::Alpha if labels.len() >= 2 => self.alpha_areas(labels),
-            MaskKind::Alpha => self.areas_by(labels, alpha_class),
-            MaskKind::Classes => self.areas_by(labels, |c| c),
+            MaskKind::Alpha => areas::of_alpha(&self.plane, self.width, labels),
+            MaskKind::Classes => areas::of_classes(&self.plane, self.width, labels, |c| c),
         }
-    }
-
-    /// An alpha's two classes, a row at a time with slice scans the
-    /// compiler vectorises (a count, then the first and last foreground
-    /// and background pixel), instead of a branch per pixel: on a 1080p
-    /// mask a fraction of the general loop's time (`cutout_bench`).
-    fn alpha_areas(&self, labels: &[String]) -> Vec<ClassArea> {
-        let w = (self.width as usize).max(1);
-        // [background, foreground]: pixels, x0, y0, x1, y1.
-        let mut pixels = [0u64; 2];
-        let mut boxes = [[u32::MAX, u32::MAX, 0, 0]; 2];
-        for (y, row) in self.plane.chunks_exact(w).enumerate() {
-            let fg = row.iter().map(|&a| u32::from(alpha_class(a))).sum::<u32>() as usize;
-            for (class, count) in [(0, w - fg), (1, fg)] {
-                if count == 0 {
-                    continue;
-                }
-                let is = |a: &u8| alpha_class(*a) == class as u8;
-                let (first, last) = (row.iter().position(is).unwrap_or(0), row.iter().rposition(is).unwrap_or(0));
-                pixels[class] += count as u64;
-                let b = &mut boxes[class];
-                (b[0], b[2]) = (b[0].min(first as u32), b[2].max(last as u32 + 1));
-                (b[1], b[3]) = (b[1].min(y as u32), y as u32 + 1);
-            }
-        }
-        labels
-            .iter()
-            .enumerate()
-            .map(|(i, l)| {
-                let count = pixels.get(i).copied().unwrap_or(0);
-                ClassArea { label: l.clone(), index: i as u32, pixels: count, bbox: (count > 0).then(|| boxes[i]) }
-            })
-            .collect()
-    }
-
-    fn areas_by(&self, labels: &[String], class_of: impl Fn(u8) -> u8) -> Vec<ClassArea> {
-        let n = labels.len();
-        let (mut pixels, mut x0, mut y0, mut x1, mut y1) = (vec![0u64; n], vec![u32::MAX; n], vec![u32::MAX; n], vec![0u32; n], vec![0u32; n]);
-        let w = self.width as usize;
-        // Per row: where each class is first and last.
-        let (mut first, mut last) = (vec![u32::MAX; n], vec![0u32; n]);
-        for (y, row) in self.plane.chunks_exact(w.max(1)).enumerate() {
-            first.fill(u32::MAX);
-            for (x, &v) in row.iter().enumerate() {
-                let c = class_of(v) as usize;
-                if c >= n {
-                    continue;
-                }
-                pixels[c] += 1;
-                first[c] = first[c].min(x as u32);
-                last[c] = x as u32;
-            }
-            for c in (0..n).filter(|&c| first[c] != u32::MAX) {
-                let y = y as u32;
-                (x0[c], x1[c]) = (x0[c].min(first[c]), x1[c].max(last[c] + 1));
-                (y0[c], y1[c]) = (y0[c].min(y), y + 1);
-            }
-        }
-        labels
-            .iter()
-            .enumerate()
-            .map(|(i, l)| ClassArea {
-                label: l.clone(),
-                index: i as u32,
-                pixels: pixels[i],
-                bbox: (pixels[i] > 0).then(|| [x0[i], y0[i], x1[i], y1[i]]),
-            })
-            .collect()
     }
 
     /// The PNG answer: the class index map (class scores) or the alpha (an alpha mask).
@@ -357,7 +277,8 @@ mod tests {
     /// classes anywhere (and a label with no pixels, and indexes past the labels).
     #[test]
     fn areas_match_a_pixel_by_pixel_count() {
-        let (w, h) = (37u32, 23u32);
+        // Rows enough for several bands, the last one short.
+        let (w, h) = (37u32, 103u32);
         let classes = scattered(w * h, 7, &[0, 0, 1, 2, 5]);
         let labels: Vec<String> = ["a", "b", "c", "d"].map(String::from).to_vec();
         let mask = Mask { width: w, height: h, kind: MaskKind::Classes, plane: classes.clone() };
@@ -396,6 +317,21 @@ mod tests {
         assert_eq!(solid.areas(&labels)[1].bbox, Some([0, 0, w, h]));
         assert_eq!(solid.areas(&labels)[0].bbox, None);
         assert_eq!(of_alpha.areas(&labels)[1].pixels, alpha.iter().filter(|&&a| a >= 128).count() as u64);
+    }
+
+    /// The resizer splits a big mask's rows over the masks' threads; the
+    /// plane it gives is the one a single thread gives, to the byte, for
+    /// an alpha (bilinear) and a class map (nearest), stretched and letterboxed.
+    #[test]
+    fn a_mask_resized_over_many_threads_is_the_one_thread_mask() {
+        let pool = |n| rayon::ThreadPoolBuilder::new().num_threads(n).build().unwrap();
+        let (one, many) = (pool(1), pool(7));
+        let small = scattered(64 * 64, 5, &[0, 3, 90, 128, 200, 255]);
+        for (how, resize) in [(bilinear(), Resize::Stretch), (ResizeAlg::Nearest, Resize::Letterbox { pad: 0 })] {
+            let t = Transform::new(resize, (64, 64), (1280, 720));
+            let run = |p: &rayon::ThreadPool| p.install(|| resize_in_this_pool(small.clone(), PixelType::U8, (64, 64), &t, how).unwrap());
+            assert_eq!(run(&one), run(&many));
+        }
     }
 
     #[test]
