@@ -27,7 +27,12 @@ pub fn resolve(choice: DeviceChoice) -> Result<tch::Device, HostError> {
 /// GPU that cannot hold both a clear refusal at start, naming the figures,
 /// instead of an out-of-memory error in the middle of the load. Where the
 /// figures cannot be read, the load goes ahead (and says so).
-pub fn check_room(device: tch::Device, model_file: &std::path::Path, headroom_mb: u64) -> Result<(), HostError> {
+///
+/// `copies` is how many times the weights may be resident at once: 2 when
+/// the module is frozen after READY, whose frozen copy remakes the weights
+/// freezing changes (batch norms folded into convolutions, linear weights
+/// transposed) while the loaded module still serves; 1 otherwise.
+pub fn check_room(device: tch::Device, model_file: &std::path::Path, copies: u64, headroom_mb: u64) -> Result<(), HostError> {
     let tch::Device::Cuda(index) = device else { return Ok(()) };
     let (free, total) = match crate::torch_shim::cuda_memory(index) {
         Ok(figures) => figures,
@@ -36,7 +41,7 @@ pub fn check_room(device: tch::Device, model_file: &std::path::Path, headroom_mb
             return Ok(());
         }
     };
-    let weights = std::fs::metadata(model_file).map(|m| m.len()).unwrap_or(0);
+    let weights = std::fs::metadata(model_file).map(|m| m.len()).unwrap_or(0) * copies.max(1);
     const MIB: u64 = 1 << 20;
     let needed = weights + headroom_mb * MIB;
     tracing::info!(free_mib = free / MIB, total_mib = total / MIB, needed_mib = needed / MIB, "GPU memory before the load");
