@@ -8,13 +8,17 @@ use crate::Config;
 
 /// The gateway's whole run, on tokio's multi-threaded runtime.
 pub fn main() -> anyhow::Result<()> {
-    gateway_imaging::threads::keep_resizes_on_their_thread();
-    tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the tokio runtime")?.block_on(run())
-}
-
-async fn run() -> anyhow::Result<()> {
     let started = Instant::now();
     let config = Config::parse();
+    gateway_imaging::threads::keep_resizes_on_their_thread();
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if let Some(threads) = config.worker_threads {
+        runtime.worker_threads(threads.into());
+    }
+    runtime.enable_all().build().context("starting the tokio runtime")?.block_on(run(config, started))
+}
+
+async fn run(config: Config, started: Instant) -> anyhow::Result<()> {
     config.validate().map_err(anyhow::Error::msg)?;
     let telemetry = service::telemetry::init(config.log_format, &config.traces, "splitserve-gateway")?;
     let held = held_sockets().context("LISTEN_FDS sockets")?;
@@ -26,6 +30,7 @@ async fn run() -> anyhow::Result<()> {
         socket_from = source,
         host_sockets = ?config.host_sockets(),
         host_dir = ?config.host_dir,
+        worker_threads = ?config.worker_threads,
         startup_ms = started.elapsed().as_secs_f64() * 1e3,
         "gateway listening"
     );

@@ -41,6 +41,11 @@ pub struct Config {
     #[arg(long, env = "GATEWAY_ALLOWED_HOST_UIDS", value_delimiter = ',')]
     pub allowed_host_uids: Vec<service::IdSpec>,
 
+    /// Threads that serve requests (tokio's workers). Default: one per
+    /// core, so several gateways on one machine each take every core.
+    #[arg(long, env = "GATEWAY_WORKER_THREADS", value_parser = clap::value_parser!(u16).range(1..))]
+    pub worker_threads: Option<u16>,
+
     /// Largest request body accepted, in bytes (413 above it, refused from
     /// the Content-Length header before the body is read when it has one).
     #[arg(long, env = "GATEWAY_MAX_BODY_BYTES", default_value_t = 16 * 1024 * 1024)]
