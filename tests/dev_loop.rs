@@ -85,8 +85,8 @@ fn start_dev(port: u16, run_dir: &std::path::Path) -> Dev {
 /// A save: the file's content stays (other tests build from this tree);
 /// its mtime is what both scripts/dev and cargo look at.
 fn touch_gateway_source() {
-    let saved = std::fs::File::options().write(true).open(root().join("gateway/src/main.rs")).expect("opening main.rs");
-    saved.set_modified(SystemTime::now()).expect("touching gateway/src/main.rs");
+    let saved = std::fs::File::options().write(true).open(root().join("gateway/src/lib.rs")).expect("opening lib.rs");
+    saved.set_modified(SystemTime::now()).expect("touching gateway/src/lib.rs");
 }
 
 /// Ctrl-C, as a terminal sends it (SIGINT to the process group); then

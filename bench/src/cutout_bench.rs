@@ -82,7 +82,7 @@ fn time<T>(runs: usize, mut f: impl FnMut() -> T) -> (f64, T) {
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     // As in the gateway: a resize runs on its caller's thread, a mask on the masks' threads.
-    gateway_imaging::threads::keep_resizes_on_their_thread();
+    gateway_imaging::threads::start().map_err(anyhow::Error::msg)?;
     let (width, height) = args.photo.split_once('x').map(|(w, h)| (w.parse(), h.parse())).ok_or_else(|| anyhow::anyhow!("--photo is WIDTHxHEIGHT"))?;
     let (width, height): (u32, u32) = (width?, height?);
     let spec = SegmentationSpec { labels: vec!["background".into(), "foreground".into()], resize: Resize::Stretch, mask: MaskKind::Alpha, width: args.mask, height: args.mask };
@@ -96,7 +96,8 @@ fn main() -> anyhow::Result<()> {
     let (cutout_ms, cutout) = time(args.runs, || mask.cutout(&rgb).expect("cutout"));
     let (png_ms, png) = time(args.runs, || mask.png(MaskKind::Alpha).expect("png"));
     let (areas_ms, _) = time(args.runs, || mask.areas(&spec.labels));
-    println!("{width}x{height} photo, {0}x{0} alpha mask, one core, median of {1} runs:", args.mask, args.runs);
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    println!("{width}x{height} photo, {0}x{0} alpha mask, the masks' pool on {cores} cores, median of {1} runs:", args.mask, args.runs);
     println!("| step | ms | answer bytes |");
     println!("|---|---|---|");
     println!("| mask to the photo's size | {mask_ms:.2} | |");

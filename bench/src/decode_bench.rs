@@ -88,7 +88,7 @@ fn turbo(jpeg: &[u8], factor: turbojpeg::ScalingFactor) {
 fn main() {
     let args = Args::parse();
     // As in the gateway: a resize runs on its caller's thread, a mask on the masks' threads.
-    gateway_imaging::threads::keep_resizes_on_their_thread();
+    gateway_imaging::threads::start().expect("the gateway's threads (see gateway_imaging::threads)");
     let target = Target { width: args.target, height: args.target, channels: 3 };
     let inputs: Vec<(String, Vec<u8>)> = if args.files.is_empty() {
         args.sizes.iter().map(|s| (s.clone(), { let (w, h) = parse_size(s); encode(&photo(w, h), ImageFormat::Jpeg) })).collect()

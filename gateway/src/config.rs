@@ -41,8 +41,9 @@ pub struct Config {
     #[arg(long, env = "GATEWAY_ALLOWED_HOST_UIDS", value_delimiter = ',')]
     pub allowed_host_uids: Vec<service::IdSpec>,
 
-    /// Threads that serve requests (tokio's workers). Default: one per
-    /// core, so several gateways on one machine each take every core.
+    /// Threads that serve requests (tokio's async workers). Default: one
+    /// per core. Decodes run on tokio's blocking threads and a segmenter's
+    /// masks on a pool of their own, neither bounded by this.
     #[arg(long, env = "GATEWAY_WORKER_THREADS", value_parser = clap::value_parser!(u16).range(1..))]
     pub worker_threads: Option<u16>,
 

@@ -1,155 +1,111 @@
-//! gateway: a stateless HTTP front end for the model-host. The binary
-//! starts in [`cli::main`] (flags, logging, the listeners), then [`run`].
-//!
-//! Request path, in file order:
-//! - [`routes`]: the axum router; [`routes::predict`] is the main handler.
-//! - [`upload`]: body size and type checks at the edge (413, 415).
-//! - [`decode`]: decode and resize to the model's input on the CPU (400,
-//!   413), and [`postprocess`]: a vision model's answer back on the
-//!   client's image; both in the crate `gateway-imaging` (gateway/imaging/).
-//! - [`host_client`]: the hosts this gateway knows (found and kept linked
-//!   on their own) and the route to one for each request; lease a slot,
-//!   write the pixels, send the request, await the answer; the crate
-//!   `gateway-host-client` (gateway/host-client/).
-//!
-//! Those two, and the generated gRPC code (gateway/grpc-proto/), are crates
-//! of their own so that a save in `scripts/dev` recompiles only this one.
-//! - [`system_shm`]: client shared-memory regions registered by name
-//!   (`--system-shared-memory`), for tensors that travel outside the body.
-//! - [`compression`]: gzip/deflate request bodies in, compressed answers out.
-//! - [`error`]: every client-visible error and its HTTP status, in one place.
-//! - [`metrics`]: `GET /metrics`; [`request_id`]: X-Request-Id on every log line.
-//! - [`openapi`]: `GET /openapi.json`, made from the routes' own declarations,
-//!   and `GET /docs` (Swagger UI, compiled in).
-//! - [`grpc`]: the same v2 protocol over gRPC (tonic), on its own port,
-//!   sharing the state and the inference path below the transport.
-//!
-//! This crate never links libtorch or CUDA.
+//! gateway binary: parse flags, set up logging, bind, run.
 #![forbid(unsafe_code)]
 
-pub(crate) mod compression;
-mod cli;
-pub mod config;
-pub use gateway_imaging::decode;
-pub(crate) mod error;
-pub(crate) mod failure_log;
-pub mod grpc;
-pub(crate) use gateway_host_client as host_client;
-pub(crate) mod metrics;
-pub(crate) mod openapi;
-pub use gateway_imaging::postprocess;
-pub(crate) mod request_id;
-pub(crate) mod routes;
-pub(crate) mod serve;
-pub(crate) mod system_shm;
-pub(crate) mod upload;
+use std::time::Instant;
 
-use std::future::Future;
-use std::time::Duration;
-
-pub use config::Config;
-use host_client::{Fleet, FleetConfig, HostTrust};
+use anyhow::Context;
+use clap::Parser;
+use gateway::Config;
 
 fn main() -> anyhow::Result<()> {
-    cli::main()
-}
-
-/// Per-request limits, from the config.
-#[derive(Debug, Clone)]
-pub struct RequestLimits {
-    pub max_body_bytes: usize,
-    pub max_pixels: u64,
-    pub request_timeout: Duration,
-    /// A body not fully received within this gets 408.
-    pub body_timeout: Duration,
-    pub default_top_k: u32,
-}
-
-/// What every handler gets.
-#[derive(Clone)]
-pub struct AppState {
-    /// Every host this gateway knows, by model and version.
-    pub fleet: Fleet,
-    pub limits: RequestLimits,
-    pub metrics: metrics_exporter_prometheus::PrometheusHandle,
-    /// The v2 statistics extension's counters, per gateway process.
-    pub v2_stats: std::sync::Arc<routes::v2::stats::StatsByModel>,
-    /// The system_shared_memory extension's regions; `None` unless the
-    /// operator turned it on (`--system-shared-memory`).
-    pub system_shm: Option<std::sync::Arc<system_shm::Registry>>,
-}
-
-impl AppState {
-    /// Fails for a host directory or user list that cannot be used.
-    pub fn new(config: &Config) -> Result<Self, String> {
-        let fleet = Fleet::start(FleetConfig {
-            sockets: config.host_sockets(),
-            dir: config.host_dir.clone(),
-            trust: HostTrust::new(&config.allowed_host_uids).map_err(|e| format!("--allowed-host-uids: {e}"))?,
-            gateway_name: config.gateway_name(),
-            max_waiting: config.max_waiting,
-        })?;
-        Ok(Self {
-            fleet,
-            limits: RequestLimits {
-                max_body_bytes: config.max_body_bytes,
-                max_pixels: config.max_pixels,
-                request_timeout: config.request_timeout(),
-                body_timeout: Duration::from_millis(config.body_timeout_ms),
-                default_top_k: config.default_top_k,
-            },
-            metrics: metrics::handle(),
-            v2_stats: Default::default(),
-            system_shm: config.system_shared_memory.then(Default::default),
-        })
+    let started = Instant::now();
+    let config = Config::parse();
+    config.validate().map_err(anyhow::Error::msg)?;
+    gateway_imaging::threads::start().map_err(anyhow::Error::msg)?;
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if let Some(threads) = config.worker_threads {
+        runtime.worker_threads(threads.into());
     }
+    runtime.enable_all().build().context("starting the tokio runtime")?.block_on(serve(config, started))
 }
 
-/// The sockets a gateway serves: HTTP always, gRPC unless turned off.
-pub struct Listeners {
-    pub http: tokio::net::TcpListener,
-    pub grpc: Option<tokio::net::TcpListener>,
-}
-
-/// Serves HTTP (and gRPC) on `listeners` until `shutdown` resolves, then
-/// lets in-flight requests finish for at most the configured grace period.
-/// Fails at once for a configuration it cannot serve with (an untrusted
-/// --host-dir).
-pub async fn run(config: Config, listeners: Listeners, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), String> {
-    let draining = serve::Draining::default();
-    let state = AppState::new(&config)?;
-    // Connections wait in the listening socket's queue meanwhile, unrefused.
-    let waited = std::time::Instant::now();
-    let mut shutdown = std::pin::pin!(shutdown);
-    let linked = tokio::select! {
-        linked = state.fleet.wait_settled(config.link_wait()) => linked,
-        () = &mut shutdown => return Ok(()),
-    };
-    tracing::info!(linked, waited_ms = waited.elapsed().as_secs_f64() * 1e3, "accepting connections");
-    // One signal, seen by both servers.
-    let (stop, stopped) = tokio::sync::watch::channel(false);
-    let until_stopped = move || {
-        let mut stopped = stopped.clone();
-        async move {
-            let _ = stopped.wait_for(|s| *s).await;
-        }
-    };
-    let grpc = listeners.grpc.map(|listener| tokio::spawn(grpc::serve(listener, state.clone(), config.grpc_limits(), until_stopped())));
-    let app = routes::router(state)
-        .layer(axum::middleware::from_fn_with_state(draining.clone(), serve::close_when_draining));
-    let limits = serve::ServeLimits {
-        header_timeout: config.header_timeout(),
-        grace: config.shutdown_grace(),
-        lame_duck: Duration::from_millis(config.lame_duck_ms),
-    };
-    let http = serve::serve(listeners.http, app, draining, limits, until_stopped());
-    let signal = async move {
-        shutdown.await;
-        let _ = stop.send(true);
-    };
-    tokio::join!(http, signal);
-    if let Some(grpc) = grpc {
-        let _ = grpc.await;
-    }
+async fn serve(config: Config, started: Instant) -> anyhow::Result<()> {
+    let telemetry = service::telemetry::init(config.log_format, &config.traces, "splitserve-gateway")?;
+    let held = held_sockets().context("LISTEN_FDS sockets")?;
+    let (listener, source) = http_listener(&config, held.http).await?;
+    let grpc = grpc_listener(&config, held.grpc).await?;
+    tracing::info!(
+        addr = %listener.local_addr()?,
+        grpc_addr = ?grpc.as_ref().and_then(|g| g.local_addr().ok()),
+        socket_from = source,
+        host_sockets = ?config.host_sockets(),
+        host_dir = ?config.host_dir,
+        worker_threads = ?config.worker_threads,
+        startup_ms = started.elapsed().as_secs_f64() * 1e3,
+        "gateway listening"
+    );
+    raise_fd_limit();
+    let listeners = gateway::Listeners { http: listener, grpc };
+    let ran = gateway::run(config, listeners, service::shutdown_signal("finishing in-flight requests")).await;
+    telemetry.shutdown().await;
+    ran.map_err(anyhow::Error::msg)?;
+    tracing::info!("gateway stopped");
     Ok(())
+}
+
+/// Sockets systemd (or scripts/dev, or a test) holds and passes as
+/// LISTEN_FDS, so that restarts never refuse a connection. LISTEN_FDNAMES
+/// tells them apart: `grpc` is the gRPC socket (gateway-grpc.socket's
+/// FileDescriptorName); any other name, or none, is HTTP's.
+struct Held {
+    http: Option<std::net::TcpListener>,
+    grpc: Option<std::net::TcpListener>,
+}
+
+fn held_sockets() -> anyhow::Result<Held> {
+    let names: Vec<String> = std::env::var("LISTEN_FDNAMES").map(|n| n.split(':').map(String::from).collect()).unwrap_or_default();
+    let mut fds = listenfd::ListenFd::from_env();
+    let mut held = Held { http: None, grpc: None };
+    for index in 0..fds.len() {
+        let Some(socket) = fds.take_tcp_listener(index)? else { continue };
+        socket.set_nonblocking(true)?;
+        let slot = if names.get(index).map(String::as_str) == Some("grpc") { &mut held.grpc } else { &mut held.http };
+        if slot.is_none() {
+            *slot = Some(socket);
+        }
+    }
+    Ok(held)
+}
+
+/// The held HTTP socket, else a socket of our own on --listen.
+async fn http_listener(config: &Config, held: Option<std::net::TcpListener>) -> anyhow::Result<(tokio::net::TcpListener, &'static str)> {
+    if let Some(held) = held {
+        return Ok((tokio::net::TcpListener::from_std(held)?, "LISTEN_FDS"));
+    }
+    let own = tokio::net::TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
+    Ok((own, "--listen"))
+}
+
+/// The held gRPC socket, else --grpc-listen (which must bind), else
+/// Triton's port when it is free; none with --no-grpc.
+async fn grpc_listener(config: &Config, held: Option<std::net::TcpListener>) -> anyhow::Result<Option<tokio::net::TcpListener>> {
+    if config.no_grpc {
+        return Ok(None);
+    }
+    if let Some(held) = held {
+        return Ok(Some(tokio::net::TcpListener::from_std(held)?));
+    }
+    if let Some(addr) = config.grpc_listen {
+        return Ok(Some(tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding --grpc-listen {addr}"))?));
+    }
+    match tokio::net::TcpListener::bind(Config::DEFAULT_GRPC_LISTEN).await {
+        Ok(own) => Ok(Some(own)),
+        Err(e) => {
+            tracing::warn!(addr = Config::DEFAULT_GRPC_LISTEN, error = %e, "gRPC not served: the default port is taken (set --grpc-listen)");
+            Ok(None)
+        }
+    }
+}
+
+/// Idle and slow clients each hold a descriptor; the usual soft limit of
+/// 1024 would let a thousand of them lock real clients out. Raise the soft
+/// limit to the hard one (systemd's default hard limit is 512K).
+fn raise_fd_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE)
+        && soft < hard
+        && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok()
+    {
+        tracing::info!(from = soft, to = hard, "raised the open-file limit");
+    }
 }

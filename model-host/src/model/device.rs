@@ -28,11 +28,11 @@ pub fn resolve(choice: DeviceChoice) -> Result<tch::Device, HostError> {
 /// instead of an out-of-memory error in the middle of the load. Where the
 /// figures cannot be read, the load goes ahead (and says so).
 ///
-/// `copies` is how many times the weights may be resident at once: 2 when
-/// the module is frozen after READY, whose frozen copy remakes the weights
-/// freezing changes (batch norms folded into convolutions, linear weights
-/// transposed) while the loaded module still serves; 1 otherwise.
-pub fn check_room(device: tch::Device, model_file: &std::path::Path, copies: u64, headroom_mb: u64) -> Result<(), HostError> {
+/// `frozen_after_ready`: the weights may be resident twice, since the
+/// frozen copy remakes those freezing changes (batch norms folded into
+/// convolutions, linear weights transposed) while the loaded module still
+/// serves.
+pub fn check_room(device: tch::Device, model_file: &std::path::Path, frozen_after_ready: bool, headroom_mb: u64) -> Result<(), HostError> {
     let tch::Device::Cuda(index) = device else { return Ok(()) };
     let (free, total) = match crate::torch_shim::cuda_memory(index) {
         Ok(figures) => figures,
@@ -41,8 +41,7 @@ pub fn check_room(device: tch::Device, model_file: &std::path::Path, copies: u64
             return Ok(());
         }
     };
-    let weights = std::fs::metadata(model_file).map(|m| m.len()).unwrap_or(0) * copies.max(1);
-    const MIB: u64 = 1 << 20;
+    let weights = weights_resident(std::fs::metadata(model_file).map(|m| m.len()).unwrap_or(0), frozen_after_ready);
     let needed = weights + headroom_mb * MIB;
     tracing::info!(free_mib = free / MIB, total_mib = total / MIB, needed_mib = needed / MIB, "GPU memory before the load");
     if free < needed {
@@ -55,6 +54,13 @@ pub fn check_room(device: tch::Device, model_file: &std::path::Path, copies: u64
         });
     }
     Ok(())
+}
+
+const MIB: u64 = 1 << 20;
+
+/// The most bytes of weights resident at once, for a file of `file_bytes`.
+fn weights_resident(file_bytes: u64, frozen_after_ready: bool) -> u64 {
+    if frozen_after_ready { 2 * file_bytes } else { file_bytes }
 }
 
 pub fn name(device: tch::Device) -> String {
@@ -113,4 +119,23 @@ pub fn set_threads(device: tch::Device, cpu_threads: u32) {
         tch::set_num_threads(threads);
     }
     tch::jit::set_profiling_mode(false);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The frozen copy made after READY may remake every weight while the
+    /// loaded module serves: the check budgets the file twice then.
+    #[test]
+    fn a_freeze_after_ready_budgets_the_weights_twice() {
+        assert_eq!(weights_resident(98 * MIB, false), 98 * MIB);
+        assert_eq!(weights_resident(98 * MIB, true), 196 * MIB);
+    }
+
+    /// Off the GPU there is nothing to check, whatever the settings.
+    #[test]
+    fn the_cpu_is_not_checked() {
+        assert!(check_room(tch::Device::Cpu, std::path::Path::new("/nonexistent"), true, u64::MAX / MIB).is_ok());
+    }
 }

@@ -203,8 +203,8 @@ impl ModelThread {
             tch::Cuda::cudnn_set_benchmark(self.model.config.optimization.cudnn_benchmark);
         }
         let optimization = &self.model.config.optimization;
-        let copies = if crate::model::optimized::freezes_after_ready(optimization, crate::model::frozen_cache::configured().is_some()) { 2 } else { 1 };
-        device::check_room(device, &self.model.model_file, copies, self.load_headroom_mb)?;
+        let frozen_after_ready = crate::model::optimized::freezes_after_ready(optimization, crate::model::frozen_cache::configured().is_some());
+        device::check_room(device, &self.model.model_file, frozen_after_ready, self.load_headroom_mb)?;
         let name = device::name(device);
         // nvJPEG's first decoder opens beside the weights' load, not before
         // it (0.4-0.5 s to open and warm one on an H200; the others open

@@ -194,6 +194,8 @@ fn resize(pixels: Vec<u8>, (width, height): (u32, u32), target: Target) -> Resul
     let internal = |e: &dyn std::fmt::Display| DecodeError::Corrupt { format: "image", detail: format!("resize: {e}") };
     let src = Image::from_vec_u8(width, height, pixels, pixel_type).map_err(|e| internal(&e))?;
     let mut dst = Image::new(target.width, target.height, pixel_type);
+    // Bilinear, never nearest: rayon splits a nearest resize whatever the
+    // pool, and the gateway's global pool is one thread (crate::threads).
     let options = ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::Bilinear));
     Resizer::new().resize(&src, &mut dst, &options).map_err(|e| internal(&e))?;
     Ok(dst.into_vec())

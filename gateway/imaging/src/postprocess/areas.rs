@@ -146,3 +146,62 @@ fn class_rows(rows: &[u8], y0: u32, w: usize, tally: &mut Tally, class_of: fn(u8
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Counts and boxes by walking every pixel, one class at a time.
+    fn walked(plane: &[u8], width: u32, labels: usize, class_of: fn(u8) -> u8) -> Vec<(u64, Option<[u32; 4]>)> {
+        let w = width.max(1);
+        (0..labels)
+            .map(|c| {
+                let at: Vec<(u32, u32)> =
+                    (0..plane.len() as u32).filter(|&i| class_of(plane[i as usize]) as usize == c).map(|i| (i % w, i / w)).collect();
+                let bbox = (!at.is_empty()).then(|| {
+                    let (xs, ys) = (at.iter().map(|p| p.0), at.iter().map(|p| p.1));
+                    [xs.clone().min().unwrap(), ys.clone().min().unwrap(), xs.max().unwrap() + 1, ys.max().unwrap() + 1]
+                });
+                (at.len() as u64, bbox)
+            })
+            .collect()
+    }
+
+    /// Masks where each class lives in a few bands only (so a merge that
+    /// took one band's edges instead of the outer ones shows), of widths
+    /// and heights around the band size, with fewer and more labels than
+    /// classes: the banded counts equal the walk's, for class maps and alphas.
+    #[test]
+    fn banded_counts_equal_a_walk_over_every_pixel() {
+        let mut state = 7u32;
+        let mut next = |n: u32| {
+            state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            (state >> 8) % n
+        };
+        for (width, height) in [(1u32, 70u32), (37, 31), (37, 33), (64, 100), (200, 130), (5, 1)] {
+            for _ in 0..4 {
+                // Background, then a few rectangles of classes 1..4 (or alphas) scattered over the rows.
+                let mut classes = vec![0u8; (width * height) as usize];
+                let mut alpha = vec![0u8; classes.len()];
+                for _ in 0..3 {
+                    let (x0, y0) = (next(width), next(height));
+                    let (x1, y1) = ((x0 + 1 + next(width / 3 + 1)).min(width), (y0 + 1 + next(height / 3 + 1)).min(height));
+                    let (class, a) = (1 + next(4) as u8, [127u8, 128, 255][next(3) as usize]);
+                    for y in y0..y1 {
+                        for x in x0..x1 {
+                            classes[(y * width + x) as usize] = class;
+                            alpha[(y * width + x) as usize] = a;
+                        }
+                    }
+                }
+                for labels in [1usize, 2, 3, 6] {
+                    let names: Vec<String> = (0..labels).map(|i| format!("c{i}")).collect();
+                    let got: Vec<_> = of_classes(&classes, width, &names, |c| c).into_iter().map(|a| (a.pixels, a.bbox)).collect();
+                    assert_eq!(got, walked(&classes, width, labels, |c| c), "classes {width}x{height}, {labels} labels");
+                    let got: Vec<_> = of_alpha(&alpha, width, &names).into_iter().map(|a| (a.pixels, a.bbox)).collect();
+                    assert_eq!(got, walked(&alpha, width, labels, alpha_class), "alpha {width}x{height}, {labels} labels");
+                }
+            }
+        }
+    }
+}
