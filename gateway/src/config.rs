@@ -213,3 +213,18 @@ impl Config {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `--worker-threads` takes a count of one or more; unset, tokio's default.
+    #[test]
+    fn worker_threads_is_a_positive_count() {
+        let parse = |args: &[&str]| Config::try_parse_from([&["gateway"], args].concat());
+        assert_eq!(parse(&[]).unwrap().worker_threads, None);
+        assert_eq!(parse(&["--worker-threads", "4"]).unwrap().worker_threads, Some(4));
+        assert!(parse(&["--worker-threads", "0"]).is_err());
+        assert!(parse(&["--worker-threads", "x"]).is_err());
+    }
+}
