@@ -118,7 +118,7 @@ fn processes_naming(needle: &str) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn dev_serves_at_once_swaps_on_a_change_and_cleans_up() {
     let _turn = SERIAL.lock().await;
-    binary("gateway"); // the harness's build: the same command scripts/dev runs
+    binary("gateway"); // the harness's build: model-host and the dependencies, before scripts/dev adds its dylib gateway
     let run_dir = tempfile::Builder::new().prefix("split-dev-").tempdir().expect("tempdir");
     let port = free_port();
     let mut dev = start_dev(port, run_dir.path());

@@ -26,6 +26,11 @@
 //! This crate never links libtorch or CUDA.
 #![forbid(unsafe_code)]
 
+// scripts/dev's build: the dependencies linked from one shared library.
+#[cfg(feature = "dylib")]
+#[allow(unused_imports)]
+use gateway_dylib as _;
+
 pub(crate) mod compression;
 pub mod config;
 pub use gateway_imaging::decode;
