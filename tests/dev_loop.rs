@@ -220,3 +220,36 @@ async fn ctrl_c_during_a_rebuild_stops_within_the_limit() {
     }
     drop(held);
 }
+
+/// The names in a Cargo.toml's `[dependencies]` table.
+fn dependency_names(manifest: &str) -> std::collections::BTreeSet<String> {
+    let text = std::fs::read_to_string(root().join(manifest)).expect("reading a Cargo.toml");
+    let mut names = std::collections::BTreeSet::new();
+    let mut in_table = false;
+    for line in text.lines().map(str::trim) {
+        if line.starts_with('[') {
+            in_table = line == "[dependencies]";
+        } else if in_table && let Some((key, _)) = line.split_once('=') {
+            let name = key.trim().trim_end_matches(".workspace");
+            if !name.is_empty() && !name.starts_with('#') {
+                names.insert(name.to_string());
+            }
+        }
+    }
+    names
+}
+
+/// scripts/dev's gateway links every dependency from gateway/dylib: one the
+/// library does not name would be linked statically again on each save.
+#[test]
+fn the_dev_librarys_crates_are_the_gateways() {
+    let mut gateway = dependency_names("gateway/Cargo.toml");
+    assert!(gateway.remove("gateway-dylib"), "the gateway's optional dylib dependency is gone");
+    let library = dependency_names("gateway/dylib/Cargo.toml");
+    assert_eq!(gateway, library, "gateway/Cargo.toml and gateway/dylib/Cargo.toml name other dependencies");
+    let source = std::fs::read_to_string(root().join("gateway/dylib/src/lib.rs")).expect("reading gateway/dylib/src/lib.rs");
+    for name in &library {
+        let used = format!("pub use {};", name.replace('-', "_"));
+        assert!(source.contains(&used), "gateway/dylib/src/lib.rs lacks `{used}`");
+    }
+}

@@ -5,8 +5,11 @@
 //! of a rebuild's link. Release builds, the tests and the packaged
 //! binaries link statically as always.
 //!
-//! A crate is put in the library by naming it here; rustc then links the
-//! gateway against this copy, never a second one.
+//! A crate is put in the library by naming it here and in Cargo.toml;
+//! rustc then links the gateway against this copy, never a second one. A
+//! dependency of the gateway missing here would still work, linked
+//! statically into each build; `tests/dev_loop.rs` checks that the two
+//! lists stay the same.
 
 pub use anyhow;
 pub use axum;
@@ -30,6 +33,7 @@ pub use protocol;
 pub use serde;
 pub use serde_json;
 pub use service;
+pub use thiserror;
 pub use tokio;
 pub use tonic;
 pub use tonic_health;
