@@ -221,7 +221,8 @@ async fn ctrl_c_during_a_rebuild_stops_within_the_limit() {
     drop(held);
 }
 
-/// The names in a Cargo.toml's `[dependencies]` table.
+/// The names in a Cargo.toml's `[dependencies]` table (the gateway's
+/// manifests use no `[dependencies.x]` or `[target.*.dependencies]` tables).
 fn dependency_names(manifest: &str) -> std::collections::BTreeSet<String> {
     let text = std::fs::read_to_string(root().join(manifest)).expect("reading a Cargo.toml");
     let mut names = std::collections::BTreeSet::new();

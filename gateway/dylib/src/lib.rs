@@ -10,6 +10,7 @@
 //! dependency of the gateway missing here would still work, linked
 //! statically into each build; `tests/dev_loop.rs` checks that the two
 //! lists stay the same.
+#![forbid(unsafe_code)]
 
 pub use anyhow;
 pub use axum;
