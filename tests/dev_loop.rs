@@ -221,23 +221,11 @@ async fn ctrl_c_during_a_rebuild_stops_within_the_limit() {
     drop(held);
 }
 
-/// The names in a Cargo.toml's `[dependencies]` table (the gateway's
-/// manifests use no `[dependencies.x]` or `[target.*.dependencies]` tables).
+/// The names in a Cargo.toml's `[dependencies]` table.
 fn dependency_names(manifest: &str) -> std::collections::BTreeSet<String> {
     let text = std::fs::read_to_string(root().join(manifest)).expect("reading a Cargo.toml");
-    let mut names = std::collections::BTreeSet::new();
-    let mut in_table = false;
-    for line in text.lines().map(str::trim) {
-        if line.starts_with('[') {
-            in_table = line == "[dependencies]";
-        } else if in_table && let Some((key, _)) = line.split_once('=') {
-            let name = key.trim().trim_end_matches(".workspace");
-            if !name.is_empty() && !name.starts_with('#') {
-                names.insert(name.to_string());
-            }
-        }
-    }
-    names
+    let parsed: toml::Table = text.parse().expect("a Cargo.toml parses");
+    parsed.get("dependencies").and_then(toml::Value::as_table).map(|deps| deps.keys().cloned().collect()).unwrap_or_default()
 }
 
 /// scripts/dev's gateway links every dependency from gateway/dylib: one the
